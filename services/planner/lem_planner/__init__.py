@@ -1,0 +1,1 @@
+"""LLenergyMeasure planner: expands campaigns, dispatches runs, finalises them, and the ``lem`` CLI."""

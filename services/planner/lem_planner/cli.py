@@ -1,0 +1,203 @@
+"""The ``lem`` command: run and list campaigns, show results, migrate the database."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from kombu.exceptions import OperationalError as BrokerError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy.exc import OperationalError as DatabaseError
+
+from lem_shared.config import CampaignConfig, ConfigError, ExperimentConfig, load_campaign
+from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
+from lem_shared.queues import queue_for
+from lem_shared.settings import get_settings
+
+cli = typer.Typer(help="LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+campaign_cli = typer.Typer(help="Plan, run and list campaigns.", no_args_is_help=True)
+results_cli = typer.Typer(help="Show results.", no_args_is_help=True)
+db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+cli.add_typer(campaign_cli, name="campaign")
+cli.add_typer(results_cli, name="results")
+cli.add_typer(db_cli, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_BAD_INPUT = 2
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:
+    """The campaign and its experiments, or exit 2 naming every bad field (nothing is written)."""
+    try:
+        return load_campaign(file)
+    except ConfigError as exc:
+        err.print(f"[bold red]invalid campaign file {file}:[/]", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  {problem}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+@db_cli.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create the database if needed and migrate it to REVISION (alembic upgrade)."""
+    from lem_shared.db.migrate import upgrade
+
+    upgrade(revision=revision)
+    out.print(f"database at revision {revision}")
+
+
+@campaign_cli.command("run")
+def campaign_run(
+    file: Annotated[str, typer.Argument(help="Campaign YAML file.")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the campaign ends.")] = True,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 6 * 3600,
+    require_workers: Annotated[
+        bool, typer.Option("--require-workers/--no-require-workers", help="Refuse when a backend has no worker.")
+    ] = True,
+) -> None:
+    """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
+    from lem_planner.campaigns import consumers_by_queue, create_campaign, dispatch
+    from lem_planner.control import app
+
+    campaign, experiments = _load_or_exit(file)
+
+    if require_workers:
+        consumers = consumers_by_queue(app)
+        missing = sorted({e.backend.value for e in experiments if queue_for(e.backend).value not in consumers})
+        if missing:
+            hint = "; ".join(f"start one with `make up` or `lem-worker-{b}`" if b == "pytorch"
+                             else f"start `lem-worker-{b}` on a host with {b} installed" for b in missing)
+            raise _fail(f"no live worker for backend(s) {', '.join(missing)}: {hint} "
+                        "(or pass --no-require-workers to queue the runs for later)")
+
+    campaign_id, requests = create_campaign(campaign, experiments)
+    dispatch(app, requests)
+    out.print(f"campaign [bold]{campaign_id}[/] ({campaign.name}): {len(experiments)} experiments x "
+              f"{campaign.cycles} cycles = {len(requests)} runs dispatched")
+    if not wait:
+        return
+    status = _follow(campaign_id, len(requests), timeout)
+    _results_table(campaign_id)
+    if status != CampaignStatus.DONE:
+        raise _fail(f"campaign {campaign_id} ended {status}")
+
+
+def _follow(campaign_id: int, total: int, timeout: float) -> str:
+    from lem_planner.results import campaign_progress
+
+    deadline = time.monotonic() + timeout
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=out, transient=False) as progress:
+        bar = progress.add_task("runs", total=total)
+        while True:
+            status, counts = campaign_progress(campaign_id)
+            finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
+            detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+            progress.update(bar, completed=finished, description=f"campaign {campaign_id}: {detail}")
+            if status != CampaignStatus.RUNNING:
+                return status
+            if time.monotonic() > deadline:
+                raise _fail(f"gave up waiting after {timeout:.0f} s; the campaign goes on: "
+                            f"`lem results show {campaign_id}`")
+            time.sleep(0.5)
+
+
+def _label(config: dict[str, Any]) -> str:
+    w = config["workload"]
+    return (f"{config['backend']} {config['model']} bs={config['batch_size']} "
+            f"in={w['input_len']} out={w['output_len']}")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _results_table(campaign_id: int) -> None:
+    from lem_planner.results import run_records
+
+    table = Table(title=f"campaign {campaign_id}")
+    for column in ("exp", "experiment", "cycle", "status", "tokens/s", "mean latency s", "TTFT s", "energy J"):
+        table.add_column(column, justify="right" if column not in ("experiment", "status") else "left")
+    for r in run_records(campaign_id):
+        if r["energy_j"] is not None:
+            energy = f"{r['energy_j']:.1f}"
+        elif r["status"] == "done" and r["energy_note"] and r["energy_note"].startswith("n/a (no NVML)"):
+            energy = "n/a (no NVML)"
+        else:
+            energy = "n/a" if r["status"] == "done" else "-"
+        table.add_row(str(r["experiment_index"]), _label(r["experiment"]), str(r["cycle"]),
+                      r["status"] if not r["error"] else f"{r['status']}: {r['error']}",
+                      _fmt(r["tokens_per_s"], ".1f"), _fmt(r["latency_mean_s"], ".3f"),
+                      _fmt(r["ttft_mean_s"], ".3f"), energy)
+    out.print(table)
+
+
+@campaign_cli.command("list")
+def campaign_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List campaigns: id, name, status, created."""
+    from lem_planner.results import list_campaigns
+
+    rows = list_campaigns()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "name", "status", "created")
+    for r in rows:
+        table.add_row(str(r["id"]), r["name"], r["status"], r["created"])
+    out.print(table)
+
+
+@campaign_cli.command("validate")
+def campaign_validate(file: str) -> None:
+    """Check FILE and print the experiments it expands to, without writing or dispatching anything."""
+    campaign, experiments = _load_or_exit(file)
+    out.print(f"{campaign.name}: {len(experiments)} experiments x {campaign.cycles} cycles")
+    for i, experiment in enumerate(experiments):
+        out.print(f"  {i}: {_label(experiment.model_dump(mode='json'))}", highlight=False)
+
+
+@results_cli.command("show")
+def results_show(
+    campaign_id: int, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+) -> None:
+    """One record per run of CAMPAIGN_ID: config, cycle, status, tokens/s, latency, TTFT, energy."""
+    from lem_planner.results import campaign_exists, run_records
+
+    if not campaign_exists(campaign_id):
+        raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are")
+    if as_json:
+        _print_json(run_records(campaign_id))
+    else:
+        _results_table(campaign_id)
+
+
+def main() -> None:
+    settings = get_settings()
+    try:
+        cli()
+    except DatabaseError as exc:
+        err.print(f"[bold red]error:[/] cannot use the database at {settings.database_url}: "
+                  f"{str(exc.orig).strip().splitlines()[0]}\n  start PostgreSQL (`make services`) "
+                  "and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL", highlight=False)
+        sys.exit(1)
+    except BrokerError as exc:
+        err.print(f"[bold red]error:[/] cannot reach the broker at {settings.broker_url}: {exc}\n"
+                  "  start Redis (`make services`) or set LEM_BROKER_URL", highlight=False)
+        sys.exit(1)

@@ -1,0 +1,68 @@
+"""Message contracts between services: frozen pydantic models sent as JSON, and the run key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def sha256_of(value: Any) -> str:
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+
+
+def run_key(campaign_id: int, experiment_config: dict[str, Any], cycle: int) -> str:
+    """The identity of one run: the Celery task id and a UNIQUE column, so a redelivery is recognised."""
+    return sha256_of({"campaign": campaign_id, "experiment": experiment_config, "cycle": cycle})
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunRequest(_Message):
+    """planner → worker: measure one experiment once (one cycle)."""
+
+    run_key: str = Field(min_length=64, max_length=64)
+    run_id: int
+    campaign_id: int
+    cycle: int = Field(ge=0)
+    experiment: dict[str, Any]
+
+
+class FinaliseRequest(_Message):
+    """worker → control: the run's measurement window is closed; attach energy and advance the campaign."""
+
+    run_id: int
+
+
+class BatchTiming(_Message):
+    batch_index: int
+    batch_size: int
+    input_tokens: int
+    output_tokens: int
+    latency_s: float
+    ttft_s: float | None
+
+
+class Measurement(_Message):
+    """engine host → worker: what one run measured. Times are Unix seconds (window) or seconds (durations)."""
+
+    device: str
+    device_name: str
+    gpu_uuid: str | None
+    model_load_s: float
+    model_reused: bool
+    warmup_batches: int
+    window_start: float
+    window_end: float
+    batches: list[BatchTiming]
+    peak_memory_bytes: int | None
+    peak_memory_kind: str
+    environment: dict[str, Any]

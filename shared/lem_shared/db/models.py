@@ -1,0 +1,200 @@
+"""SQLAlchemy 2 models. Alembic migrations in ``migrations/`` must match them (``alembic check``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSONType, datetime: DateTime(timezone=True)}
+
+
+class CampaignStatus(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    DISPATCHED = "dispatched"
+    RUNNING = "running"
+    MEASURED = "measured"  # window closed, energy not yet attached by the control worker
+    DONE = "done"
+    FAILED = "failed"
+
+
+TERMINAL_RUN_STATUSES = (RunStatus.DONE, RunStatus.FAILED)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    spec: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.RUNNING)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    finished_at: Mapped[datetime | None]
+
+    experiments: Mapped[list[Experiment]] = relationship(back_populates="campaign", order_by="Experiment.index")
+
+
+class Experiment(Base):
+    """The manifest: one row per grid point of a campaign."""
+
+    __tablename__ = "experiments"
+    __table_args__ = (UniqueConstraint("campaign_id", "config_hash"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int]
+    backend: Mapped[str] = mapped_column(String(16))
+    config: Mapped[dict[str, Any]]
+    config_hash: Mapped[str] = mapped_column(String(64))
+
+    campaign: Mapped[Campaign] = relationship(back_populates="experiments")
+    runs: Mapped[list[Run]] = relationship(back_populates="experiment", order_by="Run.cycle")
+
+
+class Environment(Base):
+    """A snapshot of the software and hardware a run saw; identical snapshots share a row by hash."""
+
+    __tablename__ = "environments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    data: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Run(Base):
+    """One experiment measured once (one cycle). ``run_key`` is also the Celery task id."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_key: Mapped[str] = mapped_column(String(64), unique=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
+    cycle: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    host: Mapped[str | None] = mapped_column(String(255))
+    device: Mapped[str | None] = mapped_column(String(32))
+    gpu_uuid: Mapped[str | None] = mapped_column(String(64))
+    environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
+    dispatched_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    window_start: Mapped[datetime | None]
+    window_end: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+    experiment: Mapped[Experiment] = relationship(back_populates="runs")
+    metrics: Mapped[RunMetrics | None] = relationship(back_populates="run", uselist=False)
+
+
+class RunMetrics(Base):
+    """What a run measured. Energy is null with ``energy_note`` saying why when it could not be measured."""
+
+    __tablename__ = "run_metrics"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    requests: Mapped[int]
+    input_tokens: Mapped[int]
+    output_tokens: Mapped[int]
+    duration_s: Mapped[float]
+    tokens_per_s: Mapped[float]
+    requests_per_s: Mapped[float]
+    latency_mean_s: Mapped[float]
+    latency_p50_s: Mapped[float]
+    latency_p95_s: Mapped[float]
+    ttft_mean_s: Mapped[float | None]
+    peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_memory_kind: Mapped[str] = mapped_column(String(32))
+    model_load_s: Mapped[float]
+    model_reused: Mapped[bool]
+    warmup_batches: Mapped[int]
+    energy_j: Mapped[float | None] = mapped_column(Float)
+    energy_power_integral_j: Mapped[float | None] = mapped_column(Float)
+    energy_source: Mapped[str | None] = mapped_column(String(32))
+    energy_note: Mapped[str | None] = mapped_column(Text)
+    mean_power_w: Mapped[float | None] = mapped_column(Float)
+    j_per_token: Mapped[float | None] = mapped_column(Float)
+
+    run: Mapped[Run] = relationship(back_populates="metrics")
+
+
+class BatchTimingRow(Base):
+    """Per-batch timings inside the measurement window (static batching: every request of a batch shares them)."""
+
+    __tablename__ = "batch_timings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    batch_index: Mapped[int]
+    batch_size: Mapped[int]
+    input_tokens: Mapped[int]
+    output_tokens: Mapped[int]
+    latency_s: Mapped[float]
+    ttft_s: Mapped[float | None]
+
+
+class GpuSample(Base):
+    """One NVML reading of one GPU, written by the telemetry daemon."""
+
+    __tablename__ = "gpu_samples"
+    __table_args__ = (Index("ix_gpu_samples_uuid_time", "gpu_uuid", "time"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    gpu_uuid: Mapped[str] = mapped_column(String(64))
+    gpu_index: Mapped[int]
+    time: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(16))  # "nvml", or "nvml-replay" for the recorded-trace stand-in
+    power_w: Mapped[float | None]
+    energy_mj: Mapped[int | None] = mapped_column(BigInteger)
+    temperature_c: Mapped[float | None]
+    sm_clock_mhz: Mapped[int | None]
+    mem_clock_mhz: Mapped[int | None]
+    clock_event_reasons: Mapped[int | None] = mapped_column(BigInteger)
+    memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    utilization_gpu: Mapped[int | None]
+    utilization_memory: Mapped[int | None]
+
+
+class HostSample(Base):
+    """Host CPU and memory, sampled by telemetry on every host (the only figures on a host without NVML)."""
+
+    __tablename__ = "host_samples"
+    __table_args__ = (Index("ix_host_samples_host_time", "host", "time"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    time: Mapped[datetime]
+    cpu_percent: Mapped[float]
+    memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
+    memory_total_bytes: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,49 @@
+"""What an engine adapter provides. One small adapter per backend; everything else is common runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from lem_shared.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One batch generated: the output tokens produced and, where the engine tells it, time to first token."""
+
+    output_tokens: int
+    ttft_s: float | None
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device: str  # "cpu", "cuda:0", ...
+    name: str
+    gpu_uuid: str | None  # NVML-style "GPU-…", the key telemetry samples are stored under
+
+
+class EngineAdapter(Protocol):
+    def __init__(self, device: str) -> None: ...
+
+    def load(self, experiment: ExperimentConfig) -> None:
+        """Load the experiment's model (the runtime calls it only when the model changes)."""
+
+    def unload(self) -> None: ...
+
+    def vocab_size(self) -> int: ...
+
+    def generate(self, prompts: list[list[int]], experiment: ExperimentConfig) -> Generation:
+        """Generate exactly ``experiment.workload.output_len`` tokens per prompt; return when the device is done."""
+
+    def synchronize(self) -> None: ...
+
+    def device_info(self) -> DeviceInfo: ...
+
+    def reset_peak_memory(self) -> None: ...
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        """Peak memory since the last reset and what it measures (e.g. "cuda_allocated", "process_rss")."""
+
+    def versions(self) -> dict[str, str]:
+        """Engine package versions for the environment snapshot."""

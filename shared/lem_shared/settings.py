@@ -1,0 +1,38 @@
+"""The one settings object. Every process reads it from the environment (prefix ``LEM_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEM_", env_file=".env", extra="ignore")
+
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/lem"
+
+    # Redis re-delivers an unacknowledged task after this long; it must exceed the longest run
+    # (DESIGN §5). Every process that talks to the broker loads it from here.
+    visibility_timeout_s: int = Field(default=6 * 3600, ge=60)
+    # A run whose engine has not answered for this long is failed and its engine host restarted.
+    run_timeout_s: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    telemetry_interval_s: float = Field(default=0.1, ge=0.01)
+    telemetry_flush_s: float = Field(default=1.0, gt=0)
+    # "nvml" (default), or "replay:PATH" to replay a recorded NVML trace as a stand-in GPU (tests only).
+    telemetry_source: str = "nvml"
+    # How long the control worker waits for telemetry to cover a run's window before it gives up.
+    energy_wait_s: float = Field(default=15.0, ge=0)
+
+    # Where a worker runs its engine: "auto" takes CUDA when present, else the CPU.
+    device: str = "auto"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
