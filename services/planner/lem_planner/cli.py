@@ -28,8 +28,9 @@ cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 
-out = Console()
-err = Console(stderr=True)
+# Piped output (make, CI logs) gets a fixed width wide enough for the results table instead of rich's 80.
+out = Console() if sys.stdout.isatty() else Console(width=140)
+err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
 
 EXIT_BAD_INPUT = 2
 
@@ -119,10 +120,26 @@ def _follow(campaign_id: int, total: int, timeout: float) -> str:
             time.sleep(0.5)
 
 
-def _label(config: dict[str, Any]) -> str:
-    w = config["workload"]
-    return (f"{config['backend']} {config['model']} bs={config['batch_size']} "
-            f"in={w['input_len']} out={w['output_len']}")
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _describe_experiments(configs: list[dict[str, Any]]) -> tuple[list[str], str]:
+    """A short label per experiment (the parameters that vary) and a caption (the ones all share)."""
+    flat = [_flatten(c) for c in configs]
+    keys = list(flat[0]) if flat else []
+    varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
+    labels = [" ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k)}" for k in varying) or "(single)" for f in flat]
+    shared = flat[0] if flat else {}
+    common = [k for k in keys if k not in varying and k.split(".")[-1] not in ("kind", "seed")]
+    caption = " ".join(f"{k.rsplit('.', 1)[-1]}={shared[k]}" for k in common)
+    return labels, caption
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -132,21 +149,30 @@ def _fmt(value: float | None, spec: str) -> str:
 def _results_table(campaign_id: int) -> None:
     from lem_planner.results import run_records
 
-    table = Table(title=f"campaign {campaign_id}")
-    for column in ("exp", "experiment", "cycle", "status", "tokens/s", "mean latency s", "TTFT s", "energy J"):
-        table.add_column(column, justify="right" if column not in ("experiment", "status") else "left")
-    for r in run_records(campaign_id):
+    records = run_records(campaign_id)
+    configs = {r["experiment_index"]: r["experiment"] for r in records}
+    labels, caption = _describe_experiments([configs[i] for i in sorted(configs)])
+    label_of = dict(zip(sorted(configs), labels, strict=True))
+    table = Table(title=f"campaign {campaign_id}", caption=caption)
+    for column in ("exp", "experiment", "cycle", "status", "tokens/s", "latency s", "TTFT s", "energy J"):
+        table.add_column(column, justify="left" if column in ("experiment", "status") else "right",
+                         no_wrap=column in ("experiment", "energy J"))
+    for r in records:
         if r["energy_j"] is not None:
             energy = f"{r['energy_j']:.1f}"
-        elif r["status"] == "done" and r["energy_note"] and r["energy_note"].startswith("n/a (no NVML)"):
-            energy = "n/a (no NVML)"
+        elif r["status"] == "done":
+            no_nvml = (r["energy_note"] or "").startswith("n/a (no NVML)")
+            energy = "n/a (no NVML)" if no_nvml else "n/a"
         else:
-            energy = "n/a" if r["status"] == "done" else "-"
-        table.add_row(str(r["experiment_index"]), _label(r["experiment"]), str(r["cycle"]),
+            energy = "-"
+        table.add_row(str(r["experiment_index"]), label_of[r["experiment_index"]], str(r["cycle"]),
                       r["status"] if not r["error"] else f"{r['status']}: {r['error']}",
                       _fmt(r["tokens_per_s"], ".1f"), _fmt(r["latency_mean_s"], ".3f"),
                       _fmt(r["ttft_mean_s"], ".3f"), energy)
     out.print(table)
+    notes = {r["energy_note"] for r in records if r["energy_j"] is None and r["energy_note"]}
+    for note in sorted(notes):
+        out.print(f"energy: {note}", highlight=False)
 
 
 @campaign_cli.command("list")
@@ -168,9 +194,10 @@ def campaign_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
 def campaign_validate(file: str) -> None:
     """Check FILE and print the experiments it expands to, without writing or dispatching anything."""
     campaign, experiments = _load_or_exit(file)
-    out.print(f"{campaign.name}: {len(experiments)} experiments x {campaign.cycles} cycles")
-    for i, experiment in enumerate(experiments):
-        out.print(f"  {i}: {_label(experiment.model_dump(mode='json'))}", highlight=False)
+    labels, caption = _describe_experiments([e.model_dump(mode="json") for e in experiments])
+    out.print(f"{campaign.name}: {len(experiments)} experiments x {campaign.cycles} cycles; {caption}", highlight=False)
+    for i, label in enumerate(labels):
+        out.print(f"  {i}: {label}", highlight=False)
 
 
 @results_cli.command("show")

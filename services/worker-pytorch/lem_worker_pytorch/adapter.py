@@ -72,7 +72,11 @@ class TransformersAdapter:
             with torch.device(self.device):
                 model = LlamaForCausalLM(config).to(dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(experiment.model, dtype=dtype).to(self.device)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(experiment.model, dtype=dtype).to(self.device)
+            except OSError as exc:
+                reason = str(exc).split(". ")[0]
+                raise RuntimeError(f"cannot load model {experiment.model!r} (hub id or local folder): {reason}") from exc
         model.eval()
         model.generation_config.pad_token_id = model.generation_config.pad_token_id or 0
         self.model = model

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Local services without Docker: make sure Redis and PostgreSQL answer, and start / stop the background
+# processes (telemetry, the control worker, one pytorch worker) with pid files in .run/. Never stops by name.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY="$VENV/bin/python"
+RUN=.run
+mkdir -p "$RUN"
+
+answers() {  # answers redis|postgres: exit 0 when the configured service answers
+  "$PY" - "$1" <<'PY'
+import sys
+from lem_shared.settings import get_settings
+s = get_settings()
+try:
+    if sys.argv[1] == "redis":
+        import redis
+        redis.Redis.from_url(s.broker_url, socket_connect_timeout=2).ping()
+    else:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+        url = make_url(s.database_url).set(database="postgres")
+        with create_engine(url, connect_args={"connect_timeout": 2}).connect() as c:
+            c.execute(text("select 1"))
+except Exception as exc:
+    print(f"  {sys.argv[1]}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
+wait_for() {  # wait_for redis|postgres seconds
+  for _ in $(seq 1 "$2"); do answers "$1" 2>/dev/null && return 0; sleep 1; done
+  answers "$1"
+}
+
+infra() {
+  if ! answers redis 2>/dev/null; then
+    if command -v redis-server >/dev/null; then
+      echo "starting Redis"
+      mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+      redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+      wait_for redis 15 || { echo "Redis did not come up" >&2; exit 1; }
+    else
+      echo "Redis does not answer at LEM_BROKER_URL and redis-server is not installed." >&2
+      echo "Install it (apt-get install redis-server) or point LEM_BROKER_URL at a running Redis." >&2
+      exit 1
+    fi
+  fi
+  if ! answers postgres 2>/dev/null; then
+    if command -v pg_ctlcluster >/dev/null && ls /etc/postgresql >/dev/null 2>&1; then
+      echo "starting PostgreSQL"
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+      wait_for postgres 30 || { echo "PostgreSQL did not come up" >&2; exit 1; }
+    else
+      echo "PostgreSQL does not answer at LEM_DATABASE_URL and no local cluster is installed." >&2
+      echo "Install it (apt-get install postgresql) or point LEM_DATABASE_URL at a running server." >&2
+      exit 1
+    fi
+  fi
+  echo "Redis and PostgreSQL answer"
+}
+
+alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+start() {  # start NAME COMMAND...
+  local name=$1; shift
+  if alive "$name"; then echo "$name already running (pid $(cat "$RUN/$name.pid"))"; return; fi
+  setsid "$@" >"$RUN/$name.log" 2>&1 < /dev/null &
+  echo $! >"$RUN/$name.pid"
+  echo "started $name (pid $!, log $RUN/$name.log)"
+}
+
+up() {
+  start telemetry "$VENV/bin/lem-telemetry"
+  start control "$VENV/bin/lem-control"
+  start worker-pytorch "$VENV/bin/lem-worker-pytorch"
+  echo -n "waiting for workers to answer ping"
+  for _ in $(seq 1 90); do
+    if "$VENV/bin/celery" -A lem_planner.control:app inspect ping --timeout 1 2>/dev/null \
+        | grep -q "pytorch@" && "$VENV/bin/celery" -A lem_planner.control:app inspect ping --timeout 1 \
+        2>/dev/null | grep -q "control@"; then
+      echo " ok"; return 0
+    fi
+    for n in telemetry control worker-pytorch; do
+      alive "$n" || { echo; echo "$n exited; its log:" >&2; tail -n 30 "$RUN/$n.log" >&2; exit 1; }
+    done
+    echo -n "."; sleep 1
+  done
+  echo; echo "workers did not answer ping within 90 s; see $RUN/*.log" >&2; exit 1
+}
+
+down() {
+  for name in worker-pytorch control telemetry flower; do
+    if alive "$name"; then
+      pid=$(cat "$RUN/$name.pid")
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -0 "$pid" 2>/dev/null && { echo "$name did not stop in 30 s: killing"; kill -KILL "$pid"; }
+      echo "stopped $name"
+    fi
+    rm -f "$RUN/$name.pid"
+  done
+}
+
+status() {
+  for name in telemetry control worker-pytorch flower; do
+    if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
+  done
+}
+
+"${1:?usage: services.sh infra|up|down|status}"

@@ -1,0 +1,94 @@
+"""Energy finalisation by the control code, on the recorded H200 trace replayed into gpu_samples.
+
+The trace is a stand-in for a GPU this machine does not have (the samples are stored with source
+"nvml-replay"); the finalisation code, the database and the queries are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, insert
+
+from lem_planner.control import finalise_run
+from lem_shared.contracts import run_key
+from lem_shared.db.models import Campaign, Experiment, GpuSample, Run, RunMetrics
+from lem_shared.db.session import session_scope
+
+REPLAY_UUID = "GPU-replay-h200-finalise-test"
+
+
+def utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+@pytest.fixture
+def replayed_trace(stack_env, h200_trace_dir: Path):  # noqa: ANN001, ANN201
+    rows = []
+    with open(h200_trace_dir / "h200_nvml_trace.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            rows.append({"host": "h200-replay", "gpu_uuid": REPLAY_UUID, "gpu_index": 0, "time": utc(r["t"]),
+                         "source": "nvml-replay", "power_w": r["power_mw"] / 1000, "energy_mj": r["energy_mj"],
+                         "temperature_c": r["temp_c"], "sm_clock_mhz": r["sm_mhz"], "mem_clock_mhz": r["mem_mhz"],
+                         "clock_event_reasons": r["reasons"], "memory_used_bytes": r["mem_used_b"],
+                         "utilization_gpu": r["util_gpu"], "utilization_memory": r["util_mem"]})
+    with session_scope() as s:
+        s.execute(insert(GpuSample), rows)
+    marks = {}
+    with open(h200_trace_dir / "h200_nvml_marks.jsonl") as f:
+        for line in f:
+            m = json.loads(line)
+            marks[m["mark"].split(":")[0]] = m["t"]
+    yield marks
+    with session_scope() as s:
+        s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPLAY_UUID))
+
+
+def measured_run(window: tuple[float, float], output_tokens: int) -> tuple[int, int]:
+    with session_scope() as s:
+        campaign = Campaign(name="replay", spec={}, spec_hash="0" * 64)
+        s.add(campaign)
+        s.flush()
+        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config={}, config_hash="0" * 64)
+        s.add(experiment)
+        s.flush()
+        run = Run(run_key=run_key(campaign.id, {}, 0), campaign_id=campaign.id, experiment_id=experiment.id, cycle=0,
+                  status="measured", attempts=1, device="cuda:0", gpu_uuid=REPLAY_UUID,
+                  window_start=utc(window[0]), window_end=utc(window[1]))
+        s.add(run)
+        s.flush()
+        s.add(RunMetrics(run_id=run.id, requests=1, input_tokens=1, output_tokens=output_tokens, duration_s=1,
+                         tokens_per_s=1, requests_per_s=1, latency_mean_s=1, latency_p50_s=1, latency_p95_s=1,
+                         ttft_mean_s=None, peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0,
+                         model_reused=False, warmup_batches=0))
+        return run.id, campaign.id
+
+
+def test_finalise_attaches_counter_energy_of_the_window_and_closes_the_campaign(replayed_trace: dict) -> None:
+    # decode at batch 1 of a random-initialised 0.85 B Llama on the H200: 1143.8 J by the counter, 256 tokens.
+    window = (replayed_trace["decode_bs1_start"], replayed_trace["decode_bs1_end"])
+    run_id, campaign_id = measured_run(window, output_tokens=256)
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        run, metrics, campaign = s.get(Run, run_id), s.get(RunMetrics, run_id), s.get(Campaign, campaign_id)
+        assert run is not None and metrics is not None and campaign is not None
+        assert run.status == "done" and campaign.status == "done"
+        assert metrics.energy_source == "nvml_energy_counter"
+        assert metrics.energy_j == pytest.approx(1143.8, abs=13)  # within one 100 ms counter update at 127 W
+        assert metrics.mean_power_w == pytest.approx(127, abs=2)
+        assert metrics.energy_power_integral_j == pytest.approx(metrics.energy_j, rel=0.02)
+        assert metrics.j_per_token == pytest.approx(metrics.energy_j / 256)
+
+
+def test_finalise_without_telemetry_records_why_and_does_not_hang(replayed_trace: dict) -> None:
+    later = replayed_trace["cooldown_end"] + 3600  # no samples exist this late
+    run_id, _ = measured_run((later, later + 10), output_tokens=10)
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None and metrics.energy_j is None
+        assert "no telemetry" in (metrics.energy_note or "")
