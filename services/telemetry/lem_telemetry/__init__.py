@@ -1,0 +1,1 @@
+"""LLenergyMeasure telemetry: a daemon that samples every GPU (NVML) and the host, always, into PostgreSQL."""
