@@ -100,7 +100,7 @@ class Workers:
         for proc, _ in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, (proc, log) in self.procs.items():
+        for proc, log in self.procs.values():
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:

@@ -67,7 +67,8 @@ def test_wrong_type_and_unknown_backend_are_both_reported() -> None:
 
 
 def test_impossible_combination_is_rejected_with_the_grid_point() -> None:
-    (problem,) = problems_of({"name": "x", "experiment": {"workload": {"num_prompts": 4}}, "grid": {"batch_size": [2, 8]}})
+    raw = {"name": "x", "experiment": {"workload": {"num_prompts": 4}}, "grid": {"batch_size": [2, 8]}}
+    (problem,) = problems_of(raw)
     assert problem == "grid point (batch_size=8): batch_size (8) must be <= workload.num_prompts (4)"
 
 

@@ -76,7 +76,8 @@ class TransformersAdapter:
                 model = AutoModelForCausalLM.from_pretrained(experiment.model, dtype=dtype).to(self.device)
             except OSError as exc:
                 reason = str(exc).split(". ")[0]
-                raise RuntimeError(f"cannot load model {experiment.model!r} (hub id or local folder): {reason}") from exc
+                message = f"cannot load model {experiment.model!r} (hub id or local folder): {reason}"
+                raise RuntimeError(message) from exc
         model.eval()
         model.generation_config.pad_token_id = model.generation_config.pad_token_id or 0
         self.model = model
