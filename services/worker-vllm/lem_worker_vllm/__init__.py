@@ -1,0 +1,1 @@
+"""LLenergyMeasure worker for vLLM: the common runtime plus the vLLM adapter."""

@@ -1,0 +1,201 @@
+"""vLLM engine adapter: offline ``vllm.LLM.generate`` on token-id prompts with a forced output length.
+
+NOT RUN HERE. This adapter is written against vLLM's public Python API and has never been executed: vLLM cannot be
+installed on the machines this project has (no GPU on the developers' machines; the lent H200 has no room or
+network for vLLM's wheels). The API was checked against the vllm-project/vllm sources as stored in 2026 (the
+V1 engine; ``vllm/entrypoints/llm.py``, ``vllm/engine/arg_utils.py``, ``vllm/sampling_params.py``,
+``vllm/outputs.py``, ``vllm/v1/engine/output_processor.py``, ``vllm/v1/metrics/stats.py``), which is the API of the
+v0.2x releases the worker image pins. Run ``tests/gpu`` in the worker image before trusting its figures.
+
+How an experiment maps onto vLLM (the pure functions below hold the mapping, so it is unit tested):
+- ``random:NAME`` writes the preset's Llama ``config.json`` into a temporary folder and loads it with
+  ``load_format="dummy"`` (random weights) and ``skip_tokenizer_init=True`` (prompts are token ids already).
+- every prompt generates exactly ``output_len`` tokens: ``min_tokens = max_tokens``, ``ignore_eos``, greedy.
+- prefix caching is off: the warm-up replays the measured prompts, and a cache hit would skip the prefill the
+  measurement window is meant to contain.
+- log stats are on (``disable_log_stats=False``): vLLM fills ``RequestOutput.metrics`` only then, and the batch's
+  time to first token comes from it.
+- the engine keyword arguments depend only on (model, dtype): the runtime reuses a loaded engine for every
+  experiment with the same (backend, model, dtype), so nothing workload-specific may go into the engine.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from lem_shared.config import ExperimentConfig
+from lem_shared.model_presets import random_preset
+from lem_shared.runtime.adapter import DeviceInfo, Generation
+from lem_shared.runtime.engine_support import (
+    cuda_visible_devices_for,
+    engine_dtype,
+    llama_hf_config,
+    nvml_memory_used,
+    write_hf_config,
+)
+
+NOT_INSTALLED = "vLLM is not installed on this worker host: pip install 'lem-worker-vllm[engine]' (needs a CUDA GPU)"
+
+# Seeds vLLM's random weights (load_format="dummy"); fixed, because the loaded engine outlives one experiment.
+MODEL_SEED = 0
+
+
+def engine_kwargs(experiment: ExperimentConfig, model_path: str) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for this experiment's model; ``model_path`` is where its config lives."""
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": engine_dtype(experiment),
+        "seed": MODEL_SEED,
+        "enable_prefix_caching": False,
+        "disable_log_stats": False,
+    }
+    if random_preset(experiment.model) is not None:
+        kwargs.update(load_format="dummy", skip_tokenizer_init=True)
+    return kwargs
+
+
+def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.SamplingParams``: exactly ``output_len`` new tokens, greedy, no text."""
+    n = experiment.workload.output_len
+    return {"max_tokens": n, "min_tokens": n, "ignore_eos": True, "temperature": 0.0, "detokenize": False}
+
+
+def output_tokens(outputs: Sequence[Any]) -> int:
+    """New tokens in a list of ``RequestOutput`` (one completion each)."""
+    return sum(len(out.outputs[0].token_ids) for out in outputs)
+
+
+def batch_ttft(outputs: Sequence[Any], started: float) -> float | None:
+    """Seconds from ``started`` (wall clock, before ``generate``) until every request had its first token.
+
+    vLLM's ``RequestStateStats`` carries ``arrival_time`` (wall clock) and ``first_token_latency`` (seconds after
+    arrival). None when any request lacks them (log stats off, or a vLLM without these fields).
+    """
+    firsts = []
+    for out in outputs:
+        stats = getattr(out, "metrics", None)
+        arrival = getattr(stats, "arrival_time", None)
+        latency = getattr(stats, "first_token_latency", None)
+        if not arrival or not latency:
+            return None
+        firsts.append(float(arrival) + float(latency))
+    return max(firsts) - started if firsts else None
+
+
+def _cuda0_info() -> DeviceInfo:
+    """Name and NVML UUID of the engine's GPU: device 0 of the ones this process may see."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    raw = str(props.uuid)
+    return DeviceInfo("cuda:0", str(props.name), raw if raw.startswith("GPU-") else f"GPU-{raw}")
+
+
+class VllmAdapter:
+    def __init__(self, device: str):
+        self.device = device
+        self._llm: Any = None
+        self._model_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._vocab_size: int | None = None
+        self._info: DeviceInfo | None = None
+        # The engine host is a fresh process: pin its GPU before anything starts CUDA or the engine.
+        self._device_error: str | None = None
+        try:
+            visible = cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        except ValueError as exc:
+            self._device_error = str(exc)
+        else:
+            if visible is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = visible
+
+    def load(self, experiment: ExperimentConfig) -> None:
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError(NOT_INSTALLED)
+        if self._device_error is not None:
+            raise RuntimeError(self._device_error)
+        import vllm
+
+        model_path = experiment.model
+        preset = random_preset(experiment.model)
+        if preset is not None:
+            self._model_dir = tempfile.TemporaryDirectory(prefix="lem-vllm-model-")
+            config = llama_hf_config(experiment.model, engine_dtype(experiment))
+            model_path = str(write_hf_config(Path(self._model_dir.name), config))
+        try:
+            self._llm = vllm.LLM(**engine_kwargs(experiment, model_path))
+        except BaseException:
+            self.unload()
+            raise
+        if preset is not None:
+            self._vocab_size = int(preset["vocab_size"])
+        else:
+            self._vocab_size = int(self._llm.llm_engine.model_config.get_vocab_size())
+
+    def unload(self) -> None:
+        """Drop the engine and free the GPU the way vLLM's maintainers advise: delete, then clean up.
+
+        Deleting ``LLM`` shuts its engine-core process down; ``cleanup_dist_env_and_memory`` tears down the
+        distributed state vLLM set up in this process and empties the CUDA cache.
+        """
+        self._llm = None
+        gc.collect()
+        try:
+            from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        except ImportError:
+            pass
+        else:
+            cleanup_dist_env_and_memory()
+        if self._model_dir is not None:
+            self._model_dir.cleanup()
+            self._model_dir = None
+        self._vocab_size = None
+
+    def vocab_size(self) -> int:
+        if self._vocab_size is None:
+            raise RuntimeError("no model loaded")
+        return self._vocab_size
+
+    def generate(self, prompts: list[list[int]], experiment: ExperimentConfig) -> Generation:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(**sampling_kwargs(experiment))
+        requests = [TokensPrompt(prompt_token_ids=prompt) for prompt in prompts]
+        started = time.time()
+        outputs = self._llm.generate(requests, params, use_tqdm=False)
+        return Generation(output_tokens=output_tokens(outputs), ttft_s=batch_ttft(outputs, started))
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: ``LLM.generate`` returns only when every request has finished."""
+
+    def device_info(self) -> DeviceInfo:
+        if self._info is None:
+            self._info = _cuda0_info()
+        return self._info
+
+    def reset_peak_memory(self) -> None:
+        """The engine's memory is in vLLM's engine-core process: no peak counter of ours to reset."""
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        # vLLM reserves its KV-cache pool up front, so the device's use at the window's end is its footprint.
+        used = nvml_memory_used(self.device_info().gpu_uuid)
+        if used is None:
+            return None, "unavailable: NVML could not read the device memory"
+        return used, "nvml_device_used_at_window_end"
+
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for name in ("vllm", "torch", "transformers"):
+            try:
+                out[name] = version(name)
+            except PackageNotFoundError:
+                out[name] = "not installed"
+        return out

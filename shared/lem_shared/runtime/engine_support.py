@@ -1,0 +1,106 @@
+"""Helpers for adapters whose engine runs in processes of its own (vLLM, TensorRT-LLM). No torch, no engine.
+
+- which GPU a worker's ``LEM_DEVICE`` names, as the ``CUDA_VISIBLE_DEVICES`` value the engine must start with;
+- the dtype an engine is asked for (``auto`` on a random preset means bf16, as in the PyTorch adapter);
+- the Hugging Face ``config.json`` of a ``random:NAME`` Llama preset, for an engine's random-weight loader;
+- the device memory in use on a GPU, read through NVML by UUID (the engine's memory is in processes we do not own).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lem_shared.config import ExperimentConfig
+from lem_shared.model_presets import random_preset
+
+# A random-initialised model has no dtype of its own; CUDA engines run bf16 by default, as the PyTorch adapter does.
+RANDOM_MODEL_DTYPE = "bfloat16"
+
+# Token ids LlamaConfig uses when none are given; with ignore_eos they never end a sequence.
+RANDOM_MODEL_BOS_ID = 1
+RANDOM_MODEL_EOS_ID = 2
+
+
+def cuda_visible_devices_for(device: str, visible: str | None) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` that leaves the engine exactly the GPU ``device`` names, or None to keep it.
+
+    ``auto`` and ``cuda`` keep what the process was given (a container that reserved one GPU sees just that one).
+    ``cuda:N`` is the N-th GPU this process can see, so it is taken from ``visible`` when that is set.
+    """
+    if device in ("auto", "cuda"):
+        return None
+    kind, _, index = device.partition(":")
+    if kind != "cuda" or not index.isdigit():
+        raise ValueError(f"LEM_DEVICE={device!r}: this engine needs a CUDA GPU; use 'auto', 'cuda' or 'cuda:N'")
+    n = int(index)
+    if not visible:
+        return str(n)
+    entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
+    if n >= len(entries):
+        raise ValueError(
+            f"LEM_DEVICE={device!r} but only {len(entries)} GPU(s) are visible (CUDA_VISIBLE_DEVICES={visible})"
+        )
+    return entries[n]
+
+
+def engine_dtype(experiment: ExperimentConfig) -> str:
+    """The dtype name handed to the engine: ``auto`` lets a checkpoint decide, a random preset has none to offer."""
+    if experiment.dtype == "auto" and random_preset(experiment.model) is not None:
+        return RANDOM_MODEL_DTYPE
+    return experiment.dtype
+
+
+def llama_hf_config(model: str, dtype: str) -> dict[str, Any]:
+    """The Hugging Face ``config.json`` of the ``random:NAME`` preset ``model``: the shape the PyTorch adapter builds.
+
+    Keys the preset leaves out take LlamaConfig's defaults, written out so every engine reads the same model.
+    """
+    preset = random_preset(model)
+    if preset is None:
+        raise ValueError(f"{model!r} is not a random:NAME preset")
+    config: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_act": "silu",
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "initializer_range": 0.02,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": False,
+        "bos_token_id": RANDOM_MODEL_BOS_ID,
+        "eos_token_id": RANDOM_MODEL_EOS_ID,
+        "use_cache": True,
+        "torch_dtype": dtype,
+    }
+    for key, value in preset.items():
+        config[key] = bool(value) if key == "tie_word_embeddings" else value
+    return config
+
+
+def write_hf_config(directory: Path, config: dict[str, Any]) -> Path:
+    """Write ``config.json`` into ``directory`` (a checkpoint folder with no weights) and return the folder."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def nvml_memory_used(gpu_uuid: str | None) -> int | None:
+    """Bytes in use on the GPU with this NVML UUID (every process on it), or None when NVML cannot say."""
+    if gpu_uuid is None:
+        return None
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu_uuid)
+            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+        finally:
+            pynvml.nvmlShutdown()
+    except pynvml.NVMLError:
+        return None

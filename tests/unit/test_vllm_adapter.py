@@ -1,0 +1,138 @@
+"""The vLLM adapter's mapping of an experiment onto vLLM, checked without vLLM (it cannot be installed here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+from lem_shared.config import ExperimentConfig, SyntheticWorkload
+from lem_shared.queues import Backend
+from lem_worker_vllm.adapter import (
+    MODEL_SEED,
+    NOT_INSTALLED,
+    VllmAdapter,
+    batch_ttft,
+    engine_kwargs,
+    output_tokens,
+    sampling_kwargs,
+)
+
+VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
+
+
+def experiment(**changes: object) -> ExperimentConfig:
+    base: dict[str, object] = {"backend": "vllm", "model": "random:llama-1b", "batch_size": 4,
+                               "workload": {"num_prompts": 8, "input_len": 64, "output_len": 32}}
+    base.update(changes)
+    return ExperimentConfig.model_validate(base)
+
+
+def test_random_preset_gets_random_weights_from_the_written_config_and_no_tokenizer() -> None:
+    kwargs = engine_kwargs(experiment(), "/tmp/lem-model")
+    assert kwargs == {
+        "model": "/tmp/lem-model",
+        "dtype": "bfloat16",  # auto on a random preset: bf16, as the PyTorch adapter on CUDA
+        "seed": MODEL_SEED,
+        "enable_prefix_caching": False,
+        "disable_log_stats": False,
+        "load_format": "dummy",
+        "skip_tokenizer_init": True,
+    }
+
+
+def test_hub_model_loads_its_weights_and_tokenizer_and_keeps_auto_dtype() -> None:
+    kwargs = engine_kwargs(experiment(model="meta-llama/Llama-3.2-1B"), "meta-llama/Llama-3.2-1B")
+    assert kwargs["model"] == "meta-llama/Llama-3.2-1B"
+    assert kwargs["dtype"] == "auto"
+    assert "load_format" not in kwargs and "skip_tokenizer_init" not in kwargs
+    assert kwargs["enable_prefix_caching"] is False
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_an_explicit_dtype_is_passed_through(dtype: str) -> None:
+    assert engine_kwargs(experiment(dtype=dtype), "x")["dtype"] == dtype
+
+
+def test_engine_arguments_depend_only_on_model_and_dtype() -> None:
+    # The runtime reuses a loaded engine for every experiment with the same (backend, model, dtype).
+    small = experiment(batch_size=1, workload={"num_prompts": 2, "input_len": 8, "output_len": 4, "seed": 1})
+    large = experiment(batch_size=8, workload={"num_prompts": 8, "input_len": 512, "output_len": 256, "seed": 9})
+    assert engine_kwargs(small, "m") == engine_kwargs(large, "m")
+
+
+def test_sampling_forces_exactly_output_len_greedy_tokens() -> None:
+    assert sampling_kwargs(experiment(workload=SyntheticWorkload(output_len=77))) == {
+        "max_tokens": 77,
+        "min_tokens": 77,
+        "ignore_eos": True,
+        "temperature": 0.0,
+        "detokenize": False,
+    }
+
+
+def request_output(tokens: int, arrival: float | None = None, latency: float | None = None) -> object:
+    metrics = None if arrival is None else SimpleNamespace(arrival_time=arrival, first_token_latency=latency)
+    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(range(tokens)))], metrics=metrics)
+
+
+def test_output_tokens_count_the_first_completion_of_every_request() -> None:
+    assert output_tokens([request_output(32), request_output(32), request_output(5)]) == 69
+
+
+def test_batch_ttft_is_when_the_last_request_got_its_first_token() -> None:
+    outputs = [request_output(4, arrival=100.01, latency=0.20),
+               request_output(4, arrival=100.02, latency=0.33)]
+    assert batch_ttft(outputs, started=100.0) == pytest.approx(0.35)
+
+
+def test_batch_ttft_is_none_when_vllm_gave_no_request_metrics() -> None:
+    assert batch_ttft([request_output(4), request_output(4)], started=0.0) is None
+    assert batch_ttft([request_output(4, arrival=1.0, latency=0.0)], started=0.0) is None
+    assert batch_ttft([], started=0.0) is None
+
+
+@pytest.mark.skipif(VLLM_INSTALLED, reason="vLLM is installed here")
+def test_load_without_vllm_says_how_to_install_it() -> None:
+    with pytest.raises(RuntimeError) as info:
+        VllmAdapter("auto").load(experiment())
+    assert str(info.value) == NOT_INSTALLED
+    assert "pip install 'lem-worker-vllm[engine]'" in str(info.value)
+
+
+def test_reported_versions_name_vllm_and_torch() -> None:
+    versions = VllmAdapter("auto").versions()
+    assert set(versions) >= {"vllm", "torch"}
+    if not VLLM_INSTALLED:
+        assert versions["vllm"] == "not installed"
+
+
+def test_cuda_n_pins_the_engine_host_to_that_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    VllmAdapter("cuda:1")
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+
+
+def test_cpu_device_is_refused_when_a_model_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    adapter = VllmAdapter("cpu")
+    with pytest.raises(RuntimeError, match="vLLM is not installed|needs a CUDA GPU"):
+        adapter.load(experiment())
+
+
+def test_worker_entry_point_serves_the_run_task_without_importing_the_engine() -> None:
+    # A fresh interpreter: Celery shares decorated tasks between the apps of one process.
+    probe = (
+        "import sys, importlib\n"
+        "import lem_worker_vllm.main as main\n"
+        "from lem_shared.queues import RUN_TASK\n"
+        "module, _, name = main.ADAPTER.partition(':')\n"
+        "adapter = getattr(importlib.import_module(module), name)\n"
+        "print(RUN_TASK in main.app.tasks, adapter.__name__, main.app.main,"
+        " 'vllm' in sys.modules, 'torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.split() == ["True", "VllmAdapter", f"lem-worker-{Backend.VLLM.value}", "False", "False"]
