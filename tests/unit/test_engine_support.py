@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from lem_shared.config import ExperimentConfig
 from lem_shared.model_presets import LLAMA_PRESETS
 from lem_shared.runtime.engine_support import (

@@ -10,6 +10,7 @@ from enum import Enum
 from types import SimpleNamespace
 
 import pytest
+
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
 from lem_shared.queues import Backend
 from lem_shared.runtime.engine_support import RANDOM_MODEL_EOS_ID

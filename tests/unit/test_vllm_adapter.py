@@ -9,6 +9,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
 from lem_shared.queues import Backend
 from lem_worker_vllm.adapter import (

@@ -85,7 +85,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     app = make_celery(f"lem-worker-{backend.value}", settings)
     engine = EngineHost(adapter_path, settings.device, settings.run_timeout_s)
 
-    @app.task(name=RUN_TASK, bind=True)
+    @app.task(name=RUN_TASK, bind=True, shared=False)
     def run_experiment(self: Any, message: dict[str, Any]) -> dict[str, Any]:
         request = RunRequest.model_validate(message)
         run_id = claim_run(request.run_key, self.request.hostname or "unknown", socket.gethostname())
