@@ -78,9 +78,8 @@ up() {
   start worker-pytorch "$VENV/bin/lem-worker-pytorch"
   echo -n "waiting for workers to answer ping"
   for _ in $(seq 1 90); do
-    if "$VENV/bin/celery" -A lem_planner.control:app inspect ping --timeout 1 2>/dev/null \
-        | grep -q "pytorch@" && "$VENV/bin/celery" -A lem_planner.control:app inspect ping --timeout 1 \
-        2>/dev/null | grep -q "control@"; then
+    replies=$("$VENV/bin/celery" -A lem_planner.control:app inspect ping --timeout 1 2>/dev/null || true)
+    if [[ $replies == *"pytorch@"* && $replies == *"control@"* ]]; then
       echo " ok"; return 0
     fi
     for n in telemetry control worker-pytorch; do
