@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import resource
 import time
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import torch
@@ -18,6 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 from lem_shared.config import ExperimentConfig
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import DeviceInfo, Generation
+from lem_shared.runtime.engine_support import cuda_device_info, package_versions
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -43,14 +43,6 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def _gpu_uuid(device: torch.device) -> str | None:
-    """The NVML UUID ("GPU-…") of a CUDA device, which telemetry keys its samples by."""
-    if device.type != "cuda":
-        return None
-    raw = str(torch.cuda.get_device_properties(device).uuid)
-    return raw if raw.startswith("GPU-") else f"GPU-{raw}"
 
 
 class TransformersAdapter:
@@ -115,7 +107,7 @@ class TransformersAdapter:
 
     def device_info(self) -> DeviceInfo:
         if self.device.type == "cuda":
-            return DeviceInfo(str(self.device), torch.cuda.get_device_name(self.device), _gpu_uuid(self.device))
+            return cuda_device_info(self.device.index or 0)
         return DeviceInfo("cpu", "cpu", None)
 
     def reset_peak_memory(self) -> None:
@@ -129,10 +121,4 @@ class TransformersAdapter:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_peak_rss"
 
     def versions(self) -> dict[str, str]:
-        out = {"torch": torch.__version__, "cuda_runtime": str(torch.version.cuda)}
-        for name in ("transformers",):
-            try:
-                out[name] = version(name)
-            except PackageNotFoundError:
-                out[name] = "not installed"
-        return out
+        return {"torch": torch.__version__, "cuda_runtime": str(torch.version.cuda), **package_versions("transformers")}

@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import gc
 import importlib.util
-import os
 import tempfile
 from collections.abc import Sequence
-from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 from typing import Any
 
 from lem_shared.config import ExperimentConfig
@@ -39,11 +36,12 @@ from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import DeviceInfo, Generation
 from lem_shared.runtime.engine_support import (
     RANDOM_MODEL_EOS_ID,
-    cuda_visible_devices_for,
+    cuda_device_info,
+    device_memory_at_window_end,
     engine_dtype,
-    llama_hf_config,
-    nvml_memory_used,
-    write_hf_config,
+    model_folder,
+    package_versions,
+    pin_cuda_device,
 )
 
 NOT_INSTALLED = (
@@ -105,15 +103,6 @@ def batch_ttft(outputs: Sequence[Any]) -> float | None:
     return max(values) if values else None
 
 
-def _cuda0_info() -> DeviceInfo:
-    """Name and NVML UUID of the engine's GPU: device 0 of the ones this process may see."""
-    import torch
-
-    props = torch.cuda.get_device_properties(0)
-    raw = str(props.uuid)
-    return DeviceInfo("cuda:0", str(props.name), raw if raw.startswith("GPU-") else f"GPU-{raw}")
-
-
 class TrtLlmAdapter:
     def __init__(self, device: str):
         self.device = device
@@ -122,14 +111,7 @@ class TrtLlmAdapter:
         self._vocab_size: int | None = None
         self._info: DeviceInfo | None = None
         # The engine host is a fresh process: pin its GPU before anything starts CUDA or the engine.
-        self._device_error: str | None = None
-        try:
-            visible = cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
-        except ValueError as exc:
-            self._device_error = str(exc)
-        else:
-            if visible is not None:
-                os.environ["CUDA_VISIBLE_DEVICES"] = visible
+        self._device_error = pin_cuda_device(device)
 
     def load(self, experiment: ExperimentConfig) -> None:
         if importlib.util.find_spec("tensorrt_llm") is None:
@@ -139,12 +121,7 @@ class TrtLlmAdapter:
         from tensorrt_llm import LLM
         from tensorrt_llm.llmapi import KvCacheConfig
 
-        model_path = experiment.model
-        preset = random_preset(experiment.model)
-        if preset is not None:
-            self._model_dir = tempfile.TemporaryDirectory(prefix="lem-trt-model-")
-            config = llama_hf_config(experiment.model, engine_dtype(experiment))
-            model_path = str(write_hf_config(Path(self._model_dir.name), config))
+        model_path, self._model_dir = model_folder(experiment, prefix="lem-trt-model-")
         kwargs = engine_kwargs(experiment, model_path)
         kwargs["kv_cache_config"] = KvCacheConfig(**kwargs["kv_cache_config"])
         try:
@@ -152,6 +129,7 @@ class TrtLlmAdapter:
         except BaseException:
             self.unload()
             raise
+        preset = random_preset(experiment.model)
         if preset is not None:
             self._vocab_size = int(preset["vocab_size"])
         else:
@@ -190,24 +168,14 @@ class TrtLlmAdapter:
 
     def device_info(self) -> DeviceInfo:
         if self._info is None:
-            self._info = _cuda0_info()
+            self._info = cuda_device_info(0)
         return self._info
 
     def reset_peak_memory(self) -> None:
         """The engine's memory is in TensorRT-LLM's worker process: no peak counter of ours to reset."""
 
     def peak_memory(self) -> tuple[int | None, str]:
-        # The KV-cache pool is reserved when the engine starts: the device's use at the window's end is its footprint.
-        used = nvml_memory_used(self.device_info().gpu_uuid)
-        if used is None:
-            return None, "unavailable: NVML could not read the device memory"
-        return used, "nvml_device_used_at_window_end"
+        return device_memory_at_window_end(self.device_info().gpu_uuid)
 
     def versions(self) -> dict[str, str]:
-        out = {}
-        for name in ("tensorrt_llm", "torch", "transformers"):
-            try:
-                out[name] = version(name)
-            except PackageNotFoundError:
-                out[name] = "not installed"
-        return out
+        return package_versions("tensorrt_llm", "torch", "transformers")

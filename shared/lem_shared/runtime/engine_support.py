@@ -9,11 +9,15 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from lem_shared.config import ExperimentConfig
 from lem_shared.model_presets import random_preset
+from lem_shared.runtime.adapter import DeviceInfo
 
 # A random-initialised model has no dtype of its own; CUDA engines run bf16 by default, as the PyTorch adapter does.
 RANDOM_MODEL_DTYPE = "bfloat16"
@@ -43,6 +47,39 @@ def cuda_visible_devices_for(device: str, visible: str | None) -> str | None:
             f"LEM_DEVICE={device!r} but only {len(entries)} GPU(s) are visible (CUDA_VISIBLE_DEVICES={visible})"
         )
     return entries[n]
+
+
+def pin_cuda_device(device: str) -> str | None:
+    """Set ``CUDA_VISIBLE_DEVICES`` for the GPU ``device`` names, before anything starts CUDA in this process.
+
+    Returns the reason when ``device`` cannot be honoured (raised later, from ``load``, so it reaches the run).
+    """
+    try:
+        visible = cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    except ValueError as exc:
+        return str(exc)
+    if visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible
+    return None
+
+
+def model_folder(experiment: ExperimentConfig, prefix: str) -> tuple[str, tempfile.TemporaryDirectory[str] | None]:
+    """Where the engine loads the model from: the hub id or folder itself, or for ``random:NAME`` a temporary
+    folder holding only the preset's ``config.json`` (kept alive by the returned handle)."""
+    if random_preset(experiment.model) is None:
+        return experiment.model, None
+    folder = tempfile.TemporaryDirectory(prefix=prefix)
+    write_hf_config(Path(folder.name), llama_hf_config(experiment.model, engine_dtype(experiment)))
+    return folder.name, folder
+
+
+def cuda_device_info(index: int = 0) -> DeviceInfo:
+    """Name and NVML UUID ("GPU-…", the key telemetry stores samples under) of CUDA device ``index``."""
+    import torch  # only engines that bring torch call this
+
+    props = torch.cuda.get_device_properties(index)
+    raw = str(props.uuid)
+    return DeviceInfo(f"cuda:{index}", str(props.name), raw if raw.startswith("GPU-") else f"GPU-{raw}")
 
 
 def engine_dtype(experiment: ExperimentConfig) -> str:
@@ -104,3 +141,23 @@ def nvml_memory_used(gpu_uuid: str | None) -> int | None:
             pynvml.nvmlShutdown()
     except pynvml.NVMLError:
         return None
+
+
+def device_memory_at_window_end(gpu_uuid: str | None) -> tuple[int | None, str]:
+    """Peak memory for engines that reserve their KV-cache pool up front in processes of their own: the device's
+    use at the window's end is their footprint."""
+    used = nvml_memory_used(gpu_uuid)
+    if used is None:
+        return None, "unavailable: NVML could not read the device memory"
+    return used, "nvml_device_used_at_window_end"
+
+
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions, "not installed" for the missing ones."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
