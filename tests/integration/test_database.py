@@ -38,3 +38,19 @@ def test_schema_downgrades_to_base_and_upgrades_again(scratch_database: str) -> 
     assert tables(scratch_database) == {"alembic_version"}
     command.upgrade(config, "head")
     assert "runs" in tables(scratch_database)
+
+
+def test_cli_on_an_unmigrated_database_says_to_migrate(stack_env: dict[str, str], scratch_database: str) -> None:
+    lem = Path(sys.executable).with_name("lem")
+    env = {**stack_env, "LEM_DATABASE_URL": scratch_database}
+    result = subprocess.run([str(lem), "campaign", "list"], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "run `lem db upgrade`" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_without_a_database_server_says_how_to_start_one(stack_env: dict[str, str]) -> None:
+    lem = Path(sys.executable).with_name("lem")
+    env = {**stack_env, "LEM_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/lem"}
+    result = subprocess.run([str(lem), "campaign", "list"], env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "cannot use the database" in result.stderr and "Traceback" not in result.stderr

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import OperationalError as DatabaseError
+from sqlalchemy.exc import ProgrammingError as SchemaError
 
 from lem_shared.config import CampaignConfig, ConfigError, ExperimentConfig, load_campaign
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
@@ -223,6 +224,10 @@ def main() -> None:
         err.print(f"[bold red]error:[/] cannot use the database at {settings.database_url}: "
                   f"{str(exc.orig).strip().splitlines()[0]}\n  start PostgreSQL (`make services`) "
                   "and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL", highlight=False)
+        sys.exit(1)
+    except SchemaError as exc:
+        err.print(f"[bold red]error:[/] the database at {settings.database_url} lacks the LLenergyMeasure schema or "
+                  f"has an old one ({str(exc.orig).strip().splitlines()[0]}): run `lem db upgrade`", highlight=False)
         sys.exit(1)
     except BrokerError as exc:
         err.print(f"[bold red]error:[/] cannot reach the broker at {settings.broker_url}: {exc}\n"
