@@ -25,9 +25,11 @@ cli = typer.Typer(help="LLenergyMeasure: what LLM inference costs, in joules, se
 campaign_cli = typer.Typer(help="Plan, run and list campaigns.", no_args_is_help=True)
 results_cli = typer.Typer(help="Show results.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
+energy_cli = typer.Typer(help="Energy analysis of recorded telemetry.", no_args_is_help=True)
 cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
+cli.add_typer(energy_cli, name="energy")
 
 # Piped output (make, CI logs) gets a fixed width wide enough for the results table instead of rich's 80.
 out = Console() if sys.stdout.isatty() else Console(width=140)
@@ -214,6 +216,41 @@ def results_show(
         _print_json(run_records(campaign_id))
     else:
         _results_table(campaign_id)
+
+
+@energy_cli.command("analyse")
+def energy_analyse(
+    trace: Annotated[str, typer.Option(help="Telemetry JSONL: t, power_mw, energy_mj[, temp_c, sm_mhz, reasons].")],
+    windows: Annotated[str, typer.Option(help='Windows JSONL: {"name", "start", "end"} (Unix seconds).')],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    min_window_s: Annotated[float, typer.Option(help="Windows shorter than this get a warning.")] = 10.0,
+    interval_s: Annotated[float | None, typer.Option(help="Sampling interval; inferred when absent.")] = None,
+) -> None:
+    """Energy, power, clock-event shares and validity checks per window — the finaliser's own analysis."""
+    from lem_shared.analysis import RunContext, Thresholds, analyse_window
+    from lem_shared.trace import TraceError, read_trace, read_windows
+
+    try:
+        samples, spans = read_trace(trace), read_windows(windows)
+    except TraceError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    limits = Thresholds(min_window_s=min_window_s)
+    results = [analyse_window(samples, start, end, name=name, context=RunContext(interval_s=interval_s),
+                              thresholds=limits).to_dict() for name, start, end in spans]
+    if as_json:
+        _print_json(results)
+        return
+    table = Table("window", "s", "counter J", "∫P dt J", "gap %", "mean W", "peak W", "updates", "verdict")
+    for r in results:
+        table.add_row(r["name"], f"{r['duration_s']:.2f}", _fmt(r["energy_counter_j"], ".1f"),
+                      _fmt(r["energy_integral_j"], ".1f"), _fmt(r["disagreement_pct"], "+.2f"),
+                      _fmt(r["mean_power_w"], ".0f"), _fmt(r["peak_power_w"], ".0f"), str(r["counter_updates"]),
+                      r["verdict"])
+    out.print(table)
+    for r in results:
+        for check in r["checks"]:
+            if check["status"] in ("warning", "fail"):
+                out.print(f"{r['name']}: {check['status']}: {check['name']}: {check['message']}", highlight=False)
 
 
 def main() -> None:

@@ -1,0 +1,274 @@
+"""Window analysis: energy, power, throttling and validity checks for one measurement window.
+
+One implementation serves the control worker's finaliser (samples from PostgreSQL or SQLite) and
+`lem energy analyse` (samples from a trace file). Checks each give a status (pass / warning / fail / skipped)
+and a message; the verdict is ``invalid`` when any check fails, ``warning`` when any warns, else ``valid``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from lem_shared.energy import Sample, window_energy
+
+# NVML clock-event ("throttle") reasons (nvmlClocksEventReason*), by bit.
+CLOCK_EVENT_REASONS: dict[int, str] = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal",
+    0x40: "hw_thermal",
+    0x80: "hw_power_brake",
+}
+THERMAL = 0x20 | 0x40
+POWER_BRAKE = 0x80
+
+
+@dataclass(frozen=True)
+class TelemetrySample:
+    t: float
+    power_w: float | None
+    energy_mj: int | None
+    temperature_c: float | None = None
+    sm_clock_mhz: int | None = None
+    clock_event_reasons: int | None = None
+    utilization_gpu: int | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Where the checks draw their lines; every one is a setting a study can tighten."""
+
+    min_window_s: float = 10.0
+    min_counter_updates: int = 10
+    min_coverage: float = 0.95
+    max_disagreement_pct: float = 5.0
+    max_thermal_share: float = 0.0
+    min_sm_clock_ratio: float = 0.90
+    max_temperature_rise_c: float = 10.0
+    max_baseline_drift: float = 0.10
+    max_busy_utilization_pct: float = 10.0
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the run knew beyond the window's own samples; None means unknown (the check is skipped)."""
+
+    interval_s: float | None = None  # telemetry interval; inferred from the samples when None
+    before: tuple[float, float] | None = None  # the idle gap just before the window
+    after: tuple[float, float] | None = None  # the idle gap just after it
+    warmup_converged: bool | None = None
+    warmup_cv: float | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # pass | warning | fail | skipped
+    message: str
+
+
+@dataclass
+class WindowAnalysis:
+    name: str
+    start: float
+    end: float
+    duration_s: float
+    energy_counter_j: float | None
+    energy_integral_j: float | None
+    disagreement_pct: float | None
+    mean_power_w: float | None
+    peak_power_w: float | None
+    samples: int
+    expected_samples: int
+    coverage: float | None
+    counter_updates: int
+    counter_resets: int
+    reason_share: dict[str, float]
+    thermal_throttling: bool
+    power_brake: bool
+    max_temperature_c: float | None
+    temperature_rise_c: float | None
+    sm_clock_mean_mhz: float | None
+    sm_clock_before_mhz: float | None
+    sm_clock_ratio: float | None
+    idle_before_w: float | None
+    idle_after_w: float | None
+    utilization_before_pct: float | None
+    verdict: str = "valid"
+    checks: list[Check] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _between(samples: list[TelemetrySample], span: tuple[float, float] | None) -> list[TelemetrySample]:
+    return [] if span is None else [s for s in samples if span[0] <= s.t <= span[1]]
+
+
+def _idle_power(samples: list[TelemetrySample], span: tuple[float, float] | None) -> float | None:
+    if span is None or span[1] <= span[0]:
+        return None
+    return window_energy([Sample(s.t, s.energy_mj, s.power_w) for s in samples], *span).mean_power_w
+
+
+def analyse_window(
+    samples: list[TelemetrySample],
+    start: float,
+    end: float,
+    *,
+    name: str = "window",
+    context: RunContext | None = None,
+    thresholds: Thresholds | None = None,
+) -> WindowAnalysis:
+    """Analyse [start, end] from time-ordered samples that reach a little beyond both edges."""
+    context, limits = context or RunContext(), thresholds or Thresholds()
+    duration = end - start
+    energy = window_energy([Sample(s.t, s.energy_mj, s.power_w) for s in samples], start, end)
+    inside = [s for s in samples if start <= s.t <= end]
+    spacing = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False) if b.t > a.t]
+    interval = context.interval_s or (statistics.median(spacing) if spacing else None)
+    expected = max(1, round(duration / interval)) if interval and duration > 0 else 0
+
+    reasons = [s.clock_event_reasons for s in inside if s.clock_event_reasons is not None]
+    share = {label: (sum(1 for r in reasons if r & bit) / len(reasons) if reasons else 0.0)
+             for bit, label in CLOCK_EVENT_REASONS.items()}
+    share["none"] = sum(1 for r in reasons if r == 0) / len(reasons) if reasons else 0.0
+    thermal_share = sum(1 for r in reasons if r & THERMAL) / len(reasons) if reasons else 0.0
+    brake = any(r & POWER_BRAKE for r in reasons)
+
+    temps = [s.temperature_c for s in inside if s.temperature_c is not None]
+    clocks = [float(s.sm_clock_mhz) for s in inside if s.sm_clock_mhz is not None]
+    before = _between(samples, context.before)
+    clocks_before = [float(s.sm_clock_mhz) for s in before if s.sm_clock_mhz is not None]
+    util_before = [float(s.utilization_gpu) for s in before if s.utilization_gpu is not None]
+    powers = [s.power_w for s in inside if s.power_w is not None]
+    disagreement = (100 * (energy.power_integral_j - energy.energy_j) / energy.energy_j
+                    if energy.energy_j and energy.power_integral_j is not None else None)
+
+    result = WindowAnalysis(
+        name=name, start=start, end=end, duration_s=duration,
+        energy_counter_j=energy.energy_j, energy_integral_j=energy.power_integral_j,
+        disagreement_pct=disagreement, mean_power_w=energy.mean_power_w,
+        peak_power_w=max(powers) if powers else None,
+        samples=len(inside), expected_samples=expected,
+        coverage=min(1.0, len(inside) / expected) if expected else None,
+        counter_updates=energy.counter_updates, counter_resets=energy.counter_resets,
+        reason_share=share, thermal_throttling=thermal_share > 0, power_brake=brake,
+        max_temperature_c=max(temps) if temps else None,
+        temperature_rise_c=(max(temps) - temps[0]) if temps else None,
+        sm_clock_mean_mhz=_mean(clocks), sm_clock_before_mhz=_mean(clocks_before),
+        sm_clock_ratio=(_mean(clocks) / _mean(clocks_before)) if clocks and clocks_before else None,  # type: ignore[operator]
+        idle_before_w=_idle_power(samples, context.before), idle_after_w=_idle_power(samples, context.after),
+        utilization_before_pct=max(util_before) if util_before else None,
+    )
+    result.checks = _checks(result, context, limits, thermal_share, energy.note)
+    statuses = {c.status for c in result.checks}
+    result.verdict = "invalid" if "fail" in statuses else "warning" if "warning" in statuses else "valid"
+    return result
+
+
+def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_share: float,
+            energy_note: str | None) -> list[Check]:
+    checks: list[Check] = []
+
+    def add(name: str, status: str, message: str) -> None:
+        checks.append(Check(name, status, message))
+
+    if a.energy_counter_j is None:
+        add("energy_counter", "fail", energy_note or "no energy-counter reading covers the window")
+    else:
+        add("energy_counter", "pass", f"{a.energy_counter_j:.1f} J from the counter")
+
+    if a.duration_s < 1.0:
+        add("window_duration", "fail", f"{a.duration_s:.2f} s: under 1 s the counter's 100 ms steps dominate")
+    elif a.duration_s < limits.min_window_s:
+        add("window_duration", "warning", f"{a.duration_s:.2f} s is shorter than the {limits.min_window_s:g} s minimum")
+    else:
+        add("window_duration", "pass", f"{a.duration_s:.2f} s")
+
+    if a.counter_updates < limits.min_counter_updates:
+        add("counter_updates", "fail" if a.energy_counter_j is not None else "skipped",
+            f"{a.counter_updates} counter updates (< {limits.min_counter_updates}): quantisation error over 10 %")
+    else:
+        add("counter_updates", "pass", f"{a.counter_updates} counter updates")
+
+    if a.coverage is None:
+        add("sample_coverage", "skipped", "no sampling interval known")
+    elif a.coverage < limits.min_coverage:
+        add("sample_coverage", "warning",
+            f"{a.samples} of {a.expected_samples} expected samples ({100 * a.coverage:.1f} %)")
+    else:
+        add("sample_coverage", "pass", f"{a.samples} of {a.expected_samples} expected samples")
+
+    if a.disagreement_pct is None:
+        add("counter_vs_integral", "skipped", "no power integral or counter figure to compare")
+    elif abs(a.disagreement_pct) > limits.max_disagreement_pct:
+        add("counter_vs_integral", "warning",
+            f"∫P dt differs from the counter by {a.disagreement_pct:+.2f} % (power ramps; the counter is the figure)")
+    else:
+        add("counter_vs_integral", "pass", f"∫P dt within {a.disagreement_pct:+.2f} % of the counter")
+
+    if thermal_share > limits.max_thermal_share:
+        add("thermal_throttling", "warning", f"thermal clock events in {100 * thermal_share:.1f} % of the window")
+    else:
+        add("thermal_throttling", "pass", "no thermal clock events")
+
+    if a.power_brake:
+        add("hw_power_brake", "fail", f"HW power brake in {100 * a.reason_share['hw_power_brake']:.1f} % of the window")
+    else:
+        add("hw_power_brake", "pass", "no HW power brake")
+
+    if a.sm_clock_ratio is None:
+        add("sm_clock_drop", "skipped", "no SM clock readings before the window")
+    elif a.sm_clock_ratio < limits.min_sm_clock_ratio:
+        add("sm_clock_drop", "warning",
+            f"SM clock {a.sm_clock_mean_mhz:.0f} MHz in the window, {100 * a.sm_clock_ratio:.0f} % of "
+            f"{a.sm_clock_before_mhz:.0f} MHz before it")
+    else:
+        add("sm_clock_drop", "pass", f"SM clock at {100 * a.sm_clock_ratio:.0f} % of its pre-window value")
+
+    if a.temperature_rise_c is None:
+        add("temperature_drift", "skipped", "no temperature readings")
+    elif a.temperature_rise_c > limits.max_temperature_rise_c:
+        add("temperature_drift", "warning", f"temperature rose {a.temperature_rise_c:.0f} °C during the window")
+    else:
+        add("temperature_drift", "pass", f"temperature rose {a.temperature_rise_c:.0f} °C")
+
+    if a.idle_before_w is None or a.idle_after_w is None:
+        add("baseline_drift", "skipped", "no idle gap measured on both sides of the window")
+    else:
+        drift = (a.idle_after_w - a.idle_before_w) / a.idle_before_w
+        status = "warning" if abs(drift) > limits.max_baseline_drift else "pass"
+        add("baseline_drift", status,
+            f"idle {a.idle_before_w:.1f} W before, {a.idle_after_w:.1f} W after ({100 * drift:+.1f} %)")
+
+    if a.utilization_before_pct is None:
+        add("gpu_busy_before", "skipped", "no utilisation readings just before the window")
+    elif a.utilization_before_pct > limits.max_busy_utilization_pct:
+        add("gpu_busy_before", "fail",
+            f"GPU {a.utilization_before_pct:.0f} % busy while this run was idle: another process is using it")
+    else:
+        add("gpu_busy_before", "pass", f"GPU {a.utilization_before_pct:.0f} % busy before the window")
+
+    if ctx.warmup_converged is None:
+        add("warmup_converged", "skipped", "warm-up not reported")
+    elif not ctx.warmup_converged:
+        cv = f" (CV {ctx.warmup_cv:.3f})" if ctx.warmup_cv is not None else ""
+        add("warmup_converged", "warning", f"warm-up hit its cap before latencies settled{cv}")
+    else:
+        add("warmup_converged", "pass", "warm-up converged")
+
+    if a.counter_resets:
+        add("counter_reset", "warning", f"the energy counter reset {a.counter_resets} time(s) in the window (bridged)")
+    else:
+        add("counter_reset", "pass", "no counter reset")
+    return checks
