@@ -28,6 +28,26 @@ class SyntheticWorkload(_Strict):
     seed: int = 0
 
 
+class MeasurementProtocol(_Strict):
+    """How a run is measured (DESIGN §6): warm-up to convergence, a long enough window, idle baselines."""
+
+    warmup_window: int = Field(default=5, ge=2, description="k: the CV is taken over the last k warm-up latencies")
+    warmup_cv: float = Field(default=0.05, gt=0, description="warm-up ends when that CV is below this")
+    warmup_min: int = Field(default=3, ge=0, description="at least this many warm-up batches")
+    warmup_max: int = Field(default=50, ge=1, description="at most this many; reaching it is recorded")
+    min_window_s: float = Field(default=10.0, ge=0, description="the workload repeats until the window lasts this")
+    idle_gap_s: float = Field(default=2.0, ge=0, description="idle just before and after the window (GPU only)")
+    baseline_idle_s: float = Field(
+        default=30.0, ge=0, description="idle before a campaign's first run on a GPU: the deep-idle baseline"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MeasurementProtocol:
+        if self.warmup_min > self.warmup_max:
+            raise ValueError(f"warmup_min ({self.warmup_min}) must be <= warmup_max ({self.warmup_max})")
+        return self
+
+
 class ExperimentConfig(_Strict):
     """One point of a campaign: everything that decides what a run measures."""
 
@@ -36,7 +56,7 @@ class ExperimentConfig(_Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     batch_size: int = Field(default=1, ge=1)
     workload: SyntheticWorkload = SyntheticWorkload()
-    warmup_batches: int = Field(default=1, ge=0)
+    measurement: MeasurementProtocol = MeasurementProtocol()
 
     @field_validator("model")
     @classmethod

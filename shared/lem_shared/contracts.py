@@ -51,15 +51,29 @@ class BatchTiming(_Message):
     ttft_s: float | None
 
 
+class Warmup(_Message):
+    iterations: int
+    converged: bool
+    final_cv: float | None
+    latencies_s: list[float]
+
+
+Span = tuple[float, float]
+
+
 class Measurement(_Message):
-    """engine host → worker: what one run measured. Times are Unix seconds (window) or seconds (durations)."""
+    """engine host → worker: what one run measured. Times are Unix seconds (spans) or seconds (durations)."""
 
     device: str
     device_name: str
     gpu_uuid: str | None
     model_load_s: float
     model_reused: bool
-    warmup_batches: int
+    warmup: Warmup
+    passes: int  # times the workload ran in the window to reach the minimum duration
+    deep_idle: Span | None  # idle before the campaign's first run on this GPU
+    idle_before: Span | None  # idle just before the window
+    idle_after: Span | None  # idle just after it
     window_start: float
     window_end: float
     batches: list[BatchTiming]

@@ -39,5 +39,8 @@ def run_metrics(m: Measurement) -> dict[str, Any]:
         "peak_memory_kind": m.peak_memory_kind,
         "model_load_s": m.model_load_s,
         "model_reused": m.model_reused,
-        "warmup_batches": m.warmup_batches,
+        "warmup_iterations": m.warmup.iterations,
+        "warmup_converged": m.warmup.converged,
+        "warmup_final_cv": m.warmup.final_cv,
+        "passes": m.passes,
     }

@@ -23,7 +23,10 @@ from lem_shared.settings import get_settings
 BIN = Path(sys.executable).parent
 ADMIN_URL = os.environ.get("LEM_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LEM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-BROKER_DB, RESULTS_DB = 14, 15
+# Each test session takes two Redis databases of its own, so concurrent sessions on one machine never share
+# queues (a worker of one session would otherwise take another's tasks).
+_FIRST = 2 + 2 * secrets.randbelow(7)
+BROKER_DB, RESULTS_DB = _FIRST, _FIRST + 1
 
 
 def drop_database(name: str) -> None:

@@ -19,7 +19,8 @@ from lem_shared.queues import RUN_TASK, QueueName
 SMALL = {
     "name": "two-batch-sizes",
     "cycles": 1,
-    "experiment": {"model": "random:llama-tiny", "workload": {"num_prompts": 4, "input_len": 16, "output_len": 8}},
+    "experiment": {"model": "random:llama-tiny", "workload": {"num_prompts": 4, "input_len": 16, "output_len": 8},
+                   "measurement": {"min_window_s": 0.2}},
     "grid": {"batch_size": [1, 2]},
 }
 
@@ -58,14 +59,16 @@ def test_campaign_runs_end_to_end_and_lands_in_postgres(finished_campaign: int) 
             assert run.window_start is not None and run.window_end is not None and run.window_end > run.window_start
             m = s.get(RunMetrics, run.id)
             assert m is not None
-            assert m.output_tokens == 4 * 8 and m.input_tokens == 4 * 16 and m.requests == 4
+            assert m.output_tokens == m.passes * 4 * 8 and m.input_tokens == m.passes * 4 * 16
+            assert m.requests == m.passes * 4
             assert m.tokens_per_s > 0 and m.latency_mean_s > 0 and m.ttft_mean_s is not None
             assert 0 < m.ttft_mean_s < m.latency_mean_s
             assert m.energy_j is None and (m.energy_note or "").startswith("n/a (no NVML)")
             batch_size = s.get(Experiment, run.experiment_id).config["batch_size"]  # type: ignore[union-attr]
             timings = s.scalars(select(BatchTimingRow).where(BatchTimingRow.run_id == run.id)).all()
-            assert len(timings) == 4 // batch_size
+            assert len(timings) == m.passes * 4 // batch_size
             assert sum(t.output_tokens for t in timings) == m.output_tokens
+            assert m.warmup_iterations >= 3 and m.verdict is None
 
 
 def test_results_show_and_campaign_list_return_it(finished_campaign: int, lem) -> None:  # noqa: ANN001

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import delete, insert
 
 from lem_planner.control import finalise_run
+from lem_shared.config import ExperimentConfig
 from lem_shared.contracts import run_key
 from lem_shared.db.models import Campaign, Experiment, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
@@ -48,40 +49,56 @@ def replayed_trace(stack_env, h200_trace_dir: Path):  # noqa: ANN001, ANN201
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPLAY_UUID))
 
 
-def measured_run(window: tuple[float, float], output_tokens: int) -> tuple[int, int]:
+def measured_run(window: tuple[float, float], output_tokens: int, phases: dict | None = None) -> tuple[int, int]:
     with session_scope() as s:
         campaign = Campaign(name="replay", spec={}, spec_hash="0" * 64)
         s.add(campaign)
         s.flush()
-        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config={}, config_hash="0" * 64)
+        config = ExperimentConfig().model_dump(mode="json")
+        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config=config,
+                                config_hash="0" * 64)
         s.add(experiment)
         s.flush()
         run = Run(run_key=run_key(campaign.id, {}, 0), campaign_id=campaign.id, experiment_id=experiment.id, cycle=0,
-                  status="measured", attempts=1, device="cuda:0", gpu_uuid=REPLAY_UUID,
+                  status="measured", attempts=1, device="cuda:0", gpu_uuid=REPLAY_UUID, phases=phases,
                   window_start=utc(window[0]), window_end=utc(window[1]))
         s.add(run)
         s.flush()
         s.add(RunMetrics(run_id=run.id, requests=1, input_tokens=1, output_tokens=output_tokens, duration_s=1,
                          tokens_per_s=1, requests_per_s=1, latency_mean_s=1, latency_p50_s=1, latency_p95_s=1,
                          ttft_mean_s=None, peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0,
-                         model_reused=False, warmup_batches=0))
+                         model_reused=False, warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01,
+                         passes=1))
         return run.id, campaign.id
 
 
 def test_finalise_attaches_counter_energy_of_the_window_and_closes_the_campaign(replayed_trace: dict) -> None:
     # decode at batch 1 of a random-initialised 0.85 B Llama on the H200: 1143.8 J by the counter, 256 tokens.
-    window = (replayed_trace["decode_bs1_start"], replayed_trace["decode_bs1_end"])
-    run_id, campaign_id = measured_run(window, output_tokens=256)
+    start, end = replayed_trace["decode_bs1_start"], replayed_trace["decode_bs1_end"]
+    phases = {"deep_idle": [replayed_trace["idle_start"], replayed_trace["idle_end"]],
+              "idle_before": [start - 2.5, start - 0.5], "idle_after": [end + 0.5, end + 2.5]}
+    run_id, campaign_id = measured_run((start, end), output_tokens=256, phases=phases)
     assert finalise_run(run_id, wait_s=0) == "finalised"
     with session_scope() as s:
         run, metrics, campaign = s.get(Run, run_id), s.get(RunMetrics, run_id), s.get(Campaign, campaign_id)
         assert run is not None and metrics is not None and campaign is not None
         assert run.status == "done" and campaign.status == "done"
         assert metrics.energy_source == "nvml_energy_counter"
-        assert metrics.energy_j == pytest.approx(1143.8, abs=13)  # within one 100 ms counter update at 127 W
+        assert metrics.energy_j == pytest.approx(1143.8, rel=0.005)
         assert metrics.mean_power_w == pytest.approx(127, abs=2)
         assert metrics.energy_power_integral_j == pytest.approx(metrics.energy_j, rel=0.02)
         assert metrics.j_per_token == pytest.approx(metrics.energy_j / 256)
+        assert metrics.tokens_per_j == pytest.approx(256 / metrics.energy_j)
+        # Deep idle before the campaign: 77 W (DESIGN §6), subtracted over the window only.
+        assert metrics.deep_idle_power_w == pytest.approx(77, abs=1.5)
+        assert metrics.baseline_method == "deep_idle_before_campaign"
+        duration = end - start
+        assert metrics.energy_adjusted_j == pytest.approx(metrics.energy_j - metrics.deep_idle_power_w * duration)
+        assert metrics.idle_before_w is not None and metrics.idle_after_w is not None
+        assert metrics.verdict == "warning"  # a 9 s window is under the 10 s minimum
+        checks = {c["name"]: c["status"] for c in metrics.analysis["checks"]}
+        assert checks["window_duration"] == "warning" and checks["gpu_busy_before"] == "pass"
+        assert metrics.analysis["reason_share"]["none"] == 1.0
 
 
 def test_finalise_without_telemetry_records_why_and_does_not_hang(replayed_trace: dict) -> None:
@@ -91,4 +108,4 @@ def test_finalise_without_telemetry_records_why_and_does_not_hang(replayed_trace
     with session_scope() as s:
         metrics = s.get(RunMetrics, run_id)
         assert metrics is not None and metrics.energy_j is None
-        assert "no telemetry" in (metrics.energy_note or "")
+        assert "no telemetry" in (metrics.energy_note or "") and metrics.verdict is None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lem_shared.contracts import BatchTiming, Measurement
+from lem_shared.contracts import BatchTiming, Measurement, Warmup
 from lem_shared.metrics import percentile, run_metrics
 
 
@@ -22,9 +22,12 @@ def test_run_metrics_counts_tokens_over_the_window() -> None:
         BatchTiming(batch_index=1, batch_size=2, input_tokens=32, output_tokens=16, latency_s=0.5, ttft_s=None),
     ]
     m = Measurement(device="cpu", device_name="cpu", gpu_uuid=None, model_load_s=0.2, model_reused=False,
-                    warmup_batches=1, window_start=100.0, window_end=102.0, batches=batches,
+                    warmup=Warmup(iterations=5, converged=True, final_cv=0.01, latencies_s=[1.0] * 5), passes=1,
+                    deep_idle=None, idle_before=None, idle_after=None,
+                    window_start=100.0, window_end=102.0, batches=batches,
                     peak_memory_bytes=None, peak_memory_kind="none", environment={})
     metrics = run_metrics(m)
     assert metrics["output_tokens"] == 48 and metrics["requests"] == 6 and metrics["input_tokens"] == 96
     assert metrics["tokens_per_s"] == 24.0 and metrics["requests_per_s"] == 3.0
     assert metrics["latency_mean_s"] == 0.75 and metrics["ttft_mean_s"] == 0.1
+    assert metrics["warmup_iterations"] == 5 and metrics["warmup_converged"] and metrics["passes"] == 1

@@ -30,6 +30,7 @@ cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(energy_cli, name="energy")
+cli.command("doctor")(__import__("lem_planner.doctor", fromlist=["doctor"]).doctor)
 
 # Piped output (make, CI logs) gets a fixed width wide enough for the results table instead of rich's 80.
 out = Console() if sys.stdout.isatty() else Console(width=140)
@@ -157,7 +158,8 @@ def _results_table(campaign_id: int) -> None:
     labels, caption = _describe_experiments([configs[i] for i in sorted(configs)])
     label_of = dict(zip(sorted(configs), labels, strict=True))
     table = Table(title=f"campaign {campaign_id}", caption=caption)
-    for column in ("exp", "experiment", "cycle", "status", "tokens/s", "latency s", "TTFT s", "energy J"):
+    for column in ("exp", "experiment", "cycle", "status", "tokens/s", "latency s", "TTFT s", "energy J", "mJ/token",
+                   "verdict"):
         table.add_column(column, justify="left" if column in ("experiment", "status") else "right",
                          no_wrap=column in ("experiment", "energy J"))
     for r in records:
@@ -171,7 +173,9 @@ def _results_table(campaign_id: int) -> None:
         table.add_row(str(r["experiment_index"]), label_of[r["experiment_index"]], str(r["cycle"]),
                       r["status"] if not r["error"] else f"{r['status']}: {r['error']}",
                       _fmt(r["tokens_per_s"], ".1f"), _fmt(r["latency_mean_s"], ".3f"),
-                      _fmt(r["ttft_mean_s"], ".3f"), energy)
+                      _fmt(r["ttft_mean_s"], ".3f"), energy,
+                      _fmt(r["j_per_token"] * 1000 if r["j_per_token"] is not None else None, ".2f"),
+                      r["verdict"] or "-")
     out.print(table)
     notes = {r["energy_note"] for r in records if r["energy_j"] is None and r["energy_note"]}
     for note in sorted(notes):

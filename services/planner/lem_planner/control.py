@@ -10,12 +10,15 @@ from typing import Any
 
 from sqlalchemy import exists, func, select, update
 
+from lem_shared.analysis import RunContext, TelemetrySample, Thresholds, analyse_window
 from lem_shared.celery_app import make_celery
+from lem_shared.config import ExperimentConfig, MeasurementProtocol
 from lem_shared.contracts import FinaliseRequest
 from lem_shared.db.models import (
     TERMINAL_RUN_STATUSES,
     Campaign,
     CampaignStatus,
+    Experiment,
     GpuSample,
     Run,
     RunMetrics,
@@ -29,43 +32,106 @@ from lem_shared.settings import get_settings
 log = logging.getLogger(__name__)
 app = make_celery("lem-control")
 
-# Samples this far outside the window are read so both edges can be interpolated.
+# Samples this far outside a span are read so both edges can be interpolated.
 EDGE_MARGIN = timedelta(seconds=2)
 
 
-def _energy_fields(run: Run, output_tokens: int) -> dict[str, Any] | None:
-    """Energy for a measured run, or None while telemetry has not yet covered the window's end."""
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _samples(gpu_uuid: str, start: float, end: float) -> list[TelemetrySample]:
+    with session_scope() as s:
+        rows = s.execute(
+            select(GpuSample.time, GpuSample.power_w, GpuSample.energy_mj, GpuSample.temperature_c,
+                   GpuSample.sm_clock_mhz, GpuSample.clock_event_reasons, GpuSample.utilization_gpu)
+            .where(GpuSample.gpu_uuid == gpu_uuid, GpuSample.time >= _utc(start) - EDGE_MARGIN,
+                   GpuSample.time <= _utc(end) + EDGE_MARGIN)
+            .order_by(GpuSample.time)
+        ).all()
+    return [TelemetrySample(_aware(t).timestamp(), p, e, temp, sm, reasons, util)
+            for t, p, e, temp, sm, reasons, util in rows]
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands back naive UTC datetimes
+
+
+def _span(value: Any) -> tuple[float, float] | None:
+    return (float(value[0]), float(value[1])) if value else None
+
+
+def _deep_idle_span(run: Run) -> tuple[float, float] | None:
+    """The deep-idle span measured before this campaign's first run on this GPU (any run of it may carry it)."""
+    with session_scope() as s:
+        phases = s.scalars(
+            select(Run.phases).where(Run.campaign_id == run.campaign_id, Run.gpu_uuid == run.gpu_uuid,
+                                     Run.phases.is_not(None)).order_by(Run.id)
+        ).all()
+    return next((_span(p["deep_idle"]) for p in phases if p and p.get("deep_idle")), None)
+
+
+def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
+                  wait_s: float) -> dict[str, Any]:
+    """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry."""
     if run.gpu_uuid is None:
         return {"energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter"}
     assert run.window_start is not None and run.window_end is not None
-    with session_scope() as s:
-        rows = s.execute(
-            select(GpuSample.time, GpuSample.energy_mj, GpuSample.power_w)
-            .where(
-                GpuSample.gpu_uuid == run.gpu_uuid,
-                GpuSample.time >= run.window_start - EDGE_MARGIN,
-                GpuSample.time <= run.window_end + EDGE_MARGIN,
-            )
-            .order_by(GpuSample.time)
-        ).all()
-    samples = [Sample(t.timestamp(), e, p) for t, e, p in rows]
-    start, end = run.window_start.timestamp(), run.window_end.timestamp()
-    if not samples or samples[-1].t < end:
-        return None
-    result = window_energy(samples, start, end)
-    if result.energy_j is not None:
-        energy, source = result.energy_j, "nvml_energy_counter"
-    elif result.power_integral_j is not None:
-        energy, source = result.power_integral_j, "nvml_power_integral"
+    start, end = _aware(run.window_start).timestamp(), _aware(run.window_end).timestamp()
+    phases = run.phases or {}
+    before, after = _span(phases.get("idle_before")), _span(phases.get("idle_after"))
+    settings = get_settings()
+    needed_until = max(end, after[1] if after else end) + settings.telemetry_interval_s
+    read_from = before[0] if before else start
+
+    deadline = time.monotonic() + wait_s
+    samples = _samples(run.gpu_uuid, read_from, needed_until)
+    while (not samples or samples[-1].t < needed_until) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        samples = _samples(run.gpu_uuid, read_from, needed_until)
+    if not any(start <= x.t <= end for x in samples):
+        return {"energy_note": f"no telemetry for {run.gpu_uuid} over the window within {wait_s:.0f} s "
+                               "(is lem-telemetry running on that host?)"}
+
+    context = RunContext(interval_s=settings.telemetry_interval_s, before=before, after=after,
+                         warmup_converged=metrics.warmup_converged, warmup_cv=metrics.warmup_final_cv)
+    analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context,
+                              thresholds=Thresholds(min_window_s=protocol.min_window_s))
+    deep_span = _deep_idle_span(run)
+    deep_idle_w = None
+    if deep_span:
+        deep = _samples(run.gpu_uuid, *deep_span)
+        deep_idle_w = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in deep], *deep_span).mean_power_w
+
+    if analysis.energy_counter_j is not None:
+        energy, source = analysis.energy_counter_j, "nvml_energy_counter"
+    elif analysis.energy_integral_j is not None:
+        energy, source = analysis.energy_integral_j, "nvml_power_integral"
     else:
-        return {"energy_note": result.note}
+        energy, source = None, None
+    baseline, method = ((deep_idle_w, "deep_idle_before_campaign") if deep_idle_w is not None
+                        else (analysis.idle_before_w, "active_idle_before_window")
+                        if analysis.idle_before_w is not None else (None, None))
+    failed = [c for c in analysis.checks if c.status == "fail"]
     return {
         "energy_j": energy,
-        "energy_power_integral_j": result.power_integral_j,
+        "energy_power_integral_j": analysis.energy_integral_j,
         "energy_source": source,
-        "energy_note": result.note,
-        "mean_power_w": result.mean_power_w,
-        "j_per_token": energy / output_tokens if output_tokens else None,
+        "energy_note": "; ".join(c.message for c in failed) or None,
+        "energy_adjusted_j": energy - baseline * analysis.duration_s if energy is not None and baseline else None,
+        "baseline_power_w": baseline,
+        "baseline_method": method,
+        "deep_idle_power_w": deep_idle_w,
+        "idle_before_w": analysis.idle_before_w,
+        "idle_after_w": analysis.idle_after_w,
+        "mean_power_w": analysis.mean_power_w,
+        "peak_power_w": analysis.peak_power_w,
+        "max_temperature_c": analysis.max_temperature_c,
+        "j_per_token": energy / metrics.output_tokens if energy is not None and metrics.output_tokens else None,
+        "j_per_request": energy / metrics.requests if energy is not None and metrics.requests else None,
+        "tokens_per_j": metrics.output_tokens / energy if energy else None,
+        "verdict": analysis.verdict,
+        "analysis": analysis.to_dict(),
     }
 
 
@@ -76,18 +142,12 @@ def finalise_run(run_id: int, wait_s: float | None = None) -> str:
         run = s.get(Run, run_id)
         if run is None:
             return "unknown run"
-        s.expunge(run)
         metrics = s.get(RunMetrics, run_id)
-        output_tokens = metrics.output_tokens if metrics else 0
-    if run.status == RunStatus.MEASURED:
-        deadline = time.monotonic() + wait_s
-        fields = _energy_fields(run, output_tokens)
-        while fields is None and time.monotonic() < deadline:
-            time.sleep(0.5)
-            fields = _energy_fields(run, output_tokens)
-        if fields is None:
-            fields = {"energy_note": f"no telemetry for {run.gpu_uuid} up to the window end within {wait_s:.0f} s "
-                                     "(is lem-telemetry running on that host?)"}
+        experiment = s.get(Experiment, run.experiment_id)
+        s.expunge_all()
+    if run.status == RunStatus.MEASURED and metrics is not None and experiment is not None:
+        protocol = ExperimentConfig.model_validate(experiment.config).measurement
+        fields = energy_fields(run, metrics, protocol, wait_s)
         with session_scope() as s:
             s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**fields))
             s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.MEASURED)

@@ -111,6 +111,8 @@ class Run(Base):
     finished_at: Mapped[datetime | None]
     window_start: Mapped[datetime | None]
     window_end: Mapped[datetime | None]
+    # Idle spans around the window, [start, end] in Unix seconds: deep_idle, idle_before, idle_after.
+    phases: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
@@ -137,13 +139,31 @@ class RunMetrics(Base):
     peak_memory_kind: Mapped[str] = mapped_column(String(32))
     model_load_s: Mapped[float]
     model_reused: Mapped[bool]
-    warmup_batches: Mapped[int]
+    warmup_iterations: Mapped[int]
+    warmup_converged: Mapped[bool]
+    warmup_final_cv: Mapped[float | None]
+    passes: Mapped[int]
+    # Raw energy of the window: the counter difference (energy_source says which figure it is).
     energy_j: Mapped[float | None] = mapped_column(Float)
     energy_power_integral_j: Mapped[float | None] = mapped_column(Float)
     energy_source: Mapped[str | None] = mapped_column(String(32))
     energy_note: Mapped[str | None] = mapped_column(Text)
+    # Baseline-adjusted: energy_j - baseline_power_w x window duration (never over the whole run).
+    energy_adjusted_j: Mapped[float | None] = mapped_column(Float)
+    baseline_power_w: Mapped[float | None] = mapped_column(Float)
+    baseline_method: Mapped[str | None] = mapped_column(String(32))
+    deep_idle_power_w: Mapped[float | None] = mapped_column(Float)
+    idle_before_w: Mapped[float | None] = mapped_column(Float)
+    idle_after_w: Mapped[float | None] = mapped_column(Float)
     mean_power_w: Mapped[float | None] = mapped_column(Float)
+    peak_power_w: Mapped[float | None] = mapped_column(Float)
+    max_temperature_c: Mapped[float | None] = mapped_column(Float)
     j_per_token: Mapped[float | None] = mapped_column(Float)
+    j_per_request: Mapped[float | None] = mapped_column(Float)
+    tokens_per_j: Mapped[float | None] = mapped_column(Float)
+    verdict: Mapped[str | None] = mapped_column(String(16))  # valid | warning | invalid
+    # The whole window analysis: reason shares, flags, clocks, coverage, and every check with its message.
+    analysis: Mapped[dict[str, Any] | None]
 
     run: Mapped[Run] = relationship(back_populates="metrics")
 

@@ -47,7 +47,8 @@ def engine_main(adapter_path: str, device: str, conn: Connection) -> None:
             return
         try:
             experiment = ExperimentConfig.model_validate(request["experiment"])
-            answer = {"ok": True, "measurement": runtime.measure(experiment).model_dump(mode="json")}
+            measurement = runtime.measure(experiment, deep_idle_s=float(request.get("deep_idle_s", 0.0)))
+            answer = {"ok": True, "measurement": measurement.model_dump(mode="json")}
         except Exception as exc:  # noqa: BLE001 - every engine error becomes a failed run, with its reason
             answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
         conn.send_bytes(json.dumps(answer).encode())
@@ -74,12 +75,13 @@ class EngineHost:
         self._process, self._conn = process, parent
         log.info("engine host started (pid %s, adapter %s, device %s)", process.pid, self.adapter_path, self.device)
 
-    def measure(self, experiment: dict[str, Any]) -> Measurement:
+    def measure(self, experiment: dict[str, Any], deep_idle_s: float = 0.0) -> Measurement:
         with self._lock:
             if self._process is None or not self._process.is_alive():
                 self._start()
             assert self._conn is not None and self._process is not None
-            self._conn.send_bytes(json.dumps({"op": "measure", "experiment": experiment}).encode())
+            request = {"op": "measure", "experiment": experiment, "deep_idle_s": deep_idle_s}
+            self._conn.send_bytes(json.dumps(request).encode())
             deadline = time.monotonic() + self.timeout_s
             while not self._conn.poll(0.5):
                 if not self._process.is_alive():

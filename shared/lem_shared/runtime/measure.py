@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import statistics
 import time
 
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
-from lem_shared.contracts import BatchTiming, Measurement
+from lem_shared.contracts import BatchTiming, Measurement, Warmup
 from lem_shared.runtime.adapter import EngineAdapter
 from lem_shared.runtime.environment import environment_snapshot
 
@@ -28,12 +29,46 @@ class EngineError(RuntimeError):
     """The engine did not do the work asked of it."""
 
 
+def coefficient_of_variation(values: list[float]) -> float:
+    mean = statistics.fmean(values)
+    return statistics.stdev(values) / mean if len(values) > 1 and mean > 0 else float("inf")
+
+
 class MeasurementRuntime:
     def __init__(self, adapter: EngineAdapter):
         self.adapter = adapter
         self._loaded: tuple[str, str, str] | None = None
 
-    def measure(self, experiment: ExperimentConfig) -> Measurement:
+    def _idle(self, seconds: float) -> tuple[float, float] | None:
+        """Leave the device idle for ``seconds`` and return the span, for telemetry to measure idle power."""
+        if seconds <= 0:
+            return None
+        start = time.time()
+        time.sleep(seconds)
+        return start, time.time()
+
+    def _warm_up(self, batches: list[list[list[int]]], experiment: ExperimentConfig) -> Warmup:
+        """Repeat batches until the CV of the last k latencies is under the threshold (never counted)."""
+        protocol = experiment.measurement
+        latencies: list[float] = []
+        cv: float | None = None
+        while len(latencies) < protocol.warmup_max:
+            began = time.perf_counter()
+            self.adapter.generate(batches[len(latencies) % len(batches)], experiment)
+            latencies.append(time.perf_counter() - began)
+            if len(latencies) >= protocol.warmup_window:
+                cv = coefficient_of_variation(latencies[-protocol.warmup_window :])
+                if len(latencies) >= protocol.warmup_min and cv < protocol.warmup_cv:
+                    return Warmup(iterations=len(latencies), converged=True, final_cv=cv, latencies_s=latencies)
+        return Warmup(iterations=len(latencies), converged=False, final_cv=cv, latencies_s=latencies)
+
+    def measure(self, experiment: ExperimentConfig, deep_idle_s: float = 0.0) -> Measurement:
+        """Deep idle (first run of a campaign on a GPU), load or reuse, warm up, idle, window, idle."""
+        protocol = experiment.measurement
+        on_gpu = self.adapter.device_info().gpu_uuid is not None
+        # Idle spans exist to be measured by GPU telemetry; on a CPU there is nothing to measure them with.
+        deep_idle = self._idle(deep_idle_s if on_gpu else 0.0)
+
         key = (experiment.backend.value, experiment.model, experiment.dtype)
         reused = key == self._loaded
         load_started = time.perf_counter()
@@ -48,32 +83,40 @@ class MeasurementRuntime:
         workload = experiment.workload
         prompts = synthetic_prompts(workload, self.adapter.vocab_size())
         batches = [prompts[i : i + experiment.batch_size] for i in range(0, len(prompts), experiment.batch_size)]
-        for i in range(experiment.warmup_batches):
-            self.adapter.generate(batches[i % len(batches)], experiment)
+        warmup = self._warm_up(batches, experiment)
 
         self.adapter.synchronize()
+        idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
         self.adapter.reset_peak_memory()
         timings: list[BatchTiming] = []
+        passes = 0
         window_start = time.time()
-        for index, batch in enumerate(batches):
-            began = time.perf_counter()
-            generation = self.adapter.generate(batch, experiment)
-            latency = time.perf_counter() - began
-            expected = len(batch) * workload.output_len
-            if generation.output_tokens != expected:
-                raise EngineError(f"batch {index} produced {generation.output_tokens} tokens, expected {expected}")
-            timings.append(
-                BatchTiming(
-                    batch_index=index,
-                    batch_size=len(batch),
-                    input_tokens=len(batch) * workload.input_len,
-                    output_tokens=generation.output_tokens,
-                    latency_s=latency,
-                    ttft_s=generation.ttft_s,
+        while True:
+            for batch in batches:
+                began = time.perf_counter()
+                generation = self.adapter.generate(batch, experiment)
+                latency = time.perf_counter() - began
+                expected = len(batch) * workload.output_len
+                if generation.output_tokens != expected:
+                    raise EngineError(
+                        f"batch {len(timings)} produced {generation.output_tokens} tokens, expected {expected}"
+                    )
+                timings.append(
+                    BatchTiming(
+                        batch_index=len(timings),
+                        batch_size=len(batch),
+                        input_tokens=len(batch) * workload.input_len,
+                        output_tokens=generation.output_tokens,
+                        latency_s=latency,
+                        ttft_s=generation.ttft_s,
+                    )
                 )
-            )
+            passes += 1
+            if time.time() - window_start >= protocol.min_window_s:
+                break
         self.adapter.synchronize()
         window_end = time.time()
+        idle_after = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
 
         info = self.adapter.device_info()
         peak, peak_kind = self.adapter.peak_memory()
@@ -83,7 +126,11 @@ class MeasurementRuntime:
             gpu_uuid=info.gpu_uuid,
             model_load_s=model_load_s,
             model_reused=reused,
-            warmup_batches=experiment.warmup_batches,
+            warmup=warmup,
+            passes=passes,
+            deep_idle=deep_idle,
+            idle_before=idle_before,
+            idle_after=idle_after,
             window_start=window_start,
             window_end=window_end,
             batches=timings,

@@ -14,7 +14,8 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_shutdown
 from sqlalchemy import insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from lem_shared.celery_app import make_celery
 from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest, sha256_of
@@ -45,10 +46,23 @@ def claim_run(run_key: str, worker: str, host: str) -> int | None:
         ).scalar_one_or_none()
 
 
-def _environment_id(s: Any, data: dict[str, Any]) -> int:
-    digest = sha256_of(data)
-    s.execute(pg_insert(Environment).values(hash=digest, data=data).on_conflict_do_nothing(index_elements=["hash"]))
-    return s.execute(select(Environment.id).where(Environment.hash == digest)).scalar_one()
+def _environment_id(s: Session, data: dict[str, Any]) -> int:
+    # The snapshot's own hash leaves out volatile fields, so runs in the same environment share a row.
+    digest = data.get("hash") or sha256_of(data)
+    existing = s.scalar(select(Environment.id).where(Environment.hash == digest))
+    if existing is not None:
+        return existing
+    try:
+        with s.begin_nested():
+            row = Environment(hash=digest, data=data)
+            s.add(row)
+        return row.id
+    except IntegrityError:  # another worker stored the same environment a moment ago
+        return s.execute(select(Environment.id).where(Environment.hash == digest)).scalar_one()
+
+
+def _span(span: tuple[float, float] | None) -> list[float] | None:
+    return list(span) if span else None
 
 
 def record_measurement(run_id: int, m: Measurement) -> None:
@@ -65,6 +79,8 @@ def record_measurement(run_id: int, m: Measurement) -> None:
                 environment_id=_environment_id(s, m.environment),
                 window_start=datetime.fromtimestamp(m.window_start, UTC),
                 window_end=datetime.fromtimestamp(m.window_end, UTC),
+                phases={"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
+                        "idle_after": _span(m.idle_after)},
                 finished_at=datetime.now(UTC),
             )
         )
@@ -79,31 +95,43 @@ def record_failure(run_id: int, error: str) -> None:
         )
 
 
+def execute_run(engine: EngineHost, request: RunRequest, worker: str, baselined: set[int]) -> tuple[int | None, str]:
+    """Claim, measure and record one run: (run id or None for a duplicate, status). Celery-free, so a bench
+    on a machine without a broker runs exactly what the worker runs."""
+    run_id = claim_run(request.run_key, worker, socket.gethostname())
+    if run_id is None:
+        log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
+        return None, "duplicate"
+    deep_idle_s = 0.0
+    if request.campaign_id not in baselined:
+        deep_idle_s = float(request.experiment.get("measurement", {}).get("baseline_idle_s", 0.0))
+    try:
+        measurement = engine.measure(request.experiment, deep_idle_s=deep_idle_s)
+    except EngineFailure as exc:
+        record_failure(run_id, str(exc))
+        return run_id, RunStatus.FAILED.value
+    baselined.add(request.campaign_id)
+    record_measurement(run_id, measurement)
+    return run_id, RunStatus.MEASURED.value
+
+
 def make_worker(backend: Backend, adapter_path: str) -> Celery:
     """A Celery app whose one task measures runs of ``backend`` with the adapter at ``adapter_path``."""
     settings = get_settings()
     app = make_celery(f"lem-worker-{backend.value}", settings)
     engine = EngineHost(adapter_path, settings.device, settings.run_timeout_s)
+    baselined: set[int] = set()  # campaigns whose deep-idle baseline this worker's GPU has measured
 
     @app.task(name=RUN_TASK, bind=True, shared=False)
     def run_experiment(self: Any, message: dict[str, Any]) -> dict[str, Any]:
         request = RunRequest.model_validate(message)
-        run_id = claim_run(request.run_key, self.request.hostname or "unknown", socket.gethostname())
+        run_id, status = execute_run(engine, request, self.request.hostname or "unknown", baselined)
         if run_id is None:
-            log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
-            return {"run_key": request.run_key, "status": "duplicate"}
-        try:
-            measurement = engine.measure(request.experiment)
-        except EngineFailure as exc:
-            record_failure(run_id, str(exc))
-            status = RunStatus.FAILED
-        else:
-            record_measurement(run_id, measurement)
-            status = RunStatus.MEASURED
+            return {"run_key": request.run_key, "status": status}
         app.send_task(
             FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")], queue=QueueName.CONTROL
         )
-        return {"run_key": request.run_key, "run_id": run_id, "status": status.value}
+        return {"run_key": request.run_key, "run_id": run_id, "status": status}
 
     @worker_shutdown.connect(weak=False)
     def _stop_engine(**_: Any) -> None:
