@@ -18,6 +18,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, S
 from lem_shared.db.session import engine_for
 from lem_shared.settings import Settings
 from lem_telemetry.buffer import SampleBuffer
+from lem_telemetry.environment_record import record_host_environment_in_background
 from lem_telemetry.sources import GpuReading, GpuSource, HostReading, NvmlSource, host_reading, open_source
 from lem_telemetry.store import gpu_rows, host_rows, write_samples
 
@@ -52,6 +53,7 @@ class TelemetryDaemon:
 
     def run(self) -> int:
         """Sample until ``stop_event`` is set, then write what is left; returns the process exit code."""
+        record_host_environment_in_background(self._engine)
         source, reason = open_source(self.settings.telemetry_source)
         if source is None:
             log.warning("no GPU telemetry on %s: %s; recording host samples only", self.host, reason)

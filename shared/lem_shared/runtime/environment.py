@@ -1,36 +1,25 @@
-"""A snapshot of the software and hardware a run saw. Missing pieces are recorded as unavailable, never raised."""
+"""The environment one run saw: the host snapshot with only the run's GPU, the run's device and engine versions.
+
+Missing pieces are recorded as unavailable, never raised. ``hash`` groups runs on the same hardware and
+software; the worker stores one ``environments`` row per hash.
+"""
 
 from __future__ import annotations
 
-import os
-import platform
-import socket
-import sys
 from typing import Any
 
+from lem_shared.environment import environment_hash, host_environment
 from lem_shared.runtime.adapter import DeviceInfo
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError as exc:
-        return f"unavailable: {exc}"
-    return platform.processor() or "unavailable: not reported"
-
-
 def environment_snapshot(device: DeviceInfo, engine_versions: dict[str, str]) -> dict[str, Any]:
-    return {
-        "host": socket.gethostname(),
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
+    snapshot: dict[str, Any] = {
+        "kind": "run",
+        **host_environment(device.gpu_uuid, gpus=device.gpu_uuid is not None),
         "device": device.device,
         "device_name": device.name,
         "gpu_uuid": device.gpu_uuid,
         "engine_versions": engine_versions,
     }
+    snapshot["hash"] = environment_hash(snapshot)
+    return snapshot
