@@ -32,6 +32,19 @@ class Settings(BaseSettings):
     # Where a worker runs its engine: "auto" takes CUDA when present, else the CPU.
     device: str = "auto"
 
+    # Telemetry (issue 3): the energy counter costs ~4 ms a read and updates every ~100 ms (DESIGN §6), so it
+    # is read on its own cadence, one thread per GPU, and stored in rows of its own at their true read time.
+    telemetry_energy_interval_s: float = Field(default=0.1, ge=0.01)
+    # While the database is away, samples spill here (JSON lines, a subfolder per database), back-filled later.
+    telemetry_buffer_dir: str = "~/.cache/lem/telemetry"
+    # The disk buffer's bound; past it the oldest files are dropped (and the drop is logged).
+    telemetry_buffer_max_mb: float = Field(default=1024.0, gt=0)
+    # Per-GPU heartbeat in Redis (the broker): written this often, gone this long after the daemon stops.
+    telemetry_heartbeat_s: float = Field(default=1.0, gt=0)
+    telemetry_heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    # A GPU whose reads fail (GPU_IS_LOST, ...) is retried this often while the others keep being sampled.
+    telemetry_gpu_retry_s: float = Field(default=5.0, gt=0)
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -24,6 +24,7 @@ from lem_shared.db.models import GpuSample, HostSample
 from lem_shared.settings import Settings
 from lem_telemetry.daemon import TelemetryDaemon
 from lem_telemetry.sources import REPLAY_UUID
+from tests.integration.telemetry_helpers import HEARTBEAT_REDIS_URL
 
 ADMIN_URL = os.environ.get("LEM_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 LEM_TELEMETRY = Path(sys.executable).with_name("lem-telemetry")
@@ -83,6 +84,8 @@ def _start_daemon(database_url: str, source: str, tmp_path: Path) -> tuple[subpr
         "LEM_TELEMETRY_SOURCE": source,
         "LEM_TELEMETRY_INTERVAL_S": str(INTERVAL_S),
         "LEM_TELEMETRY_FLUSH_S": "0.5",
+        "LEM_TELEMETRY_BUFFER_DIR": str(tmp_path / "buffer"),
+        "LEM_BROKER_URL": HEARTBEAT_REDIS_URL,
     }
     log_path = tmp_path / "telemetry.log"
     with log_path.open("wb") as log:
@@ -116,20 +119,33 @@ def test_replay_source_fills_gpu_and_host_samples(
 
     with engine.connect() as connection:
         rows = connection.execute(
-            select(GpuSample.time, GpuSample.source, GpuSample.gpu_uuid, GpuSample.gpu_index, GpuSample.power_w)
+            select(GpuSample.time, GpuSample.source, GpuSample.gpu_uuid, GpuSample.gpu_index, GpuSample.power_w,
+                   GpuSample.energy_mj, GpuSample.temperature_c)
             .where(GpuSample.time >= func.to_timestamp(sampled_from))
             .order_by(GpuSample.time)
         ).all()
         sources = set(connection.scalars(select(GpuSample.source).distinct()))
-    assert len(rows) >= 0.6 * 3.0 / INTERVAL_S, f"{len(rows)} GPU samples in 3 s\n{log}"
+    # Two kinds of rows: fast rows (every field but the energy counter) every interval, and counter rows
+    # (the energy counter alone, at the time it was read) every telemetry_energy_interval_s (0.1 s).
+    fast = [r for r in rows if r.power_w is not None]
+    counter = [r for r in rows if r.energy_mj is not None]
+    assert len(fast) + len(counter) == len(rows)
+    assert len(fast) >= 0.6 * 3.0 / INTERVAL_S, f"{len(fast)} GPU samples in 3 s\n{log}"
     assert sources == {"nvml-replay"}
     assert {(r.gpu_uuid, r.gpu_index) for r in rows} == {(REPLAY_UUID, 0)}
-    assert all(r.power_w is not None and 50 < r.power_w < 800 for r in rows)
+    assert all(50 < r.power_w < 800 and r.energy_mj is None and r.temperature_c is not None for r in fast)
+    assert all(r.power_w is None and r.temperature_c is None for r in counter)
     assert all(r.time.tzinfo is not None for r in rows)
-    spacing = statistics.median((b.time - a.time).total_seconds() for a, b in zip(rows, rows[1:], strict=False))
+    spacing = statistics.median((b.time - a.time).total_seconds() for a, b in zip(fast, fast[1:], strict=False))
     assert spacing == pytest.approx(INTERVAL_S, rel=0.3)
+    counter_spacing = statistics.median(
+        (b.time - a.time).total_seconds() for a, b in zip(counter, counter[1:], strict=False)
+    )
+    assert counter_spacing == pytest.approx(0.1, rel=0.3)
+    assert all(b.energy_mj >= a.energy_mj for a, b in zip(counter, counter[1:], strict=False))
     assert abs(rows[-1].time.timestamp() - time.time()) < 5
     assert _count(engine, HostSample) >= 2
+    assert "energy counter of GPU GPU-replay-h200-0000 (index 0): one read costs" in log
 
 
 def test_without_nvml_it_records_host_samples_and_says_so_once(
@@ -148,14 +164,16 @@ def test_without_nvml_it_records_host_samples_and_says_so_once(
 
 
 def test_samples_taken_while_the_database_is_missing_are_written_when_it_appears(
-    database_name: str, h200_trace_dir: Path, caplog: pytest.LogCaptureFixture
+    database_name: str, h200_trace_dir: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     url = _database_url(database_name)
     settings = Settings(
         database_url=url,
+        broker_url=HEARTBEAT_REDIS_URL,
         telemetry_source=f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
         telemetry_interval_s=INTERVAL_S,
         telemetry_flush_s=0.2,
+        telemetry_buffer_dir=str(tmp_path / "buffer"),
     )
     stop = threading.Event()
     daemon = TelemetryDaemon(settings, stop)
@@ -182,3 +200,4 @@ def test_samples_taken_while_the_database_is_missing_are_written_when_it_appears
     outage_warnings = [r for r in caplog.records if "database unavailable" in r.getMessage()]
     assert len(outage_warnings) == 1
     assert any("database reachable again" in r.getMessage() for r in caplog.records)
+    assert not list((tmp_path / "buffer").rglob("*.jsonl")), "disk-buffer files were left behind"

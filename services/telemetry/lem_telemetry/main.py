@@ -10,6 +10,8 @@ import signal
 import threading
 from types import FrameType
 
+from pydantic import ValidationError
+
 from lem_shared.settings import Settings, get_settings
 from lem_telemetry.daemon import TelemetryDaemon
 
@@ -19,10 +21,13 @@ def _settings(argv: list[str] | None) -> Settings:
     parser.add_argument("--source", help="'nvml' or 'replay:PATH' (default: LEM_TELEMETRY_SOURCE)")
     parser.add_argument("--interval", type=float, help="seconds between samples (default: LEM_TELEMETRY_INTERVAL_S)")
     args = parser.parse_args(argv)
-    settings = get_settings()
     overrides = {"telemetry_source": args.source, "telemetry_interval_s": args.interval}
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    return Settings.model_validate(settings.model_dump() | overrides) if overrides else settings
+    try:  # the settings' own bounds (an interval of at least 10 ms, ...) apply to the options too
+        settings = get_settings()
+        return Settings.model_validate(settings.model_dump() | overrides) if overrides else settings
+    except ValidationError as error:
+        parser.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,13 +49,40 @@ class HostReading:
     memory_total_bytes: int
 
 
+class GpuUnavailable(Exception):
+    """One GPU cannot be read at all (NVML says GPU_IS_LOST, ...); the other GPUs are unaffected."""
+
+
 class GpuSource(Protocol):
+    """GPUs addressed by their position in ``gpus``; a read of one GPU never touches another."""
+
     name: str
+
+    @property
+    def gpus(self) -> list[tuple[int, str]]:
+        """(NVML index, UUID) of every GPU, in position order."""
+        ...
 
     @property
     def gpu_uuids(self) -> list[str]: ...
 
-    def read(self) -> list[GpuReading]: ...
+    def read_gpu(self, position: int) -> GpuReading:
+        """Every cheap field of one GPU (microseconds), stamped now; ``energy_mj`` is always None here.
+        Raises GpuUnavailable when the GPU cannot be read."""
+        ...
+
+    def read_energy(self, position: int) -> int | None:
+        """The GPU's energy counter in mJ (about 4 ms a read on an H200), None when it has none.
+        Raises GpuUnavailable when the GPU cannot be read."""
+        ...
+
+    def recover(self, position: int) -> None:
+        """Find a GPU that was unavailable again (by UUID); raises GpuUnavailable while it is still gone."""
+        ...
+
+    def read(self) -> list[GpuReading]:
+        """Every field of every GPU, the energy counter included (slow with NVML; for simple callers)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -67,11 +94,31 @@ class _Device:
     handle: Any
 
 
+# NVML errors that mean the GPU (or the driver) is gone rather than one field being unsupported.
+_GONE = frozenset(
+    getattr(pynvml, name)
+    for name in (
+        "NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_GPU_NOT_FOUND", "NVML_ERROR_UNINITIALIZED",
+        "NVML_ERROR_DRIVER_NOT_LOADED", "NVML_ERROR_LIB_RM_VERSION_MISMATCH", "NVML_ERROR_RESET_REQUIRED",
+    )
+    if hasattr(pynvml, name)
+)  # fmt: skip
+
+
+def _gone(error: pynvml.NVMLError) -> bool:
+    return getattr(error, "value", None) in _GONE
+
+
 def _or_none(read: Callable[..., T], *args: Any) -> T | None:
-    """The value, or None when NVML says the field cannot be read (NOT_SUPPORTED, GPU_IS_LOST, ...)."""
+    """The value, or None when NVML says this field cannot be read (NOT_SUPPORTED, NO_PERMISSION, ...).
+
+    An error that means the whole GPU is gone (GPU_IS_LOST, ...) raises GpuUnavailable instead.
+    """
     try:
         return read(*args)
-    except pynvml.NVMLError:
+    except pynvml.NVMLError as error:
+        if _gone(error):
+            raise GpuUnavailable(str(error)) from error
         return None
 
 
@@ -99,27 +146,60 @@ class NvmlSource:
     def __init__(self) -> None:
         self._devices: list[_Device] = []
         self._initialised = False
+        # (NVML index, reason) of each GPU that could not even be enumerated at open(); the others are read.
+        self.unavailable_at_open: list[tuple[int, str]] = []
 
     def open(self) -> None:
-        """Initialise NVML and enumerate the GPUs; raises pynvml.NVMLError when NVML is unavailable."""
+        """Initialise NVML and enumerate the GPUs; raises pynvml.NVMLError when NVML is unavailable.
+
+        A GPU that cannot be enumerated (lost already) is skipped and listed in ``unavailable_at_open``.
+        """
         pynvml.nvmlInit()
         try:
-            devices = []
-            for index in range(pynvml.nvmlDeviceGetCount()):
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                devices.append(_Device(index, _text(pynvml.nvmlDeviceGetUUID(handle)), handle))
+            count = pynvml.nvmlDeviceGetCount()
         except pynvml.NVMLError:
             pynvml.nvmlShutdown()
             raise
+        devices, unavailable = [], []
+        for index in range(count):
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                devices.append(_Device(index, _text(pynvml.nvmlDeviceGetUUID(handle)), handle))
+            except pynvml.NVMLError as error:
+                unavailable.append((index, str(error)))
         self._devices = devices
+        self.unavailable_at_open = unavailable
         self._initialised = True
+
+    @property
+    def gpus(self) -> list[tuple[int, str]]:
+        return [(device.index, device.uuid) for device in self._devices]
 
     @property
     def gpu_uuids(self) -> list[str]:
         return [device.uuid for device in self._devices]
 
     def read(self) -> list[GpuReading]:
-        return [self._read_device(device) for device in self._devices]
+        return [
+            dataclasses.replace(self._read_device(device), energy_mj=self._read_energy(device))
+            for device in self._devices
+        ]
+
+    def read_gpu(self, position: int) -> GpuReading:
+        return self._read_device(self._devices[position])
+
+    def read_energy(self, position: int) -> int | None:
+        return self._read_energy(self._devices[position])
+
+    def recover(self, position: int) -> None:
+        device = self._devices[position]
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
+            index = int(pynvml.nvmlDeviceGetIndex(handle))
+        except pynvml.NVMLError as error:
+            raise GpuUnavailable(str(error)) from error
+        self._devices[position] = _Device(index, device.uuid, handle)
+        self._read_device(self._devices[position])  # raises GpuUnavailable while it is still gone
 
     def close(self) -> None:
         if self._initialised:
@@ -127,20 +207,27 @@ class NvmlSource:
             self._initialised = False
             _or_none(pynvml.nvmlShutdown)
 
-    def measure_energy_read_cost(self, n: int = 20) -> float:
-        """Seconds per nvmlDeviceGetTotalEnergyConsumption call on the first GPU (about 4 ms on an H200)."""
+    def measure_energy_read_cost(self, n: int = 20, position: int = 0) -> float:
+        """Seconds per nvmlDeviceGetTotalEnergyConsumption call on one GPU (about 4 ms on an H200)."""
         if not self._devices:
             raise RuntimeError("NvmlSource is not open or found no GPU")
-        handle = self._devices[0].handle
+        handle = self._devices[position].handle
         started = time.perf_counter()
         for _ in range(n):
             pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
         return (time.perf_counter() - started) / n
 
+    @staticmethod
+    def _read_energy(device: _Device) -> int | None:
+        return _or_none(pynvml.nvmlDeviceGetTotalEnergyConsumption, device.handle)
+
     def _read_device(self, device: _Device) -> GpuReading:
+        """The cheap fields; the energy counter (milliseconds a read) is read apart, on its own cadence."""
         handle = device.handle
-        t = time.time()
         power_mw = _or_none(pynvml.nvmlDeviceGetPowerUsage, handle)
+        # Stamped when the power read returns: NVML serialises calls, so it may have waited (up to ~4 ms) behind
+        # an energy-counter read of another thread; the value is the one current at its return.
+        t = time.time()
         temperature = _or_none(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
         memory = _or_none(pynvml.nvmlDeviceGetMemoryInfo, handle)
         utilization = _or_none(pynvml.nvmlDeviceGetUtilizationRates, handle)
@@ -149,7 +236,7 @@ class NvmlSource:
             gpu_index=device.index,
             t=t,
             power_w=None if power_mw is None else power_mw / 1000.0,
-            energy_mj=_or_none(pynvml.nvmlDeviceGetTotalEnergyConsumption, handle),
+            energy_mj=None,
             temperature_c=None if temperature is None else float(temperature),
             sm_clock_mhz=_or_none(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM),
             mem_clock_mhz=_or_none(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM),
@@ -224,19 +311,38 @@ class ReplaySource:
         self._energy_per_loop = energies[-1] - energies[0] if energies else 0
 
     @property
+    def gpus(self) -> list[tuple[int, str]]:
+        return [(0, REPLAY_UUID)]
+
+    @property
     def gpu_uuids(self) -> list[str]:
         return [REPLAY_UUID]
 
-    def read(self) -> list[GpuReading]:
+    def _now(self) -> tuple[GpuReading, int | None]:
+        """The trace record due now, and its energy counter carried on across loops."""
         if self._started is None:
-            raise RuntimeError("ReplaySource.read() before open()")
+            raise RuntimeError("ReplaySource read before open()")
         loops, into_loop = divmod(self._clock() - self._started, self._period)
         index = max(bisect.bisect_right(self._offsets, into_loop) - 1, 0)
         reading = self._readings[index]
         energy = reading.energy_mj
         if energy is not None:
             energy += int(loops) * self._energy_per_loop
+        return reading, energy
+
+    def read(self) -> list[GpuReading]:
+        reading, energy = self._now()
         return [dataclasses.replace(reading, t=time.time(), energy_mj=energy)]
+
+    def read_gpu(self, position: int) -> GpuReading:
+        reading, _ = self._now()
+        return dataclasses.replace(reading, t=time.time(), energy_mj=None)
+
+    def read_energy(self, position: int) -> int | None:
+        return self._now()[1]
+
+    def recover(self, position: int) -> None:
+        """A replay never loses its GPU."""
 
     def close(self) -> None:
         self._started = None
@@ -271,8 +377,10 @@ def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
         except pynvml.NVMLError as error:
             return None, f"NVML is unavailable: {error}"
         if not nvml.gpu_uuids:
+            lost = "; ".join(f"GPU index {index}: {reason}" for index, reason in nvml.unavailable_at_open)
             nvml.close()
-            return None, "NVML found no GPU on this host"
+            return None, (f"NVML found no readable GPU on this host ({lost})" if lost
+                          else "NVML found no GPU on this host")
         return nvml, None
     if spec.startswith("replay:"):
         replay = ReplaySource(spec.removeprefix("replay:"))

@@ -1,15 +1,59 @@
-"""Writing readings to the database: one multi-row insert per table, both tables in one transaction."""
+"""Writing samples to the database: both tables in one transaction, by COPY on PostgreSQL, executemany elsewhere.
+
+Rows are plain dicts with ``time`` as Unix seconds (a float), the same shape the disk buffer stores as JSON;
+they become timezone-aware datetimes only on the way into the database. On PostgreSQL through psycopg the
+rows go in with ``COPY ... FROM STDIN`` on the transaction's own connection (several times faster than
+executemany, see bench/telemetry_ingest.py); any other database (SQLite on a GPU box without PostgreSQL) gets
+an executemany insert.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, Literal
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    String,
+    Table,
+    create_engine,
+    insert,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from lem_shared.db.models import GpuSample, HostSample
 from lem_telemetry.sources import GpuReading, HostReading
+
+Method = Literal["auto", "copy", "executemany"]
+
+GPU_COLUMNS = (
+    "host", "gpu_uuid", "gpu_index", "time", "source", "power_w", "energy_mj", "temperature_c", "sm_clock_mhz",
+    "mem_clock_mhz", "clock_event_reasons", "memory_used_bytes", "utilization_gpu", "utilization_memory",
+)  # fmt: skip
+HOST_COLUMNS = ("host", "time", "cpu_percent", "memory_used_bytes", "memory_total_bytes")
+
+# A database that does not answer within this long counts as away (its samples go to the disk buffer).
+CONNECT_TIMEOUT_S = 5
+
+
+def telemetry_engine(database_url: str) -> Engine:
+    """An engine that notices an unreachable database in seconds rather than hanging in connect()."""
+    backend = make_url(database_url).get_backend_name()
+    connect_args: dict[str, Any] = {}
+    if backend == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
+    elif backend == "sqlite":
+        connect_args = {"timeout": CONNECT_TIMEOUT_S}
+    return create_engine(database_url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _utc(t: float) -> datetime:
@@ -22,7 +66,7 @@ def gpu_rows(readings: Iterable[GpuReading], host: str, source: str) -> list[dic
             "host": host,
             "gpu_uuid": r.gpu_uuid,
             "gpu_index": r.gpu_index,
-            "time": _utc(r.t),
+            "time": r.t,
             "source": source,
             "power_w": r.power_w,
             "energy_mj": r.energy_mj,
@@ -42,7 +86,7 @@ def host_rows(readings: Iterable[HostReading], host: str) -> list[dict[str, Any]
     return [
         {
             "host": host,
-            "time": _utc(r.t),
+            "time": r.t,
             "cpu_percent": r.cpu_percent,
             "memory_used_bytes": r.memory_used_bytes,
             "memory_total_bytes": r.memory_total_bytes,
@@ -51,10 +95,72 @@ def host_rows(readings: Iterable[HostReading], host: str) -> list[dict[str, Any]
     ]
 
 
-def write_samples(engine: Engine, gpu: list[dict[str, Any]], host: list[dict[str, Any]]) -> None:
+def _binary_type(column: Column[Any]) -> str:
+    """The PostgreSQL type a binary COPY sends for this column (it must match the column's own type)."""
+    kind = column.type
+    if isinstance(kind, BigInteger):
+        return "int8"
+    if isinstance(kind, Integer):
+        return "int4"
+    if isinstance(kind, Float):
+        return "float8"
+    if isinstance(kind, DateTime):
+        return "timestamptz" if kind.timezone else "timestamp"
+    if isinstance(kind, String):
+        return "varchar"
+    raise TypeError(f"no binary COPY type for {column.table.name}.{column.name} ({kind!r})")
+
+
+def _copy(connection: Connection, table: Table, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Binary COPY on the transaction's own psycopg connection (about 1.5x the rows a second of text COPY)."""
+    import psycopg  # only here: the COPY path is taken only on PostgreSQL through psycopg
+
+    driver_connection = connection.connection.driver_connection
+    assert driver_connection is not None
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
+    types = [_binary_type(table.columns[name]) for name in columns]
+    at = columns.index("time")
+    values = itemgetter(*columns)
+    try:
+        with driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            copy.set_types(types)
+            write_row = copy.write_row
+            for row in rows:
+                line = list(values(row))
+                line[at] = _utc(line[at])
+                write_row(line)
+    except psycopg.Error as error:
+        # The raw cursor bypasses SQLAlchemy, so wrap its errors the way SQLAlchemy would (OperationalError for
+        # a lost server, ProgrammingError for a missing table, ...): callers handle one family of exceptions.
+        raise DBAPIError.instance(statement, None, error, psycopg.Error, dialect=connection.dialect) from error
+
+
+def _executemany(connection: Connection, model: type[GpuSample] | type[HostSample], rows: list[dict[str, Any]]) -> None:
+    connection.execute(insert(model), [{**row, "time": _utc(row["time"])} for row in rows])
+
+
+def uses_copy(engine: Engine, method: Method = "auto") -> bool:
+    if method == "executemany":
+        return False
+    fast = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+    if method == "copy" and not fast:
+        raise ValueError(f"COPY needs PostgreSQL through psycopg, not {engine.dialect.name}+{engine.dialect.driver}")
+    return fast
+
+
+def write_samples(
+    engine: Engine, gpu: list[dict[str, Any]], host: list[dict[str, Any]], method: Method = "auto"
+) -> None:
     """Insert both batches or neither, so a retried batch never leaves duplicates behind."""
+    copy = uses_copy(engine, method)
     with engine.begin() as connection:
-        if gpu:
-            connection.execute(insert(GpuSample), gpu)
-        if host:
-            connection.execute(insert(HostSample), host)
+        if copy:
+            if gpu:
+                _copy(connection, GpuSample.__table__, GPU_COLUMNS, gpu)  # type: ignore[arg-type]
+            if host:
+                _copy(connection, HostSample.__table__, HOST_COLUMNS, host)  # type: ignore[arg-type]
+        else:
+            if gpu:
+                _executemany(connection, GpuSample, gpu)
+            if host:
+                _executemany(connection, HostSample, host)

@@ -1,0 +1,181 @@
+"""``lem doctor``: is everything a campaign needs up? Broker, database (at the Alembic head), Celery workers per
+queue, and the telemetry heartbeats per host and GPU. Exit code 1 when something needed is down, with a line
+saying how to fix it."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, Literal
+
+import redis
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from lem_shared.heartbeat import read_heartbeats
+from lem_shared.queues import QueueName
+from lem_shared.settings import get_settings
+
+Status = Literal["ok", "warn", "fail"]
+# A GPU heartbeat whose last sample is older than this is stale (the daemon beats about every second).
+STALE_AFTER_S = 5.0
+TIMEOUT_S = 3.0
+
+
+@dataclass
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a SQLAlchemy URL (a redis:// one): hide what sits before '@'
+        scheme, sep, rest = url.partition("://")
+        return scheme + sep + ("***@" + rest.rsplit("@", 1)[1] if "@" in rest else rest)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_broker(broker_url: str) -> Check:
+    try:
+        client = redis.Redis.from_url(broker_url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+        client.ping()
+        client.close()
+    except redis.RedisError as error:
+        return Check("broker", "fail", f"{_redacted(broker_url)}: {error}",
+                     "start Redis (`make services`) or set LEM_BROKER_URL")
+    return Check("broker", "ok", _redacted(broker_url))
+
+
+def check_database(database_url: str) -> Check:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from lem_shared.db.migrate import alembic_config
+
+    where = _redacted(database_url)
+    heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
+    backend = make_url(database_url).get_backend_name()
+    connect_args: dict[str, Any] = {"connect_timeout": int(TIMEOUT_S)} if backend == "postgresql" else {}
+    engine = create_engine(database_url, connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            current = set(MigrationContext.configure(connection).get_current_heads())
+    except SQLAlchemyError as error:
+        return Check("database", "fail", f"{where}: {_first_line(error)}",
+                     "start PostgreSQL (`make services`) and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL")
+    finally:
+        engine.dispose()
+    if current != heads:
+        now = ", ".join(sorted(current)) or "no schema"
+        return Check("database", "fail", f"{where}: at {now}, head is {', '.join(sorted(heads))}",
+                     "run `lem db upgrade`")
+    return Check("database", "ok", f"{where} at head {', '.join(sorted(heads))}")
+
+
+def check_workers(broker_ok: bool) -> list[Check]:
+    if not broker_ok:
+        return [Check("workers", "fail", "cannot ask: the broker is unreachable", "start Redis first")]
+    from lem_planner.campaigns import consumers_by_queue
+    from lem_planner.control import app
+
+    consumers = consumers_by_queue(app, timeout=2.0)
+    checks = []
+    for queue in QueueName:
+        workers = sorted(consumers.get(queue.value, []))
+        if workers:
+            checks.append(Check(f"queue {queue.value}", "ok", ", ".join(workers)))
+        elif queue is QueueName.CONTROL:
+            checks.append(Check(f"queue {queue.value}", "fail", "no worker: runs are never finalised",
+                                "start the control worker: `make up` (or `lem-control`)"))
+        else:
+            checks.append(Check(f"queue {queue.value}", "warn", "no worker: runs of this backend wait"))
+    gpu_queues = [q.value for q in QueueName if q is not QueueName.CONTROL]
+    if not any(consumers.get(queue) for queue in gpu_queues):
+        checks.append(Check("engine workers", "fail", "no worker consumes any backend queue: nothing can run",
+                            "start one: `make up` starts the pytorch worker (or run `lem-worker-pytorch`)"))
+    return checks
+
+
+def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list[dict[str, Any]]]:
+    if not broker_ok:
+        return [Check("telemetry", "fail", "cannot read heartbeats: the broker is unreachable",
+                      "start Redis first")], []
+    try:
+        beats = read_heartbeats(broker_url)
+    except redis.RedisError as error:
+        return [Check("telemetry", "fail", f"cannot read heartbeats: {error}", "start Redis first")], []
+    if not beats:
+        return [Check("telemetry", "fail", "no telemetry daemon is beating: runs get no energy figures",
+                      "start it on each GPU host: `make up` (or `lem-telemetry`)")], []
+    checks = []
+    for beat in beats:
+        age = beat.get("age_s")
+        age_text = "?" if age is None else f"{age:.1f} s ago"
+        if beat["kind"] == "host":
+            detail = f"source {beat.get('source')}, {beat.get('gpus', 0)} GPU(s), pid {beat.get('pid')}, {age_text}"
+            if beat.get("note"):
+                detail += f" ({beat['note']})"
+            checks.append(Check(f"telemetry host {beat.get('host')}", "ok", detail))
+            continue
+        name = f"GPU {beat.get('gpu_uuid')} (index {beat.get('gpu_index')}, {beat.get('host')})"
+        power = beat.get("power_w")
+        temperature = beat.get("temperature_c")
+        detail = (f"last sample {age_text}, "
+                  f"{'?' if power is None else f'{power:.0f}'} W, "
+                  f"{'?' if temperature is None else f'{temperature:.0f}'} °C, source {beat.get('source')}")
+        if beat.get("state") == "lost":
+            checks.append(Check(name, "warn", "cannot be read: " + detail,
+                                "see the telemetry log on that host (GPU lost? `nvidia-smi`)"))
+        elif age is not None and age > STALE_AFTER_S:
+            checks.append(Check(name, "warn", "stale: " + detail, "see the telemetry log on that host"))
+        else:
+            checks.append(Check(name, "ok", detail))
+    return checks, beats
+
+
+def run_checks() -> tuple[list[Check], list[dict[str, Any]]]:
+    settings = get_settings()
+    broker = check_broker(settings.broker_url)
+    checks = [broker, check_database(settings.database_url)]
+    checks += check_workers(broker.status == "ok")
+    telemetry, beats = check_telemetry(settings.broker_url, broker.status == "ok")
+    return checks + telemetry, beats
+
+
+_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check the broker, the database (and its schema), the workers per queue and the telemetry heartbeats."""
+    checks, beats = run_checks()
+    ok = all(check.status != "fail" for check in checks)
+    if json:
+        sys.stdout.write(jsonlib.dumps({"ok": ok, "checks": [asdict(c) for c in checks], "heartbeats": beats},
+                                       indent=2) + "\n")
+    else:
+        console = Console() if sys.stdout.isatty() else Console(width=140)
+        table = Table(title="lem doctor")
+        for column in ("check", "status", "detail"):
+            table.add_column(column)
+        for check in checks:
+            table.add_row(check.name, f"[{_STYLE[check.status]}]{check.status}[/]", check.detail)
+        console.print(table)
+        for check in checks:
+            if check.fix and check.status != "ok":
+                console.print(f"[{_STYLE[check.status]}]{check.name}:[/] {check.fix}", highlight=False)
+        console.print("all needed services are up" if ok else "[bold red]something needed is down[/]")
+    if not ok:
+        raise typer.Exit(1)

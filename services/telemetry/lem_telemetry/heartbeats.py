@@ -1,0 +1,114 @@
+"""The daemon's heartbeats in Redis: every ``telemetry_heartbeat_s`` one hash per GPU and one for the host.
+
+Key names and the reader live in ``lem_shared.heartbeat`` (the planner and ``lem doctor`` read them there).
+Each hash has a TTL of ``telemetry_heartbeat_ttl_s``, so a daemon that dies stops looking alive; a daemon that
+stops cleanly deletes its keys. Redis being away is logged once (and its return once); sampling never waits
+for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from lem_shared import heartbeat
+from lem_telemetry.sampler import GpuSampler
+from lem_telemetry.sources import HostReading
+
+log = logging.getLogger(__name__)
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.rsplit("@", 1)[1]
+    return scheme + sep + rest
+
+
+class HeartbeatPublisher:
+    def __init__(
+        self,
+        redis_url: str,
+        host: str,
+        source_name: str,
+        sampler: GpuSampler | None,
+        latest_host: Callable[[], HostReading | None],
+        period_s: float,
+        ttl_s: float,
+        note: str | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.host = host
+        self.source_name = source_name
+        self.sampler = sampler
+        self.latest_host = latest_host
+        self.period_s = period_s
+        self.ttl_s = ttl_s
+        self.note = note
+        self.pid = os.getpid()
+        self._client = heartbeat.client(redis_url)
+        self._redis_away = False
+        self._keys: set[str] = set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Beat now and then every period until ``stop`` is set; then remove this daemon's heartbeats."""
+        self.beat()
+        while not stop.wait(self.period_s):
+            self.beat()
+        self.clear()
+
+    def beats(self) -> list[tuple[str, dict[str, Any]]]:
+        now = time.time()
+        beats: list[tuple[str, dict[str, Any]]] = []
+        if self.sampler is not None:
+            for health in self.sampler.health:
+                reading = self.sampler.latest.get(health.uuid)
+                if reading is None:
+                    continue
+                beats.append((heartbeat.gpu_key(health.uuid), {
+                    "host": self.host, "gpu_uuid": health.uuid, "gpu_index": health.index, "time": reading.t,
+                    "power_w": reading.power_w, "temperature_c": reading.temperature_c,
+                    "source": self.source_name, "state": "lost" if health.lost else "ok", "pid": self.pid,
+                    "updated_at": now,
+                }))  # fmt: skip
+        host_reading = self.latest_host()
+        beats.append((heartbeat.host_key(self.host), {
+            "host": self.host, "time": now, "source": self.source_name,
+            "gpus": 0 if self.sampler is None else len(self.sampler.health), "note": self.note, "pid": self.pid,
+            "cpu_percent": None if host_reading is None else host_reading.cpu_percent,
+            "memory_used_bytes": None if host_reading is None else host_reading.memory_used_bytes,
+            "memory_total_bytes": None if host_reading is None else host_reading.memory_total_bytes,
+            "updated_at": now,
+        }))  # fmt: skip
+        return beats
+
+    def beat(self) -> None:
+        beats = self.beats()
+        try:
+            heartbeat.publish(self._client, beats, self.ttl_s)
+        except redis.RedisError as error:
+            if not self._redis_away:
+                log.warning("Redis unreachable at %s (%s); heartbeats paused, sampling goes on",
+                            _redacted(self.redis_url), error)
+                self._redis_away = True
+            return
+        self._keys.update(key for key, _ in beats)
+        if self._redis_away:
+            log.info("Redis reachable again; heartbeats resumed")
+            self._redis_away = False
+
+    def clear(self) -> None:
+        if not self._keys:
+            return
+        try:
+            self._client.delete(*self._keys)
+        except redis.RedisError:
+            pass  # they expire on their own within the TTL
+        finally:
+            self._client.close()
