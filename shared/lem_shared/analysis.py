@@ -134,7 +134,10 @@ def analyse_window(
     duration = end - start
     energy = window_energy([Sample(s.t, s.energy_mj, s.power_w) for s in samples], start, end)
     inside = [s for s in samples if start <= s.t <= end]
-    spacing = [b.t - a.t for a, b in zip(samples, samples[1:], strict=False) if b.t > a.t]
+    # Telemetry writes the energy counter in rows of its own (power NULL); coverage counts the fast rows.
+    fast = [s for s in samples if s.power_w is not None]
+    fast_inside = [s for s in inside if s.power_w is not None]
+    spacing = [b.t - a.t for a, b in zip(fast, fast[1:], strict=False) if b.t > a.t]
     interval = context.interval_s or (statistics.median(spacing) if spacing else None)
     expected = max(1, round(duration / interval)) if interval and duration > 0 else 0
 
@@ -159,8 +162,8 @@ def analyse_window(
         energy_counter_j=energy.energy_j, energy_integral_j=energy.power_integral_j,
         disagreement_pct=disagreement, mean_power_w=energy.mean_power_w,
         peak_power_w=max(powers) if powers else None,
-        samples=len(inside), expected_samples=expected,
-        coverage=min(1.0, len(inside) / expected) if expected else None,
+        samples=len(fast_inside), expected_samples=expected,
+        coverage=min(1.0, len(fast_inside) / expected) if expected else None,
         counter_updates=energy.counter_updates, counter_resets=energy.counter_resets,
         reason_share=share, thermal_throttling=thermal_share > 0, power_brake=brake,
         max_temperature_c=max(temps) if temps else None,

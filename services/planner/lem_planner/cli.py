@@ -15,6 +15,7 @@ from rich.table import Table
 from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError as SchemaError
 
+from lem_planner.doctor import doctor
 from lem_shared.config import CampaignConfig, ConfigError, ExperimentConfig, load_campaign
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 from lem_shared.queues import queue_for
@@ -30,7 +31,7 @@ cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(energy_cli, name="energy")
-cli.command("doctor")(__import__("lem_planner.doctor", fromlist=["doctor"]).doctor)
+cli.command("doctor")(doctor)
 
 # Piped output (make, CI logs) gets a fixed width wide enough for the results table instead of rich's 80.
 out = Console() if sys.stdout.isatty() else Console(width=140)

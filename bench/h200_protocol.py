@@ -1,0 +1,145 @@
+"""Issue 3's proof on a real GPU: the measurement protocol end to end, on the project's own code path.
+
+What runs, all of it the code the services run: `lem-telemetry` (python -m lem_telemetry.main) sampling NVML
+into a database; the manifest written by the planner's `create_campaign`; each run claimed, measured in the
+spawned engine host and recorded by the worker runtime's `execute_run` (what the Celery task calls); each run
+finalised by the control worker's `finalise_run` (window analysis, baselines, verdict). Only Celery's transport
+is left out: the GPU machine has no Redis, so the runs are driven in the campaign's order by this script. The
+database is SQLite there (no PostgreSQL); pass --database-url to use PostgreSQL where it exists.
+
+    python bench/h200_protocol.py --model random:llama-1b --batch-sizes 1 8 64 --cycles 5 --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="random:llama-1b")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--cycles", type=int, default=5)
+    parser.add_argument("--batches", type=int, default=2, help="batches in one pass of the workload")
+    parser.add_argument("--input-len", type=int, default=128)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--baseline-idle-s", type=float, default=30.0)
+    parser.add_argument("--database-url", default="sqlite:////tmp/lem_h200.db")
+    parser.add_argument("--out", type=Path, default=Path("."))
+    args = parser.parse_args()
+
+    os.environ["LEM_DATABASE_URL"] = args.database_url
+    os.environ.setdefault("LEM_DEVICE", "cuda:0")
+    from lem_planner.campaigns import create_campaign
+    from lem_planner.control import finalise_run
+    from lem_planner.results import run_records
+    from lem_shared.config import parse_campaign
+    from lem_shared.db.migrate import upgrade
+    from lem_shared.runtime.engine_host import EngineHost
+    from lem_shared.runtime.worker import execute_run
+    from lem_shared.settings import get_settings
+
+    if args.database_url.startswith("sqlite:"):
+        Path(args.database_url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+    upgrade(args.database_url)
+    args.out.mkdir(parents=True, exist_ok=True)
+    telemetry_log = open(args.out / "telemetry.log", "w")  # noqa: SIM115 - open for the daemon's lifetime
+    telemetry = subprocess.Popen([sys.executable, "-m", "lem_telemetry.main"], stdout=telemetry_log,
+                                 stderr=subprocess.STDOUT, env=os.environ.copy())
+    time.sleep(3)  # let it log its energy-read cost and start sampling
+
+    campaign, experiments = parse_campaign({
+        "name": "h200-protocol",
+        "cycles": args.cycles,
+        "experiment": {
+            "backend": "pytorch", "model": args.model, "dtype": "bfloat16",
+            "workload": {"num_prompts": max(args.batch_sizes) * args.batches, "input_len": args.input_len,
+                         "output_len": args.output_len},
+            "measurement": {"baseline_idle_s": args.baseline_idle_s},
+        },
+        "grid": {"batch_size": args.batch_sizes},
+    })
+    campaign_id, requests = create_campaign(campaign, experiments)
+    settings = get_settings()
+    engine = EngineHost("lem_worker_pytorch.adapter:TransformersAdapter", settings.device, settings.run_timeout_s)
+    baselined: set[int] = set()
+    started = time.time()
+    try:
+        for request in requests:
+            run_id, status = execute_run(engine, request, "h200-bench@device", baselined)
+            assert run_id is not None
+            finalise_run(run_id, wait_s=15)
+            record = next(r for r in run_records(campaign_id) if r["run_id"] == run_id)
+            print(f"bs={request.experiment['batch_size']:>3} cycle={request.cycle}  {record['status']:<6} "
+                  f"{_f(record['tokens_per_s'], '.0f')} tok/s  {_f(record['energy_j'], '.1f')} J  "
+                  f"{_f(record['j_per_token'] and record['j_per_token'] * 1e3, '.2f')} mJ/tok  "
+                  f"adj {_f(record['energy_adjusted_j'], '.1f')} J  mean {_f(record['mean_power_w'], '.0f')} W  "
+                  f"idle {_f(record['idle_before_w'], '.0f')}/{_f(record['idle_after_w'], '.0f')} W  "
+                  f"deep {_f(record['deep_idle_power_w'], '.0f')} W  warmup {record['warmup_iterations']}"
+                  f"{'' if record['warmup_converged'] else '(cap)'}  passes {record['passes']}  "
+                  f"verdict {record['verdict']}  {record['error'] or ''}", flush=True)
+    finally:
+        engine.stop()
+        telemetry.send_signal(signal.SIGTERM)
+        telemetry.wait(30)
+        telemetry_log.close()
+
+    records = run_records(campaign_id)
+    summary = []
+    for bs in args.batch_sizes:
+        rows = [r for r in records if r["experiment"]["batch_size"] == bs and r["energy_j"] is not None]
+        if not rows:
+            print(f"bs={bs}: no run with energy (no NVML GPU here?)")
+            continue
+        jpt = [r["j_per_token"] for r in rows]
+        checks = [c for r in rows for c in (r["checks"] or []) if c["status"] in ("warning", "fail")]
+        analysis_gap = [100 * (r["energy_power_integral_j"] - r["energy_j"]) / r["energy_j"] for r in rows
+                        if r["energy_power_integral_j"]]
+        summary.append({
+            "batch_size": bs,
+            "runs": len(rows),
+            "tokens_per_s_mean": statistics.fmean(r["tokens_per_s"] for r in rows),
+            "j_per_token_mean": statistics.fmean(jpt),
+            "j_per_token_cv_pct": 100 * statistics.stdev(jpt) / statistics.fmean(jpt) if len(jpt) > 1 else None,
+            "energy_adjusted_j_per_token_mean": statistics.fmean(
+                r["energy_adjusted_j"] / r["output_tokens"] for r in rows if r["energy_adjusted_j"] is not None),
+            "integral_vs_counter_pct_mean": statistics.fmean(analysis_gap) if analysis_gap else None,
+            "mean_power_w": statistics.fmean(r["mean_power_w"] for r in rows),
+            "deep_idle_w": rows[0]["deep_idle_power_w"],
+            "idle_before_w_mean": _mean([r["idle_before_w"] for r in rows]),
+            "idle_after_w_mean": _mean([r["idle_after_w"] for r in rows]),
+            "verdicts": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("valid", "warning", "invalid")},
+            "flagged_checks": sorted({f"{c['name']}: {c['status']}" for c in checks}),
+        })
+    result = {"what": __doc__.splitlines()[0], "command": " ".join(sys.argv), "model": args.model,
+              "elapsed_s": time.time() - started, "summary": summary, "runs": records}
+    (args.out / "h200_protocol.json").write_text(json.dumps(result, indent=2, default=str))
+    print()
+    for s in summary:
+        print(f"bs={s['batch_size']:>3}: {s['runs']} runs, {s['tokens_per_s_mean']:.0f} tok/s, "
+              f"{s['j_per_token_mean'] * 1e3:.2f} mJ/token (CV {_f(s['j_per_token_cv_pct'], '.2f')} %), "
+              f"adjusted {s['energy_adjusted_j_per_token_mean'] * 1e3:.2f} mJ/token, "
+              f"∫P vs counter {_f(s['integral_vs_counter_pct_mean'], '+.2f')} %, {s['mean_power_w']:.0f} W, "
+              f"deep idle {_f(s['deep_idle_w'], '.0f')} W, idle before/after {_f(s['idle_before_w_mean'], '.0f')}/"
+              f"{_f(s['idle_after_w_mean'], '.0f')} W, verdicts {s['verdicts']}, flagged {s['flagged_checks']}")
+
+
+def _mean(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.fmean(present) if present else None
+
+
+def _f(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+if __name__ == "__main__":
+    main()
