@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 
@@ -55,3 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     while runner.is_alive():
         runner.join(0.5)
     return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
