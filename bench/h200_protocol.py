@@ -34,13 +34,18 @@ def main() -> None:
     parser.add_argument("--baseline-idle-s", type=float, default=30.0)
     parser.add_argument("--database-url", default="sqlite:////tmp/lem_h200.db")
     parser.add_argument("--out", type=Path, default=Path("."))
+    parser.add_argument("--reanalyse", metavar="DATABASE_URL", help="re-finalise a recorded database, run nothing")
     args = parser.parse_args()
+    if args.reanalyse:
+        args.out.mkdir(parents=True, exist_ok=True)
+        reanalyse(args.reanalyse, args.out)
+        return
 
     os.environ["LEM_DATABASE_URL"] = args.database_url
     os.environ.setdefault("LEM_DEVICE", "cuda:0")
     from lem_planner.campaigns import create_campaign
     from lem_planner.control import finalise_run
-    from lem_planner.results import run_records
+    from lem_planner.results import run_records as records_of
     from lem_shared.config import parse_campaign
     from lem_shared.db.migrate import upgrade
     from lem_shared.runtime.engine_host import EngineHost
@@ -61,12 +66,15 @@ def main() -> None:
         "cycles": args.cycles,
         "experiment": {
             "backend": "pytorch", "model": args.model, "dtype": "bfloat16",
-            "workload": {"num_prompts": max(args.batch_sizes) * args.batches, "input_len": args.input_len,
+            "workload": {"num_prompts": max(args.batch_sizes), "input_len": args.input_len,
                          "output_len": args.output_len},
             "measurement": {"baseline_idle_s": args.baseline_idle_s},
         },
         "grid": {"batch_size": args.batch_sizes},
     })
+    # The same number of batches per pass at every batch size (a grid would share one prompt count).
+    experiments = [e.model_copy(update={"workload": e.workload.model_copy(
+        update={"num_prompts": e.batch_size * args.batches})}) for e in experiments]
     campaign_id, requests = create_campaign(campaign, experiments)
     settings = get_settings()
     engine = EngineHost("lem_worker_pytorch.adapter:TransformersAdapter", settings.device, settings.run_timeout_s)
@@ -77,7 +85,7 @@ def main() -> None:
             run_id, status = execute_run(engine, request, "h200-bench@device", baselined)
             assert run_id is not None
             finalise_run(run_id, wait_s=15)
-            record = next(r for r in run_records(campaign_id) if r["run_id"] == run_id)
+            record = next(r for r in records_of(campaign_id) if r["run_id"] == run_id)
             print(f"bs={request.experiment['batch_size']:>3} cycle={request.cycle}  {record['status']:<6} "
                   f"{_f(record['tokens_per_s'], '.0f')} tok/s  {_f(record['energy_j'], '.1f')} J  "
                   f"{_f(record['j_per_token'] and record['j_per_token'] * 1e3, '.2f')} mJ/tok  "
@@ -92,9 +100,41 @@ def main() -> None:
         telemetry.wait(30)
         telemetry_log.close()
 
+    report(campaign_id, args.batch_sizes, args.out, {"command": " ".join(sys.argv), "model": args.model,
+                                                     "elapsed_s": time.time() - started})
+
+
+def reanalyse(database_url: str, out: Path) -> None:
+    """Finalise every measured run of a recorded database again with the current analysis code (the raw
+    telemetry is kept, so a corrected check can be re-applied to what the GPU really did)."""
+    os.environ["LEM_DATABASE_URL"] = database_url
+    from sqlalchemy import select, update
+
+    from lem_planner.control import energy_fields
+    from lem_shared.config import ExperimentConfig
+    from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
+    from lem_shared.db.session import session_scope
+
+    with session_scope() as s:
+        campaign_id = s.scalars(select(Campaign.id).order_by(Campaign.id.desc())).first()
+        runs = s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status == "done")).all()
+        jobs = [(run, s.get(RunMetrics, run.id), s.get(Experiment, run.experiment_id)) for run in runs]
+        s.expunge_all()
+    for run, metrics, experiment in jobs:
+        protocol = ExperimentConfig.model_validate(experiment.config).measurement
+        fields = energy_fields(run, metrics, protocol, wait_s=0)
+        with session_scope() as s:
+            s.execute(update(RunMetrics).where(RunMetrics.run_id == run.id).values(**fields))
+    sizes = sorted({e.config["batch_size"] for _, _, e in jobs})
+    report(campaign_id, sizes, out, {"command": " ".join(sys.argv), "reanalysed": database_url})
+
+
+def report(campaign_id: int, batch_sizes: list[int], out: Path, meta: dict) -> None:
+    from lem_planner.results import run_records
+
     records = run_records(campaign_id)
     summary = []
-    for bs in args.batch_sizes:
+    for bs in batch_sizes:
         rows = [r for r in records if r["experiment"]["batch_size"] == bs and r["energy_j"] is not None]
         if not rows:
             print(f"bs={bs}: no run with energy (no NVML GPU here?)")
@@ -119,9 +159,8 @@ def main() -> None:
             "verdicts": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("valid", "warning", "invalid")},
             "flagged_checks": sorted({f"{c['name']}: {c['status']}" for c in checks}),
         })
-    result = {"what": __doc__.splitlines()[0], "command": " ".join(sys.argv), "model": args.model,
-              "elapsed_s": time.time() - started, "summary": summary, "runs": records}
-    (args.out / "h200_protocol.json").write_text(json.dumps(result, indent=2, default=str))
+    result = {"what": __doc__.splitlines()[0], **meta, "summary": summary, "runs": records}
+    (out / "h200_protocol.json").write_text(json.dumps(result, indent=2, default=str))
     print()
     for s in summary:
         print(f"bs={s['batch_size']:>3}: {s['runs']} runs, {s['tokens_per_s_mean']:.0f} tok/s, "

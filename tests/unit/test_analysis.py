@@ -90,6 +90,12 @@ def test_short_window_and_too_few_counter_updates_fail() -> None:
     assert statuses["window_duration"] == "fail" and statuses["counter_updates"] == "fail"
 
 
+def test_our_own_warmup_lingering_in_the_utilisation_average_is_not_someone_else() -> None:
+    lingering = steady(0, 5.3, util=30) + steady(5.4, 30, util=0)  # NVML averages over up to a second
+    statuses = status_of(lingering, 7.05, 20.05, context=RunContext(before=(5.05, 7.0)))
+    assert statuses["gpu_busy_before"] == "pass"
+
+
 def test_someone_else_busy_before_the_window_invalidates_it() -> None:
     samples = steady(0, 5, util=0) + steady(5.05, 10, util=60)[:10] + steady(6.05, 30)
     samples.sort(key=lambda s: s.t)

@@ -1,0 +1,133 @@
+"""The recorded H200 trace replayed through the real telemetry daemon into PostgreSQL, then each marked phase
+finalised by the control worker's code: the energy path end to end on CI, without a GPU.
+
+The replay is a stand-in for a GPU (its samples are stored with source "nvml-replay"); it plays the 94 s
+trace in real time, so this test takes about a minute and a half.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, func, select
+
+from lem_planner.control import finalise_run
+from lem_shared.config import ExperimentConfig
+from lem_shared.contracts import run_key
+from lem_shared.db.models import Campaign, Experiment, GpuSample, Run, RunMetrics
+from lem_shared.db.session import session_scope
+from lem_telemetry.sources import REPLAY_UUID
+from tests.integration.telemetry_helpers import start_daemon, wait_for
+
+README_COUNTER_J = {"idle": 1158.3, "decode_bs1": 1143.8, "decode_bs16": 1287.7, "decode_bs64": 1761.0,
+                    "matmul_burn": 8260.5, "cooldown": 1807.9}
+
+
+def utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+@pytest.fixture(scope="module")
+def replayed(stack_env: dict[str, str], h200_trace_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Play the whole trace once through lem-telemetry; return the phases mapped onto wall-clock time."""
+    with session_scope() as s:
+        s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPLAY_UUID))
+    trace = [json.loads(line) for line in (h200_trace_dir / "h200_nvml_trace.jsonl").read_text().splitlines()]
+    daemon = start_daemon(stack_env["LEM_DATABASE_URL"], f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
+                          tmp_path_factory.mktemp("replay"), telemetry_interval_s=0.02,
+                          telemetry_energy_interval_s=0.02)
+    duration = trace[-1]["t"] - trace[0]["t"]
+    try:
+        def first_sample() -> datetime | None:
+            with session_scope() as s:
+                return s.scalar(select(func.min(GpuSample.time)).where(GpuSample.gpu_uuid == REPLAY_UUID))
+
+        wait_for(lambda: first_sample() is not None, 30, "the first replayed sample")
+        wait_for(lambda: not daemon.alive() or _latest() > first_sample().timestamp() + duration + 1,  # type: ignore[union-attr]
+                 duration + 60, "the whole trace to replay")
+    finally:
+        assert daemon.stop() == 0, daemon.log()
+    offset = _replay_offset(trace)
+    starts, phases = {}, {}
+    for line in (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines():
+        mark = json.loads(line)
+        name, _, edge = mark["mark"].split(":")[0].rpartition("_")
+        if edge == "start":
+            starts[name] = mark["t"] + offset
+        elif edge == "end":
+            phases[name] = (starts[name], mark["t"] + offset)
+    return phases
+
+
+def _replay_offset(trace: list[dict]) -> float:
+    """Wall clock minus trace time, from when each energy-counter step of the trace was stored (median)."""
+    first_seen: dict[int, float] = {}
+    for before, after in zip(trace, trace[1:], strict=False):
+        if after["energy_mj"] != before["energy_mj"]:
+            first_seen.setdefault(after["energy_mj"], after["t"])
+    with session_scope() as s:
+        rows = s.execute(select(GpuSample.time, GpuSample.energy_mj).where(
+            GpuSample.gpu_uuid == REPLAY_UUID, GpuSample.energy_mj.is_not(None)).order_by(GpuSample.time)).all()
+    offsets, previous = [], None
+    for time, energy in rows:
+        if energy != previous and energy in first_seen:
+            offsets.append(time.timestamp() - first_seen[energy])
+        previous = energy
+    assert len(offsets) > 100, "too few counter steps were replayed"
+    offsets.sort()
+    return offsets[len(offsets) // 2]
+
+
+def _latest() -> float:
+    with session_scope() as s:
+        latest = s.scalar(select(func.max(GpuSample.time)).where(GpuSample.gpu_uuid == REPLAY_UUID))
+    return latest.timestamp() if latest else 0.0
+
+
+def finalised(window: tuple[float, float]) -> RunMetrics:
+    with session_scope() as s:
+        campaign = Campaign(name="replay-e2e", spec={}, spec_hash="0" * 64)
+        s.add(campaign)
+        s.flush()
+        config = ExperimentConfig().model_dump(mode="json")
+        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config=config,
+                                config_hash="0" * 64)
+        s.add(experiment)
+        s.flush()
+        run = Run(run_key=run_key(campaign.id, {}, 0), campaign_id=campaign.id, experiment_id=experiment.id,
+                  cycle=0, status="measured", attempts=1, device="cuda:0", gpu_uuid=REPLAY_UUID,
+                  window_start=utc(window[0]), window_end=utc(window[1]))
+        s.add(run)
+        s.flush()
+        s.add(RunMetrics(run_id=run.id, requests=1, input_tokens=1, output_tokens=1, duration_s=1, tokens_per_s=1,
+                         requests_per_s=1, latency_mean_s=1, latency_p50_s=1, latency_p95_s=1, ttft_mean_s=None,
+                         peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0, model_reused=False,
+                         warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01, passes=1))
+        run_id = run.id
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None
+        s.expunge(metrics)
+        return metrics
+
+
+@pytest.mark.parametrize("phase", list(README_COUNTER_J))
+def test_each_marked_phase_matches_the_trace_readme(replayed: dict, phase: str) -> None:
+    start, end = replayed[phase]
+    metrics = finalised((start, end))
+    assert metrics.energy_source == "nvml_energy_counter"
+    expected = README_COUNTER_J[phase]
+    # 0.5 %, except where a counter step (every ~100 ms) sits within one sample of a window edge: then the replay's
+    # sampling jitter decides which side of the edge the step lands, and one step is the counter's resolution.
+    one_step = expected / (end - start) * 0.1
+    assert metrics.energy_j == pytest.approx(expected, abs=max(0.005 * expected, one_step))
+
+
+def test_matmul_burn_shows_the_software_power_cap(replayed: dict) -> None:
+    metrics = finalised(replayed["matmul_burn"])
+    assert metrics.analysis is not None and metrics.analysis["reason_share"]["sw_power_cap"] > 0.9
+    assert metrics.peak_power_w is not None and metrics.peak_power_w > 650
