@@ -171,7 +171,9 @@ def analyse_window(
         sm_clock_mean_mhz=_mean(clocks), sm_clock_before_mhz=_mean(clocks_before),
         sm_clock_ratio=(_mean(clocks) / _mean(clocks_before)) if clocks and clocks_before else None,  # type: ignore[operator]
         idle_before_w=_idle_power(samples, context.before), idle_after_w=_idle_power(samples, context.after),
-        utilization_before_pct=max(util_before) if util_before else None,
+        # NVML's utilisation is an average over up to a second, so the run's own warm-up lingers in the first
+        # readings of the idle gap; another tenant keeps it up all through, hence the minimum.
+        utilization_before_pct=min(util_before) if util_before else None,
     )
     result.checks = _checks(result, context, limits, thermal_share, energy.note)
     statuses = {c.status for c in result.checks}

@@ -251,9 +251,10 @@ def container_environment() -> dict[str, Any]:
     return {"container": container, "evidence": list(dict.fromkeys(evidence for _, evidence in found))}
 
 
-def _package_versions() -> dict[str, str]:
+def package_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the named distributions, "not installed" for the missing ones."""
     versions = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             versions[name] = version(name)
         except PackageNotFoundError:
@@ -299,7 +300,7 @@ def host_environment(gpu_uuid: str | None = None, *, gpus: bool = True) -> dict[
         **_cpu_and_memory(),
         "container": container_environment(),
         "python": {"version": platform.python_version(), "implementation": platform.python_implementation()},
-        "packages": _package_versions(),
+        "packages": package_versions(*PACKAGES),
         "cuda_runtime": _cuda_runtime(),
         "gpus": reason if reason is not None else gpu_list,
     }

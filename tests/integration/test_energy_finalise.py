@@ -7,23 +7,19 @@ The trace is a stand-in for a GPU this machine does not have (the samples are st
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, insert
 
 from lem_planner.control import finalise_run
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import run_key
-from lem_shared.db.models import Campaign, Experiment, GpuSample, Run, RunMetrics
+from lem_shared.db.models import Campaign, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
+from tests.integration.manifest import measured_run, utc
 
 REPLAY_UUID = "GPU-replay-h200-finalise-test"
 
 
-def utc(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 @pytest.fixture
@@ -49,27 +45,6 @@ def replayed_trace(stack_env, h200_trace_dir: Path):  # noqa: ANN001, ANN201
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPLAY_UUID))
 
 
-def measured_run(window: tuple[float, float], output_tokens: int, phases: dict | None = None) -> tuple[int, int]:
-    with session_scope() as s:
-        campaign = Campaign(name="replay", spec={}, spec_hash="0" * 64)
-        s.add(campaign)
-        s.flush()
-        config = ExperimentConfig().model_dump(mode="json")
-        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config=config,
-                                config_hash="0" * 64)
-        s.add(experiment)
-        s.flush()
-        run = Run(run_key=run_key(campaign.id, {}, 0), campaign_id=campaign.id, experiment_id=experiment.id, cycle=0,
-                  status="measured", attempts=1, device="cuda:0", gpu_uuid=REPLAY_UUID, phases=phases,
-                  window_start=utc(window[0]), window_end=utc(window[1]))
-        s.add(run)
-        s.flush()
-        s.add(RunMetrics(run_id=run.id, requests=1, input_tokens=1, output_tokens=output_tokens, duration_s=1,
-                         tokens_per_s=1, requests_per_s=1, latency_mean_s=1, latency_p50_s=1, latency_p95_s=1,
-                         ttft_mean_s=None, peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0,
-                         model_reused=False, warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01,
-                         passes=1))
-        return run.id, campaign.id
 
 
 def test_finalise_attaches_counter_energy_of_the_window_and_closes_the_campaign(replayed_trace: dict) -> None:
@@ -77,7 +52,7 @@ def test_finalise_attaches_counter_energy_of_the_window_and_closes_the_campaign(
     start, end = replayed_trace["decode_bs1_start"], replayed_trace["decode_bs1_end"]
     phases = {"deep_idle": [replayed_trace["idle_start"], replayed_trace["idle_end"]],
               "idle_before": [start - 2.5, start - 0.5], "idle_after": [end + 0.5, end + 2.5]}
-    run_id, campaign_id = measured_run((start, end), output_tokens=256, phases=phases)
+    run_id, campaign_id = measured_run((start, end), REPLAY_UUID, output_tokens=256, phases=phases)
     assert finalise_run(run_id, wait_s=0) == "finalised"
     with session_scope() as s:
         run, metrics, campaign = s.get(Run, run_id), s.get(RunMetrics, run_id), s.get(Campaign, campaign_id)
@@ -103,7 +78,7 @@ def test_finalise_attaches_counter_energy_of_the_window_and_closes_the_campaign(
 
 def test_finalise_without_telemetry_records_why_and_does_not_hang(replayed_trace: dict) -> None:
     later = replayed_trace["cooldown_end"] + 3600  # no samples exist this late
-    run_id, _ = measured_run((later, later + 10), output_tokens=10)
+    run_id, _ = measured_run((later, later + 10), REPLAY_UUID, output_tokens=10)
     assert finalise_run(run_id, wait_s=0) == "finalised"
     with session_scope() as s:
         metrics = s.get(RunMetrics, run_id)

@@ -8,26 +8,23 @@ trace in real time, so this test takes about a minute and a half.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select
 
 from lem_planner.control import finalise_run
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import run_key
-from lem_shared.db.models import Campaign, Experiment, GpuSample, Run, RunMetrics
+from lem_shared.db.models import GpuSample, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_telemetry.sources import REPLAY_UUID
+from tests.integration.manifest import measured_run
 from tests.integration.telemetry_helpers import start_daemon, wait_for
 
 README_COUNTER_J = {"idle": 1158.3, "decode_bs1": 1143.8, "decode_bs16": 1287.7, "decode_bs64": 1761.0,
                     "matmul_burn": 8260.5, "cooldown": 1807.9}
 
 
-def utc(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +85,7 @@ def _latest() -> float:
 
 
 def finalised(window: tuple[float, float]) -> RunMetrics:
-    with session_scope() as s:
-        campaign = Campaign(name="replay-e2e", spec={}, spec_hash="0" * 64)
-        s.add(campaign)
-        s.flush()
-        config = ExperimentConfig().model_dump(mode="json")
-        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config=config,
-                                config_hash="0" * 64)
-        s.add(experiment)
-        s.flush()
-        run = Run(run_key=run_key(campaign.id, {}, 0), campaign_id=campaign.id, experiment_id=experiment.id,
-                  cycle=0, status="measured", attempts=1, device="cuda:0", gpu_uuid=REPLAY_UUID,
-                  window_start=utc(window[0]), window_end=utc(window[1]))
-        s.add(run)
-        s.flush()
-        s.add(RunMetrics(run_id=run.id, requests=1, input_tokens=1, output_tokens=1, duration_s=1, tokens_per_s=1,
-                         requests_per_s=1, latency_mean_s=1, latency_p50_s=1, latency_p95_s=1, ttft_mean_s=None,
-                         peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0, model_reused=False,
-                         warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01, passes=1))
-        run_id = run.id
+    run_id, _ = measured_run(window, REPLAY_UUID)
     assert finalise_run(run_id, wait_s=0) == "finalised"
     with session_scope() as s:
         metrics = s.get(RunMetrics, run_id)
@@ -121,10 +100,12 @@ def test_each_marked_phase_matches_the_trace_readme(replayed: dict, phase: str) 
     metrics = finalised((start, end))
     assert metrics.energy_source == "nvml_energy_counter"
     expected = README_COUNTER_J[phase]
-    # 0.5 %, except where a counter step (every ~100 ms) sits within one sample of a window edge: then the replay's
-    # sampling jitter decides which side of the edge the step lands, and one step is the counter's resolution.
+    # Analysed straight from the trace every phase is within 0.5 % (tests/unit/test_analysis.py). Replayed, the
+    # daemon's own 20 ms sampling re-times each reading by up to one interval, so a counter step (~100 ms of
+    # energy) near a window edge can land on either side, and each edge can move by one interval of peak power.
     one_step = expected / (end - start) * 0.1
-    assert metrics.energy_j == pytest.approx(expected, abs=max(0.005 * expected, one_step))
+    edge_jitter = 2 * 0.02 * (metrics.peak_power_w or 0)
+    assert metrics.energy_j == pytest.approx(expected, abs=max(0.005 * expected, one_step + edge_jitter))
 
 
 def test_matmul_burn_shows_the_software_power_cap(replayed: dict) -> None:

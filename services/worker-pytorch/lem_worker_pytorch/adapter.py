@@ -15,9 +15,10 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
 from lem_shared.config import ExperimentConfig
+from lem_shared.environment import package_versions
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import DeviceInfo, Generation
-from lem_shared.runtime.engine_support import cuda_device_info, package_versions
+from lem_shared.runtime.engine_support import cuda_device_info
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

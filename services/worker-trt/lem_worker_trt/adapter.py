@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from lem_shared.config import ExperimentConfig
+from lem_shared.environment import package_versions
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import DeviceInfo, Generation
 from lem_shared.runtime.engine_support import (
@@ -40,7 +41,6 @@ from lem_shared.runtime.engine_support import (
     device_memory_at_window_end,
     engine_dtype,
     model_folder,
-    package_versions,
     pin_cuda_device,
 )
 

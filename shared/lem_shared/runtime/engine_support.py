@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -151,13 +150,3 @@ def device_memory_at_window_end(gpu_uuid: str | None) -> tuple[int | None, str]:
         return None, "unavailable: NVML could not read the device memory"
     return used, "nvml_device_used_at_window_end"
 
-
-def package_versions(*names: str) -> dict[str, str]:
-    """Installed versions of the named distributions, "not installed" for the missing ones."""
-    out = {}
-    for name in names:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "not installed"
-    return out
