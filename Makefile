@@ -11,12 +11,12 @@ export VENV
 .PHONY: setup services migrate up down status campaign test flower lint clean
 
 # torch first, pinned: pip takes the CPU build of 2.13.0 from local disk; an unpinned torch pulls GBs of CUDA.
+# --no-compile: byte-compiling all of torch at install costs more than compiling what is imported, on first use.
 $(VENV)/.installed: shared/pyproject.toml services/*/pyproject.toml requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
-	@( $(BIN)/python -m pip install --upgrade pip && \
-	   $(BIN)/python -m pip install torch==2.13.0 && \
-	   $(BIN)/python -m pip install $(PACKAGES) -r requirements-dev.txt ) > $(VENV)/install.log 2>&1 \
+	@( $(BIN)/python -m pip install --no-compile torch==2.13.0 && \
+	   $(BIN)/python -m pip install --no-compile $(PACKAGES) -r requirements-dev.txt ) > $(VENV)/install.log 2>&1 \
 	  || { tail -n 40 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
 	@touch $@
 
