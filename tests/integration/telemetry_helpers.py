@@ -78,7 +78,15 @@ def start_daemon(database_url: str, source: str, tmp_path: Path, name: str = "te
         "LEM_TELEMETRY_FLUSH_S": "0.5",
     }
     env.update({f"LEM_{key.upper()}": str(value) for key, value in settings.items()})
-    return Daemon(env, tmp_path / f"{name}.log", tmp_path)
+    daemon = Daemon(env, tmp_path / f"{name}.log", tmp_path)
+    # Ready once it says what it samples (its signal handlers are set before that): a SIGTERM sent while it is
+    # still importing would kill it before it can flush.
+    wait_for(lambda: not daemon.alive() or any(marker in daemon.log() for marker in READY_MARKERS), 60,
+             "lem-telemetry to start sampling")
+    return daemon
+
+
+READY_MARKERS = ("lem_telemetry.daemon: sampling ", "no GPU telemetry on ")
 
 
 def _free_port() -> int:
