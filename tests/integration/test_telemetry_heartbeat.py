@@ -5,16 +5,13 @@ unreachable keeps sampling and says so once."""
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, func, select
 
 from lem_shared.db.migrate import upgrade
 from lem_shared.db.models import GpuSample
@@ -27,15 +24,9 @@ TTL_S = 1.5
 
 
 @pytest.fixture
-def database_url() -> Iterator[str]:
-    name = f"lem_test_heartbeat_{secrets.token_hex(4)}"
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+def database_url(scratch_database: str) -> str:
+    upgrade(scratch_database)
+    return scratch_database
 
 
 def _beats_of(daemon: Daemon) -> dict[str, dict[str, Any]]:

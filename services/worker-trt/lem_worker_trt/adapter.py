@@ -26,22 +26,18 @@ How an experiment maps onto TensorRT-LLM (the pure functions below hold the mapp
 from __future__ import annotations
 
 import gc
-import importlib.util
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 from lem_shared.config import ExperimentConfig
 from lem_shared.environment import package_versions
 from lem_shared.model_presets import random_preset
-from lem_shared.runtime.adapter import DeviceInfo, Generation
+from lem_shared.runtime.adapter import Generation
 from lem_shared.runtime.engine_support import (
     RANDOM_MODEL_EOS_ID,
-    cuda_device_info,
-    device_memory_at_window_end,
+    SpawnedEngineAdapter,
     engine_dtype,
     model_folder,
-    pin_cuda_device,
 )
 
 NOT_INSTALLED = (
@@ -103,21 +99,12 @@ def batch_ttft(outputs: Sequence[Any]) -> float | None:
     return max(values) if values else None
 
 
-class TrtLlmAdapter:
-    def __init__(self, device: str):
-        self.device = device
-        self._llm: Any = None
-        self._model_dir: tempfile.TemporaryDirectory[str] | None = None
-        self._vocab_size: int | None = None
-        self._info: DeviceInfo | None = None
-        # The engine host is a fresh process: pin its GPU before anything starts CUDA or the engine.
-        self._device_error = pin_cuda_device(device)
+class TrtLlmAdapter(SpawnedEngineAdapter):
+    package = "tensorrt_llm"
+    not_installed = NOT_INSTALLED
 
     def load(self, experiment: ExperimentConfig) -> None:
-        if importlib.util.find_spec("tensorrt_llm") is None:
-            raise RuntimeError(NOT_INSTALLED)
-        if self._device_error is not None:
-            raise RuntimeError(self._device_error)
+        self._check_ready()
         from tensorrt_llm import LLM
         from tensorrt_llm.llmapi import KvCacheConfig
 
@@ -163,19 +150,6 @@ class TrtLlmAdapter:
         outputs = self._llm.generate(requests, sampling_params=params, use_tqdm=False)
         return Generation(output_tokens=output_tokens(outputs), ttft_s=batch_ttft(outputs))
 
-    def synchronize(self) -> None:
-        """Nothing to wait for: ``LLM.generate`` returns only when every request has its result."""
-
-    def device_info(self) -> DeviceInfo:
-        if self._info is None:
-            self._info = cuda_device_info(0)
-        return self._info
-
-    def reset_peak_memory(self) -> None:
-        """The engine's memory is in TensorRT-LLM's worker process: no peak counter of ours to reset."""
-
-    def peak_memory(self) -> tuple[int | None, str]:
-        return device_memory_at_window_end(self.device_info().gpu_uuid)
 
     def versions(self) -> dict[str, str]:
         return package_versions("tensorrt_llm", "torch", "transformers")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import tempfile
@@ -150,3 +151,41 @@ def device_memory_at_window_end(gpu_uuid: str | None) -> tuple[int | None, str]:
         return None, "unavailable: NVML could not read the device memory"
     return used, "nvml_device_used_at_window_end"
 
+
+
+class SpawnedEngineAdapter:
+    """What the vLLM and TensorRT-LLM adapters share: their engine runs in processes of its own, on the one GPU
+    pinned before anything starts CUDA, and reserves its memory up front."""
+
+    package = ""  # the engine's import name
+    not_installed = ""  # the message when it is missing
+
+    def __init__(self, device: str):
+        self.device = device
+        self._llm: Any = None
+        self._model_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._vocab_size: int | None = None
+        self._info: DeviceInfo | None = None
+        # The engine host is a fresh process: pin its GPU before anything starts CUDA or the engine.
+        self._device_error = pin_cuda_device(device)
+
+    def _check_ready(self) -> None:
+        """Raised from ``load`` (not ``__init__``) so the reason reaches the failed run's record."""
+        if importlib.util.find_spec(self.package) is None:
+            raise RuntimeError(self.not_installed)
+        if self._device_error is not None:
+            raise RuntimeError(self._device_error)
+
+    def synchronize(self) -> None:
+        """Nothing to wait for: the engine's ``generate`` returns only when every request has finished."""
+
+    def device_info(self) -> DeviceInfo:
+        if self._info is None:
+            self._info = cuda_device_info(0)
+        return self._info
+
+    def reset_peak_memory(self) -> None:
+        """The engine's memory is in its own processes: no peak counter of ours to reset."""
+
+    def peak_memory(self) -> tuple[int | None, str]:
+        return device_memory_at_window_end(self.device_info().gpu_uuid)
