@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--baseline-idle-s", type=float, default=30.0)
+    parser.add_argument("--cache-implementation", choices=["dynamic", "static"], default="dynamic",
+                        help="static: transformers compiles the decoding step (CUDA graphs)")
     parser.add_argument("--database-url", default="sqlite:////tmp/lem_h200.db")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--reanalyse", metavar="DATABASE_URL", help="re-finalise a recorded database, run nothing")
@@ -69,6 +71,7 @@ def main() -> None:
             "workload": {"num_prompts": max(args.batch_sizes), "input_len": args.input_len,
                          "output_len": args.output_len},
             "measurement": {"baseline_idle_s": args.baseline_idle_s},
+            "pytorch": {"cache_implementation": args.cache_implementation},
         },
         "grid": {"batch_size": args.batch_sizes},
     })

@@ -48,6 +48,16 @@ class MeasurementProtocol(_Strict):
         return self
 
 
+class PytorchOptions(_Strict):
+    """Options only the pytorch (transformers) backend reads."""
+
+    cache_implementation: Literal["dynamic", "static"] = Field(
+        default="dynamic",
+        description="KV cache of generate; 'static' on CUDA makes transformers compile the decoding step "
+        "(torch.compile, CUDA graphs): the first call of each batch shape compiles, in warm-up",
+    )
+
+
 class ExperimentConfig(_Strict):
     """One point of a campaign: everything that decides what a run measures."""
 
@@ -57,6 +67,7 @@ class ExperimentConfig(_Strict):
     batch_size: int = Field(default=1, ge=1)
     workload: SyntheticWorkload = SyntheticWorkload()
     measurement: MeasurementProtocol = MeasurementProtocol()
+    pytorch: PytorchOptions = PytorchOptions()
 
     @field_validator("model")
     @classmethod
@@ -68,6 +79,8 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _possible(self) -> ExperimentConfig:
+        if self.backend != Backend.PYTORCH and self.pytorch != PytorchOptions():
+            raise ValueError(f"the pytorch section applies to backend pytorch only (this is {self.backend.value})")
         if self.batch_size > self.workload.num_prompts:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be <= workload.num_prompts ({self.workload.num_prompts})"

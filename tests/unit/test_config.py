@@ -102,3 +102,14 @@ def test_run_key_is_stable_and_distinguishes_campaign_config_and_cycle() -> None
     assert len(key) == 64 and key == run_key(1, reordered, 0)
     other = ExperimentConfig(batch_size=2).model_dump(mode="json")
     assert len({key, run_key(2, config, 0), run_key(1, config, 1), run_key(1, other, 0)}) == 4
+
+
+def test_pytorch_options_are_a_grid_axis_and_refused_for_other_backends() -> None:
+    raw = {"name": "x", "grid": {"pytorch.cache_implementation": ["dynamic", "static"]}}
+    _, experiments = parse_campaign(raw)
+    assert [e.pytorch.cache_implementation for e in experiments] == ["dynamic", "static"]
+    problems = problems_of({"name": "x", "experiment": {"backend": "vllm", "model": "org/m",
+                                                         "pytorch": {"cache_implementation": "static"}}})
+    assert any("pytorch section applies to backend pytorch only (this is vllm)" in p for p in problems), problems
+    problems = problems_of({"name": "x", "experiment": {"pytorch": {"cache_implementation": "paged"}}})
+    assert any(p.startswith("experiment.pytorch.cache_implementation:") for p in problems), problems

@@ -95,6 +95,7 @@ class TransformersAdapter:
             max_new_tokens=new_tokens,
             min_new_tokens=new_tokens,  # forced output length: an early EOS cannot change the work
             do_sample=False,
+            cache_implementation=experiment.pytorch.cache_implementation,
             streamer=clock,
         )
         self.synchronize()
