@@ -97,12 +97,32 @@ class ExperimentConfig(_Strict):
         return sha256_of(self.model_dump(mode="json"))
 
 
+class ThermalGap(_Strict):
+    """Before each run, wait until the GPU is back within ``within_c`` of its idle temperature (from telemetry)."""
+
+    within_c: float = Field(default=5.0, gt=0, description="degrees C above the GPU's idle temperature allowed")
+    max_wait_s: float = Field(default=300.0, ge=0, description="wait at most this long, then run (recorded)")
+
+
 class CampaignConfig(_Strict):
     """A campaign file: a base experiment, a grid of overrides (dotted keys), repeated in cycles."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
-    cycles: int = Field(default=2, ge=1, le=1000)
+    cycles: int = Field(default=3, ge=1, le=1000)
+    structure: Literal["interleaved", "shuffled", "grouped"] = Field(
+        default="interleaved",
+        description="run order: interleaved (every experiment once per cycle), shuffled (each cycle in a seeded "
+        "random order) or grouped (all cycles of one experiment, then the next)",
+    )
+    seed: int | None = Field(default=None, description="seed of the shuffled order; chosen and recorded if unset")
+    config_gap_s: float = Field(default=0.0, ge=0, description="pause on a GPU between two runs of one cycle")
+    cycle_gap_s: float = Field(default=0.0, ge=0, description="pause on a GPU when a new cycle starts")
+    thermal_gap: ThermalGap | None = None
+    force_cold_start: bool = Field(
+        default=False, description="a fresh engine process (model load) before every run; load time and energy "
+        "are recorded separately"
+    )
     experiment: ExperimentConfig = ExperimentConfig()
     grid: dict[str, list[Any]] = Field(default_factory=dict)
 
