@@ -1,15 +1,28 @@
-"""Experiment and campaign configuration: the YAML schema, validation with clear errors, and grid expansion."""
+"""Experiment and campaign configuration: the YAML schema, validation with clear errors, and grid expansion.
+
+A campaign's grid is expanded per backend (shared axes x that backend's axes, plus explicit ``include`` points,
+minus ``exclude`` rules); a point that is not a valid experiment for its backend is skipped with its reason.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import itertools
+import json
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import SchemaValidator
 
-from lem_shared.contracts import sha256_of
+from lem_shared.contracts import canonical_json, sha256_of
 from lem_shared.model_presets import LLAMA_PRESETS, RANDOM_PREFIX, random_preset
 from lem_shared.queues import Backend
 
@@ -58,6 +71,9 @@ class PytorchOptions(_Strict):
     )
 
 
+_DEFAULT_PYTORCH_OPTIONS = PytorchOptions()  # built once: the validator below runs for every grid point
+
+
 class ExperimentConfig(_Strict):
     """One point of a campaign: everything that decides what a run measures."""
 
@@ -79,7 +95,7 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _possible(self) -> ExperimentConfig:
-        if self.backend != Backend.PYTORCH and self.pytorch != PytorchOptions():
+        if self.backend != Backend.PYTORCH and self.pytorch != _DEFAULT_PYTORCH_OPTIONS:
             raise ValueError(f"the pytorch section applies to backend pytorch only (this is {self.backend.value})")
         if self.batch_size > self.workload.num_prompts:
             raise ValueError(
@@ -105,7 +121,8 @@ class ThermalGap(_Strict):
 
 
 class CampaignConfig(_Strict):
-    """A campaign file: a base experiment, a grid of overrides (dotted keys), repeated in cycles."""
+    """A campaign file: a base experiment, grid axes (dotted keys) shared by every backend and per backend, extra
+    points to include and rules to exclude, repeated in cycles."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
@@ -124,7 +141,25 @@ class CampaignConfig(_Strict):
         "are recorded separately"
     )
     experiment: ExperimentConfig = ExperimentConfig()
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="axes shared by every backend")
+    backends: dict[Backend, dict[str, list[Any]]] = Field(
+        default_factory=dict, description="per backend, its own axes; the product of grid x these axes is taken "
+        "once per backend named here (none: once, for the base experiment's backend)",
+    )
+    include: list[dict[str, Any]] = Field(
+        default_factory=list, description="extra points (dotted key -> value, may set backend) on the base experiment"
+    )
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="rules (dotted key -> value): a grid point matching every key is dropped"
+    )
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _no_axes_is_empty(cls, backends: Any) -> Any:
+        """``vllm:`` with nothing under it means the backend with no axes of its own."""
+        if isinstance(backends, dict):
+            return {name: {} if axes is None else axes for name, axes in backends.items()}
+        return backends
 
 
 class ConfigError(Exception):
@@ -135,11 +170,62 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+@dataclass(frozen=True)
+class SkippedPoint:
+    """A grid point that is not an experiment: the point (dotted key -> value, backend first) and why."""
+
+    point: dict[str, Any]
+    reason: str
+
+    def describe(self) -> str:
+        where = ", ".join(f"{key}={value!r}" for key, value in self.point.items())
+        return f"point ({where}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """What a campaign file expands to: its experiments in order, their config hashes and canonical JSON (whose
+    sha256 is the hash), and the points skipped with their reasons (invalid, excluded, duplicate)."""
+
+    campaign: CampaignConfig
+    config_hashes: list[str]
+    config_json: list[str]
+    skipped: list[SkippedPoint]
+    experiment_values: list[dict[str, Any]]  # validated field values of each experiment
+
+    @cached_property
+    def experiments(self) -> list[ExperimentConfig]:
+        """The experiments as models, built on first use (``to_json`` does not need them)."""
+        return [ExperimentConfig.model_construct(**values) for values in self.experiment_values]
+
+    def to_json(self) -> str:
+        """``{"campaign", "experiments": [{"index", "backend", "config_hash", "config"}], "skipped": [{"point",
+        "reason"}]}`` on one line; ``config`` is the canonical JSON (sorted keys) the hash is taken of."""
+        backend_json = {backend: json.dumps(backend.value) for backend in Backend}
+        experiments = ",".join(
+            f'{{"index":{index},"backend":{backend_json[values["backend"]]},"config_hash":"{digest}",'
+            f'"config":{config}}}'
+            for index, (values, digest, config) in enumerate(
+                zip(self.experiment_values, self.config_hashes, self.config_json, strict=True))
+        )
+        compact = {"ensure_ascii": False, "separators": (",", ":"), "default": str}
+        campaign = json.dumps(self.campaign.model_dump(mode="json"), **compact)
+        skipped = json.dumps([{"point": s.point, "reason": s.reason} for s in self.skipped], **compact)
+        return f'{{"campaign":{campaign},"experiments":[{experiments}],"skipped":{skipped}}}'
+
+
 def load_campaign(path: str | Path) -> tuple[CampaignConfig, list[ExperimentConfig]]:
-    """Read, validate and expand a campaign file, or raise ConfigError naming every bad field."""
+    """Read, validate and expand a campaign file, or raise ConfigError naming every bad field. Grid points that
+    are not valid experiments are left out; ``load_plan`` says which and why."""
+    plan = load_plan(path)
+    return plan.campaign, plan.experiments
+
+
+def load_plan(path: str | Path) -> CampaignPlan:
+    """Read and expand a campaign file into its experiments and skipped points, or raise ConfigError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
     except yaml.YAMLError as exc:
@@ -148,62 +234,337 @@ def load_campaign(path: str | Path) -> tuple[CampaignConfig, list[ExperimentConf
         raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: must be a mapping of keys (name, cycles, experiment, grid)"])
-    return parse_campaign(raw)
+    return plan_campaign(raw)
+
+
+# The C parser when PyYAML has it (the safe subset either way).
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def parse_campaign(raw: dict[str, Any]) -> tuple[CampaignConfig, list[ExperimentConfig]]:
+    plan = plan_campaign(raw)
+    return plan.campaign, plan.experiments
+
+
+def plan_campaign(raw: dict[str, Any]) -> CampaignPlan:
+    """Validate a campaign mapping and expand it, or raise ConfigError naming every bad field."""
     try:
         campaign = CampaignConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, CampaignConfig)) from None
-    return campaign, expand_grid(campaign)
+    return expand_campaign(campaign)
 
 
 def expand_grid(campaign: CampaignConfig) -> list[ExperimentConfig]:
-    """The product of the grid axes over the base experiment, in file order; duplicates collapse by hash."""
-    base = campaign.experiment.model_dump(mode="json")
-    problems: list[str] = []
-    for key, values in campaign.grid.items():
-        if not _is_field(ExperimentConfig, key.split(".")):
-            problems.append(f"grid.{key}: unknown parameter; allowed: {', '.join(_field_paths(ExperimentConfig))}")
-            continue
-        if not values:
-            problems.append(f"grid.{key}: must list at least one value")
-            continue
-        for index, value in enumerate(values):
-            try:
-                ExperimentConfig.model_validate(_with(base, key, value))
-            except ValidationError as exc:
-                for line in describe_errors(exc, ExperimentConfig):
-                    field, _, reason = line.partition(": ")
-                    if field == key:
-                        problems.append(f"grid.{key}[{index}]: {reason}")
-    if problems:
-        raise ConfigError(problems)
+    """The experiments of a campaign, in order (``expand_campaign`` also gives the skipped points)."""
+    return expand_campaign(campaign).experiments
 
-    experiments: dict[str, ExperimentConfig] = {}
-    keys = list(campaign.grid)
-    for point in itertools.product(*(campaign.grid[k] for k in keys)):
-        config = dict(base)
-        for key, value in zip(keys, point, strict=True):
-            config = _with(config, key, value)
-        try:
-            experiment = ExperimentConfig.model_validate(config)
-        except ValidationError as exc:
-            where = ", ".join(f"{k}={v!r}" for k, v in zip(keys, point, strict=True))
-            problems += [f"grid point ({where}): {line}" for line in describe_errors(exc, ExperimentConfig)]
-            continue
-        experiments.setdefault(experiment.config_hash(), experiment)
+
+def expand_campaign(campaign: CampaignConfig) -> CampaignPlan:
+    """Per backend (those under ``backends``, or the base experiment's alone) the product of the shared grid axes
+    and that backend's axes, in file order, less the points an ``exclude`` rule matches; then the ``include``
+    points. Each point is validated as an ExperimentConfig; an invalid one is skipped with its reason, and a
+    point whose config hash was already seen is skipped as a duplicate of the first. Raises ConfigError for
+    structural problems (unknown parameters, empty axes) and when no experiment remains."""
+    problems = _structural_problems(campaign)
     if problems:
         raise ConfigError(problems)
-    return list(experiments.values())
+    base = campaign.experiment.model_dump(mode="json")
+    shared_axes = list(campaign.grid.items())
+    if campaign.backends:
+        groups = [(backend.value, shared_axes + list(axes.items())) for backend, axes in campaign.backends.items()]
+    else:
+        groups = [(base["backend"], shared_axes)]
+    found = _Found()
+    rules = list(enumerate(campaign.exclude))
+    for backend, axes in groups:
+        _expand(base, backend, axes, rules, found)
+    for point in campaign.include:
+        extra = [(key, [value]) for key, value in point.items() if key != "backend"]
+        _expand(base, point.get("backend", base["backend"]), extra, [], found)
+    if not found.values:
+        shown = [f"  {s.describe()}" for s in found.skipped[:10]]
+        more = [f"  ... and {len(found.skipped) - 10} more"] if len(found.skipped) > 10 else []
+        head = f"grid: no valid experiment; every point is invalid or excluded ({len(found.skipped)} skipped):"
+        raise ConfigError([head, *shown, *more])
+    return CampaignPlan(campaign, found.hashes, found.configs, found.skipped, found.values)
+
+
+def _structural_problems(campaign: CampaignConfig) -> list[str]:
+    """Problems that make the whole file wrong (as opposed to one point): unknown parameters, empty axes."""
+    problems: list[str] = []
+    allowed = ", ".join(_field_paths(ExperimentConfig))
+
+    def check(where: str, keys: list[str]) -> None:
+        problems.extend(f"{where}.{key}: unknown parameter; allowed: {allowed}"
+                        for key in keys if not _is_field(ExperimentConfig, key.split(".")))
+
+    def check_axes(where: str, axes: dict[str, list[Any]]) -> None:
+        check(where, list(axes))
+        problems.extend(f"{where}.{key}: must list at least one value" for key, values in axes.items() if not values)
+
+    check_axes("grid", campaign.grid)
+    if campaign.backends and "backend" in campaign.grid:
+        problems.append("grid.backend: not an axis when backends is given; name each backend under backends")
+    for backend, axes in campaign.backends.items():
+        where = f"backends.{backend.value}"
+        check_axes(where, axes)
+        for key in axes:
+            if key == "backend":
+                problems.append(f"{where}.backend: set by the backends key itself; remove it")
+            elif key in campaign.grid:
+                problems.append(f"{where}.{key}: also a grid axis; give it in one place")
+    for index, point in enumerate(campaign.include):
+        check(f"include[{index}]", list(point))
+    for index, rule in enumerate(campaign.exclude):
+        if not rule:
+            problems.append(f"exclude[{index}]: must name at least one parameter")
+        check(f"exclude[{index}]", list(rule))
+    return problems
+
+
+class _Found:
+    """The experiments found so far (first of each config hash) and the skipped points."""
+
+    def __init__(self) -> None:
+        self.values: list[dict[str, Any]] = []  # validated field values of each experiment
+        self.hashes: list[str] = []
+        self.configs: list[str] = []
+        self.skipped: list[SkippedPoint] = []
+        self.index_of: dict[str, int] = {}
+
+    def add(self, values: dict[str, Any], config: str, idx: tuple[int, ...],
+            point_of: Callable[[tuple[int, ...]], dict[str, Any]]) -> None:
+        """Keep an experiment (``config``: its canonical JSON), or skip it as a duplicate of the first."""
+        digest = hashlib.sha256(config.encode()).hexdigest()
+        first = self.index_of.setdefault(digest, len(self.values))
+        if first != len(self.values):
+            self.skipped.append(SkippedPoint(point_of(idx), f"duplicate of experiment {first}"))
+            return
+        self.values.append(values)
+        self.hashes.append(digest)
+        self.configs.append(config)
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation for name, field in ExperimentConfig.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+}
+_MISSING = object()
+_INVALID = object()
+
+
+def _field_validators(model: type[BaseModel]) -> dict[str, SchemaValidator] | None:
+    """A validator per top-level field, built from the model's own core schema (so constraints and field
+    validators are the model's), or None when the model's shape is one the fast path does not handle: a model
+    validator other than ``after``, or a field validator that reads other fields."""
+    decorators = model.__pydantic_decorators__
+    if any(d.info.mode != "after" for d in decorators.model_validators.values()):
+        return None
+    if any(len(inspect.signature(d.func).parameters) != 1 for d in decorators.field_validators.values()):
+        return None
+    schema = model.__pydantic_core_schema__
+    while schema.get("type") == "function-after":
+        schema = schema["schema"]
+    if schema.get("type") != "model" or schema["schema"].get("type") != "model-fields":
+        return None
+    validators = {}
+    for name, field in schema["schema"]["fields"].items():
+        inner = field["schema"]
+        validators[name] = SchemaValidator(inner["schema"] if inner["type"] == "default" else inner,
+                                           schema.get("config"))
+    return validators
+
+
+_TOP_LEVEL_VALIDATORS = _field_validators(ExperimentConfig)
+_CROSS_FIELD_CHECKS = [d.func for d in ExperimentConfig.__pydantic_decorators__.model_validators.values()]
+
+
+def _cross_field_problem(values: dict[str, Any]) -> str | None | object:
+    """Run ExperimentConfig's ``after`` validators on validated field values: None when they pass, the reason
+    pydantic would report when one raises ValueError, ``_INVALID`` when only a whole validation can tell."""
+    fields = SimpleNamespace(**values)
+    try:
+        for check in _CROSS_FIELD_CHECKS:
+            check(fields)
+    except ValidationError:
+        return _INVALID
+    except ValueError as exc:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - anything else: let pydantic validate the point and say what is wrong
+        return _INVALID
+    return None
+
+
+def _validate_whole(config: dict[str, Any]) -> dict[str, Any] | str:
+    """Full validation of one point: its field values, or the ``field: reason`` lines joined."""
+    try:
+        return dict(ExperimentConfig.model_validate(config))
+    except ValidationError as exc:
+        return "; ".join(describe_errors(exc, ExperimentConfig))
+
+
+def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]],
+            rules: list[tuple[int, dict[str, Any]]], found: _Found) -> None:
+    """Add the points of one backend's product to ``found``.
+
+    The result is what ``ExperimentConfig.model_validate`` gives for each point's full mapping (the unit tests
+    compare the two), but each top-level value and each nested section (workload, measurement, ...) is validated
+    once per distinct value or combination of the axes under it, by the model's own field schemas; per point only
+    the model's cross-field (``after``) validators run. A point with an invalid value is validated whole for the
+    exact error. The canonical JSON whose sha256 is ``config_hash()`` is assembled from cached pieces.
+    """
+    keys = [key for key, _ in axes]
+    values = [list(v) for _, v in axes]
+    start = _with(base, "backend", backend)
+
+    def point_of(idx: tuple[int, ...]) -> dict[str, Any]:
+        point = {"backend": backend}
+        point.update({key: values[i][idx[i]] for i, key in enumerate(keys)})
+        return point
+
+    def full_config(idx: tuple[int, ...]) -> dict[str, Any]:
+        config = start
+        for i, key in enumerate(keys):
+            config = _with(config, key, values[i][idx[i]])
+        return config
+
+    def section_entry(name: str, axes_of_section: list[int], idx: tuple[int, ...]) -> tuple[BaseModel, str] | None:
+        config = {name: start.get(name)}
+        for i in axes_of_section:
+            config = _with(config, keys[i], values[i][idx[i]])
+        try:
+            section = _SECTIONS[name].model_validate(config[name])
+        except ValidationError:
+            return None
+        return section, f"{json.dumps(name)}:{canonical_json(section.model_dump(mode='json'))}"
+
+    def top_entry(name: str, value: Any) -> tuple[Any, str] | None:
+        if _TOP_LEVEL_VALIDATORS is None:
+            return None
+        try:
+            valid = _TOP_LEVEL_VALIDATORS[name].validate_python(value)
+        except ValidationError:
+            return None
+        dumped = ExperimentConfig.model_construct(**{name: valid}).model_dump(mode="json", include={name})[name]
+        return valid, f"{json.dumps(name)}:{canonical_json(dumped)}"
+
+    # Validated values and JSON pieces of the fields no axis sets; per axis, of each of its values.
+    constant: dict[str, Any] = {}
+    fragments: dict[str, str] = {}
+    broken = False  # a field no axis sets is invalid (or the fast path is off): validate every point whole
+    top_axes: list[tuple[str, int, list[Any]]] = []
+    varying_sections: list[tuple[str, list[int], Callable[[tuple[int, ...]], Any], dict[Any, Any]]] = []
+    for name in ExperimentConfig.model_fields:
+        if name in _SECTIONS:
+            axes_of_section = [i for i, key in enumerate(keys) if key.partition(".")[0] == name]
+            if axes_of_section:
+                varying_sections.append((name, axes_of_section, operator.itemgetter(*axes_of_section), {}))
+                continue
+            entry = section_entry(name, [], ())
+        elif name in keys:
+            i = keys.index(name)
+            top_axes.append((name, i, [top_entry(name, value) or _INVALID for value in values[i]]))
+            continue
+        else:
+            entry = top_entry(name, start[name])
+        if entry is None:
+            broken = True
+        else:
+            constant[name], fragments[name] = entry
+    pieces_in_key_order = operator.itemgetter(*sorted(ExperimentConfig.model_fields))
+
+    active_rules = _rules_for(rules, keys, start)
+    for idx in itertools.product(*(range(len(v)) for v in values)):
+        if active_rules:
+            rule = _matching_rule(active_rules, values, idx, full_config)
+            if rule is not None:
+                found.skipped.append(SkippedPoint(point_of(idx), f"excluded by exclude[{rule}]"))
+                continue
+        point_values = dict(constant)
+        valid = not broken
+        for name, i, entries in top_axes:
+            entry = entries[idx[i]]
+            if entry is _INVALID:
+                valid = False
+                break
+            point_values[name], fragments[name] = entry
+        if valid:
+            for name, axes_of_section, key_of, cache in varying_sections:
+                cache_key = key_of(idx)
+                entry = cache.get(cache_key, _MISSING)
+                if entry is _MISSING:
+                    entry = cache[cache_key] = section_entry(name, axes_of_section, idx)
+                if entry is None:
+                    valid = False
+                    break
+                point_values[name], fragments[name] = entry
+        problem = _cross_field_problem(point_values) if valid else _INVALID
+        if problem is _INVALID:
+            whole = _validate_whole(full_config(idx))
+            if isinstance(whole, str):
+                found.skipped.append(SkippedPoint(point_of(idx), whole))
+            else:
+                found.add(whole, canonical_json(ExperimentConfig.model_construct(**whole).model_dump(mode="json")),
+                          idx, point_of)
+            continue
+        if problem is not None:
+            found.skipped.append(SkippedPoint(point_of(idx), problem))
+            continue
+        config = "{" + ",".join(pieces_in_key_order(fragments)) + "}"
+        found.add(point_values, config, idx, point_of)
+
+
+_Rule = tuple[int, list[tuple[int, Any]], list[tuple[str, Any]]]
+
+
+def _rules_for(rules: list[tuple[int, dict[str, Any]]], keys: list[str], start: dict[str, Any]) -> list[_Rule]:
+    """The exclude rules that can match a point of this product, each as (index, checks on one axis' value,
+    checks on the point's full mapping); a rule whose fixed keys differ from the base is left out."""
+    axis_of = {key: i for i, key in enumerate(keys)}
+    active: list[_Rule] = []
+    for index, rule in rules:
+        on_axis, on_mapping, possible = [], [], True
+        for key, expected in rule.items():
+            if key in axis_of:
+                on_axis.append((axis_of[key], expected))
+            elif any(key.startswith(k + ".") or k.startswith(key + ".") for k in keys):
+                on_mapping.append((key, expected))
+            elif _lookup(start, key) != expected:
+                possible = False
+                break
+        if possible:
+            active.append((index, on_axis, on_mapping))
+    return active
+
+
+def _matching_rule(rules: list[_Rule], values: list[list[Any]], idx: tuple[int, ...],
+                   full_config: Callable[[tuple[int, ...]], dict[str, Any]]) -> int | None:
+    for index, on_axis, on_mapping in rules:
+        if all(values[i][idx[i]] == expected for i, expected in on_axis):
+            config = full_config(idx) if on_mapping else {}
+            if all(_lookup(config, key) == expected for key, expected in on_mapping):
+                return index
+    return None
+
+
+def _lookup(config: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(config, dict) or part not in config:
+            return _MISSING
+        config = config[part]
+    return config
 
 
 def _with(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     """A copy of ``config`` with the dotted key set to ``value``."""
     head, _, rest = dotted.partition(".")
     out = dict(config)
-    out[head] = _with(dict(out.get(head) or {}), rest, value) if rest else value
+    if rest:
+        inner = out.get(head)
+        out[head] = _with(dict(inner) if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
     return out
 
 
@@ -241,6 +602,8 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | N
 def _format_loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:
+        if part == "[key]":  # pydantic's marker for an error in a mapping's key, which the part before names
+            continue
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lem_shared.config import ConfigError, ExperimentConfig, load_campaign, parse_campaign
+from lem_shared.config import ConfigError, ExperimentConfig, load_campaign, parse_campaign, plan_campaign
 from lem_shared.contracts import run_key
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,8 +45,11 @@ def test_no_grid_is_one_experiment() -> None:
     assert len(experiments) == 1 and experiments[0].batch_size == 3
 
 
-def test_grid_value_error_names_the_index() -> None:
-    assert problems_of({"name": "x", "grid": {"batch_size": [1, 2, 0]}}) == ["grid.batch_size[2]: must be >= 1 (got 0)"]
+def test_invalid_grid_value_is_skipped_with_the_field_and_reason() -> None:
+    plan = plan_campaign({"name": "x", "grid": {"batch_size": [1, 2, 0]}})
+    assert [e.batch_size for e in plan.experiments] == [1, 2]
+    assert [(s.point, s.reason) for s in plan.skipped] == [
+        ({"backend": "pytorch", "batch_size": 0}, "batch_size: must be >= 1 (got 0)")]
 
 
 def test_unknown_key_lists_the_allowed_ones() -> None:
@@ -66,10 +69,18 @@ def test_wrong_type_and_unknown_backend_are_both_reported() -> None:
     assert "experiment.backend: must be one of 'pytorch', 'vllm' or 'trtllm' (got 'tpu')" in problems
 
 
-def test_impossible_combination_is_rejected_with_the_grid_point() -> None:
+def test_impossible_combination_is_skipped_with_the_grid_point() -> None:
     raw = {"name": "x", "experiment": {"workload": {"num_prompts": 4}}, "grid": {"batch_size": [2, 8]}}
-    (problem,) = problems_of(raw)
-    assert problem == "grid point (batch_size=8): batch_size (8) must be <= workload.num_prompts (4)"
+    plan = plan_campaign(raw)
+    assert [e.batch_size for e in plan.experiments] == [2]
+    (skipped,) = plan.skipped
+    assert skipped.describe() == "point (backend='pytorch', batch_size=8): batch_size (8) must be <= " \
+        "workload.num_prompts (4)"
+
+
+def test_a_grid_with_no_possible_point_is_rejected() -> None:
+    raw = {"name": "x", "experiment": {"workload": {"num_prompts": 4}}, "grid": {"batch_size": [8]}}
+    assert problems_of(raw)[0] == "grid: no valid experiment; every point is invalid or excluded (1 skipped):"
 
 
 def test_unknown_random_preset_is_rejected() -> None:

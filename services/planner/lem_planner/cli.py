@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections import Counter
 from typing import Annotated, Any
 
 import typer
@@ -16,7 +17,7 @@ from sqlalchemy.exc import OperationalError as DatabaseError
 from sqlalchemy.exc import ProgrammingError as SchemaError
 
 from lem_planner.doctor import doctor
-from lem_shared.config import CampaignConfig, ConfigError, ExperimentConfig, load_campaign
+from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 from lem_shared.queues import queue_for
 from lem_shared.settings import get_settings
@@ -49,15 +50,29 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2) + "\n")
 
 
-def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:
-    """The campaign and its experiments, or exit 2 naming every bad field (nothing is written)."""
+def _plan_or_exit(file: str) -> CampaignPlan:
+    """The campaign's plan (experiments and skipped points), or exit 2 naming every bad field."""
     try:
-        return load_campaign(file)
+        return load_plan(file)
     except ConfigError as exc:
         err.print(f"[bold red]invalid campaign file {file}:[/]", highlight=False)
         for problem in exc.problems:
             err.print(f"  {problem}", highlight=False, markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:
+    """The campaign and its experiments, or exit 2 naming every bad field (nothing is written); skipped grid
+    points are printed as warnings."""
+    plan = _plan_or_exit(file)
+    if plan.skipped:
+        err.print(f"[yellow]warning:[/] {len(plan.skipped)} grid point(s) skipped:", highlight=False)
+        for skipped in plan.skipped[:10]:
+            err.print(f"  {skipped.describe()}", highlight=False, markup=False, soft_wrap=True)
+        if len(plan.skipped) > 10:
+            err.print(f"  ... and {len(plan.skipped) - 10} more (`lem campaign plan {file}` lists them all)",
+                      highlight=False, markup=False)
+    return plan.campaign, plan.experiments
 
 
 @db_cli.command("upgrade")
@@ -67,6 +82,44 @@ def db_upgrade(revision: str = "head") -> None:
 
     upgrade(revision=revision)
     out.print(f"database at revision {revision}")
+
+
+@campaign_cli.command("plan")
+def campaign_plan(
+    file: Annotated[str, typer.Argument(help="Campaign YAML file.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign, experiments, skipped} as JSON.")] = False,
+    limit: Annotated[int, typer.Option(min=0, help="Rows shown of experiments and of skipped points; 0: all.")] = 50,
+) -> None:
+    """Expand FILE per backend and print its experiments and the grid points skipped, with their reasons
+    (invalid for the backend, excluded, duplicate). Writes and dispatches nothing."""
+    plan = _plan_or_exit(file)
+    if as_json:
+        sys.stdout.write(plan.to_json() + "\n")
+        return
+    campaign, shown = plan.campaign, plan.experiments if limit == 0 else plan.experiments[:limit]
+    axes = [*campaign.grid, *(k for axes in campaign.backends.values() for k in axes),
+            *(k for point in campaign.include for k in point)]
+    columns = [k for k in dict.fromkeys(axes) if k != "backend"]
+    table = Table("exp", "backend", *columns, title=f"{campaign.name}: experiments")
+    for index, experiment in enumerate(shown):
+        flat = _flatten(experiment.model_dump(mode="json"))
+        table.add_row(str(index), experiment.backend.value, *(str(flat.get(k, "-")) for k in columns))
+    out.print(table)
+    if len(shown) < len(plan.experiments):
+        out.print(f"... and {len(plan.experiments) - len(shown)} more experiments (--limit 0 shows all)")
+    if plan.skipped:
+        out.print(f"skipped {len(plan.skipped)} point(s):", highlight=False)
+        for skipped in plan.skipped if limit == 0 else plan.skipped[:limit]:
+            out.print(f"  {skipped.describe()}", highlight=False, markup=False, soft_wrap=True)
+        if limit and len(plan.skipped) > limit:
+            out.print(f"  ... and {len(plan.skipped) - limit} more (--limit 0 shows all)", highlight=False)
+    per_backend = Counter(e.backend.value for e in plan.experiments)
+    kinds = Counter("excluded" if s.reason.startswith("excluded by ") else
+                    "duplicate" if s.reason.startswith("duplicate of ") else "invalid" for s in plan.skipped)
+    out.print(f"{campaign.name}: {len(plan.experiments)} experiments ("
+              + ", ".join(f"{n} {b}" for b, n in per_backend.items()) + f"), {len(plan.skipped)} points skipped ("
+              + ", ".join(f"{kinds[k]} {k}" for k in ("invalid", "excluded", "duplicate")) + f"); x "
+              f"{campaign.cycles} cycles = {len(plan.experiments) * campaign.cycles} runs", highlight=False)
 
 
 @campaign_cli.command("run")
