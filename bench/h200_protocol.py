@@ -51,7 +51,7 @@ def main() -> None:
     from lem_shared.config import parse_campaign
     from lem_shared.db.migrate import upgrade
     from lem_shared.runtime.engine_host import EngineHost
-    from lem_shared.runtime.worker import execute_run
+    from lem_shared.runtime.worker import GpuState, execute_run
     from lem_shared.settings import get_settings
 
     if args.database_url.startswith("sqlite:"):
@@ -81,11 +81,11 @@ def main() -> None:
     campaign_id, requests = create_campaign(campaign, experiments)
     settings = get_settings()
     engine = EngineHost("lem_worker_pytorch.adapter:TransformersAdapter", settings.device, settings.run_timeout_s)
-    baselined: set[int] = set()
+    state = GpuState()
     started = time.time()
     try:
         for request in requests:
-            run_id, status = execute_run(engine, request, "h200-bench@device", baselined)
+            run_id, status = execute_run(engine, request, "h200-bench@device", state)
             assert run_id is not None
             finalise_run(run_id, wait_s=15)
             record = next(r for r in records_of(campaign_id) if r["run_id"] == run_id)

@@ -34,6 +34,12 @@ class RunRequest(_Message):
     campaign_id: int
     cycle: int = Field(ge=0)
     experiment: dict[str, Any]
+    position: int = 0
+    # How the worker paces its GPU before this run (the campaign's settings; see CampaignConfig).
+    config_gap_s: float = 0.0
+    cycle_gap_s: float = 0.0
+    thermal_gap: dict[str, float] | None = None
+    cold_start: bool = False
 
 
 class FinaliseRequest(_Message):
@@ -69,6 +75,7 @@ class Measurement(_Message):
     gpu_uuid: str | None
     model_load_s: float
     model_reused: bool
+    model_load: Span | None = None  # wall-clock span of the load, when the model was loaded for this run
     warmup: Warmup
     passes: int  # times the workload ran in the window to reach the minimum duration
     deep_idle: Span | None  # idle before the campaign's first run on this GPU

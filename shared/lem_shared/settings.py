@@ -20,7 +20,15 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(default=6 * 3600, ge=60)
     # A run whose engine has not answered for this long is failed and its engine host restarted.
     run_timeout_s: float = Field(default=3600.0, gt=0)
+    # A run whose worker vanished (no heartbeat) is re-queued; after this many attempts it fails.
     max_attempts: int = Field(default=3, ge=1)
+    # Worker heartbeats in Redis: written this often, gone this long after a worker dies (then its run is
+    # re-queued). The control worker's scheduler pass (dispatch, reclaim, re-send) runs every dispatch_interval_s.
+    worker_heartbeat_s: float = Field(default=2.0, gt=0)
+    worker_heartbeat_ttl_s: float = Field(default=10.0, gt=0)
+    dispatch_interval_s: float = Field(default=2.0, gt=0)
+    # A dispatched run no worker has started after this long is sent again (a broker restart can lose it).
+    redispatch_after_s: float = Field(default=120.0, gt=0)
 
     telemetry_interval_s: float = Field(default=0.1, ge=0.01)
     telemetry_flush_s: float = Field(default=1.0, gt=0)

@@ -101,7 +101,8 @@ def test_redelivered_task_for_a_finished_run_does_nothing(finished_campaign: int
 
 def test_worker_answers_ping_during_a_run(workers, lem, celery_app, tmp_path: Path) -> None:  # noqa: ANN001
     slow = {**SMALL, "name": "slow", "grid": {},
-            "experiment": {**SMALL["experiment"], "workload": {"num_prompts": 4, "input_len": 256, "output_len": 192}}}
+            "experiment": {**SMALL["experiment"], "workload": {"num_prompts": 2, "input_len": 128, "output_len": 96},
+                           "measurement": {"min_window_s": 0.2, "warmup_max": 4}}}
     started = lem("campaign", "run", str(write(tmp_path, slow)), "--no-wait")
     assert started.returncode == 0, started.stderr
     campaign_id = max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout))

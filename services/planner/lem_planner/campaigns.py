@@ -1,28 +1,43 @@
-"""Create a campaign's manifest (campaign → experiments → runs) and dispatch its runs by task name."""
+"""Create a campaign's manifest (campaign → experiments → runs in their order), and cancel or resume one.
+
+Dispatch itself is ``lem_shared.scheduling.advance``: runs are sent as workers free up, from database state.
+"""
 
 from __future__ import annotations
 
+import secrets
+import statistics
+from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 from celery import Celery
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from lem_shared.config import CampaignConfig, ExperimentConfig
 from lem_shared.contracts import RunRequest, run_key, sha256_of
-from lem_shared.db.models import Campaign, Experiment, Run, RunStatus
+from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus, Experiment, Run, RunStatus
 from lem_shared.db.session import session_scope
-from lem_shared.queues import RUN_TASK, queue_for
+from lem_shared.scheduling import (
+    live_workers,
+    redis_client,
+    request_cancel,
+    requeue_for_resume,
+    run_order,
+)
 
 
 def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig]) -> tuple[int, list[RunRequest]]:
     """Write the manifest in one transaction; return the campaign id and its runs in dispatch order.
 
-    Cycles are interleaved: every experiment once per cycle, so slow drift (thermal, clocks) is spread
-    over all experiments rather than landing on one.
+    The order follows ``structure``: interleaved (the default) runs every experiment once per cycle, so slow
+    drift (thermal, clocks) is spread over all experiments rather than landing on one; shuffled does the same
+    in a seeded random order per cycle; grouped runs all cycles of one experiment together.
     """
+    seed = campaign.seed if campaign.seed is not None else secrets.randbelow(2**31)
     spec = campaign.model_dump(mode="json")
     with session_scope() as s:
-        row = Campaign(name=campaign.name, spec=spec, spec_hash=sha256_of(spec))
+        row = Campaign(name=campaign.name, spec=spec, spec_hash=sha256_of(spec), seed=seed)
         s.add(row)
         s.flush()
         rows = []
@@ -35,31 +50,62 @@ def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig
             s.add(exp_row)
             rows.append((exp_row, config))
         s.flush()
-        requests = []
-        for cycle in range(campaign.cycles):
-            for exp_row, config in rows:
-                key = run_key(row.id, config, cycle)
-                run = Run(run_key=key, campaign_id=row.id, experiment_id=exp_row.id, cycle=cycle)
-                s.add(run)
-                s.flush()
-                requests.append(
-                    RunRequest(run_key=key, run_id=run.id, campaign_id=row.id, cycle=cycle, experiment=config)
-                )
+        runs = []
+        for position, (index, cycle) in enumerate(run_order(len(rows), campaign.cycles, campaign.structure, seed)):
+            exp_row, config = rows[index]
+            run = Run(run_key=run_key(row.id, config, cycle), campaign_id=row.id, experiment_id=exp_row.id,
+                      cycle=cycle, position=position)
+            s.add(run)
+            runs.append((run, config))
+        s.flush()
+        requests = [RunRequest(run_key=run.run_key, run_id=run.id, campaign_id=row.id, cycle=run.cycle,
+                               experiment=config, position=run.position, config_gap_s=campaign.config_gap_s,
+                               cycle_gap_s=campaign.cycle_gap_s,
+                               thermal_gap=campaign.thermal_gap.model_dump() if campaign.thermal_gap else None,
+                               cold_start=campaign.force_cold_start)
+                    for run, config in runs]
         return row.id, requests
 
 
-def dispatch(app: Celery, requests: list[RunRequest]) -> None:
-    """Send each run to its backend's queue; the run key is the task id, so Flower and the DB agree."""
-    for request in requests:
-        backend = request.experiment["backend"]
-        app.send_task(RUN_TASK, args=[request.model_dump(mode="json")], task_id=request.run_key,
-                      queue=queue_for(backend).value)
-        with session_scope() as s:
-            s.execute(
-                update(Run)
-                .where(Run.id == request.run_id, Run.status == RunStatus.PENDING)
-                .values(status=RunStatus.DISPATCHED, dispatched_at=datetime.now(UTC))
-            )
+def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, int]:
+    """Queued runs are dropped (cancelled, their tasks revoked); a running one is stopped by its worker, which
+    watches for this. Returns how many runs were cancelled at once."""
+    now = datetime.now(UTC)
+    request_cancel(redis_client(), campaign_id)
+    with session_scope() as s:
+        queued = s.execute(
+            update(Run)
+            .where(Run.campaign_id == campaign_id,
+                   Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
+            .values(status=RunStatus.CANCELLED, error="cancelled by the user", finished_at=now)
+            .returning(Run.run_key)
+        ).scalars().all()
+        s.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING)
+                  .values(status=CampaignStatus.CANCELLED, finished_at=now))
+        running = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id, Run.status == RunStatus.RUNNING)
+                           .limit(1))
+    if queued:
+        app.control.revoke(list(queued))
+    return {"queued": len(queued), "running": int(running is not None)}
+
+
+def resume_campaign(campaign_id: int) -> dict[str, int]:
+    """Continue a campaign after a crash of anything: in-flight runs whose message or worker may be gone go
+    back to pending (finished runs are never re-run) and the campaign is running again."""
+    with session_scope() as s:
+        status = s.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
+        if status is None:
+            raise LookupError(f"no campaign {campaign_id}")
+        if status == CampaignStatus.CANCELLED:
+            raise ValueError(f"campaign {campaign_id} was cancelled; run its file again for a new campaign")
+        unfinished = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id,
+                                                   Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED,
+                                                                   RunStatus.RUNNING, RunStatus.MEASURED]))
+                              .limit(1))
+        if unfinished is not None:
+            s.execute(update(Campaign).where(Campaign.id == campaign_id)
+                      .values(status=CampaignStatus.RUNNING, finished_at=None))
+    return requeue_for_resume(campaign_id, live_workers(redis_client()))
 
 
 def consumers_by_queue(app: Celery, timeout: float = 2.0) -> dict[str, list[str]]:
@@ -70,3 +116,43 @@ def consumers_by_queue(app: Celery, timeout: float = 2.0) -> dict[str, list[str]
         for queue in queues:
             out.setdefault(queue["name"], []).append(worker)
     return out
+
+
+def campaign_status(campaign_id: int) -> dict[str, Any]:
+    """The manifest of one campaign: its runs in dispatch order, counts per status, and an ETA from the runs done
+    so far (their mean time from start to end, spread over the workers seen running this campaign)."""
+    with session_scope() as s:
+        campaign = s.get(Campaign, campaign_id)
+        if campaign is None:
+            raise LookupError(f"no campaign {campaign_id}")
+        rows = s.execute(
+            select(Run, Experiment.index, Experiment.backend)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .where(Run.campaign_id == campaign_id)
+            .order_by(Run.position)
+        ).all()
+        runs = [{
+            "run_id": run.id, "position": run.position, "experiment_index": index, "backend": backend,
+            "cycle": run.cycle, "status": run.status, "attempts": run.attempts, "worker": run.worker,
+            "host": run.host, "gpu_uuid": run.gpu_uuid, "dispatched_at": _iso(run.dispatched_at),
+            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at), "error": run.error,
+            "_seconds": (run.finished_at - run.started_at).total_seconds()
+            if run.finished_at and run.started_at and run.status in (RunStatus.MEASURED, RunStatus.DONE) else None,
+        } for run, index, backend in rows]
+        header = {"campaign_id": campaign.id, "name": campaign.name, "status": campaign.status,
+                  "structure": campaign.spec.get("structure", "interleaved"), "seed": campaign.seed,
+                  "created_at": _iso(campaign.created_at), "finished_at": _iso(campaign.finished_at)}
+    counts = Counter(r["status"] for r in runs)
+    finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
+    durations = [r.pop("_seconds") for r in runs]
+    durations = [d for d in durations if d is not None]
+    workers = len({r["worker"] for r in runs if r["worker"]}) or 1
+    remaining = len(runs) - finished - counts[RunStatus.MEASURED]
+    eta = (statistics.fmean(durations) * remaining / workers) if durations and remaining else (0.0 if not
+                                                                                                 remaining else None)
+    return {**header, "total": len(runs), "finished": finished, "counts": dict(counts),
+            "eta_s": None if header["status"] != CampaignStatus.RUNNING else eta, "runs": runs}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,13 +1,17 @@
-"""The planner's control worker (queue ``control``): attach energy to measured runs and close campaigns."""
+"""The planner's control worker (queue ``control``): attach energy to measured runs, close campaigns, and run
+the scheduler loop (dispatch in order as workers free up, re-queue runs whose worker vanished, re-send lost
+work) every ``dispatch_interval_s``."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import exists, func, select, update
 
 from lem_shared.analysis import RunContext, TelemetrySample, Thresholds, analyse_window
@@ -27,6 +31,7 @@ from lem_shared.db.models import (
 from lem_shared.db.session import session_scope
 from lem_shared.energy import Sample, window_energy
 from lem_shared.queues import FINALISE_TASK, QueueName
+from lem_shared.scheduling import advance, reclaim, redis_client, refinalise_stale
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -113,7 +118,13 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
                         else (analysis.idle_before_w, "active_idle_before_window")
                         if analysis.idle_before_w is not None else (None, None))
     failed = [c for c in analysis.checks if c.status == "fail"]
+    load = _span(phases.get("model_load"))
+    load_energy = None
+    if load:  # a cold start: the load's own energy, apart from the window's
+        load_samples = _samples(run.gpu_uuid, *load)
+        load_energy = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in load_samples], *load).energy_j
     return {
+        "model_load_energy_j": load_energy,
         "energy_j": energy,
         "energy_power_integral_j": analysis.energy_integral_j,
         "energy_source": source,
@@ -166,6 +177,41 @@ def close_campaign_if_finished(campaign_id: int) -> None:
             .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING, ~unfinished)
             .values(status=status, finished_at=datetime.now(UTC))
         )
+
+
+def scheduler_pass() -> None:
+    """One pass: re-queue runs whose worker vanished, re-send finalisation nobody did, dispatch what is free."""
+    settings = get_settings()
+    connection = redis_client(settings.broker_url)
+    try:
+        for change in reclaim(connection):
+            log.warning("%s", change)
+        refinalise_stale(app, older_than_s=settings.energy_wait_s + 120)
+        advance(app, connection)
+    finally:
+        connection.close()
+
+
+_scheduler_stop = threading.Event()
+
+
+@worker_ready.connect
+def _start_scheduler(**_: Any) -> None:
+    interval = get_settings().dispatch_interval_s
+
+    def loop() -> None:
+        while not _scheduler_stop.wait(interval):
+            try:
+                scheduler_pass()
+            except Exception:  # noqa: BLE001 - a broker or database outage must not end the loop
+                log.exception("scheduler pass failed; retrying in %.0f s", interval)
+
+    threading.Thread(target=loop, name="lem-scheduler", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_scheduler(**_: Any) -> None:
+    _scheduler_stop.set()
 
 
 @app.task(name=FINALISE_TASK)

@@ -33,6 +33,7 @@ class CampaignStatus(StrEnum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class RunStatus(StrEnum):
@@ -42,9 +43,13 @@ class RunStatus(StrEnum):
     MEASURED = "measured"  # window closed, energy not yet attached by the control worker
     DONE = "done"
     FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
 
 
-TERMINAL_RUN_STATUSES = (RunStatus.DONE, RunStatus.FAILED)
+TERMINAL_RUN_STATUSES = (RunStatus.DONE, RunStatus.FAILED, RunStatus.SKIPPED, RunStatus.CANCELLED)
+# Sent to a worker and not yet back: what occupies a worker, or soon will.
+IN_FLIGHT_RUN_STATUSES = (RunStatus.DISPATCHED, RunStatus.RUNNING)
 
 
 class Campaign(Base):
@@ -54,6 +59,8 @@ class Campaign(Base):
     name: Mapped[str] = mapped_column(String(100))
     spec: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64))
+    # The seed of the run order (structure: shuffled), chosen at creation when the file gives none.
+    seed: Mapped[int | None] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.RUNNING)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
@@ -99,6 +106,8 @@ class Run(Base):
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"), index=True)
     cycle: Mapped[int]
+    # Dispatch order within the campaign (its structure: interleaved, shuffled or grouped).
+    position: Mapped[int] = mapped_column(default=0)
     status: Mapped[str] = mapped_column(String(16), default=RunStatus.PENDING)
     attempts: Mapped[int] = mapped_column(default=0)
     worker: Mapped[str | None] = mapped_column(String(255))
@@ -111,7 +120,8 @@ class Run(Base):
     finished_at: Mapped[datetime | None]
     window_start: Mapped[datetime | None]
     window_end: Mapped[datetime | None]
-    # Idle spans around the window, [start, end] in Unix seconds: deep_idle, idle_before, idle_after.
+    # Spans in Unix seconds, [start, end]: deep_idle, idle_before, idle_after, model_load (a cold start); and
+    # the pause before the run on its GPU: gap {kind, seconds, thermal: {...}}.
     phases: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
 
@@ -139,6 +149,8 @@ class RunMetrics(Base):
     peak_memory_kind: Mapped[str] = mapped_column(String(32))
     model_load_s: Mapped[float]
     model_reused: Mapped[bool]
+    # Energy of the model load (cold starts: force_cold_start), from telemetry over the load span.
+    model_load_energy_j: Mapped[float | None] = mapped_column(Float)
     warmup_iterations: Mapped[int]
     warmup_converged: Mapped[bool]
     warmup_final_cv: Mapped[float | None]

@@ -101,6 +101,12 @@ class EngineHost:
             raise EngineFailure(answer["error"])
         return Measurement.model_validate(answer["measurement"])
 
+    def abort(self) -> None:
+        """Kill the engine process now, from any thread: a measure() in progress fails at once (cancel)."""
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
+
     def _discard(self) -> None:
         if self._process is not None and self._process.is_alive():
             self._process.kill()

@@ -71,7 +71,7 @@ class MeasurementRuntime:
 
         key = (experiment.backend.value, experiment.model, experiment.dtype)
         reused = key == self._loaded
-        load_started = time.perf_counter()
+        load_started, load_wall = time.perf_counter(), time.time()
         if not reused:
             if self._loaded is not None:
                 self.adapter.unload()
@@ -126,6 +126,7 @@ class MeasurementRuntime:
             gpu_uuid=info.gpu_uuid,
             model_load_s=model_load_s,
             model_reused=reused,
+            model_load=None if reused else (load_wall, load_wall + model_load_s),
             warmup=warmup,
             passes=passes,
             deep_idle=deep_idle,

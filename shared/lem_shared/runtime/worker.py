@@ -1,6 +1,9 @@
-"""The Celery side of every worker: claim a run atomically, measure it in the engine host, record it.
+"""The Celery side of every worker: claim a run atomically, pace the GPU, measure the run in the engine host,
+record it, and ask for the next one at once.
 
 A worker service is this runtime plus one engine adapter: ``make_worker("pytorch", "pkg.adapter:Class")``.
+It publishes a heartbeat in Redis (the scheduler sends it runs only while it is alive and free, and re-queues
+its run if it vanishes) and watches for its campaign's cancellation while it measures.
 """
 
 from __future__ import annotations
@@ -8,22 +11,35 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from datetime import UTC, datetime
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery import Celery
-from celery.signals import worker_shutdown
-from sqlalchemy import insert, select, update
+from celery.signals import worker_ready, worker_shutdown
+from pydantic import ValidationError
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from lem_shared.celery_app import make_celery
 from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest, sha256_of
-from lem_shared.db.models import BatchTimingRow, Environment, Run, RunMetrics, RunStatus
+from lem_shared.db.models import BatchTimingRow, Environment, GpuSample, Run, RunMetrics, RunStatus
 from lem_shared.db.session import session_scope
+from lem_shared.heartbeat import gpu_key
 from lem_shared.metrics import run_metrics
 from lem_shared.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
+from lem_shared.scheduling import (
+    WORKER_KEY_PREFIX,
+    advance,
+    cancel_requested,
+    publish_worker_beat,
+    redis_client,
+)
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -65,7 +81,11 @@ def _span(span: tuple[float, float] | None) -> list[float] | None:
     return list(span) if span else None
 
 
-def record_measurement(run_id: int, m: Measurement) -> None:
+def record_measurement(run_id: int, m: Measurement, pause: dict[str, Any] | None = None) -> None:
+    phases = {"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
+              "idle_after": _span(m.idle_after), "model_load": _span(m.model_load)}
+    if pause:
+        phases["gap"] = pause
     with session_scope() as s:
         s.execute(insert(RunMetrics).values(run_id=run_id, **run_metrics(m)))
         s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
@@ -79,39 +99,139 @@ def record_measurement(run_id: int, m: Measurement) -> None:
                 environment_id=_environment_id(s, m.environment),
                 window_start=datetime.fromtimestamp(m.window_start, UTC),
                 window_end=datetime.fromtimestamp(m.window_end, UTC),
-                phases={"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
-                        "idle_after": _span(m.idle_after)},
+                phases=phases,
                 finished_at=datetime.now(UTC),
             )
         )
 
 
-def record_failure(run_id: int, error: str) -> None:
+def record_end(run_id: int, status: RunStatus, error: str) -> None:
     with session_scope() as s:
         s.execute(
             update(Run)
             .where(Run.id == run_id)
-            .values(status=RunStatus.FAILED, error=error, finished_at=datetime.now(UTC))
+            .values(status=status, error=error, finished_at=datetime.now(UTC))
         )
 
 
-def execute_run(engine: EngineHost, request: RunRequest, worker: str, baselined: set[int]) -> tuple[int | None, str]:
-    """Claim, measure and record one run: (run id or None for a duplicate, status). Celery-free, so a bench
-    on a machine without a broker runs exactly what the worker runs."""
+@dataclass
+class GpuState:
+    """What one worker remembers about its GPU between runs (one worker per GPU)."""
+
+    baselined: set[int] = field(default_factory=set)  # campaigns whose deep idle this GPU has measured
+    last: tuple[int, int] | None = None  # (campaign, cycle) of the previous run
+    gpu_uuid: str | None = None
+
+
+def _idle_temperature(campaign_id: int, gpu_uuid: str) -> float | None:
+    """The GPU's idle temperature: the mean over its deep idle in this campaign, else the lowest of the last
+    15 minutes of telemetry."""
+    with session_scope() as s:
+        phases = s.scalars(select(Run.phases).where(Run.campaign_id == campaign_id, Run.gpu_uuid == gpu_uuid,
+                                                    Run.phases.is_not(None)).order_by(Run.id)).all()
+        deep = next((p["deep_idle"] for p in phases if p and p.get("deep_idle")), None)
+        temps = GpuSample.temperature_c
+        if deep:
+            start, end = (datetime.fromtimestamp(t, UTC) for t in deep)
+            idle = s.scalar(select(func.avg(temps)).where(GpuSample.gpu_uuid == gpu_uuid,
+                                                          GpuSample.time.between(start, end)))
+            if idle is not None:
+                return float(idle)
+        since = datetime.now(UTC) - timedelta(minutes=15)
+        low = s.scalar(select(func.min(temps)).where(GpuSample.gpu_uuid == gpu_uuid, GpuSample.time >= since))
+    return float(low) if low is not None else None
+
+
+def _temperature_now(connection: redis.Redis, gpu_uuid: str) -> float | None:
+    value = connection.hget(gpu_key(gpu_uuid), "temperature_c")
+    return float(value) if value is not None else None
+
+
+def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, stop: threading.Event) -> dict:
+    """Pause this GPU before the run: the configured gap (between configs, or a longer one when a new cycle
+    starts), then the thermal gap; other GPUs are never held up. Returns what was done, for the record."""
+    pause: dict[str, Any] = {}
+    if state.last is not None and state.last[0] == request.campaign_id:
+        new_cycle = request.cycle != state.last[1]
+        seconds = request.cycle_gap_s if new_cycle else request.config_gap_s
+        if seconds > 0:
+            pause.update(kind="cycle" if new_cycle else "config", seconds=seconds)
+            stop.wait(seconds)
+    gap = request.thermal_gap
+    if gap and state.last is not None:
+        thermal: dict[str, Any] = {"within_c": gap["within_c"], "max_wait_s": gap["max_wait_s"]}
+        idle = _idle_temperature(request.campaign_id, state.gpu_uuid) if state.gpu_uuid else None
+        if idle is None or connection is None:
+            thermal["note"] = "skipped: no GPU telemetry for this worker's GPU"
+        else:
+            began = time.monotonic()
+            now = _temperature_now(connection, state.gpu_uuid)  # type: ignore[arg-type]
+            thermal.update(idle_c=idle, start_c=now)
+            while now is not None and now > idle + gap["within_c"] and time.monotonic() - began < gap["max_wait_s"]:
+                if stop.wait(1.0):
+                    break
+                now = _temperature_now(connection, state.gpu_uuid)  # type: ignore[arg-type]
+            thermal.update(end_c=now, waited_s=round(time.monotonic() - began, 3),
+                           reached=now is not None and now <= idle + gap["within_c"])
+        pause["thermal"] = thermal
+    return pause
+
+
+def _watch_cancel(connection: redis.Redis | None, campaign_id: int, engine: EngineHost,
+                  stop: threading.Event, done: threading.Event) -> threading.Thread | None:
+    """While the run lasts, poll for its campaign's cancellation; on it, kill the engine (the run stops now)."""
+    if connection is None:
+        return None
+
+    def watch() -> None:
+        while not done.wait(0.25):
+            try:
+                if cancel_requested(connection, campaign_id):
+                    stop.set()
+                    engine.abort()
+                    return
+            except redis.RedisError:
+                continue
+
+    thread = threading.Thread(target=watch, name=f"cancel-watch-{campaign_id}", daemon=True)
+    thread.start()
+    return thread
+
+
+def execute_run(engine: EngineHost, request: RunRequest, worker: str, state: GpuState,
+                connection: redis.Redis | None = None) -> tuple[int | None, str]:
+    """Claim, pace, measure and record one run: (run id or None for a duplicate, status). Celery-free, so a
+    bench on a machine without a broker runs exactly what the worker runs (``connection`` None: no Redis)."""
     run_id = claim_run(request.run_key, worker, socket.gethostname())
     if run_id is None:
         log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
         return None, "duplicate"
-    deep_idle_s = 0.0
-    if request.campaign_id not in baselined:
-        deep_idle_s = float(request.experiment.get("measurement", {}).get("baseline_idle_s", 0.0))
+    stop, done = threading.Event(), threading.Event()
+    _watch_cancel(connection, request.campaign_id, engine, stop, done)
     try:
-        measurement = engine.measure(request.experiment, deep_idle_s=deep_idle_s)
-    except EngineFailure as exc:
-        record_failure(run_id, str(exc))
-        return run_id, RunStatus.FAILED.value
-    baselined.add(request.campaign_id)
-    record_measurement(run_id, measurement)
+        pause = pace(request, state, connection, stop)
+        if stop.is_set():
+            record_end(run_id, RunStatus.CANCELLED, "cancelled by the user before the run started")
+            return run_id, RunStatus.CANCELLED.value
+        deep_idle_s = 0.0
+        if request.campaign_id not in state.baselined:
+            deep_idle_s = float(request.experiment.get("measurement", {}).get("baseline_idle_s", 0.0))
+        if request.cold_start:
+            engine.stop()  # a fresh engine process: the model load is part of this run, measured apart
+        try:
+            measurement = engine.measure(request.experiment, deep_idle_s=deep_idle_s)
+        except EngineFailure as exc:
+            if stop.is_set():
+                record_end(run_id, RunStatus.CANCELLED, "cancelled by the user during the run")
+                return run_id, RunStatus.CANCELLED.value
+            record_end(run_id, RunStatus.FAILED, str(exc))
+            return run_id, RunStatus.FAILED.value
+    finally:
+        done.set()
+        state.last = (request.campaign_id, request.cycle)
+    state.baselined.add(request.campaign_id)
+    state.gpu_uuid = measurement.gpu_uuid
+    record_measurement(run_id, measurement, pause)
     return run_id, RunStatus.MEASURED.value
 
 
@@ -120,21 +240,53 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     settings = get_settings()
     app = make_celery(f"lem-worker-{backend.value}", settings)
     engine = EngineHost(adapter_path, settings.device, settings.run_timeout_s)
-    baselined: set[int] = set()  # campaigns whose deep-idle baseline this worker's GPU has measured
+    state = GpuState()
+    connection = redis_client(settings.broker_url)
+    current: dict[str, str | None] = {"name": None, "run_key": None}
+    stopping = threading.Event()
+
+    def beat() -> None:
+        while not stopping.wait(settings.worker_heartbeat_s):
+            try:
+                publish_worker_beat(connection, current["name"] or "", backend.value, current["run_key"])
+            except redis.RedisError as exc:
+                log.warning("worker heartbeat not written: %s", exc)
+
+    @worker_ready.connect(weak=False)
+    def _start_heartbeat(sender: Any = None, **_: Any) -> None:
+        current["name"] = sender.hostname
+        publish_worker_beat(connection, sender.hostname, backend.value, None)
+        threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
     @app.task(name=RUN_TASK, bind=True, shared=False)
     def run_experiment(self: Any, message: dict[str, Any]) -> dict[str, Any]:
-        request = RunRequest.model_validate(message)
-        run_id, status = execute_run(engine, request, self.request.hostname or "unknown", baselined)
+        try:
+            request = RunRequest.model_validate(message)
+        except ValidationError as exc:  # a planner of another version: fail the run rather than leave it hanging
+            if isinstance(message, dict) and isinstance(message.get("run_id"), int):
+                record_end(message["run_id"], RunStatus.FAILED, f"run message this worker cannot read: {exc}")
+            raise
+        current["run_key"] = request.run_key
+        try:
+            run_id, status = execute_run(engine, request, self.request.hostname or "unknown", state, connection)
+        finally:
+            current["run_key"] = None
+        if run_id is not None:
+            app.send_task(FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")],
+                          queue=QueueName.CONTROL)
+            try:  # the next run for this GPU, without waiting for the scheduler loop (which also sends it)
+                advance(app, connection)
+            except Exception:  # noqa: BLE001 - the run is recorded; the scheduler loop will dispatch instead
+                log.exception("dispatching the next run failed; the control worker's scheduler will retry")
         if run_id is None:
             return {"run_key": request.run_key, "status": status}
-        app.send_task(
-            FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")], queue=QueueName.CONTROL
-        )
         return {"run_key": request.run_key, "run_id": run_id, "status": status}
 
     @worker_shutdown.connect(weak=False)
     def _stop_engine(**_: Any) -> None:
+        stopping.set()
+        if current["name"]:
+            connection.delete(WORKER_KEY_PREFIX + current["name"])
         engine.stop()
 
     return app

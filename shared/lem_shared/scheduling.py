@@ -1,0 +1,222 @@
+"""Campaign scheduling, driven by database state: the run order, dispatch as workers free up, reclaiming runs
+whose worker vanished, and cancellation. Every step is idempotent, so any process may run it at any time (the
+control worker's scheduler loop every few seconds; a worker right after its run, so the next one starts without
+waiting; ``lem campaign resume`` after a crash).
+
+A backend queue is shared by all workers of that backend (one per GPU, on any host). A run is sent only when a
+worker of its backend is free (live worker heartbeats minus runs in flight), in the campaign's order, so the
+queue never holds more than the free workers will take at once: a restart of anything loses at most what was
+in flight, and resume sends it again. Pacing (gaps, thermal waits) happens on the worker, on its own GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from lem_shared.contracts import RunRequest
+from lem_shared.db.models import (
+    IN_FLIGHT_RUN_STATUSES,
+    Campaign,
+    CampaignStatus,
+    Experiment,
+    Run,
+    RunStatus,
+)
+from lem_shared.db.session import session_scope
+from lem_shared.queues import FINALISE_TASK, RUN_TASK, QueueName, queue_for
+from lem_shared.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+WORKER_KEY_PREFIX = "lem:worker:"
+CANCEL_KEY_PREFIX = "lem:cancel:campaign:"
+# One scheduler pass at a time across every process (PostgreSQL advisory lock; SQLite has one writer anyway).
+_ADVISORY_LOCK_ID = 0x6C656D5F  # "lem_"
+
+
+def run_order(experiments: int, cycles: int, structure: str, seed: int) -> list[tuple[int, int]]:
+    """(experiment index, cycle) in dispatch order. interleaved: every experiment once per cycle; shuffled: the
+    same, each cycle in its own random order from ``seed`` (replayable); grouped: all cycles of one experiment."""
+    if structure == "grouped":
+        return [(e, c) for e in range(experiments) for c in range(cycles)]
+    rng = random.Random(seed)
+    order = []
+    for cycle in range(cycles):
+        indices = list(range(experiments))
+        if structure == "shuffled":
+            rng.shuffle(indices)
+        order += [(e, cycle) for e in indices]
+    return order
+
+
+def redis_client(url: str | None = None) -> redis.Redis:
+    return redis.Redis.from_url(url or get_settings().broker_url, socket_connect_timeout=2, socket_timeout=2)
+
+
+# --- worker heartbeats -----------------------------------------------------------------------------------------
+
+def publish_worker_beat(connection: redis.Redis, name: str, backend: str, run_key: str | None) -> None:
+    settings = get_settings()
+    beat = {"name": name, "backend": backend, "host": socket.gethostname(), "run_key": run_key or "",
+            "time": time.time()}
+    connection.set(WORKER_KEY_PREFIX + name, json.dumps(beat), px=int(settings.worker_heartbeat_ttl_s * 1000))
+
+
+def live_workers(connection: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every worker with a live heartbeat, by name (``pytorch@host``)."""
+    keys = list(connection.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
+    values = connection.mget(keys) if keys else []
+    beats = [json.loads(v) for v in values if v]
+    return {b["name"]: b for b in beats}
+
+
+# --- cancellation -------------------------------------------------------------------------------------------------
+
+def request_cancel(connection: redis.Redis, campaign_id: int) -> None:
+    connection.set(f"{CANCEL_KEY_PREFIX}{campaign_id}", "1", ex=7 * 24 * 3600)
+
+
+def cancel_requested(connection: redis.Redis, campaign_id: int) -> bool:
+    return bool(connection.exists(f"{CANCEL_KEY_PREFIX}{campaign_id}"))
+
+
+# --- the scheduler pass -------------------------------------------------------------------------------------------
+
+def _lock(s: Session) -> None:
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_ID)))
+
+
+def _request(run: Run, experiment: Experiment, campaign: Campaign) -> RunRequest:
+    spec = campaign.spec
+    return RunRequest(run_key=run.run_key, run_id=run.id, campaign_id=run.campaign_id, cycle=run.cycle,
+                      experiment=experiment.config, position=run.position,
+                      config_gap_s=spec.get("config_gap_s", 0.0), cycle_gap_s=spec.get("cycle_gap_s", 0.0),
+                      thermal_gap=spec.get("thermal_gap"), cold_start=bool(spec.get("force_cold_start")))
+
+
+def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunRequest]:
+    """Send the next runs of the running campaigns, in order, as many per backend as it has free workers."""
+    connection = connection or redis_client()
+    workers_by_backend: dict[str, int] = {}
+    for beat in live_workers(connection).values():
+        workers_by_backend[beat["backend"]] = workers_by_backend.get(beat["backend"], 0) + 1
+    if not workers_by_backend:
+        return []
+    now = datetime.now(UTC)
+    to_send: list[RunRequest] = []
+    with session_scope() as s:
+        _lock(s)
+        running = select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING)
+        in_flight = dict(s.execute(
+            select(Experiment.backend, func.count())
+            .join(Run, Run.experiment_id == Experiment.id)
+            .where(Run.status.in_(IN_FLIGHT_RUN_STATUSES), Run.campaign_id.in_(running))
+            .group_by(Experiment.backend)
+        ).all())
+        for backend, workers in workers_by_backend.items():
+            free = workers - in_flight.get(backend, 0)
+            if free <= 0:
+                continue
+            rows = s.execute(
+                select(Run, Experiment, Campaign)
+                .join(Experiment, Run.experiment_id == Experiment.id)
+                .join(Campaign, Run.campaign_id == Campaign.id)
+                .where(Run.status == RunStatus.PENDING, Campaign.status == CampaignStatus.RUNNING,
+                       Experiment.backend == backend)
+                .order_by(Run.campaign_id, Run.position)
+                .limit(free)
+            ).all()
+            for run, experiment, campaign in rows:
+                run.status, run.dispatched_at = RunStatus.DISPATCHED, now
+                to_send.append(_request(run, experiment, campaign))
+    sent: list[RunRequest] = []
+    try:
+        for request in to_send:
+            send_run(app, request)
+            sent.append(request)
+    finally:
+        unsent = [r.run_id for r in to_send if r not in sent]
+        if unsent:  # the broker went away mid-way: those go back to pending, the next pass sends them
+            with session_scope() as s:
+                s.execute(update(Run).where(Run.id.in_(unsent), Run.status == RunStatus.DISPATCHED)
+                          .values(status=RunStatus.PENDING, dispatched_at=None))
+    return sent
+
+
+def send_run(app: Celery, request: RunRequest) -> None:
+    """The run key is the task id, so Flower, the broker and the database name a run the same way."""
+    app.send_task(RUN_TASK, args=[request.model_dump(mode="json")], task_id=request.run_key,
+                  queue=queue_for(request.experiment["backend"]).value)
+
+
+def reclaim(connection: redis.Redis | None = None, requeue_dispatched_after_s: float | None = None) -> list[str]:
+    """Runs whose worker vanished go back to pending (or fail after ``max_attempts``); runs dispatched long ago
+    and never started go back to pending. Returns one line per change, for the log."""
+    settings = get_settings()
+    connection = connection or redis_client()
+    alive = live_workers(connection)
+    now = datetime.now(UTC)
+    grace = timedelta(seconds=settings.worker_heartbeat_ttl_s)
+    stale_dispatch = now - timedelta(seconds=requeue_dispatched_after_s or settings.redispatch_after_s)
+    changes = []
+    with session_scope() as s:
+        _lock(s)
+        running = s.scalars(select(Run).where(Run.status == RunStatus.RUNNING)).all()
+        for run in running:
+            started = run.started_at if run.started_at and run.started_at.tzinfo else (
+                run.started_at.replace(tzinfo=UTC) if run.started_at else now)
+            if run.worker in alive or now - started < grace:
+                continue
+            vanished = f"attempt {run.attempts}: worker {run.worker} vanished (no heartbeat for " \
+                       f"{settings.worker_heartbeat_ttl_s:.0f} s)"
+            if run.attempts >= settings.max_attempts:
+                run.status, run.error, run.finished_at = RunStatus.FAILED, f"{vanished}; gave up after " \
+                    f"{run.attempts} attempts", now
+                changes.append(f"run {run.id} failed: {vanished}")
+            else:
+                run.status, run.worker, run.error = RunStatus.PENDING, None, vanished
+                changes.append(f"run {run.id} re-queued: {vanished}")
+        stuck = s.scalars(select(Run).where(Run.status == RunStatus.DISPATCHED, Run.dispatched_at < stale_dispatch))
+        for run in stuck:
+            run.status, run.dispatched_at = RunStatus.PENDING, None
+            changes.append(f"run {run.id} re-queued: dispatched but not started within the limit")
+    return changes
+
+
+def refinalise_stale(app: Celery, older_than_s: float) -> list[int]:
+    """Measured runs the control worker never finalised (it crashed): ask again. Finalising is idempotent."""
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    with session_scope() as s:
+        ids = list(s.scalars(select(Run.id).where(Run.status == RunStatus.MEASURED, Run.finished_at < cutoff)))
+    for run_id in ids:
+        app.send_task(FINALISE_TASK, args=[{"run_id": run_id}], queue=QueueName.CONTROL.value)
+    return ids
+
+
+def requeue_for_resume(campaign_id: int, alive: Iterable[str]) -> dict[str, int]:
+    """After a crash: dispatched runs (the broker may have lost them) and runs whose worker is gone go back to
+    pending; finished runs stay as they are. Returns how many of each were re-queued."""
+    alive = set(alive)
+    counts = {"dispatched": 0, "running": 0}
+    with session_scope() as s:
+        _lock(s)
+        for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id,
+                                               Run.status.in_(IN_FLIGHT_RUN_STATUSES))):
+            if run.status == RunStatus.RUNNING and run.worker in alive:
+                continue  # still being measured
+            counts[run.status] += 1
+            run.status, run.dispatched_at, run.worker = RunStatus.PENDING, None, None
+    return counts
