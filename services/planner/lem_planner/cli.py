@@ -261,19 +261,66 @@ def campaign_validate(file: str) -> None:
         out.print(f"  {i}: {label}", highlight=False)
 
 
+def _with_ci(metric: dict[str, Any], spec: str, scale: float = 1.0) -> str:
+    """``mean [low, high]`` (the interval on a line of its own); ``n/a`` when there is no mean."""
+    if metric["mean"] is None:
+        return "n/a"
+    mean = format(metric["mean"] * scale, spec)
+    if metric["ci_low"] is None:
+        return f"{mean} (no CI)"
+    return f"{mean}\n[{metric['ci_low'] * scale:{spec}}, {metric['ci_high'] * scale:{spec}}]"
+
+
+def _experiments_table(campaign_id: int, summaries: list[dict[str, Any]]) -> None:
+    if not summaries:
+        return
+    labels, _ = _describe_experiments([e["experiment"] for e in summaries])
+    ci = summaries[0]["ci"]
+    table = Table(title=f"campaign {campaign_id}: mean [{ci['confidence']:.0%} CI] across done cycles",
+                  caption=f"{ci['method']}, {ci['resamples']:,} resamples, seed {ci['seed']}")
+    columns = ("exp", "experiment", "done", "tokens/s", "mJ/token", "energy J", "TTFT s", "ITL ms")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "experiment" else "right",
+                         no_wrap=column == "experiment")
+    for label, e in zip(labels, summaries, strict=True):
+        m = e["metrics"]
+        table.add_row(str(e["experiment_index"]), label, f"{e['runs_done']}/{e['runs']}",
+                      _with_ci(m["tokens_per_s"], ".1f"), _with_ci(m["j_per_token"], ".2f", 1000),
+                      _with_ci(m["energy_j"], ".1f"), _with_ci(m["ttft_mean_s"], ".3f"),
+                      _with_ci(m["itl_mean_s"], ".2f", 1000))
+    out.print(table)
+    for e in summaries:
+        reasons = sorted({r for r in (v["reason"] for v in e["metrics"].values()) if r})
+        for line in [*e["warnings"], *reasons]:
+            out.print(f"exp {e['experiment_index']}: {line}", highlight=False)
+
+
 @results_cli.command("show")
 def results_show(
-    campaign_id: int, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False
+    campaign_id: int,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    experiments: Annotated[bool, typer.Option(
+        "--experiments", help="With --json: print {runs, experiments} (per-experiment means and CIs) instead of "
+        "the list of runs.")] = False,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the CIs.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
 ) -> None:
-    """One record per run of CAMPAIGN_ID: config, cycle, status, tokens/s, latency, TTFT, energy."""
-    from lem_planner.results import campaign_exists, run_records
+    """The runs of CAMPAIGN_ID (config, cycle, status, tokens/s, latency, TTFT, energy), then per experiment the
+    mean across its done cycles with a 95 % percentile-bootstrap CI (none under 2 cycles, a warning under 3)."""
+    from lem_planner.results import campaign_exists, experiment_summaries, run_records
 
     if not campaign_exists(campaign_id):
         raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are")
-    if as_json:
+    if as_json and not experiments:
         _print_json(run_records(campaign_id))
+        return
+    records = run_records(campaign_id)
+    summaries = experiment_summaries(campaign_id, resamples=resamples, seed=seed, records=records)
+    if as_json:
+        _print_json({"campaign_id": campaign_id, "runs": records, "experiments": summaries})
     else:
         _results_table(campaign_id)
+        _experiments_table(campaign_id, summaries)
 
 
 @energy_cli.command("analyse")

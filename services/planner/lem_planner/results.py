@@ -1,15 +1,28 @@
-"""Read campaigns and their runs back out of the database as plain records (what ``--json`` prints)."""
+"""Read campaigns and their runs back out of the database as plain records (what ``--json`` prints), and summarise
+each experiment across its cycles with bootstrap confidence intervals."""
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import joinedload
 
-from lem_shared.db.models import Campaign, Run
+from lem_shared.db.models import BatchTimingRow, Campaign, Run
 from lem_shared.db.session import session_scope
+from lem_shared.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, PERCENTILE_BOOTSTRAP, bootstrap_ci
+
+# The per-run figures summarised across cycles, with the words used when no run has one.
+SUMMARY_METRICS = {
+    "j_per_token": "energy",
+    "energy_j": "energy",
+    "tokens_per_s": "throughput",
+    "ttft_mean_s": "TTFT",
+    "itl_mean_s": "inter-token latency",
+}
+ENERGY_METRICS = ("j_per_token", "energy_j")
 
 
 def list_campaigns() -> list[dict[str, Any]]:
@@ -35,6 +48,19 @@ def campaign_progress(campaign_id: int) -> tuple[str, Counter[str]]:
         return campaign.status, Counter(statuses)
 
 
+def inter_token_latency(batches: Iterable[BatchTimingRow]) -> float | None:
+    """Mean over batches of (latency - TTFT) / (output tokens per sequence - 1): the time per token after the first.
+
+    Batches without a TTFT or with one output token per sequence say nothing about it; None when no batch does.
+    """
+    per_batch = []
+    for b in batches:
+        tokens_per_sequence = b.output_tokens / b.batch_size if b.batch_size else 0
+        if b.ttft_s is not None and tokens_per_sequence > 1:
+            per_batch.append((b.latency_s - b.ttft_s) / (tokens_per_sequence - 1))
+    return sum(per_batch) / len(per_batch) if per_batch else None
+
+
 def run_records(campaign_id: int) -> list[dict[str, Any]]:
     """One record per run, in experiment then cycle order."""
     with session_scope() as s:
@@ -43,6 +69,11 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
             .where(Run.campaign_id == campaign_id)
             .options(joinedload(Run.experiment), joinedload(Run.metrics))
         ).all()
+        batches_of: dict[int, list[BatchTimingRow]] = defaultdict(list)
+        for batch in s.scalars(
+            select(BatchTimingRow).join(Run, BatchTimingRow.run_id == Run.id).where(Run.campaign_id == campaign_id)
+        ):
+            batches_of[batch.run_id].append(batch)
         records = []
         for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle)):
             m = run.metrics
@@ -69,6 +100,7 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
                 "latency_mean_s": m.latency_mean_s if m else None,
                 "latency_p95_s": m.latency_p95_s if m else None,
                 "ttft_mean_s": m.ttft_mean_s if m else None,
+                "itl_mean_s": inter_token_latency(batches_of[run.id]) if m else None,
                 "peak_memory_bytes": m.peak_memory_bytes if m else None,
                 "peak_memory_kind": m.peak_memory_kind if m else None,
                 "model_load_s": m.model_load_s if m else None,
@@ -97,3 +129,65 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
                 "checks": (m.analysis or {}).get("checks") if m else None,
             })
         return records
+
+
+def _missing_reason(metric: str, runs: list[dict[str, Any]]) -> str:
+    """Why no done run of an experiment has a figure for ``metric``."""
+    if not runs:
+        return "no runs done"
+    what = SUMMARY_METRICS[metric]
+    if metric in ENERGY_METRICS:
+        notes = sorted({r["energy_note"] for r in runs if r["energy_note"]})
+        if notes and all(n.startswith("n/a (no NVML)") for n in notes):
+            return f"no {what} figures (no NVML)"
+        if notes:
+            return f"no {what} figures ({'; '.join(notes)})"
+    return f"no {what} figures"
+
+
+def summarise_experiment(
+    runs: list[dict[str, Any]], resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """Mean and bootstrap CI across the done cycles of one experiment, from its ``run_records`` (all statuses)."""
+    done = [r for r in runs if r["status"] == "done"]
+    metrics: dict[str, dict[str, Any]] = {}
+    warnings: list[str] = []
+    for metric in SUMMARY_METRICS:
+        values = [r[metric] for r in done if r[metric] is not None]
+        ci = bootstrap_ci(values, resamples=resamples, seed=seed)
+        reason = None
+        if not values:
+            reason = _missing_reason(metric, done)
+        elif not ci.has_interval:
+            reason = f"{len(values)} cycle: no interval (it needs 2)"
+        if ci.warning and ci.warning not in warnings:
+            warnings.append(ci.warning)
+        if 0 < len(values) < len(done):
+            warnings.append(f"{metric}: {len(done) - len(values)} of {len(done)} done runs have no figure")
+        metrics[metric] = {"mean": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n,
+                           "warning": ci.warning, "reason": reason}
+    first = runs[0]
+    return {
+        "experiment_index": first["experiment_index"],
+        "experiment": first["experiment"],
+        "backend": first["backend"],
+        "runs": len(runs),
+        "runs_done": len(done),
+        "cycles_done": sorted(r["cycle"] for r in done),
+        "ci": {"method": PERCENTILE_BOOTSTRAP, "confidence": DEFAULT_CONFIDENCE, "resamples": resamples,
+               "seed": seed},
+        "metrics": metrics,
+        "warnings": warnings,
+    }
+
+
+def experiment_summaries(
+    campaign_id: int, resamples: int = DEFAULT_RESAMPLES, seed: int = 0, records: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One summary per experiment of the campaign, in experiment order: for each of J/token, energy, tokens/s,
+    TTFT and ITL the mean over its done cycles and a seeded percentile-bootstrap 95 % CI (none under 2 cycles,
+    a warning under 3). ``records`` are the campaign's ``run_records`` when the caller already has them."""
+    by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for record in records if records is not None else run_records(campaign_id):
+        by_experiment[record["experiment_index"]].append(record)
+    return [summarise_experiment(by_experiment[i], resamples=resamples, seed=seed) for i in sorted(by_experiment)]
