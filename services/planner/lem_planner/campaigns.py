@@ -71,8 +71,9 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, int]:
     """Queued runs are dropped (cancelled, their tasks revoked); a running one is stopped by its worker, which
     watches for this. Returns how many runs were cancelled at once."""
     now = datetime.now(UTC)
-    request_cancel(redis_client(), campaign_id)
-    with session_scope() as s:
+    with session_scope() as s:  # the campaign first, so nothing closes it as failed meanwhile
+        s.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING)
+                  .values(status=CampaignStatus.CANCELLED, finished_at=now))
         queued = s.execute(
             update(Run)
             .where(Run.campaign_id == campaign_id,
@@ -80,10 +81,9 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, int]:
             .values(status=RunStatus.CANCELLED, error="cancelled by the user", finished_at=now)
             .returning(Run.run_key)
         ).scalars().all()
-        s.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING)
-                  .values(status=CampaignStatus.CANCELLED, finished_at=now))
         running = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id, Run.status == RunStatus.RUNNING)
                            .limit(1))
+    request_cancel(redis_client(), campaign_id)  # the worker measuring one of its runs stops it
     if queued:
         app.control.revoke(list(queued))
     return {"queued": len(queued), "running": int(running is not None)}

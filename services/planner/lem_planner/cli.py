@@ -19,7 +19,7 @@ from sqlalchemy.exc import ProgrammingError as SchemaError
 from lem_planner.doctor import doctor
 from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
-from lem_shared.queues import queue_for
+from lem_shared.queues import QueueName, queue_for
 from lem_shared.settings import get_settings
 
 cli = typer.Typer(help="LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens.",
@@ -132,8 +132,9 @@ def campaign_run(
     ] = True,
 ) -> None:
     """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
-    from lem_planner.campaigns import consumers_by_queue, create_campaign, dispatch
+    from lem_planner.campaigns import consumers_by_queue, create_campaign
     from lem_planner.control import app
+    from lem_shared.scheduling import advance
 
     campaign, experiments = _load_or_exit(file)
 
@@ -145,11 +146,15 @@ def campaign_run(
                              else f"start `lem-worker-{b}` on a host with {b} installed" for b in missing)
             raise _fail(f"no live worker for backend(s) {', '.join(missing)}: {hint} "
                         "(or pass --no-require-workers to queue the runs for later)")
+        if QueueName.CONTROL.value not in consumers:
+            raise _fail("no control worker (it dispatches runs in order and finalises their energy): start "
+                        "`lem-control` or `make up` (or pass --no-require-workers to queue the runs for later)")
 
     campaign_id, requests = create_campaign(campaign, experiments)
-    dispatch(app, requests)
+    advance(app)
     out.print(f"campaign [bold]{campaign_id}[/] ({campaign.name}): {len(experiments)} experiments x "
-              f"{campaign.cycles} cycles = {len(requests)} runs dispatched")
+              f"{campaign.cycles} cycles = {len(requests)} runs, {campaign.structure}; each is sent when a "
+              f"worker of its backend is free")
     if not wait:
         return
     status = _follow(campaign_id, len(requests), timeout)
@@ -234,6 +239,74 @@ def _results_table(campaign_id: int) -> None:
     notes = {r["energy_note"] for r in records if r["energy_j"] is None and r["energy_note"]}
     for note in sorted(notes):
         out.print(f"energy: {note}", highlight=False)
+
+
+@campaign_cli.command("status")
+def campaign_status_command(
+    campaign_id: Annotated[int, typer.Argument(help="Campaign id (see `lem campaign list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The manifest of a campaign: progress, counts per status, an ETA and every run."""
+    from lem_planner.campaigns import campaign_status
+
+    try:
+        status = campaign_status(campaign_id)
+    except LookupError as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json(status)
+        return
+    eta = status["eta_s"]
+    out.print(f"campaign [bold]{campaign_id}[/] ({status['name']}): {status['status']}, {status['structure']} "
+              f"(seed {status['seed']}), {status['finished']}/{status['total']} runs finished"
+              + (f", ETA {eta / 60:.1f} min" if eta else ""), highlight=False)
+    progress = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), console=out)
+    for name, count in sorted(status["counts"].items()):
+        progress.add_task(name, total=status["total"], completed=count)
+    out.print(progress.get_renderable())
+    table = Table("pos", "run", "exp", "backend", "cycle", "status", "attempts", "worker", "error")
+    for r in status["runs"]:
+        table.add_row(str(r["position"]), str(r["run_id"]), str(r["experiment_index"]), r["backend"],
+                      str(r["cycle"]), r["status"], str(r["attempts"]), r["worker"] or "", (r["error"] or "")[:60])
+    out.print(table)
+
+
+@campaign_cli.command("resume")
+def campaign_resume(
+    campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the campaign ends.")] = True,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 6 * 3600,
+) -> None:
+    """Continue a campaign after a crash of the planner, a worker, Redis or PostgreSQL: runs in flight are
+    sent again, finished runs are never re-run."""
+    from lem_planner.campaigns import campaign_status, resume_campaign
+    from lem_planner.control import app
+    from lem_shared.scheduling import advance
+
+    try:
+        requeued = resume_campaign(campaign_id)
+    except (LookupError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    advance(app)
+    status = campaign_status(campaign_id)
+    out.print(f"campaign {campaign_id}: {requeued['dispatched']} dispatched and {requeued['running']} orphaned "
+              f"runs re-queued; {status['finished']}/{status['total']} runs already finished")
+    if wait and status["status"] == CampaignStatus.RUNNING:
+        ended = _follow(campaign_id, status["total"], timeout)
+        _results_table(campaign_id)
+        if ended != CampaignStatus.DONE:
+            raise _fail(f"campaign {campaign_id} ended {ended}")
+
+
+@campaign_cli.command("cancel")
+def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id.")]) -> None:
+    """Drop the campaign's queued runs and stop its running one (its worker kills the engine within a second)."""
+    from lem_planner.campaigns import cancel_campaign
+    from lem_planner.control import app
+
+    counts = cancel_campaign(app, campaign_id)
+    out.print(f"campaign {campaign_id} cancelled: {counts['queued']} queued runs dropped"
+              + (", the running run is being stopped" if counts["running"] else ""))
 
 
 @campaign_cli.command("list")

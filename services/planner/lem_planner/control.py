@@ -171,7 +171,9 @@ def close_campaign_if_finished(campaign_id: int) -> None:
     with session_scope() as s:
         unfinished = exists().where(Run.campaign_id == campaign_id, Run.status.not_in(TERMINAL_RUN_STATUSES))
         done = select(func.count()).where(Run.campaign_id == campaign_id, Run.status == RunStatus.DONE)
-        status = CampaignStatus.DONE if s.scalar(done) else CampaignStatus.FAILED
+        cancelled = exists().where(Run.campaign_id == campaign_id, Run.status == RunStatus.CANCELLED)
+        status = (CampaignStatus.CANCELLED if s.scalar(select(cancelled)) else
+                  CampaignStatus.DONE if s.scalar(done) else CampaignStatus.FAILED)
         s.execute(
             update(Campaign)
             .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING, ~unfinished)
