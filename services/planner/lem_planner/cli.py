@@ -1,4 +1,8 @@
-"""The ``lem`` command: run and list campaigns, show results, migrate the database."""
+"""The ``lem`` command: run and list campaigns, show results, migrate the database.
+
+Heavy modules (SQLAlchemy, the models, Celery, redis) are imported inside the commands that use them, so
+`lem campaign plan` and `lem --help` start in about a second.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,11 @@ from collections import Counter
 from typing import Annotated, Any
 
 import typer
-from kombu.exceptions import OperationalError as BrokerError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.exc import OperationalError as DatabaseError
-from sqlalchemy.exc import ProgrammingError as SchemaError
 
-from lem_planner.doctor import doctor
 from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
-from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 from lem_shared.queues import QueueName, queue_for
 from lem_shared.settings import get_settings
 
@@ -32,7 +31,14 @@ cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(energy_cli, name="energy")
-cli.command("doctor")(doctor)
+
+
+@cli.command("doctor")
+def doctor_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Check the broker, the database (and its schema), the workers per queue and the telemetry heartbeats."""
+    from lem_planner.doctor import doctor
+
+    doctor(json=as_json)
 
 # Piped output (make, CI logs) gets a fixed width wide enough for the results table instead of rich's 80.
 out = Console() if sys.stdout.isatty() else Console(width=140)
@@ -134,6 +140,7 @@ def campaign_run(
     """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
     from lem_planner.campaigns import consumers_by_queue, create_campaign
     from lem_planner.control import app
+    from lem_shared.db.models import CampaignStatus
     from lem_shared.scheduling import advance
 
     campaign, experiments = _load_or_exit(file)
@@ -165,6 +172,7 @@ def campaign_run(
 
 def _follow(campaign_id: int, total: int, timeout: float) -> str:
     from lem_planner.results import campaign_progress
+    from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 
     deadline = time.monotonic() + timeout
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -281,6 +289,7 @@ def campaign_resume(
     sent again, finished runs are never re-run."""
     from lem_planner.campaigns import campaign_status, resume_campaign
     from lem_planner.control import app
+    from lem_shared.db.models import CampaignStatus
     from lem_shared.scheduling import advance
 
     try:
@@ -432,19 +441,30 @@ def energy_analyse(
 
 
 def main() -> None:
-    settings = get_settings()
     try:
         cli()
-    except DatabaseError as exc:
+    except Exception as exc:  # noqa: BLE001 - the known outages get one line with the fix; the rest re-raise
+        _explain_outage(exc)
+        raise
+
+
+def _explain_outage(exc: Exception) -> None:
+    """Exit with one line naming the fix when ``exc`` is a database or broker outage (imported only now)."""
+    from kombu.exceptions import OperationalError as BrokerError
+    from sqlalchemy.exc import OperationalError as DatabaseError
+    from sqlalchemy.exc import ProgrammingError as SchemaError
+
+    settings = get_settings()
+    if isinstance(exc, DatabaseError):
         err.print(f"[bold red]error:[/] cannot use the database at {settings.database_url}: "
                   f"{str(exc.orig).strip().splitlines()[0]}\n  start PostgreSQL (`make services`) "
                   "and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL", highlight=False)
         sys.exit(1)
-    except SchemaError as exc:
+    if isinstance(exc, SchemaError):
         err.print(f"[bold red]error:[/] the database at {settings.database_url} lacks the LLenergyMeasure schema or "
                   f"has an old one ({str(exc.orig).strip().splitlines()[0]}): run `lem db upgrade`", highlight=False)
         sys.exit(1)
-    except BrokerError as exc:
+    if isinstance(exc, BrokerError):
         err.print(f"[bold red]error:[/] cannot reach the broker at {settings.broker_url}: {exc}\n"
                   "  start Redis (`make services`) or set LEM_BROKER_URL", highlight=False)
         sys.exit(1)
