@@ -255,6 +255,8 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     @worker_ready.connect(weak=False)
     def _start_heartbeat(sender: Any = None, **_: Any) -> None:
         current["name"] = sender.hostname
+        with session_scope() as s:  # open the database pool now, not inside the first run's dispatch latency
+            s.execute(select(1))
         publish_worker_beat(connection, sender.hostname, backend.value, None)
         threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
