@@ -84,3 +84,17 @@ def test_finalise_without_telemetry_records_why_and_does_not_hang(replayed_trace
         metrics = s.get(RunMetrics, run_id)
         assert metrics is not None and metrics.energy_j is None
         assert "no telemetry" in (metrics.energy_note or "") and metrics.verdict is None
+
+
+def test_a_cold_starts_load_energy_is_the_counter_over_its_load_span(replayed_trace: dict) -> None:
+    # The load span here is the trace's decode phase, whose counter energy the trace's README gives (1143.8 J);
+    # the window is the idle that follows it, so the two figures come from different spans.
+    load = [replayed_trace["decode_bs1_start"], replayed_trace["decode_bs1_end"]]
+    window = (load[1] + 1.0, load[1] + 4.0)
+    run_id, _ = measured_run(window, REPLAY_UUID, output_tokens=10, phases={"model_load": load})
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None and metrics.energy_j is not None
+        assert metrics.model_load_energy_j == pytest.approx(1143.8, rel=0.005)
+        assert metrics.energy_j < metrics.model_load_energy_j
