@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lem_planner.params.cli import params_cli
 from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
 from lem_shared.queues import QueueName, queue_for
 from lem_shared.settings import get_settings
@@ -31,6 +32,7 @@ cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(energy_cli, name="energy")
+cli.add_typer(params_cli, name="params")
 
 
 @cli.command("doctor")

@@ -1,0 +1,68 @@
+"""`lem params`: discover an engine's parameters and write a versioned snapshot. The discovery modules (and
+transformers/torch for pytorch) are imported inside the command so `lem --help` stays fast."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves.", no_args_is_help=True)
+
+EXIT_BAD_INPUT = 2
+# services/planner/lem_planner/params/cli.py -> the repository root
+_REPO_ROOT = Path(__file__).resolve().parents[4]
+DEFAULT_OUT = _REPO_ROOT / "params" / "snapshots"
+
+
+class Backend(StrEnum):
+    pytorch = "pytorch"
+    vllm = "vllm"
+    trtllm = "trtllm"
+
+
+_DOWNLOAD_HINT = {
+    "vllm": "python3 -m pip download --no-deps vllm==<version> -d /tmp/wheels",
+    "trtllm": "python3 -m pip download --no-deps tensorrt_llm==<version> --extra-index-url https://pypi.nvidia.com "
+              "-d /tmp/wheels",
+}
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@params_cli.command("discover")
+def params_discover(
+    backend: Annotated[Backend, typer.Argument(help="Engine: pytorch (introspection), vllm or trtllm (static).")],
+    source: Annotated[str | None, typer.Option(
+        "--source", help="vllm/trtllm: a wheel (.whl) or source tree of the engine; parsed, not imported.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for <backend>-<version>.json.")] = DEFAULT_OUT,
+) -> None:
+    """Read BACKEND's parameter surface and write params/snapshots/<backend>-<version>.json."""
+    from lem_planner.params.discover import discover, write_snapshot
+    from lem_planner.params.static import SourceError
+
+    name = backend.value
+    if name == "pytorch" and source is not None:
+        raise _fail("--source applies to vllm and trtllm; pytorch is introspected from the installed transformers")
+    if name != "pytorch":
+        if source is None:
+            raise _fail(f"{name} discovery needs --source PATH (a .whl or a source tree); "
+                        f"get a wheel with `{_DOWNLOAD_HINT[name]}`")
+        if not Path(source).exists():
+            raise _fail(f"--source {source} does not exist; pass a .whl or a source tree "
+                        f"(get a wheel with `{_DOWNLOAD_HINT[name]}`)")
+    try:
+        snapshot = discover(name, source)
+    except SourceError as exc:
+        raise _fail(f"{exc}") from None
+    path = write_snapshot(snapshot, out)
+    groups: dict[str, int] = {}
+    for parameter in snapshot["parameters"]:
+        groups[parameter["group"]] = groups.get(parameter["group"], 0) + 1
+    summary = ", ".join(f"{group} {count}" for group, count in groups.items())
+    typer.echo(f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) -> {path}")

@@ -1,0 +1,1 @@
+"""Fixture: the tensorrt_llm package marker."""

@@ -1,0 +1,1 @@
+"""Fixture: tensorrt_llm/llmapi package."""

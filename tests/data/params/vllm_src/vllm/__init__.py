@@ -1,0 +1,1 @@
+"""Fixture: the vllm package marker."""
