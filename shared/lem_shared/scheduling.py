@@ -25,6 +25,7 @@ from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from lem_shared import heartbeat
 from lem_shared.contracts import RunRequest
 from lem_shared.db.models import (
     IN_FLIGHT_RUN_STATUSES,
@@ -62,7 +63,8 @@ def run_order(experiments: int, cycles: int, structure: str, seed: int) -> list[
 
 
 def redis_client(url: str | None = None) -> redis.Redis:
-    return redis.Redis.from_url(url or get_settings().broker_url, socket_connect_timeout=2, socket_timeout=2)
+    """The broker's Redis (heartbeats and cancel flags live there), with short timeouts."""
+    return heartbeat.client(url or get_settings().broker_url, timeout_s=2.0)
 
 
 # --- worker heartbeats -----------------------------------------------------------------------------------------
@@ -92,6 +94,20 @@ def cancel_requested(connection: redis.Redis, campaign_id: int) -> bool:
     return bool(connection.exists(f"{CANCEL_KEY_PREFIX}{campaign_id}"))
 
 
+def aware(t: datetime) -> datetime:
+    """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def deep_idle_span(campaign_id: int, gpu_uuid: str) -> tuple[float, float] | None:
+    """The deep-idle span measured before a campaign's first run on a GPU (whichever run of it carries it)."""
+    with session_scope() as s:
+        phases = s.scalars(select(Run.phases).where(Run.campaign_id == campaign_id, Run.gpu_uuid == gpu_uuid,
+                                                    Run.phases.is_not(None)).order_by(Run.id)).all()
+    span = next((p["deep_idle"] for p in phases if p and p.get("deep_idle")), None)
+    return (float(span[0]), float(span[1])) if span else None
+
+
 # --- the scheduler pass -------------------------------------------------------------------------------------------
 
 def _lock(s: Session) -> None:
@@ -99,7 +115,8 @@ def _lock(s: Session) -> None:
         s.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_ID)))
 
 
-def _request(run: Run, experiment: Experiment, campaign: Campaign) -> RunRequest:
+def run_request(run: Run, experiment: Experiment, campaign: Campaign) -> RunRequest:
+    """The message for one run: its experiment and how the worker paces the GPU before it (campaign settings)."""
     spec = campaign.spec
     return RunRequest(run_key=run.run_key, run_id=run.id, campaign_id=run.campaign_id, cycle=run.cycle,
                       experiment=experiment.config, position=run.position,
@@ -141,7 +158,7 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
             ).all()
             for run, experiment, campaign in rows:
                 run.status, run.dispatched_at = RunStatus.DISPATCHED, now
-                to_send.append(_request(run, experiment, campaign))
+                to_send.append(run_request(run, experiment, campaign))
     sent: list[RunRequest] = []
     try:
         for request in to_send:
@@ -162,7 +179,7 @@ def send_run(app: Celery, request: RunRequest) -> None:
                   queue=queue_for(request.experiment["backend"]).value)
 
 
-def reclaim(connection: redis.Redis | None = None, requeue_dispatched_after_s: float | None = None) -> list[str]:
+def reclaim(connection: redis.Redis | None = None) -> list[str]:
     """Runs whose worker vanished go back to pending (or fail after ``max_attempts``); runs dispatched long ago
     and never started go back to pending. Returns one line per change, for the log."""
     settings = get_settings()
@@ -170,14 +187,13 @@ def reclaim(connection: redis.Redis | None = None, requeue_dispatched_after_s: f
     alive = live_workers(connection)
     now = datetime.now(UTC)
     grace = timedelta(seconds=settings.worker_heartbeat_ttl_s)
-    stale_dispatch = now - timedelta(seconds=requeue_dispatched_after_s or settings.redispatch_after_s)
+    stale_dispatch = now - timedelta(seconds=settings.redispatch_after_s)
     changes = []
     with session_scope() as s:
         _lock(s)
         running = s.scalars(select(Run).where(Run.status == RunStatus.RUNNING)).all()
         for run in running:
-            started = run.started_at if run.started_at and run.started_at.tzinfo else (
-                run.started_at.replace(tzinfo=UTC) if run.started_at else now)
+            started = aware(run.started_at) if run.started_at else now
             if run.worker in alive or now - started < grace:
                 continue
             vanished = f"attempt {run.attempts}: worker {run.worker} vanished (no heartbeat for " \

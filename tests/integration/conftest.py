@@ -99,11 +99,13 @@ class Workers:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
         raise RuntimeError("workers did not answer ping:\n" + "\n".join(self.log(n)[-2000:] for n in self.procs))
 
-    def stop(self) -> None:
-        for proc, _ in self.procs.values():
+    def stop(self, names: list[str] | None = None) -> None:
+        """Stop the named workers (all by default) with a warm shutdown, killing what does not stop in 60 s."""
+        stopping = {name: self.procs.pop(name) for name in (list(self.procs) if names is None else names)}
+        for proc, _ in stopping.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc, log in self.procs.values():
+        for proc, log in stopping.values():
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:

@@ -58,7 +58,14 @@ def test_worker_killed_mid_run_its_run_is_requeued_and_every_run_is_done_once(
 ) -> None:
     workers.start("pytorch-a", "lem-worker-pytorch", "--hostname", "pytorch-a@%h")
     workers.start("pytorch-b", "lem-worker-pytorch", "--hostname", "pytorch-b@%h")
-    workers.wait_ready(celery_app, ["pytorch-a", "pytorch-b"])
+    try:
+        workers.wait_ready(celery_app, ["pytorch-a", "pytorch-b"])
+        killed_one_of_two(workers, lem, tmp_path)
+    finally:  # the later tests get the session's one pytorch worker back
+        workers.stop(["pytorch-a", "pytorch-b"])
+
+
+def killed_one_of_two(workers, lem, tmp_path: Path) -> None:  # noqa: ANN001
     ours = ("pytorch-a@", "pytorch-b@")
     path = campaign_file(tmp_path, "kill-one", cycles=3, structure="interleaved",
                          grid={"workload.output_len": [40, 48]})

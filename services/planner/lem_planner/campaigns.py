@@ -24,6 +24,7 @@ from lem_shared.scheduling import (
     request_cancel,
     requeue_for_resume,
     run_order,
+    run_request,
 )
 
 
@@ -56,15 +57,9 @@ def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig
             run = Run(run_key=run_key(row.id, config, cycle), campaign_id=row.id, experiment_id=exp_row.id,
                       cycle=cycle, position=position)
             s.add(run)
-            runs.append((run, config))
+            runs.append((run, exp_row))
         s.flush()
-        requests = [RunRequest(run_key=run.run_key, run_id=run.id, campaign_id=row.id, cycle=run.cycle,
-                               experiment=config, position=run.position, config_gap_s=campaign.config_gap_s,
-                               cycle_gap_s=campaign.cycle_gap_s,
-                               thermal_gap=campaign.thermal_gap.model_dump() if campaign.thermal_gap else None,
-                               cold_start=campaign.force_cold_start)
-                    for run, config in runs]
-        return row.id, requests
+        return row.id, [run_request(run, exp_row, row) for run, exp_row in runs]
 
 
 def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, int]:

@@ -31,7 +31,7 @@ from lem_shared.db.models import (
 from lem_shared.db.session import session_scope
 from lem_shared.energy import Sample, window_energy
 from lem_shared.queues import FINALISE_TASK, QueueName
-from lem_shared.scheduling import advance, reclaim, redis_client, refinalise_stale
+from lem_shared.scheduling import advance, aware, deep_idle_span, reclaim, redis_client, refinalise_stale
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -54,26 +54,12 @@ def _samples(gpu_uuid: str, start: float, end: float) -> list[TelemetrySample]:
                    GpuSample.time <= _utc(end) + EDGE_MARGIN)
             .order_by(GpuSample.time)
         ).all()
-    return [TelemetrySample(_aware(t).timestamp(), p, e, temp, sm, reasons, util)
+    return [TelemetrySample(aware(t).timestamp(), p, e, temp, sm, reasons, util)
             for t, p, e, temp, sm, reasons, util in rows]
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)  # SQLite hands back naive UTC datetimes
 
 
 def _span(value: Any) -> tuple[float, float] | None:
     return (float(value[0]), float(value[1])) if value else None
-
-
-def _deep_idle_span(run: Run) -> tuple[float, float] | None:
-    """The deep-idle span measured before this campaign's first run on this GPU (any run of it may carry it)."""
-    with session_scope() as s:
-        phases = s.scalars(
-            select(Run.phases).where(Run.campaign_id == run.campaign_id, Run.gpu_uuid == run.gpu_uuid,
-                                     Run.phases.is_not(None)).order_by(Run.id)
-        ).all()
-    return next((_span(p["deep_idle"]) for p in phases if p and p.get("deep_idle")), None)
 
 
 def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
@@ -82,7 +68,7 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
     if run.gpu_uuid is None:
         return {"energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter"}
     assert run.window_start is not None and run.window_end is not None
-    start, end = _aware(run.window_start).timestamp(), _aware(run.window_end).timestamp()
+    start, end = aware(run.window_start).timestamp(), aware(run.window_end).timestamp()
     phases = run.phases or {}
     before, after = _span(phases.get("idle_before")), _span(phases.get("idle_after"))
     settings = get_settings()
@@ -102,7 +88,7 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
                          warmup_converged=metrics.warmup_converged, warmup_cv=metrics.warmup_final_cv)
     analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context,
                               thresholds=Thresholds(min_window_s=protocol.min_window_s))
-    deep_span = _deep_idle_span(run)
+    deep_span = deep_idle_span(run.campaign_id, run.gpu_uuid)
     deep_idle_w = None
     if deep_span:
         deep = _samples(run.gpu_uuid, *deep_span)

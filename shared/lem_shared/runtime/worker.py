@@ -37,6 +37,7 @@ from lem_shared.scheduling import (
     WORKER_KEY_PREFIX,
     advance,
     cancel_requested,
+    deep_idle_span,
     publish_worker_beat,
     redis_client,
 )
@@ -126,10 +127,8 @@ class GpuState:
 def _idle_temperature(campaign_id: int, gpu_uuid: str) -> float | None:
     """The GPU's idle temperature: the mean over its deep idle in this campaign, else the lowest of the last
     15 minutes of telemetry."""
+    deep = deep_idle_span(campaign_id, gpu_uuid)
     with session_scope() as s:
-        phases = s.scalars(select(Run.phases).where(Run.campaign_id == campaign_id, Run.gpu_uuid == gpu_uuid,
-                                                    Run.phases.is_not(None)).order_by(Run.id)).all()
-        deep = next((p["deep_idle"] for p in phases if p and p.get("deep_idle")), None)
         temps = GpuSample.temperature_c
         if deep:
             start, end = (datetime.fromtimestamp(t, UTC) for t in deep)
