@@ -71,7 +71,7 @@ def main() -> None:
             "workload": {"num_prompts": max(args.batch_sizes), "input_len": args.input_len,
                          "output_len": args.output_len},
             "measurement": {"baseline_idle_s": args.baseline_idle_s},
-            "pytorch": {"cache_implementation": args.cache_implementation},
+            "pytorch": {"generation": {"cache_implementation": args.cache_implementation}},
         },
         "grid": {"batch_size": args.batch_sizes},
     })

@@ -6,6 +6,7 @@ minus ``exclude`` rules); a point that is not a valid experiment for its backend
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import inspect
 import itertools
@@ -24,6 +25,10 @@ from pydantic_core import SchemaValidator
 
 from lem_shared.contracts import canonical_json, sha256_of
 from lem_shared.model_presets import LLAMA_PRESETS, RANDOM_PREFIX, random_preset
+from lem_shared.params.engine import EngineSection
+from lem_shared.params.pytorch import PytorchOptions
+from lem_shared.params.trtllm import TrtllmOptions
+from lem_shared.params.vllm import VllmOptions
 from lem_shared.queues import Backend
 
 
@@ -61,19 +66,6 @@ class MeasurementProtocol(_Strict):
         return self
 
 
-class PytorchOptions(_Strict):
-    """Options only the pytorch (transformers) backend reads."""
-
-    cache_implementation: Literal["dynamic", "static"] = Field(
-        default="dynamic",
-        description="KV cache of generate; 'static' on CUDA makes transformers compile the decoding step "
-        "(torch.compile, CUDA graphs): the first call of each batch shape compiles, in warm-up",
-    )
-
-
-_DEFAULT_PYTORCH_OPTIONS = PytorchOptions()  # built once: the validator below runs for every grid point
-
-
 class ExperimentConfig(_Strict):
     """One point of a campaign: everything that decides what a run measures."""
 
@@ -84,6 +76,8 @@ class ExperimentConfig(_Strict):
     workload: SyntheticWorkload = SyntheticWorkload()
     measurement: MeasurementProtocol = MeasurementProtocol()
     pytorch: PytorchOptions = PytorchOptions()
+    vllm: VllmOptions = VllmOptions()
+    trtllm: TrtllmOptions = TrtllmOptions()
 
     @field_validator("model")
     @classmethod
@@ -95,8 +89,10 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _possible(self) -> ExperimentConfig:
-        if self.backend != Backend.PYTORCH and self.pytorch != _DEFAULT_PYTORCH_OPTIONS:
-            raise ValueError(f"the pytorch section applies to backend pytorch only (this is {self.backend.value})")
+        for name, default in _DEFAULT_SECTIONS.items():
+            if name != self.backend.value and getattr(self, name) != default:
+                raise ValueError(f"the {name} section applies to backend {name} only (this is {self.backend.value})")
+        getattr(self, self.backend.value).check(self)
         if self.batch_size > self.workload.num_prompts:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be <= workload.num_prompts ({self.workload.num_prompts})"
@@ -111,6 +107,20 @@ class ExperimentConfig(_Strict):
 
     def config_hash(self) -> str:
         return sha256_of(self.model_dump(mode="json"))
+
+    def section(self) -> EngineSection:
+        """This experiment's backend section (``pytorch``, ``vllm`` or ``trtllm``)."""
+        return getattr(self, self.backend.value)
+
+    def engine_key(self) -> str:
+        """Equal for two experiments that can share one loaded engine: same backend, model, dtype and the
+        section's load-time arguments (model loading, engine construction, compile)."""
+        return sha256_of({"backend": self.backend.value, "model": self.model, "dtype": self.dtype,
+                          "load": self.section().load_arguments()})
+
+
+# Built once: the cross-field validator runs for every grid point.
+_DEFAULT_SECTIONS = {backend.value: ExperimentConfig.model_fields[backend.value].default for backend in Backend}
 
 
 class ThermalGap(_Strict):
@@ -293,10 +303,9 @@ def expand_campaign(campaign: CampaignConfig) -> CampaignPlan:
 def _structural_problems(campaign: CampaignConfig) -> list[str]:
     """Problems that make the whole file wrong (as opposed to one point): unknown parameters, empty axes."""
     problems: list[str] = []
-    allowed = ", ".join(_field_paths(ExperimentConfig))
 
     def check(where: str, keys: list[str]) -> None:
-        problems.extend(f"{where}.{key}: unknown parameter; allowed: {allowed}"
+        problems.extend(f"{where}.{key}: unknown parameter; {_closest(key)}"
                         for key in keys if not _is_field(ExperimentConfig, key.split(".")))
 
     def check_axes(where: str, axes: dict[str, list[Any]]) -> None:
@@ -321,6 +330,17 @@ def _structural_problems(campaign: CampaignConfig) -> list[str]:
             problems.append(f"exclude[{index}]: must name at least one parameter")
         check(f"exclude[{index}]", list(rule))
     return problems
+
+
+def _closest(key: str) -> str:
+    """The known dotted keys closest to an unknown one (there are too many to list them all)."""
+    paths = _field_paths(ExperimentConfig)
+    close = difflib.get_close_matches(key, paths, n=3, cutoff=0.5)
+    if not close:
+        head = key.partition(".")[0]
+        close = [p for p in paths if p.partition(".")[0] == head][:8] or [p.partition(".")[0] for p in paths]
+        close = list(dict.fromkeys(close))
+    return f"did you mean: {', '.join(close)}"
 
 
 class _Found:
@@ -568,21 +588,36 @@ def _with(config: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model class of a field annotated ``Model`` or ``Model | None``."""
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_mapping(annotation: Any) -> bool:
+    return any(getattr(a, "__origin__", a) is dict for a in (annotation, *getattr(annotation, "__args__", ())))
+
+
 def _is_field(model: type[BaseModel], path: list[str]) -> bool:
+    """Whether a dotted key names a field; any key below a mapping field (such as ``extra``) counts."""
     field = model.model_fields.get(path[0])
     if field is None:
         return False
     if len(path) == 1:
         return True
-    sub = field.annotation
-    return isinstance(sub, type) and issubclass(sub, BaseModel) and _is_field(sub, path[1:])
+    sub = _model_of(field.annotation)
+    if sub is not None:
+        return _is_field(sub, path[1:])
+    return _is_mapping(field.annotation)
 
 
 def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
     paths = []
     for name, field in model.model_fields.items():
-        sub = field.annotation
-        if isinstance(sub, type) and issubclass(sub, BaseModel):
+        sub = _model_of(field.annotation)
+        if sub is not None:
             paths += _field_paths(sub, f"{prefix}{name}.")
         else:
             paths.append(prefix + name)
@@ -592,8 +627,8 @@ def _field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     for part in loc:
         field = model.model_fields.get(str(part))
-        sub = field.annotation if field else None
-        if not (isinstance(sub, type) and issubclass(sub, BaseModel)):
+        sub = _model_of(field.annotation) if field else None
+        if sub is None:
             return None
         model = sub
     return list(model.model_fields)

@@ -12,8 +12,8 @@ name: plan-cli
 experiment: {workload: {num_prompts: 4}}
 grid: {batch_size: [1, 4, 8]}
 backends:
-  pytorch: {pytorch.cache_implementation: [dynamic, static]}
-  vllm: {pytorch.cache_implementation: [dynamic, static]}
+  pytorch: {pytorch.generation.cache_implementation: [dynamic, static]}
+  vllm: {pytorch.generation.cache_implementation: [null, static]}
 exclude: [{backend: vllm, batch_size: 4}]
 include: [{backend: trtllm, batch_size: 2}]
 """
@@ -26,19 +26,21 @@ def test_plan_json_lists_experiments_per_backend_and_skipped_points(lem, tmp_pat
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["campaign"]["name"] == "plan-cli"
-    assert [(e["index"], e["backend"], e["config"]["batch_size"], e["config"]["pytorch"]["cache_implementation"])
-            for e in plan["experiments"]] == [
+    cache = [e["config"]["pytorch"]["generation"]["cache_implementation"] for e in plan["experiments"]]
+    assert [(e["index"], e["backend"], e["config"]["batch_size"], c) for e, c in zip(plan["experiments"], cache,
+                                                                                     strict=True)] == [
         (0, "pytorch", 1, "dynamic"), (1, "pytorch", 1, "static"), (2, "pytorch", 4, "dynamic"),
-        (3, "pytorch", 4, "static"), (4, "vllm", 1, "dynamic"), (5, "trtllm", 2, "dynamic"),
+        (3, "pytorch", 4, "static"), (4, "vllm", 1, None), (5, "trtllm", 2, None),
     ]
     for e in plan["experiments"]:
         canonical = json.dumps(e["config"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert e["config_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
-    skipped = {(s["point"]["backend"], s["point"]["batch_size"], s["point"]["pytorch.cache_implementation"]):
-               s["reason"] for s in plan["skipped"]}
+    axis = "pytorch.generation.cache_implementation"
+    skipped = {(s["point"]["backend"], s["point"]["batch_size"], s["point"][axis]): s["reason"]
+               for s in plan["skipped"]}
     assert len(skipped) == 7
     assert skipped[("vllm", 1, "static")] == "the pytorch section applies to backend pytorch only (this is vllm)"
-    assert skipped[("vllm", 4, "dynamic")] == "excluded by exclude[0]"
+    assert skipped[("vllm", 4, None)] == "excluded by exclude[0]"
     assert skipped[("pytorch", 8, "dynamic")] == "batch_size (8) must be <= workload.num_prompts (4)"
 
     human = lem("campaign", "plan", str(file))

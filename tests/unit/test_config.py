@@ -59,7 +59,7 @@ def test_unknown_key_lists_the_allowed_ones() -> None:
 
 def test_unknown_grid_parameter_is_rejected() -> None:
     (problem,) = problems_of({"name": "x", "grid": {"workload.prompt_len": [1]}})
-    assert problem.startswith("grid.workload.prompt_len: unknown parameter; allowed:")
+    assert problem.startswith("grid.workload.prompt_len: unknown parameter; did you mean: workload.")
     assert "workload.input_len" in problem
 
 
@@ -116,11 +116,11 @@ def test_run_key_is_stable_and_distinguishes_campaign_config_and_cycle() -> None
 
 
 def test_pytorch_options_are_a_grid_axis_and_refused_for_other_backends() -> None:
-    raw = {"name": "x", "grid": {"pytorch.cache_implementation": ["dynamic", "static"]}}
+    raw = {"name": "x", "grid": {"pytorch.generation.cache_implementation": ["dynamic", "static"]}}
     _, experiments = parse_campaign(raw)
-    assert [e.pytorch.cache_implementation for e in experiments] == ["dynamic", "static"]
-    problems = problems_of({"name": "x", "experiment": {"backend": "vllm", "model": "org/m",
-                                                         "pytorch": {"cache_implementation": "static"}}})
+    assert [e.pytorch.generation.cache_implementation for e in experiments] == ["dynamic", "static"]
+    static = {"generation": {"cache_implementation": "static"}}
+    problems = problems_of({"name": "x", "experiment": {"backend": "vllm", "model": "org/m", "pytorch": static}})
     assert any("pytorch section applies to backend pytorch only (this is vllm)" in p for p in problems), problems
-    problems = problems_of({"name": "x", "experiment": {"pytorch": {"cache_implementation": "paged"}}})
-    assert any(p.startswith("experiment.pytorch.cache_implementation:") for p in problems), problems
+    problems = problems_of({"name": "x", "experiment": {"pytorch": {"generation": {"cache_implementation": "paged"}}}})
+    assert any(p.startswith("experiment.pytorch.generation.cache_implementation:") for p in problems), problems

@@ -38,11 +38,11 @@ def skipped_of(raw: dict) -> list[tuple[dict, str]]:
 def test_product_is_taken_per_backend_with_its_own_axes() -> None:
     plan = plan_campaign({
         "name": "b", "grid": {"batch_size": [1, 2]},
-        "backends": {"pytorch": {"pytorch.cache_implementation": ["dynamic", "static"]}, "vllm": None},
+        "backends": {"pytorch": {"pytorch.generation.cache_implementation": ["dynamic", "static"]}, "vllm": None},
     })
-    assert [(e.backend.value, e.batch_size, e.pytorch.cache_implementation) for e in plan.experiments] == [
+    assert [(e.backend.value, e.batch_size, e.pytorch.generation.cache_implementation) for e in plan.experiments] == [
         ("pytorch", 1, "dynamic"), ("pytorch", 1, "static"), ("pytorch", 2, "dynamic"), ("pytorch", 2, "static"),
-        ("vllm", 1, "dynamic"), ("vllm", 2, "dynamic"),
+        ("vllm", 1, None), ("vllm", 2, None),
     ]
     assert plan.skipped == []
 
@@ -54,10 +54,11 @@ def test_without_backends_the_product_is_for_the_base_backend() -> None:
 
 
 def test_a_point_invalid_for_its_backend_is_skipped_with_the_validators_reason() -> None:
-    raw = {"name": "b", "backends": {"pytorch": {}, "vllm": {"pytorch.cache_implementation": ["dynamic", "static"]}}}
+    axes = {"pytorch.generation.cache_implementation": [None, "static"]}
+    raw = {"name": "b", "backends": {"pytorch": {}, "vllm": axes}}
     plan = plan_campaign(raw)
     assert [e.backend.value for e in plan.experiments] == ["pytorch", "vllm"]
-    assert skipped_of(raw) == [({"backend": "vllm", "pytorch.cache_implementation": "static"},
+    assert skipped_of(raw) == [({"backend": "vllm", "pytorch.generation.cache_implementation": "static"},
                                 "the pytorch section applies to backend pytorch only (this is vllm)")]
 
 
@@ -122,7 +123,7 @@ def test_duplicates_collapse_by_config_hash_and_are_reported() -> None:
     ({"grid": {"batch_size": [1]}, "backends": {"vllm": {"batch_size": [2]}}},
      "backends.vllm.batch_size: also a grid axis"),
     ({"grid": {"backend": ["vllm"]}, "backends": {"vllm": {}}}, "grid.backend: not an axis when backends is given"),
-    ({"include": [{"batchsize": 1}]}, "include[0].batchsize: unknown parameter; allowed: backend, model"),
+    ({"include": [{"batchsize": 1}]}, "include[0].batchsize: unknown parameter; did you mean: batch_size"),
     ({"exclude": [{}]}, "exclude[0]: must name at least one parameter"),
     ({"exclude": [{"dtype": "auto", "kv": 1}]}, "exclude[0].kv: unknown parameter"),
     ({"include": "batch_size=1"}, "include: Input should be a valid list"),
@@ -188,8 +189,8 @@ SAMPLE = {
         "measurement.warmup_min": [3, 60],  # 60 > warmup_max 50: the section's own model validator
     },
     "backends": {
-        "pytorch": {"pytorch.cache_implementation": ["dynamic", "static", "paged"]},
-        "vllm": {"pytorch.cache_implementation": ["dynamic", "static"]},
+        "pytorch": {"pytorch.generation.cache_implementation": ["dynamic", "static", "paged"]},
+        "vllm": {"pytorch.generation.cache_implementation": ["dynamic", "static"]},
         "trtllm": {"measurement": [{"min_window_s": 1}, "junk"], "workload.seed": [0, 1]},
     },
 }

@@ -63,6 +63,7 @@ def test_idle_spans_are_only_taken_where_a_gpu_can_measure_them(runtime: Measure
 
 def test_static_cache_generates_the_forced_length_like_the_dynamic_one(runtime: MeasurementRuntime) -> None:
     base = experiment(warmup_min=0, warmup_max=2, min_window_s=0)
-    static = base.model_copy(update={"pytorch": base.pytorch.model_copy(update={"cache_implementation": "static"})})
+    static = ExperimentConfig.model_validate(
+        {**base.model_dump(mode="json"), "pytorch": {"generation": {"cache_implementation": "static"}}})
     dynamic_m, static_m = runtime.measure(base), runtime.measure(static)
     assert [b.output_tokens for b in static_m.batches] == [b.output_tokens for b in dynamic_m.batches] == [8, 8]

@@ -22,7 +22,7 @@ from lem_planner.params.static import (
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "params"
-SNAPSHOTS = ROOT / "params" / "snapshots"
+SNAPSHOTS = ROOT / "shared" / "lem_shared" / "params" / "snapshots"
 KEYS = {"name", "group", "type", "default", "doc"}
 
 
@@ -171,7 +171,7 @@ def _committed(backend: str) -> list[Path]:
 def test_committed_snapshots_parse_and_hold_known_parameters(backend: str, expected: set) -> None:
     paths = _committed(backend)
     if not paths:
-        pytest.skip(f"no committed {backend} snapshot under params/snapshots/")
+        pytest.skip(f"no committed {backend} snapshot under {SNAPSHOTS}")
     for path in paths:
         snapshot = load_snapshot(path)
         assert path.name == f"{backend}-{snapshot['engine_version']}.json"

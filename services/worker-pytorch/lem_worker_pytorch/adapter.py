@@ -1,7 +1,10 @@
 """HF transformers engine adapter: ``generate`` with a forced output length, on CUDA where present, else CPU.
 
-``random:NAME`` builds a Llama of a preset shape with random weights (no download); any other model name is
-a hub id or a local folder, loaded with ``from_pretrained`` exactly as users with the network expect.
+``random:NAME`` builds a Llama of a preset shape with random weights (no download) through ``from_config``; any
+other model name is a hub id or a local folder, loaded with ``from_pretrained`` exactly as users with the network
+expect. Every parameter of the experiment's ``pytorch`` section reaches its call: ``loading`` the load, ``compile``
+a ``torch.compile`` of the forward, ``generation`` each ``generate`` (the pure functions below build the keyword
+arguments, so the mapping is tested).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.generation.streamers import BaseStreamer
 
 from lem_shared.config import ExperimentConfig
@@ -46,37 +49,72 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def load_kwargs(experiment: ExperimentConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """Keywords of ``from_pretrained`` (or ``from_config`` for random:* models): dtype and the loading group."""
+    return {"dtype": dtype, **experiment.pytorch.arguments("loading")}
+
+
+def generate_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
+    """Keywords of ``generate``: the generation group, then the forced output length (greedy unless set)."""
+    new_tokens = experiment.workload.output_len
+    kwargs = {"do_sample": False, **experiment.pytorch.arguments("generation")}
+    kwargs.update(max_new_tokens=new_tokens, min_new_tokens=new_tokens)  # an early EOS cannot change the work
+    compile_config = kwargs.get("compile_config")
+    if isinstance(compile_config, dict):
+        from transformers import CompileConfig
+
+        kwargs["compile_config"] = CompileConfig(**compile_config)
+    return kwargs
+
+
+def _llama_config(preset: dict[str, Any]) -> LlamaConfig:
+    return LlamaConfig(**{k: bool(v) if k == "tie_word_embeddings" else v for k, v in preset.items()})
+
+
 class TransformersAdapter:
     def __init__(self, device: str):
         self.device = _resolve_device(device)
         self.model: Any = None
+        self._assistant_model: tuple[str, Any] | None = None
 
     def _dtype(self, experiment: ExperimentConfig) -> torch.dtype:
         if experiment.dtype == "auto":
             return torch.bfloat16 if self.device.type == "cuda" else torch.float32
         return DTYPES[experiment.dtype]
 
-    def load(self, experiment: ExperimentConfig) -> None:
-        dtype = self._dtype(experiment)
-        preset = random_preset(experiment.model)
+    def _build(self, name: str, kwargs: dict[str, Any]) -> Any:
+        preset = random_preset(name)
         if preset is not None:
-            config = LlamaConfig(**{k: bool(v) if k == "tie_word_embeddings" else v for k, v in preset.items()})
             torch.manual_seed(0)
             with torch.device(self.device):
-                model = LlamaForCausalLM(config).to(dtype)
+                model = AutoModelForCausalLM.from_config(_llama_config(preset), **kwargs)
         else:
             try:
-                model = AutoModelForCausalLM.from_pretrained(experiment.model, dtype=dtype).to(self.device)
+                model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
             except OSError as exc:
                 reason = str(exc).split(". ")[0]
-                message = f"cannot load model {experiment.model!r} (hub id or local folder): {reason}"
-                raise RuntimeError(message) from exc
+                raise RuntimeError(f"cannot load model {name!r} (hub id or local folder): {reason}") from exc
+            if "device_map" not in kwargs:
+                model = model.to(self.device)
         model.eval()
         model.generation_config.pad_token_id = model.generation_config.pad_token_id or 0
-        self.model = model
+        return model
+
+    def load(self, experiment: ExperimentConfig) -> None:
+        self.model = self._build(experiment.model, load_kwargs(experiment, self._dtype(experiment)))
+        if experiment.pytorch.compile is not None:
+            self.model.forward = torch.compile(self.model.forward, **experiment.pytorch.arguments("compile"))
+
+    def _assistant(self, name: str, experiment: ExperimentConfig) -> Any:
+        """The draft model of assisted decoding, loaded once per name (same dtype as the main model)."""
+        if self._assistant_model is None or self._assistant_model[0] != name:
+            self._assistant_model = None
+            self._assistant_model = (name, self._build(name, {"dtype": self._dtype(experiment)}))
+        return self._assistant_model[1]
 
     def unload(self) -> None:
         self.model = None
+        self._assistant_model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -86,21 +124,18 @@ class TransformersAdapter:
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], experiment: ExperimentConfig) -> Generation:
         input_ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
-        new_tokens = experiment.workload.output_len
-        clock = _FirstTokenClock(self.device)
+        kwargs = generate_kwargs(experiment)
+        if "assistant_model" in kwargs:
+            kwargs["assistant_model"] = self._assistant(kwargs["assistant_model"], experiment)
+        # transformers refuses a streamer with beam search: no first-token time there
+        clock = _FirstTokenClock(self.device) if kwargs.get("num_beams", 1) == 1 else None
         started = time.perf_counter()
-        output = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,  # forced output length: an early EOS cannot change the work
-            do_sample=False,
-            cache_implementation=experiment.pytorch.cache_implementation,
-            streamer=clock,
-        )
+        output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                     streamer=clock, **kwargs)
         self.synchronize()
-        generated = int(output.shape[0] * (output.shape[1] - input_ids.shape[1]))
-        ttft = clock.first_token_at - started if clock.first_token_at is not None else None
+        sequences = output if isinstance(output, torch.Tensor) else output.sequences
+        generated = int(sequences.shape[0] * (sequences.shape[1] - input_ids.shape[1]))
+        ttft = clock.first_token_at - started if clock and clock.first_token_at is not None else None
         return Generation(output_tokens=generated, ttft_s=ttft)
 
     def synchronize(self) -> None:

@@ -37,7 +37,7 @@ def coefficient_of_variation(values: list[float]) -> float:
 class MeasurementRuntime:
     def __init__(self, adapter: EngineAdapter):
         self.adapter = adapter
-        self._loaded: tuple[str, str, str] | None = None
+        self._loaded: str | None = None
 
     def _idle(self, seconds: float) -> tuple[float, float] | None:
         """Leave the device idle for ``seconds`` and return the span, for telemetry to measure idle power."""
@@ -69,7 +69,7 @@ class MeasurementRuntime:
         # Idle spans exist to be measured by GPU telemetry; on a CPU there is nothing to measure them with.
         deep_idle = self._idle(deep_idle_s if on_gpu else 0.0)
 
-        key = (experiment.backend.value, experiment.model, experiment.dtype)
+        key = experiment.engine_key()
         reused = key == self._loaded
         load_started, load_wall = time.perf_counter(), time.time()
         if not reused:
@@ -96,7 +96,7 @@ class MeasurementRuntime:
                 began = time.perf_counter()
                 generation = self.adapter.generate(batch, experiment)
                 latency = time.perf_counter() - began
-                expected = len(batch) * workload.output_len
+                expected = len(batch) * workload.output_len * experiment.section().completions_per_prompt()
                 if generation.output_tokens != expected:
                     raise EngineError(
                         f"batch {len(timings)} produced {generation.output_tokens} tokens, expected {expected}"

@@ -12,9 +12,9 @@ import typer
 params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves.", no_args_is_help=True)
 
 EXIT_BAD_INPUT = 2
-# services/planner/lem_planner/params/cli.py -> the repository root
-_REPO_ROOT = Path(__file__).resolve().parents[4]
-DEFAULT_OUT = _REPO_ROOT / "params" / "snapshots"
+# The committed snapshots live in the shared package (plan-time checks read them); in a source checkout this is
+# shared/lem_shared/params/snapshots.
+DEFAULT_OUT = Path(__file__).resolve().parents[4] / "shared" / "lem_shared" / "params" / "snapshots"
 
 
 class Backend(StrEnum):
@@ -42,7 +42,7 @@ def params_discover(
         "--source", help="vllm/trtllm: a wheel (.whl) or source tree of the engine; parsed, not imported.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for <backend>-<version>.json.")] = DEFAULT_OUT,
 ) -> None:
-    """Read BACKEND's parameter surface and write params/snapshots/<backend>-<version>.json."""
+    """Read BACKEND's parameter surface and write <backend>-<version>.json into the shared package's snapshots."""
     from lem_planner.params.discover import discover, write_snapshot
     from lem_planner.params.static import SourceError
 

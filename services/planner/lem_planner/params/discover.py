@@ -7,6 +7,7 @@ pytorch is introspected from the installed transformers and torch:
 * "generation": the attributes a default `transformers.GenerationConfig()` sets (its `to_dict()`, which is
   what `__init__` really assigns in this version, rather than a hand list), typed and documented from the
   class docstring's `Args:` entries;
+  plus `generate`'s own named keywords (assistant_model, streamer, ...);
 * "loading": `PreTrainedModel.from_pretrained`'s named parameters, the entries of its docstring's
   `Parameters:` section, and the `kwargs.pop("name", default)` calls in its source (keywords it reads from
   `**kwargs`, e.g. `dtype`, `device_map`, `attn_implementation`);
@@ -70,6 +71,23 @@ def _generation() -> list[dict[str, Any]]:
             continue
         type_, doc = documented.get(name, ("", ""))
         out.append(_param(name, "generation", type_, jsonable(value), doc, "GenerationConfig"))
+    return out + _generate_keywords({p["name"] for p in out})
+
+
+def _generate_keywords(known: set[str]) -> list[dict[str, Any]]:
+    """``generate``'s own named keywords (those that are not GenerationConfig attributes)."""
+    from transformers import GenerationMixin
+
+    function = GenerationMixin.generate
+    documented = parse_docstring_args(function.__doc__)
+    out = []
+    for name, parameter in inspect.signature(function).parameters.items():
+        if name in ("self", "inputs") or name in known or parameter.kind in (parameter.VAR_POSITIONAL,
+                                                                             parameter.VAR_KEYWORD):
+            continue
+        type_, doc = documented.get(name, ("", ""))
+        out.append(_param(name, "generation", _type_text(parameter.annotation) or type_,
+                          _default(parameter.default), first_sentence(doc), "GenerationMixin.generate"))
     return out
 
 
