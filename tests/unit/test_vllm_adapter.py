@@ -58,8 +58,8 @@ def test_an_explicit_dtype_is_passed_through(dtype: str) -> None:
     assert engine_kwargs(experiment(dtype=dtype), "x")["dtype"] == dtype
 
 
-def test_engine_arguments_depend_only_on_model_and_dtype() -> None:
-    # The runtime reuses a loaded engine for every experiment with the same (backend, model, dtype).
+def test_engine_arguments_do_not_depend_on_the_workload() -> None:
+    # The runtime reuses a loaded engine for every experiment with the same engine_key (model, dtype, section).
     small = experiment(batch_size=1, workload={"num_prompts": 2, "input_len": 8, "output_len": 4, "seed": 1})
     large = experiment(batch_size=8, workload={"num_prompts": 8, "input_len": 512, "output_len": 256, "seed": 9})
     assert engine_kwargs(small, "m") == engine_kwargs(large, "m")
@@ -75,13 +75,34 @@ def test_sampling_forces_exactly_output_len_greedy_tokens() -> None:
     }
 
 
-def request_output(tokens: int, arrival: float | None = None, latency: float | None = None) -> object:
+def test_section_arguments_are_merged_over_the_adapters_defaults_but_not_over_what_the_tool_owns() -> None:
+    exp = experiment(vllm={"engine": {"enable_prefix_caching": True, "max_num_seqs": 16},
+                           "sampling": {"temperature": 0.7, "n": 2},
+                           "extra": {"engine.seed": 3, "sampling.skip_special_tokens": False}})
+    kwargs = engine_kwargs(exp, "/tmp/lem-model")
+    assert kwargs["enable_prefix_caching"] is True and kwargs["max_num_seqs"] == 16 and kwargs["seed"] == 3
+    assert kwargs["model"] == "/tmp/lem-model" and kwargs["disable_log_stats"] is False
+    assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
+    assert sampling_kwargs(exp) == {"max_tokens": 32, "min_tokens": 32, "ignore_eos": True, "temperature": 0.7,
+                                    "detokenize": False, "n": 2, "skip_special_tokens": False}
+
+
+def test_engine_arguments_of_the_section_change_the_engine_key_sampling_arguments_do_not() -> None:
+    plain = experiment()
+    assert experiment(vllm={"engine": {"max_num_seqs": 16}}).engine_key() != plain.engine_key()
+    assert experiment(vllm={"sampling": {"top_k": 5}}).engine_key() == plain.engine_key()
+
+
+def request_output(tokens: int, arrival: float | None = None, latency: float | None = None,
+                   completions: int = 1) -> object:
     metrics = None if arrival is None else SimpleNamespace(arrival_time=arrival, first_token_latency=latency)
-    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(range(tokens)))], metrics=metrics)
+    outputs = [SimpleNamespace(token_ids=list(range(tokens))) for _ in range(completions)]
+    return SimpleNamespace(outputs=outputs, metrics=metrics)
 
 
-def test_output_tokens_count_the_first_completion_of_every_request() -> None:
+def test_output_tokens_count_every_completion_of_every_request() -> None:
     assert output_tokens([request_output(32), request_output(32), request_output(5)]) == 69
+    assert output_tokens([request_output(32, completions=3), request_output(32, completions=3)]) == 192
 
 
 def test_batch_ttft_is_when_the_last_request_got_its_first_token() -> None:

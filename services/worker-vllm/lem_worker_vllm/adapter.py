@@ -10,13 +10,20 @@ v0.2x releases the worker image pins. Run ``tests/gpu`` in the worker image befo
 How an experiment maps onto vLLM (the pure functions below hold the mapping, so it is unit tested):
 - ``random:NAME`` writes the preset's Llama ``config.json`` into a temporary folder and loads it with
   ``load_format="dummy"`` (random weights) and ``skip_tokenizer_init=True`` (prompts are token ids already).
-- every prompt generates exactly ``output_len`` tokens: ``min_tokens = max_tokens``, ``ignore_eos``, greedy.
-- prefix caching is off: the warm-up replays the measured prompts, and a cache hit would skip the prefill the
-  measurement window is meant to contain.
+- the experiment's ``vllm`` section (``lem_shared.params.vllm``) goes to vLLM by name: ``vllm.engine`` fields and
+  ``engine.*`` extras are ``vllm.LLM`` keyword arguments, ``vllm.sampling`` fields and ``sampling.*`` extras are
+  ``SamplingParams`` keyword arguments. What the user set wins over the adapter's defaults below; what the tool
+  owns (model, dtype, load_format, skip_tokenizer_init, disable_log_stats, max/min_tokens, ignore_eos) the
+  section cannot set (plan-time checks refuse it).
+- every prompt generates exactly ``output_len`` tokens: ``min_tokens = max_tokens``, ``ignore_eos``; greedy and
+  without text (``temperature=0``, ``detokenize=False``) unless the section says otherwise.
+- prefix caching is off unless ``vllm.engine.enable_prefix_caching`` turns it on: the warm-up replays the measured
+  prompts, and a cache hit would skip the prefill the measurement window is meant to contain.
 - log stats are on (``disable_log_stats=False``): vLLM fills ``RequestOutput.metrics`` only then, and the batch's
   time to first token comes from it.
-- the engine keyword arguments depend only on (model, dtype): the runtime reuses a loaded engine for every
-  experiment with the same (backend, model, dtype), so nothing workload-specific may go into the engine.
+- the engine keyword arguments depend only on (model, dtype, the section's engine arguments), which is what
+  ``ExperimentConfig.engine_key`` hashes: the runtime reuses a loaded engine for every experiment with the same
+  key, so nothing workload-specific may go into the engine. Sampling arguments go with each ``generate`` call.
 """
 
 from __future__ import annotations
@@ -43,28 +50,31 @@ MODEL_SEED = 0
 
 
 def engine_kwargs(experiment: ExperimentConfig, model_path: str) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for this experiment's model; ``model_path`` is where its config lives."""
-    kwargs: dict[str, Any] = {
-        "model": model_path,
-        "dtype": engine_dtype(experiment),
-        "seed": MODEL_SEED,
-        "enable_prefix_caching": False,
-        "disable_log_stats": False,
-    }
+    """Keyword arguments of ``vllm.LLM`` for this experiment's model; ``model_path`` is where its config lives.
+
+    The adapter's defaults (seed, prefix caching off), then the section's engine arguments over them, then what
+    the tool owns (the section cannot set those)."""
+    kwargs: dict[str, Any] = {"seed": MODEL_SEED, "enable_prefix_caching": False}
+    kwargs.update(experiment.vllm.arguments("engine"))
+    kwargs.update(model=model_path, dtype=engine_dtype(experiment), disable_log_stats=False)
     if random_preset(experiment.model) is not None:
         kwargs.update(load_format="dummy", skip_tokenizer_init=True)
     return kwargs
 
 
 def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.SamplingParams``: exactly ``output_len`` new tokens, greedy, no text."""
+    """Keyword arguments of ``vllm.SamplingParams``: exactly ``output_len`` new tokens per completion; greedy and
+    without text unless the section's sampling arguments say otherwise."""
     n = experiment.workload.output_len
-    return {"max_tokens": n, "min_tokens": n, "ignore_eos": True, "temperature": 0.0, "detokenize": False}
+    kwargs: dict[str, Any] = {"temperature": 0.0, "detokenize": False}
+    kwargs.update(experiment.vllm.arguments("sampling"))
+    kwargs.update(max_tokens=n, min_tokens=n, ignore_eos=True)
+    return kwargs
 
 
 def output_tokens(outputs: Sequence[Any]) -> int:
-    """New tokens in a list of ``RequestOutput`` (one completion each)."""
-    return sum(len(out.outputs[0].token_ids) for out in outputs)
+    """New tokens in a list of ``RequestOutput``, over every completion of each (``vllm.sampling.n`` of them)."""
+    return sum(len(completion.token_ids) for out in outputs for completion in out.outputs)
 
 
 def batch_ttft(outputs: Sequence[Any], started: float) -> float | None:
