@@ -105,13 +105,19 @@ def campaign_plan(
         sys.stdout.write(plan.to_json() + "\n")
         return
     campaign, shown = plan.campaign, plan.experiments if limit == 0 else plan.experiments[:limit]
-    axes = [*campaign.grid, *(k for axes in campaign.backends.values() for k in axes),
-            *(k for point in campaign.include for k in point)]
-    columns = [k for k in dict.fromkeys(axes) if k != "backend"]
-    table = Table("exp", "backend", *columns, title=f"{campaign.name}: experiments")
-    for index, experiment in enumerate(shown):
-        flat = _flatten(experiment.model_dump(mode="json"))
-        table.add_row(str(index), experiment.backend.value, *(str(flat.get(k, "-")) for k in columns))
+    flat = [_flatten(e.model_dump(mode="json")) for e in shown]
+    keys = dict.fromkeys(k for f in flat for k in f)  # a key only some experiments have (compile: {...})
+    varying = [k for k in keys if k != "backend" and len({repr(f.get(k)) for f in flat}) > 1]
+    if len(varying) <= _MAX_COLUMNS:
+        table = Table("exp", "backend", *varying, title=f"{campaign.name}: experiments")
+        for index, (experiment, values) in enumerate(zip(shown, flat, strict=True)):
+            table.add_row(str(index), experiment.backend.value, *(str(values.get(k, "-")) for k in varying))
+    else:  # too many to be columns: each row lists the parameters it sets (None: the engine's default)
+        table = Table("exp", "backend", "parameters (those that differ between experiments)",
+                      title=f"{campaign.name}: experiments")
+        for index, (experiment, values) in enumerate(zip(shown, flat, strict=True)):
+            settings = " ".join(f"{k}={values[k]}" for k in varying if values.get(k) is not None)
+            table.add_row(str(index), experiment.backend.value, settings)
     out.print(table)
     if len(shown) < len(plan.experiments):
         out.print(f"... and {len(plan.experiments) - len(shown)} more experiments (--limit 0 shows all)")
@@ -193,6 +199,9 @@ def _follow(campaign_id: int, total: int, timeout: float) -> str:
             time.sleep(0.5)
 
 
+_MAX_COLUMNS = 6
+
+
 def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in config.items():
@@ -208,7 +217,8 @@ def _describe_experiments(configs: list[dict[str, Any]]) -> tuple[list[str], str
     flat = [_flatten(c) for c in configs]
     keys = list(flat[0]) if flat else []
     varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    labels = [" ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k)}" for k in varying) or "(single)" for f in flat]
+    labels = [" ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k)}" for k in varying if f.get(k) is not None) or "(base)"
+              for f in flat]
     shared = flat[0] if flat else {}
     common = [k for k in keys if k not in varying and k.split(".")[-1] not in ("kind", "seed")]
     caption = " ".join(f"{k.rsplit('.', 1)[-1]}={shared[k]}" for k in common)

@@ -142,9 +142,9 @@ class EngineSection(BaseModel):
         args.update({key.removeprefix(prefix): v for key, v in self.extra.items() if key.startswith(prefix)})
         return args
 
-    def load_arguments(self) -> dict[str, dict[str, Any]]:
+    def load_arguments(self) -> dict[str, dict[str, Any] | None]:
         """The arguments that shape the loaded engine: a different value needs a new engine."""
-        return {group: self.arguments(group) for group in self.load_groups}
+        return {group: None if getattr(self, group) is None else self.arguments(group) for group in self.load_groups}
 
     def completions_per_prompt(self) -> int:
         """Sequences the engine returns per prompt (1 unless the section asks for more)."""

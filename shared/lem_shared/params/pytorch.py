@@ -27,6 +27,11 @@ FROM_CONFIG = {"attn_implementation", "experts_implementation", "allow_all_kerne
 # generate parameters that only an assistant model (assisted decoding) reads.
 ASSISTED = ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold",
             "assistant_lookbehind", "target_lookbehind", "assistant_ensemble_weight", "assistant_early_exit")
+# Decoding methods transformers 5 runs from a hub recipe (transformers-community/...), which needs
+# generate(trust_remote_code=True) and the network: parameter -> recipe.
+HUB_RECIPES = {"num_beam_groups": "group-beam-search", "diversity_penalty": "group-beam-search",
+               "force_words_ids": "constrained-beam-search", "dola_layers": "dola",
+               "penalty_alpha": "contrastive-search"}
 # Sampling parameters that generate ignores unless do_sample is true.
 SAMPLING = ("temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h")
 
@@ -131,8 +136,6 @@ class PytorchGeneration(EngineGroup):
                                             examples=[0.5])
     early_stopping: bool | Literal["never"] | None = Field(
         None, description="beam search stop rule: true, false (heuristic) or never", examples=[True])
-    low_memory: bool | None = Field(None, description="beam search one sequence at a time (less memory, slower)",
-                                    examples=[True])
     num_return_sequences: int | None = Field(None, ge=1, description="completions per prompt", examples=[2])
     force_words_ids: list[list[int]] | None = Field(None, description="constrained beam search: token ids that "
                                                     "must appear", examples=[[[100, 101]]])
@@ -193,6 +196,9 @@ class PytorchGeneration(EngineGroup):
     watermarking_config: dict[str, Any] | None = Field(None, description="watermark each step's logits",
                                                        examples=[{"greenlist_ratio": 0.25}])
     speculation_type: str | None = Field(None, description="built-in speculative decoding kind", examples=["mtp"])
+    trust_remote_code: bool | None = Field(
+        None, description="allow the hub decoding recipes transformers 5 moved out (group and constrained beam "
+        "search, DoLa, contrastive search); needs the network", examples=[True])
     use_mtp: bool | None = Field(None, description="multi-token prediction heads (models that have them)",
                                  examples=[True])
 
@@ -219,6 +225,7 @@ class PytorchOptions(EngineSection):
         "generation.stopping_criteria": "Python objects cannot be written in a config",
         "generation.prefix_allowed_tokens_fn": "a Python function cannot be written in a config",
         "generation.generation_config": "built by generate from the parameters given here",
+        "generation.low_memory": "transformers 5 refuses it (beam search was rewritten without it)",
         "generation.streamer": "the adapter's own streamer times the first token",
         "generation.max_length": "the workload forces the output length (max_new_tokens)",
         "generation.min_length": "the workload forces the output length (min_new_tokens)",
@@ -226,6 +233,7 @@ class PytorchOptions(EngineSection):
         "generation.stop_strings": "would end a run before its forced output length",
         "generation.eos_token_id": "the workload forces the output length, so no token ends a sequence",
         "generation.pad_token_id": "set from the model's config",
+        "generation.input_ids": "the workload's prompts",
     }
 
     loading: PytorchLoading = PytorchLoading()
@@ -250,7 +258,8 @@ class PytorchOptions(EngineSection):
             raise ValueError("pytorch.extra: compile parameters need pytorch.compile set (e.g. compile: {})")
         generation = self.arguments("generation")
         if not generation.get("do_sample"):
-            ignored = [name for name in SAMPLING if name in generation]
+            ignored = [name for name in SAMPLING if name in generation
+                       and not (name == "top_k" and "penalty_alpha" in generation)]  # contrastive search's top_k
             if ignored:
                 raise ValueError(f"pytorch.generation.{ignored[0]}: ignored by greedy decoding; "
                                  "set pytorch.generation.do_sample: true, or remove it")
@@ -264,6 +273,11 @@ class PytorchOptions(EngineSection):
         if single and experiment.batch_size > 1:
             raise ValueError(f"pytorch.generation.{single[0]}: assisted decoding runs one prompt at a time in "
                              f"transformers; set batch_size: 1 (got {experiment.batch_size})")
+        recipe = next((name for name in HUB_RECIPES if name in generation), None)
+        if recipe and not generation.get("trust_remote_code"):
+            raise ValueError(f"pytorch.generation.{recipe}: transformers 5 runs this decoding method from the hub "
+                             f"recipe transformers-community/{HUB_RECIPES[recipe]}; set "
+                             "pytorch.generation.trust_remote_code: true (needs the network)")
         beams = generation.get("num_beams", 1)
         groups = generation.get("num_beam_groups", 1)
         if beams % groups:

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves.", no_args_is_help=True)
+params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves; coverage.",
+                         no_args_is_help=True)
 
 EXIT_BAD_INPUT = 2
 # The committed snapshots live in the shared package (plan-time checks read them); in a source checkout this is
@@ -66,3 +67,36 @@ def params_discover(
         groups[parameter["group"]] = groups.get(parameter["group"], 0) + 1
     summary = ", ".join(f"{group} {count}" for group, count in groups.items())
     typer.echo(f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) -> {path}")
+
+
+@params_cli.command("coverage")
+def params_coverage(
+    backend: Annotated[Backend | None, typer.Argument(help="One backend (default: all).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="{backend: {engine_version, coverage_pct, exposed, "
+                                                       "missing, ...}} on stdout.")] = False,
+) -> None:
+    """Per backend: relevant parameters exposed first-class, reachable through extra, not exposed; coverage %."""
+    import json
+
+    from lem_shared.params.coverage import coverage
+
+    names = [backend.value] if backend else [b.value for b in Backend]
+    report = {name: coverage(name) for name in names}
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    for name, c in report.items():
+        if c.get("error"):
+            typer.echo(f"{name}: {c['error']}")
+            continue
+        verdict = "meets" if c["coverage_pct"] >= c["target_pct"] else "BELOW"
+        typer.echo(f"{name} {c['engine_version']}: {c['coverage_pct']} % of {c['relevant']} relevant parameters "
+                   f"first-class ({verdict} the {c['target_pct']:g} % target); {len(c['via_extra'])} through extra, "
+                   f"{len(c['not_exposed'])} not exposed, {c['not_relevant']} not relevant, "
+                   f"{len(c['unclassified'])} unclassified (of {c['discovered']} discovered)")
+        for label in c["via_extra"]:
+            typer.echo(f"  extra only:  {label}")
+        for item in c["not_exposed"]:
+            typer.echo(f"  not exposed: {item['name']} ({item['reason']})")
+        for label in c["unclassified"]:
+            typer.echo(f"  unclassified: {label} (add it to lem_shared/params/relevance/{name}.yaml)")

@@ -75,7 +75,8 @@ def _generation() -> list[dict[str, Any]]:
 
 
 def _generate_keywords(known: set[str]) -> list[dict[str, Any]]:
-    """``generate``'s own named keywords (those that are not GenerationConfig attributes)."""
+    """``generate``'s own keywords that are not GenerationConfig attributes: named ones and those it pops from
+    ``**kwargs`` (e.g. ``trust_remote_code`` for decoding recipes on the hub)."""
     from transformers import GenerationMixin
 
     function = GenerationMixin.generate
@@ -88,6 +89,11 @@ def _generate_keywords(known: set[str]) -> list[dict[str, Any]]:
         type_, doc = documented.get(name, ("", ""))
         out.append(_param(name, "generation", _type_text(parameter.annotation) or type_,
                           _default(parameter.default), first_sentence(doc), "GenerationMixin.generate"))
+    named = known | {p["name"] for p in out} | {"self", "inputs"}
+    for name, default in _kwargs_pops(function).items():
+        if name not in named and not name.startswith("_"):
+            type_, doc = documented.get(name, ("", ""))
+            out.append(_param(name, "generation", type_, default, first_sentence(doc), "GenerationMixin.generate"))
     return out
 
 
