@@ -8,6 +8,10 @@ is left out: the GPU machine has no Redis, so the runs are driven in the campaig
 database is SQLite there (no PostgreSQL); pass --database-url to use PostgreSQL where it exists.
 
     python bench/h200_protocol.py --model random:llama-1b --batch-sizes 1 8 64 --cycles 5 --out DIR
+    python bench/h200_protocol.py --campaign configs/campaigns/audit-pytorch-cuda.yaml --out DIR
+
+With --campaign, the campaign file's experiments run instead of the batch-size sweep (PARAM-05's audit); a run
+that fails is reported with its error and the next one runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main() -> None:
     parser.add_argument("--baseline-idle-s", type=float, default=30.0)
     parser.add_argument("--cache-implementation", choices=["dynamic", "static"], default="dynamic",
                         help="static: transformers compiles the decoding step (CUDA graphs)")
+    parser.add_argument("--campaign", type=Path, help="run this campaign file's experiments instead of the sweep")
+    parser.add_argument("--experiments", metavar="A:B", help="with --campaign: only experiments A..B-1 (a slice, "
+                        "to split a long campaign over several device calls)")
     parser.add_argument("--database-url", default="sqlite:////tmp/lem_h200.db")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--reanalyse", metavar="DATABASE_URL", help="re-finalise a recorded database, run nothing")
@@ -48,7 +55,7 @@ def main() -> None:
     from lem_planner.campaigns import create_campaign
     from lem_planner.control import finalise_run
     from lem_planner.results import run_records as records_of
-    from lem_shared.config import parse_campaign
+    from lem_shared.config import load_plan, parse_campaign
     from lem_shared.db.migrate import upgrade
     from lem_shared.runtime.engine_host import EngineHost
     from lem_shared.runtime.worker import GpuState, execute_run
@@ -63,21 +70,14 @@ def main() -> None:
                                  stderr=subprocess.STDOUT, env=os.environ.copy())
     time.sleep(3)  # let it log its energy-read cost and start sampling
 
-    campaign, experiments = parse_campaign({
-        "name": "h200-protocol",
-        "cycles": args.cycles,
-        "experiment": {
-            "backend": "pytorch", "model": args.model, "dtype": "bfloat16",
-            "workload": {"num_prompts": max(args.batch_sizes), "input_len": args.input_len,
-                         "output_len": args.output_len},
-            "measurement": {"baseline_idle_s": args.baseline_idle_s},
-            "pytorch": {"generation": {"cache_implementation": args.cache_implementation}},
-        },
-        "grid": {"batch_size": args.batch_sizes},
-    })
-    # The same number of batches per pass at every batch size (a grid would share one prompt count).
-    experiments = [e.model_copy(update={"workload": e.workload.model_copy(
-        update={"num_prompts": e.batch_size * args.batches})}) for e in experiments]
+    if args.campaign:
+        plan = load_plan(args.campaign)
+        campaign, experiments = plan.campaign, plan.experiments
+        if args.experiments:
+            start, _, stop = args.experiments.partition(":")
+            experiments = experiments[int(start or 0):int(stop) if stop else None]
+    else:
+        campaign, experiments = sweep(parse_campaign, args)
     campaign_id, requests = create_campaign(campaign, experiments)
     settings = get_settings()
     engine = EngineHost("lem_worker_pytorch.adapter:TransformersAdapter", settings.device, settings.run_timeout_s)
@@ -89,7 +89,7 @@ def main() -> None:
             assert run_id is not None
             finalise_run(run_id, wait_s=15)
             record = next(r for r in records_of(campaign_id) if r["run_id"] == run_id)
-            print(f"bs={request.experiment['batch_size']:>3} cycle={request.cycle}  {record['status']:<6} "
+            print(f"{label(request.experiment):<40} cycle={request.cycle}  {record['status']:<6} "
                   f"{_f(record['tokens_per_s'], '.0f')} tok/s  {_f(record['energy_j'], '.1f')} J  "
                   f"{_f(record['j_per_token'] and record['j_per_token'] * 1e3, '.2f')} mJ/tok  "
                   f"adj {_f(record['energy_adjusted_j'], '.1f')} J  mean {_f(record['mean_power_w'], '.0f')} W  "
@@ -103,8 +103,38 @@ def main() -> None:
         telemetry.wait(30)
         telemetry_log.close()
 
-    report(campaign_id, args.batch_sizes, args.out, {"command": " ".join(sys.argv), "model": args.model,
-                                                     "elapsed_s": time.time() - started})
+    report(campaign_id, args.out, {"command": " ".join(sys.argv), "model": args.model,
+                                   "elapsed_s": time.time() - started})
+
+
+def sweep(parse_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
+    """The batch-size sweep of issue 3's protocol, with the same number of batches per pass at every size."""
+    campaign, experiments = parse_campaign({
+        "name": "h200-protocol",
+        "cycles": args.cycles,
+        "experiment": {
+            "backend": "pytorch", "model": args.model, "dtype": "bfloat16",
+            "workload": {"num_prompts": max(args.batch_sizes), "input_len": args.input_len,
+                         "output_len": args.output_len},
+            "measurement": {"baseline_idle_s": args.baseline_idle_s},
+            "pytorch": {"generation": {"cache_implementation": args.cache_implementation}},
+        },
+        "grid": {"batch_size": args.batch_sizes},
+    })
+    # The same number of batches per pass at every batch size (a grid would share one prompt count).
+    return campaign, [e.model_copy(update={"workload": e.workload.model_copy(
+        update={"num_prompts": e.batch_size * args.batches})}) for e in experiments]
+
+
+def label(config: dict) -> str:
+    """What sets an experiment apart: batch size, dtype and the pytorch parameters it sets."""
+    parts = [f"bs={config['batch_size']}", config["dtype"]]
+    for group, values in (config.get("pytorch") or {}).items():
+        if isinstance(values, dict):
+            parts += [f"{group}.{k}={v}" for k, v in values.items() if v is not None]
+        elif values is not None:
+            parts.append(f"{group}={values}")
+    return " ".join(parts)
 
 
 def reanalyse(database_url: str, out: Path) -> None:
@@ -128,26 +158,29 @@ def reanalyse(database_url: str, out: Path) -> None:
         fields = energy_fields(run, metrics, protocol, wait_s=0)
         with session_scope() as s:
             s.execute(update(RunMetrics).where(RunMetrics.run_id == run.id).values(**fields))
-    sizes = sorted({e.config["batch_size"] for _, _, e in jobs})
-    report(campaign_id, sizes, out, {"command": " ".join(sys.argv), "reanalysed": database_url})
+    report(campaign_id, out, {"command": " ".join(sys.argv), "reanalysed": database_url})
 
 
-def report(campaign_id: int, batch_sizes: list[int], out: Path, meta: dict) -> None:
+def report(campaign_id: int, out: Path, meta: dict) -> None:
+    """Per experiment (runs of all cycles together): tokens/s, J/token and its CV, checks and verdicts."""
     from lem_planner.results import run_records
 
     records = run_records(campaign_id)
     summary = []
-    for bs in batch_sizes:
-        rows = [r for r in records if r["experiment"]["batch_size"] == bs and r["energy_j"] is not None]
+    for name in dict.fromkeys(label(r["experiment"]) for r in records):
+        rows = [r for r in records if label(r["experiment"]) == name and r["energy_j"] is not None]
         if not rows:
-            print(f"bs={bs}: no run with energy (no NVML GPU here?)")
+            errors = {r["error"] for r in records if label(r["experiment"]) == name}
+            print(f"{name}: no run with energy: {errors}")
+            summary.append({"experiment": name, "runs": 0, "errors": sorted(e for e in errors if e)})
             continue
         jpt = [r["j_per_token"] for r in rows]
         checks = [c for r in rows for c in (r["checks"] or []) if c["status"] in ("warning", "fail")]
         analysis_gap = [100 * (r["energy_power_integral_j"] - r["energy_j"]) / r["energy_j"] for r in rows
                         if r["energy_power_integral_j"]]
         summary.append({
-            "batch_size": bs,
+            "experiment": name,
+            "batch_size": rows[0]["experiment"]["batch_size"],
             "runs": len(rows),
             "tokens_per_s_mean": statistics.fmean(r["tokens_per_s"] for r in rows),
             "j_per_token_mean": statistics.fmean(jpt),
@@ -166,7 +199,9 @@ def report(campaign_id: int, batch_sizes: list[int], out: Path, meta: dict) -> N
     (out / "h200_protocol.json").write_text(json.dumps(result, indent=2, default=str))
     print()
     for s in summary:
-        print(f"bs={s['batch_size']:>3}: {s['runs']} runs, {s['tokens_per_s_mean']:.0f} tok/s, "
+        if not s["runs"]:
+            continue
+        print(f"{s['experiment']}: {s['runs']} runs, {s['tokens_per_s_mean']:.0f} tok/s, "
               f"{s['j_per_token_mean'] * 1e3:.2f} mJ/token (CV {_f(s['j_per_token_cv_pct'], '.2f')} %), "
               f"adjusted {s['energy_adjusted_j_per_token_mean'] * 1e3:.2f} mJ/token, "
               f"∫P vs counter {_f(s['integral_vs_counter_pct_mean'], '+.2f')} %, {s['mean_power_w']:.0f} W, "
