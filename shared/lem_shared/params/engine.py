@@ -15,9 +15,17 @@ normalised to ``group.name``, so a stored experiment says where each extra value
 from __future__ import annotations
 
 import difflib
+from functools import cached_property
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+)
 
 from lem_shared.params.snapshots import newest_snapshot, parameter_groups
 
@@ -26,6 +34,12 @@ class EngineGroup(BaseModel):
     """Parameters of one engine call, named as the engine names them; None means the engine's default."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Dumps hold the parameters that are set: an experiment's stored config (and its hash) stays small and
+        says what was chosen, and validating it again gives the same group."""
+        return {name: value for name, value in handler(self).items() if value is not None}
 
     def arguments(self) -> dict[str, Any]:
         """The parameters the user set, as keyword arguments of the engine call."""
@@ -134,8 +148,23 @@ class EngineSection(BaseModel):
                 return str(known[snapshot_group][name].get("type") or "")
         return ""
 
+    # Cached per instance (the section is frozen): planning checks every grid point against its sections, and
+    # one section object is shared by many points.
+    @cached_property
+    def is_default(self) -> bool:
+        """Whether nothing is set (the section of a backend the experiment does not use must be)."""
+        return self.model_dump() == type(self)().model_dump()
+
+    @cached_property
+    def group_arguments(self) -> dict[str, dict[str, Any]]:
+        return {group: self._arguments(group) for group in self.snapshot_groups}
+
     def arguments(self, group: str) -> dict[str, Any]:
-        """Keyword arguments of ``group``'s engine call: its first-class fields that are set, then its extra."""
+        """Keyword arguments of ``group``'s engine call: its first-class fields that are set, then its extra
+        (a fresh dict: callers may change it)."""
+        return dict(self.group_arguments[group])
+
+    def _arguments(self, group: str) -> dict[str, Any]:
         value = getattr(self, group)
         args = value.arguments() if value is not None else {}
         prefix = group + "."

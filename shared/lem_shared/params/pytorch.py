@@ -240,10 +240,10 @@ class PytorchOptions(EngineSection):
     compile: PytorchCompile | None = Field(None, description="wrap the model's forward in torch.compile (even {})")
     generation: PytorchGeneration = PytorchGeneration()
 
-    def arguments(self, group: str) -> dict[str, Any]:
+    def _arguments(self, group: str) -> dict[str, Any]:
         if group == "compile" and self.compile is None:
             return {}
-        return super().arguments(group)
+        return super()._arguments(group)
 
     def completions_per_prompt(self) -> int:
         return int(self.generation.num_return_sequences or 1)
