@@ -23,6 +23,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# The Alembic head these models match (a test checks it); recorded on every run with the tool's version.
+SCHEMA_VERSION = "0004"
 
 
 class Base(DeclarativeBase):
@@ -64,6 +66,9 @@ class Campaign(Base):
     status: Mapped[str] = mapped_column(String(16), default=CampaignStatus.RUNNING)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     finished_at: Mapped[datetime | None]
+    # "lem" for campaigns this tool ran, "imported" for results read from the earlier tool's files
+    source: Mapped[str] = mapped_column(String(16), default="lem", server_default="lem")
+    imported_from: Mapped[str | None] = mapped_column(Text)
 
     experiments: Mapped[list[Experiment]] = relationship(back_populates="campaign", order_by="Experiment.index")
 
@@ -124,6 +129,11 @@ class Run(Base):
     # the pause before the run on its GPU: gap {kind, seconds, thermal: {...}}.
     phases: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
+    # The Alembic revision and the tool version the run was recorded under (SCHEMA_VERSION, TOOL_VERSION)
+    schema_version: Mapped[str | None] = mapped_column(String(16))
+    tool_version: Mapped[str | None] = mapped_column(String(32))
+    # Imported runs: the source file and the fields of it that have no column here, as they were
+    imported: Mapped[dict[str, Any] | None]
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
     metrics: Mapped[RunMetrics | None] = relationship(back_populates="run", uselist=False)
