@@ -99,6 +99,7 @@ class WindowAnalysis:
     idle_before_w: float | None
     idle_after_w: float | None
     utilization_before_pct: float | None
+    utilization_mean_pct: float | None = None  # NVML GPU utilisation averaged over the window's samples
     verdict: str = "valid"
     checks: list[Check] = field(default_factory=list)
 
@@ -174,6 +175,7 @@ def analyse_window(
         # NVML's utilisation is an average over up to a second, so the run's own warm-up lingers in the first
         # readings of the idle gap; another tenant keeps it up all through, hence the minimum.
         utilization_before_pct=min(util_before) if util_before else None,
+        utilization_mean_pct=_mean([float(s.utilization_gpu) for s in inside if s.utilization_gpu is not None]),
     )
     result.checks = _checks(result, context, limits, thermal_share, energy.note)
     statuses = {c.status for c in result.checks}

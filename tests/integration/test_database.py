@@ -111,7 +111,7 @@ def test_data_written_at_the_first_revision_survives_head_and_back(scratch_datab
                 columns = [RENAMED.get((table.name, c.name), c.name) for c in table.columns]
                 assert _dump(connection, head.tables[table.name], columns) == before[table.name], table.name
             provenance = connection.execute(sa.text("SELECT schema_version FROM runs")).scalars().all()
-            assert provenance == ["<=0003", "<=0003"]
+            assert provenance == ["alembic <=0003", "alembic <=0003"]
 
         command.downgrade(config, "0001")
         after = sa.MetaData()

@@ -10,6 +10,8 @@ import json
 import sys
 import time
 from collections import Counter
+from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -415,6 +417,102 @@ def results_show(
     else:
         _results_table(campaign_id)
         _experiments_table(campaign_id, summaries)
+
+
+class ExportFormat(StrEnum):
+    csv = "csv"
+    parquet = "parquet"
+    json = "json"
+
+
+class ExportLevel(StrEnum):
+    run = "run"
+    experiment = "experiment"
+
+
+@results_cli.command("export")
+def results_export(
+    campaign_id: int,
+    output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, parquet or json (a list of records).")] =
+    ExportFormat.csv,
+    level: Annotated[ExportLevel, typer.Option(help="run: a row per run; experiment: a row per experiment with "
+                                                    "means and 95 % bootstrap CIs.")] = ExportLevel.run,
+) -> None:
+    """Write CAMPAIGN_ID's results to a file pandas reads as it is (`lem results columns` documents each
+    column: name, unit, meaning)."""
+    from lem_planner.export import export
+    from lem_planner.results import campaign_exists
+
+    if not campaign_exists(campaign_id):
+        raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT)
+    if output.exists() and output.is_dir():
+        raise _fail(f"--output {output} is a folder; give a file name", EXIT_BAD_INPUT)
+    rows = export(campaign_id, output, fmt.value, level.value)
+    out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({fmt.value})", highlight=False)
+
+
+@results_cli.command("columns")
+def results_columns(
+    level: Annotated[ExportLevel, typer.Option(help="Columns of the run or the experiment export.")] =
+    ExportLevel.run,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every column of `lem results export`: name, unit, meaning."""
+    from dataclasses import asdict
+
+    from lem_planner.export import COLUMNS, CONFIG_COLUMN
+
+    columns = [*COLUMNS[level.value], CONFIG_COLUMN]
+    if as_json:
+        _print_json([asdict(c) for c in columns])
+        return
+    table = Table("column", "unit", "meaning", title=f"lem results export --level {level.value}")
+    for c in columns:
+        table.add_row(c.name, c.unit, c.meaning)
+    out.print(table)
+
+
+@results_cli.command("compare")
+def results_compare(
+    a: Annotated[str, typer.Argument(help="A campaign (12) or an experiment (12:3).")],
+    b: Annotated[str, typer.Argument(help="The same kind: B is compared with A.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the CIs.")] = 10_000,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
+) -> None:
+    """A and B side by side per metric: means with 95 % CIs, B's difference from A in %, and whether the CIs
+    overlap (campaigns: experiments of the same config are paired, the rest by position)."""
+    from lem_planner.compare import CompareError, compare
+
+    try:
+        rows = compare(a, b, resamples=resamples, seed=seed)
+    except CompareError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("A", "B", "metric", "A mean [95 % CI]", "B mean [95 % CI]", "B vs A", "CIs overlap",
+                  title=f"lem results compare {a} {b}")
+    for r in rows:
+        scale = 1000 if r["metric"] in ("j_per_token", "itl_mean_s") else 1
+        unit = {"j_per_token": " mJ", "itl_mean_s": " ms"}.get(r["metric"], "")
+        overlap = {True: "yes (not shown to differ)", False: "no", None: "- (under 2 runs)"}[r["ci_overlap"]]
+        table.add_row(r["a"], r["b"], r["metric"] + unit,
+                      _interval(r["a_mean"], r["a_ci_low"], r["a_ci_high"], scale),
+                      _interval(r["b_mean"], r["b_ci_low"], r["b_ci_high"], scale),
+                      _fmt(r["diff_pct"], "+.1f") + (" %" if r["diff_pct"] is not None else ""), overlap)
+    out.print(table)
+    paired = {r["paired"] for r in rows}
+    if "by position" in paired:
+        out.print("some experiments differ in config and were paired by position", highlight=False)
+
+
+def _interval(mean: float | None, low: float | None, high: float | None, scale: float) -> str:
+    if mean is None:
+        return "-"
+    text = f"{mean * scale:.4g}"
+    return text if low is None or high is None else f"{text} [{low * scale:.4g}, {high * scale:.4g}]"
 
 
 @energy_cli.command("analyse")

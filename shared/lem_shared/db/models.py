@@ -23,8 +23,10 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
-# The Alembic head these models match (a test checks it); recorded on every run with the tool's version.
+# The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
+# version (a text, not a number: a CSV export must not read it as 4).
 SCHEMA_VERSION = "0004"
+RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
 class Base(DeclarativeBase):

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from lem_shared import TOOL_VERSION
 from lem_shared.celery_app import make_celery
 from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest, sha256_of
-from lem_shared.db.models import SCHEMA_VERSION, BatchTimingRow, Environment, GpuSample, Run, RunMetrics, RunStatus
+from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, GpuSample, Run, RunMetrics, RunStatus
 from lem_shared.db.session import session_scope
 from lem_shared.heartbeat import gpu_key
 from lem_shared.metrics import run_metrics
@@ -59,7 +59,7 @@ def claim_run(run_key: str, worker: str, host: str) -> int | None:
                 worker=worker,
                 host=host,
                 started_at=datetime.now(UTC),
-                schema_version=SCHEMA_VERSION,
+                schema_version=RUN_SCHEMA_VERSION,
                 tool_version=TOOL_VERSION,
             )
             .returning(Run.id)

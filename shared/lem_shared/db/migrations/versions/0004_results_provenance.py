@@ -26,7 +26,7 @@ def upgrade() -> None:
                                    nullable=True))
     # Runs recorded before this revision: the schema they were written under is at most 0003 (their exact
     # revision is not known), the tool version is not known.
-    op.execute("UPDATE runs SET schema_version = '<=0003'")
+    op.execute("UPDATE runs SET schema_version = 'alembic <=0003'")
 
 
 def downgrade() -> None:

@@ -1,0 +1,328 @@
+"""Results as files for notebooks (MEAS-07): one row per run, or per experiment with bootstrap CIs, as CSV,
+Parquet or JSON; and the side-by-side comparison of two experiments or campaigns.
+
+``COLUMNS`` is the one place every exported column is documented (name, unit, meaning); ``lem results columns``
+prints it, and a test checks the files hold exactly these columns (plus ``config.*``, the flattened experiment).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from lem_planner.results import SUMMARY_METRICS, inter_token_latency, run_records, summarise_experiment
+from lem_shared.analysis import CLOCK_EVENT_REASONS
+from lem_shared.db.models import BatchTimingRow, Campaign, Environment, Run, RunMetrics
+from lem_shared.db.session import session_scope
+
+FORMATS = ("csv", "parquet", "json")
+LEVELS = ("run", "experiment")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    unit: str
+    meaning: str
+
+
+def _c(name: str, unit: str, meaning: str) -> Column:
+    return Column(name, unit, meaning)
+
+
+_THROTTLE = [_c(f"throttle_share_{label}", "fraction", f"share of the window's samples with NVML's {label} clock "
+                "event reason set") for label in [*CLOCK_EVENT_REASONS.values(), "none"]]
+
+RUN_COLUMNS: list[Column] = [
+    _c("campaign_id", "", "campaign id in the database"),
+    _c("campaign_name", "", "campaign name"),
+    _c("campaign_source", "", "lem (measured by this tool) or imported (read from the earlier tool's files)"),
+    _c("experiment_index", "", "the experiment's position in its campaign"),
+    _c("config_hash", "", "sha256 of the experiment's canonical config JSON"),
+    _c("run_id", "", "run id in the database"),
+    _c("run_key", "", "the run's unique key (also its Celery task id)"),
+    _c("cycle", "", "repetition number, from 0"),
+    _c("status", "", "done, failed, cancelled, ..."),
+    _c("backend", "", "pytorch, vllm or trtllm"),
+    _c("model", "", "model id (random:* presets are random-initialised)"),
+    _c("dtype", "", "weights' precision as configured"),
+    _c("batch_size", "prompts", "configured batch size"),
+    _c("schema_version", "", "Alembic revision the run was recorded under"),
+    _c("tool_version", "", "tool that recorded the run"),
+    _c("error", "", "why the run failed, when it did"),
+    _c("energy_j", "J", "GPU energy in the measurement window (NVML's total-energy counter)"),
+    _c("energy_power_integral_j", "J", "the same window's energy from integrating the power samples (a check)"),
+    _c("energy_adjusted_j", "J", "energy_j minus baseline_power_w x window length: what the workload added"),
+    _c("energy_source", "", "where energy_j came from (counter, power integral, imported)"),
+    _c("baseline_power_w", "W", "the idle power subtracted for energy_adjusted_j"),
+    _c("baseline_method", "", "which idle baseline: deep idle before the campaign, or the run's own idle gaps"),
+    _c("deep_idle_power_w", "W", "the GPU's idle power measured before the campaign's first run on it"),
+    _c("idle_before_w", "W", "mean power in the idle gap just before the window"),
+    _c("idle_after_w", "W", "mean power in the idle gap just after the window"),
+    _c("j_per_token", "J/token", "energy_j over output tokens"),
+    _c("j_per_token_adjusted", "J/token", "energy_adjusted_j over output tokens"),
+    _c("tokens_per_j", "token/J", "output tokens over energy_j"),
+    _c("j_per_request", "J/request", "energy_j over requests (prompts)"),
+    _c("mean_power_w", "W", "mean power in the window"),
+    _c("peak_power_w", "W", "highest power sample in the window"),
+    _c("max_temperature_c", "degC", "highest GPU temperature in the window"),
+    _c("duration_s", "s", "length of the measurement window"),
+    _c("requests", "prompts", "prompts completed in the window"),
+    _c("input_tokens", "tokens", "prompt tokens processed in the window"),
+    _c("output_tokens", "tokens", "tokens generated in the window"),
+    _c("tokens_per_s", "token/s", "output tokens over the window's length"),
+    _c("requests_per_s", "prompt/s", "prompts over the window's length"),
+    _c("effective_batch_size", "prompts", "mean prompts per generate call in the window"),
+    _c("ttft_mean_s", "s", "time to first token: mean over the window's batches (a batch's first token)"),
+    _c("ttft_p50_s", "s", "time to first token: median over batches"),
+    _c("ttft_p90_s", "s", "time to first token: 90th percentile over batches"),
+    _c("ttft_p99_s", "s", "time to first token: 99th percentile over batches"),
+    _c("itl_mean_s", "s", "inter-token latency: (batch latency - TTFT) / (tokens per sequence - 1), mean"),
+    _c("itl_p50_s", "s", "inter-token latency: median over batches"),
+    _c("itl_p90_s", "s", "inter-token latency: 90th percentile over batches"),
+    _c("itl_p99_s", "s", "inter-token latency: 99th percentile over batches"),
+    _c("latency_mean_s", "s", "end-to-end latency of a generate call (every prompt of a batch finishes with it)"),
+    _c("latency_p95_s", "s", "end-to-end latency: 95th percentile over batches"),
+    _c("peak_memory_bytes", "B", "peak device memory (CUDA: torch's max allocated; CPU: process peak RSS)"),
+    _c("peak_memory_kind", "", "what peak_memory_bytes measures"),
+    _c("gpu_utilization_mean_pct", "%", "NVML GPU utilisation averaged over the window"),
+    _c("sm_clock_ratio", "", "mean SM clock in the window over the clock just before it"),
+    *_THROTTLE,
+    _c("thermal_throttling", "", "true when any window sample had a thermal clock event"),
+    _c("power_brake", "", "true when any window sample had the HW power brake"),
+    _c("verdict", "", "valid, warning or invalid: the window checks' outcome"),
+    _c("failed_checks", "", "checks that failed or warned, name: status, separated by ;"),
+    _c("model_load_s", "s", "time to load the model (0 when the engine was reused)"),
+    _c("model_reused", "", "true when the loaded engine of an earlier run was reused"),
+    _c("model_load_energy_j", "J", "GPU energy of the model load (cold starts)"),
+    _c("warmup_iterations", "batches", "warm-up batches before the window"),
+    _c("warmup_converged", "", "true when warm-up latencies settled before the cap"),
+    _c("passes", "", "passes over the workload in the window"),
+    _c("window_start", "ISO 8601", "measurement window start (UTC)"),
+    _c("window_end", "ISO 8601", "measurement window end (UTC)"),
+    _c("worker", "", "the Celery worker that measured the run"),
+    _c("host", "", "host name of the worker"),
+    _c("device", "", "cuda:N or cpu"),
+    _c("gpu_uuid", "", "NVML UUID of the GPU"),
+    _c("env_gpu_name", "", "GPU model"),
+    _c("env_driver_version", "", "NVIDIA driver version"),
+    _c("env_cuda_version", "", "CUDA version (driver)"),
+    _c("env_power_limit_w", "W", "GPU power limit when the run was recorded"),
+    _c("env_torch_version", "", "torch version of the worker"),
+    _c("env_engine_versions", "", "engine package versions of the worker (JSON)"),
+    _c("env_hostname", "", "host the environment was read on"),
+    _c("env_cpu", "", "host CPU model"),
+]
+
+_UNIT = {c.name: c.unit for c in RUN_COLUMNS}
+_MEANING = {c.name: c.meaning for c in RUN_COLUMNS}
+_EXPERIMENT_IDENTITY = ["campaign_id", "campaign_name", "campaign_source", "experiment_index", "config_hash",
+                        "backend", "model", "dtype", "batch_size"]
+EXPERIMENT_COLUMNS: list[Column] = [
+    *(c for c in RUN_COLUMNS if c.name in _EXPERIMENT_IDENTITY),
+    _c("runs", "", "runs of the experiment (all statuses)"),
+    _c("runs_done", "", "runs measured and finalised"),
+    _c("runs_valid", "", "done runs whose verdict is valid"),
+    *(column for metric in SUMMARY_METRICS for column in (
+        _c(f"{metric}_mean", _UNIT[metric], f"{_MEANING[metric]}: mean over the done runs"),
+        _c(f"{metric}_ci_low", _UNIT[metric],
+           f"{_MEANING[metric]}: lower end of the 95 % percentile-bootstrap interval (empty under 2 runs)"),
+        _c(f"{metric}_ci_high", _UNIT[metric], f"{_MEANING[metric]}: upper end of that interval"),
+        _c(f"{metric}_n", "runs", f"{_MEANING[metric]}: runs with a figure"),
+    )),
+]
+COLUMNS = {"run": RUN_COLUMNS, "experiment": EXPERIMENT_COLUMNS}
+CONFIG_COLUMN = Column("config.*", "", "the experiment's configuration, flattened to dotted keys (only set values)")
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    """Linear-interpolation percentile (numpy's default), None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _per_batch_itl(batches: list[BatchTimingRow]) -> list[float]:
+    return [x for b in batches if (x := inter_token_latency([b])) is not None]
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{prefix}{key}."))
+        elif not isinstance(value, dict):
+            flat[prefix + key] = value
+    return flat
+
+
+def run_rows(campaign_id: int) -> list[dict[str, Any]]:
+    """One row per run of the campaign: RUN_COLUMNS, then ``config.*``."""
+    records = run_records(campaign_id)
+    with session_scope() as s:
+        campaign = s.get(Campaign, campaign_id)
+        runs = {r.id: r for r in s.scalars(select(Run).where(Run.campaign_id == campaign_id))}
+        metrics = {m.run_id: m for m in s.scalars(select(RunMetrics).where(RunMetrics.run_id.in_(runs)))}
+        batches: dict[int, list[BatchTimingRow]] = defaultdict(list)
+        for b in s.scalars(select(BatchTimingRow).where(BatchTimingRow.run_id.in_(runs))):
+            batches[b.run_id].append(b)
+        environments = {e.id: e.data for e in s.scalars(select(Environment).where(
+            Environment.id.in_({r.environment_id for r in runs.values() if r.environment_id})))}
+        identity = {"campaign_id": campaign.id, "campaign_name": campaign.name, "campaign_source": campaign.source}
+        hashes = {e.id: e.config_hash for e in campaign.experiments}
+        rows = []
+        for record in records:
+            run, m = runs[record["run_id"]], metrics.get(record["run_id"])
+            analysis = (m.analysis or {}) if m else {}
+            config = record["experiment"]
+            env = environments.get(run.environment_id) or {}
+            ttfts = [b.ttft_s for b in batches[run.id] if b.ttft_s is not None]
+            itls = _per_batch_itl(batches[run.id])
+            shares = analysis.get("reason_share") or {}
+            checks = [f"{c['name']}: {c['status']}" for c in (record["checks"] or [])
+                      if c["status"] in ("fail", "warning")]
+            row = {
+                **identity,
+                "experiment_index": record["experiment_index"], "config_hash": hashes[run.experiment_id],
+                "run_id": run.id, "run_key": run.run_key, "cycle": run.cycle, "status": run.status,
+                "backend": record["backend"], "model": config.get("model"), "dtype": config.get("dtype"),
+                "batch_size": config.get("batch_size"), "schema_version": run.schema_version,
+                "tool_version": run.tool_version, "error": run.error,
+                **{key: record[key] for key in (
+                    "energy_j", "energy_power_integral_j", "energy_adjusted_j", "energy_source", "baseline_power_w",
+                    "baseline_method", "deep_idle_power_w", "idle_before_w", "idle_after_w", "j_per_token",
+                    "tokens_per_j", "j_per_request", "mean_power_w", "peak_power_w", "max_temperature_c",
+                    "duration_s", "requests", "output_tokens", "tokens_per_s", "ttft_mean_s", "itl_mean_s",
+                    "latency_mean_s", "latency_p95_s", "peak_memory_bytes", "peak_memory_kind", "verdict",
+                    "model_load_s", "model_reused", "warmup_iterations", "warmup_converged", "passes",
+                    "window_start", "window_end", "worker", "host", "device", "gpu_uuid")},
+                "j_per_token_adjusted": (record["energy_adjusted_j"] / record["output_tokens"]
+                                         if record["energy_adjusted_j"] is not None and record["output_tokens"]
+                                         else None),
+                "input_tokens": m.input_tokens if m else None,
+                "requests_per_s": m.requests_per_s if m else None,
+                "effective_batch_size": (sum(b.batch_size for b in batches[run.id]) / len(batches[run.id])
+                                         if batches[run.id] else None),
+                "ttft_p50_s": _percentile(ttfts, 50), "ttft_p90_s": _percentile(ttfts, 90),
+                "ttft_p99_s": _percentile(ttfts, 99),
+                "itl_p50_s": _percentile(itls, 50), "itl_p90_s": _percentile(itls, 90),
+                "itl_p99_s": _percentile(itls, 99),
+                "gpu_utilization_mean_pct": analysis.get("utilization_mean_pct"),
+                "sm_clock_ratio": analysis.get("sm_clock_ratio"),
+                **{c.name: shares.get(c.name.removeprefix("throttle_share_")) if shares else None for c in _THROTTLE},
+                "thermal_throttling": analysis.get("thermal_throttling"),
+                "power_brake": analysis.get("power_brake"),
+                "failed_checks": "; ".join(checks) or None,
+                "model_load_energy_j": m.model_load_energy_j if m else None,
+                **_environment_columns(env),
+            }
+            rows.append({**{c.name: row[c.name] for c in RUN_COLUMNS},
+                         **{f"config.{k}": v for k, v in flatten(config).items()}})
+    return rows
+
+
+def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment snapshot's main facts (the full snapshot stays in the database). ``gpus`` is a list, or
+    a text saying why NVML was unavailable (then the GPU columns are empty)."""
+    gpus = env.get("gpus")
+    gpu = gpus[0] if isinstance(gpus, list) and gpus else {}
+    packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    return {
+        "env_gpu_name": gpu.get("name"), "env_driver_version": gpu.get("driver_version"),
+        "env_cuda_version": gpu.get("cuda_driver_version"), "env_power_limit_w": gpu.get("power_limit_w"),
+        "env_torch_version": packages.get("torch"),
+        "env_engine_versions": json.dumps(packages, sort_keys=True) if packages else None,
+        "env_hostname": env.get("host"), "env_cpu": env.get("cpu_model"),
+    }
+
+
+def experiment_rows(campaign_id: int, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """One row per experiment: identity, run counts, and per summary metric the mean and bootstrap CI."""
+    by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    rows_by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    records = run_records(campaign_id)
+    for record in records:
+        by_experiment[record["experiment_index"]].append(record)
+    for row in run_rows(campaign_id):
+        rows_by_experiment[row["experiment_index"]].append(row)
+    out = []
+    for index in sorted(by_experiment):
+        summary = summarise_experiment(by_experiment[index], resamples=resamples, seed=seed)
+        first = rows_by_experiment[index][0]
+        row = {name: first[name] for name in _EXPERIMENT_IDENTITY}
+        row.update(runs=summary["runs"], runs_done=summary["runs_done"],
+                   runs_valid=sum(1 for r in by_experiment[index] if r["status"] == "done" and r["verdict"] == "valid"))
+        for metric, figures in summary["metrics"].items():
+            row.update({f"{metric}_mean": figures["mean"], f"{metric}_ci_low": figures["ci_low"],
+                        f"{metric}_ci_high": figures["ci_high"], f"{metric}_n": figures["n"]})
+        out.append({**{c.name: row[c.name] for c in EXPERIMENT_COLUMNS},
+                    **{k: v for k, v in first.items() if k.startswith("config.")}})
+    return out
+
+
+def _cell(value: Any) -> Any:
+    """Lists and mappings (config values such as force_words_ids) as JSON text, so every column is flat."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, list | dict) else value
+
+
+def _uniform(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The union of the rows' columns (documented ones first) and the rows with every column, one type each:
+    a column holding values of several types (a config key that is 8 in one experiment and "auto" in another)
+    becomes text, so Parquet has one type per column and CSV reads back the same."""
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    table = [{name: _cell(row.get(name)) for name in names} for row in rows]
+    for name in names:
+        kinds = {type(r[name]) for r in table if r[name] is not None}
+        if kinds == {int, float}:
+            for r in table:
+                r[name] = None if r[name] is None else float(r[name])
+        elif len(kinds) > 1:
+            for r in table:
+                r[name] = None if r[name] is None else str(r[name])
+    return names, table
+
+
+def write(rows: list[dict[str, Any]], path: Path, fmt: str) -> int:
+    """Write ``rows`` to ``path`` as csv, parquet or json (a list of records); returns the row count."""
+    names, table = _uniform(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=names)
+            writer.writeheader()
+            writer.writerows(table)
+    elif fmt == "json":
+        path.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(table, schema=_arrow_schema(pa, names, table)), path)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+    return len(table)
+
+
+def _arrow_schema(pa: Any, names: list[str], table: list[dict[str, Any]]) -> Any:
+    """Types from the values (a column with no value at all is text), so empty columns still have a type."""
+    types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    fields = []
+    for name in names:
+        kinds = {type(r[name]) for r in table if r[name] is not None}
+        fields.append(pa.field(name, types[kinds.pop()] if len(kinds) == 1 else pa.string()))
+    return pa.schema(fields)
+
+
+def export(campaign_id: int, path: Path, fmt: str, level: str = "run") -> int:
+    rows = run_rows(campaign_id) if level == "run" else experiment_rows(campaign_id)
+    return write(rows, path, fmt)
