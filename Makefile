@@ -40,7 +40,8 @@ status:
 campaign: up  ## run CAMPAIGN (default: the embedded default campaign) and wait for its results
 	$(BIN)/lem campaign run $(CAMPAIGN) --wait
 
-test: services  ## the test suite (real Redis, PostgreSQL, Celery workers and CPU inference)
+test: services  ## the test suite (real Redis, PostgreSQL, Celery workers and CPU inference; Chromium renders the report)
+	scripts/services.sh browser
 	$(BIN)/python -m pytest
 
 flower: setup  ## Flower on http://127.0.0.1:5555

@@ -62,6 +62,15 @@ infra() {
   echo "Redis and PostgreSQL answer"
 }
 
+browser() {  # Debian's headless Chromium, which the report test renders with (installed when missing)
+  if command -v chromium >/dev/null; then echo "chromium: $(command -v chromium)"; return; fi
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "installing Debian's chromium (the HTML report test renders its page with it)"
+  $sudo apt-get install -y -q chromium >/dev/null 2>&1 || { $sudo apt-get update -q >/dev/null && $sudo apt-get install -y -q chromium >/dev/null; }
+  command -v chromium >/dev/null || { echo "chromium could not be installed: apt-get install chromium" >&2; exit 1; }
+}
+
 alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
 start() {  # start NAME COMMAND...
@@ -109,4 +118,4 @@ status() {
   done
 }
 
-"${1:?usage: services.sh infra|up|down|status}"
+"${1:?usage: services.sh infra|browser|up|down|status}"
