@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lem_planner.importer import results_import
 from lem_planner.params.cli import params_cli
 from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
 from lem_shared.queues import QueueName, queue_for
@@ -450,6 +451,9 @@ def results_export(
         raise _fail(f"--output {output} is a folder; give a file name", EXIT_BAD_INPUT)
     rows = export(campaign_id, output, fmt.value, level.value)
     out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({fmt.value})", highlight=False)
+
+
+results_cli.command("import")(results_import)  # its module imports only typer until the command runs
 
 
 @results_cli.command("columns")
