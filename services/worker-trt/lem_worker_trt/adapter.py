@@ -112,8 +112,9 @@ def sampling_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
 
 
 def output_tokens(outputs: Sequence[Any]) -> int:
-    """New tokens in a list of ``RequestOutput`` (one completion each; the prompt is excluded by default)."""
-    return sum(len(out.outputs[0].token_ids) for out in outputs)
+    """New tokens in a list of ``RequestOutput``, over every completion of each (``trtllm.sampling.n`` of them;
+    the prompt is excluded by default)."""
+    return sum(len(completion.token_ids) for out in outputs for completion in out.outputs)
 
 
 def batch_ttft(outputs: Sequence[Any]) -> float | None:

@@ -380,6 +380,9 @@ class TrtllmOptions(EngineSection):
     kv_cache: TrtllmKvCache = TrtllmKvCache()
     sampling: TrtllmSampling = TrtllmSampling()
 
+    def completions_per_prompt(self) -> int:
+        return int(self.sampling.n or 1)
+
     def check(self, experiment: Any) -> None:
         engine = self.arguments("engine")
         sampling = {"temperature": 0.0, **self.arguments("sampling")}  # the adapter decodes greedily by default

@@ -94,7 +94,13 @@ class EngineHost:
             try:
                 answer = json.loads(self._conn.recv_bytes())
             except (EOFError, OSError) as exc:
+                # A process that dies closes its pipe, which poll() reports as readable: say how it ended.
+                self._process.join(5)
+                code = self._process.exitcode
                 self._discard()
+                if code is not None:
+                    raise EngineFailure(
+                        f"engine host died during the run (exit code {code}); it will be restarted") from exc
                 raise EngineFailure(f"engine host closed its pipe: {exc}") from exc
         if not answer["ok"]:
             log.error("engine error:\n%s", answer.get("traceback", ""))
