@@ -21,6 +21,8 @@ from rich.table import Table
 
 from lem_planner.importer import results_import
 from lem_planner.params.cli import params_cli
+from lem_planner.schedule_cli import schedule_cli
+from lem_planner.report import results_report
 from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
 from lem_shared.queues import QueueName, queue_for
 from lem_shared.settings import get_settings
@@ -36,6 +38,7 @@ cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(energy_cli, name="energy")
 cli.add_typer(params_cli, name="params")
+cli.add_typer(schedule_cli, name="schedule")
 
 
 @cli.command("doctor")
@@ -453,7 +456,9 @@ def results_export(
     out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({fmt.value})", highlight=False)
 
 
-results_cli.command("import")(results_import)  # its module imports only typer until the command runs
+# Their modules import only typer and rich until the command runs.
+results_cli.command("import")(results_import)
+results_cli.command("report")(results_report)
 
 
 @results_cli.command("columns")
