@@ -58,6 +58,12 @@ class MeasurementProtocol(_Strict):
     baseline_idle_s: float = Field(
         default=30.0, ge=0, description="idle before a campaign's first run on a GPU: the deep-idle baseline"
     )
+    phase_split: bool = Field(
+        default=False, description="also measure a prefill-only window (one new token per prompt) after the full "
+        "one: prefill and decode get time, energy, tokens/s, J/token and FLOPs apart (decode = full - prefill)")
+    profiler: Literal["off", "flops"] = Field(
+        default="off", description="flops: one extra, unmeasured generate under torch's FLOP counter after the "
+        "windows, stored beside the analytic FLOPs (pytorch only)")
 
     @model_validator(mode="after")
     def _ordered(self) -> MeasurementProtocol:
@@ -93,6 +99,12 @@ class ExperimentConfig(_Strict):
             if name != self.backend.value and not getattr(self, name).is_default:
                 raise ValueError(f"the {name} section applies to backend {name} only (this is {self.backend.value})")
         getattr(self, self.backend.value).check(self)
+        if self.measurement.profiler != "off" and self.backend != Backend.PYTORCH:
+            raise ValueError(f"measurement.profiler: counts FLOPs with torch inside the pytorch backend only "
+                             f"(this is {self.backend.value}); set it to off")
+        if self.measurement.phase_split and self.workload.output_len < 2:
+            raise ValueError("measurement.phase_split: needs workload.output_len >= 2 (decode is the tokens after "
+                             "the first)")
         if self.batch_size > self.workload.num_prompts:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be <= workload.num_prompts ({self.workload.num_prompts})"

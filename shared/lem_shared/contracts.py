@@ -67,6 +67,18 @@ class Warmup(_Message):
 Span = tuple[float, float]
 
 
+class PrefillWindow(_Message):
+    """The prefill-only window of a phase-split run: the same prompts and batches, one new token each."""
+
+    warmup_iterations: int
+    idle_before: Span | None
+    window_start: float
+    window_end: float
+    passes: int
+    batches: list[BatchTiming]
+    idle_after: Span | None
+
+
 class Measurement(_Message):
     """engine host → worker: what one run measured. Times are Unix seconds (spans) or seconds (durations)."""
 
@@ -87,3 +99,6 @@ class Measurement(_Message):
     peak_memory_bytes: int | None
     peak_memory_kind: str
     environment: dict[str, Any]
+    prefill: PrefillWindow | None = None  # measurement.phase_split: the prefill-only window, after the full one
+    flops_counted: dict[str, Any] | None = None  # measurement.profiler flops: an unmeasured pass's counted FLOPs
+    model_shape: dict[str, Any] | None = None  # the model's config (layers, heads, sizes) for analytic FLOPs

@@ -14,6 +14,7 @@ from typing import Any
 from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import exists, func, select, update
 
+from lem_shared import flops as flops_model
 from lem_shared.analysis import RunContext, TelemetrySample, Thresholds, analyse_window
 from lem_shared.celery_app import make_celery
 from lem_shared.config import ExperimentConfig, MeasurementProtocol
@@ -22,6 +23,7 @@ from lem_shared.db.models import (
     TERMINAL_RUN_STATUSES,
     Campaign,
     CampaignStatus,
+    Environment,
     Experiment,
     GpuSample,
     Run,
@@ -30,6 +32,7 @@ from lem_shared.db.models import (
 )
 from lem_shared.db.session import session_scope
 from lem_shared.energy import Sample, window_energy
+from lem_shared.phases import WindowFigures, energy_uncertainty, split
 from lem_shared.queues import FINALISE_TASK, QueueName
 from lem_shared.scheduling import advance, aware, deep_idle_span, reclaim, redis_client, refinalise_stale
 from lem_shared.settings import get_settings
@@ -132,6 +135,55 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
     }
 
 
+def _window_figures(analysis: dict[str, Any] | None, duration_s: float, prompts: int) -> WindowFigures:
+    a = analysis or {}
+    counter, integral = a.get("energy_counter_j"), a.get("energy_integral_j")
+    energy = counter if counter is not None else integral
+    uncertainty = energy_uncertainty(counter, integral, a.get("mean_power_w"), duration_s,
+                                     a.get("counter_updates") or 0) if counter is not None else None
+    return WindowFigures(energy, uncertainty, duration_s, prompts)
+
+
+def phase_fields(run: Run, metrics: RunMetrics, experiment: ExperimentConfig,
+                 window_analysis: dict[str, Any] | None, gpu_name: str | None) -> dict[str, Any]:
+    """The run's prefill/decode split (measurement.phase_split) and counted-vs-analytic FLOPs (profiler: flops),
+    for its analysis; empty when the run measured neither."""
+    phases = run.phases or {}
+    out: dict[str, Any] = {}
+    shape = phases.get("model_shape")
+    workload = experiment.workload
+    prefill = phases.get("prefill")
+    if prefill:
+        start, end = prefill["window"]
+        prefill_analysis = None
+        if run.gpu_uuid is not None:
+            before, after = _span(prefill.get("idle_before")), _span(prefill.get("idle_after"))
+            samples = _samples(run.gpu_uuid, before[0] if before else start,
+                               (after[1] if after else end) + get_settings().telemetry_interval_s)
+            if any(start <= x.t <= end for x in samples):
+                prefill_analysis = analyse_window(samples, start, end, name=f"run {run.id} prefill",
+                                                  context=RunContext(before=before, after=after)).to_dict()
+        out["phase_split"] = split(
+            _window_figures(window_analysis, metrics.duration_s, metrics.requests),
+            _window_figures(prefill_analysis, end - start, prefill["prompts"]),
+            input_len=workload.input_len, output_len=workload.output_len, batch_size=experiment.batch_size,
+            model_shape=shape, gpu_name=gpu_name, dtype=experiment.dtype)
+        out["phase_split"]["prefill_window"]["verdict"] = (prefill_analysis or {}).get("verdict")
+    counted = phases.get("flops_counted")
+    if counted and shape:
+        batch = min(experiment.batch_size, workload.num_prompts)
+        analytic = {"prefill_flops": flops_model.prefill_flops(shape, batch, workload.input_len),
+                    "decode_flops": flops_model.decode_flops(shape, batch, workload.input_len, workload.output_len)}
+        out["flops"] = {
+            "batch_size": batch, "analytic": analytic,
+            "counted": {k: counted.get(k) for k in ("method", "prefill_flops", "decode_flops", "forward_calls")},
+            "ratio": {phase: counted[f"{phase}_flops"] / analytic[f"{phase}_flops"]
+                      for phase in ("prefill", "decode")
+                      if counted.get(f"{phase}_flops") and analytic[f"{phase}_flops"]},
+        }
+    return out
+
+
 def finalise_run(run_id: int, wait_s: float | None = None) -> str:
     """Attach energy to a measured run (waiting up to ``wait_s`` for telemetry), then close the campaign if done."""
     wait_s = get_settings().energy_wait_s if wait_s is None else wait_s
@@ -141,10 +193,16 @@ def finalise_run(run_id: int, wait_s: float | None = None) -> str:
             return "unknown run"
         metrics = s.get(RunMetrics, run_id)
         experiment = s.get(Experiment, run.experiment_id)
+        environment = s.get(Environment, run.environment_id) if run.environment_id else None
+        gpus = (environment.data or {}).get("gpus") if environment else None
+        gpu_name = gpus[0].get("name") if isinstance(gpus, list) and gpus else None
         s.expunge_all()
     if run.status == RunStatus.MEASURED and metrics is not None and experiment is not None:
-        protocol = ExperimentConfig.model_validate(experiment.config).measurement
-        fields = energy_fields(run, metrics, protocol, wait_s)
+        config = ExperimentConfig.model_validate(experiment.config)
+        fields = energy_fields(run, metrics, config.measurement, wait_s)
+        extra = phase_fields(run, metrics, config, fields.get("analysis"), gpu_name)
+        if extra:
+            fields["analysis"] = {**(fields.get("analysis") or {}), **extra}
         with session_scope() as s:
             s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**fields))
             s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.MEASURED)

@@ -99,6 +99,22 @@ RUN_COLUMNS: list[Column] = [
     _c("power_brake", "", "true when any window sample had the HW power brake"),
     _c("verdict", "", "valid, warning or invalid: the window checks' outcome"),
     _c("failed_checks", "", "checks that failed or warned, name: status, separated by ;"),
+    *(column for phase, tokens in (("prefill", "prompt tokens, and the first new token"),
+                                   ("decode", "the new tokens after the first")) for column in (
+        _c(f"{phase}_time_s", "s", f"{phase} time per prompt (measurement.phase_split; by difference for decode)"),
+        _c(f"{phase}_energy_j", "J", f"{phase} energy per prompt (decode = full - prefill window, per prompt)"),
+        _c(f"{phase}_energy_uncertainty_j", "J", f"uncertainty of {phase}_energy_j (see lem_shared/phases.py)"),
+        _c(f"{phase}_tokens_per_s", "token/s", f"{phase} throughput: {tokens} per second"),
+        _c(f"{phase}_j_per_token", "J/token", f"{phase} energy per token ({tokens})"),
+        _c(f"{phase}_tflops", "TFLOP", f"analytic {phase} FLOPs per prompt (lem_shared/flops.py), in 1e12"),
+        _c(f"{phase}_achieved_tflops", "TFLOP/s", f"{phase} FLOPs over {phase} time"),
+        _c(f"{phase}_mfu", "fraction", f"{phase} model FLOPs utilisation against the GPU's dense BF16 peak"),
+        _c(f"{phase}_j_per_tflop", "J/TFLOP", f"{phase} energy per 1e12 analytic FLOPs"),
+    )),
+    _c("decode_bandwidth_tb_s", "TB/s", "decode's achieved memory bandwidth (weights + KV cache read per step)"),
+    _c("decode_bandwidth_utilisation", "fraction", "decode_bandwidth_tb_s over the GPU's peak"),
+    _c("flops_counted_ratio_prefill", "", "profiler: flops: counted / analytic prefill FLOPs (one batch)"),
+    _c("flops_counted_ratio_decode", "", "profiler: flops: counted / analytic decode FLOPs (one batch)"),
     _c("model_load_s", "s", "time to load the model (0 when the engine was reused)"),
     _c("model_reused", "", "true when the loaded engine of an earlier run was reused"),
     _c("model_load_energy_j", "J", "GPU energy of the model load (cold starts)"),
@@ -224,11 +240,32 @@ def run_rows(campaign_id: int) -> list[dict[str, Any]]:
                 "power_brake": analysis.get("power_brake"),
                 "failed_checks": "; ".join(checks) or None,
                 "model_load_energy_j": m.model_load_energy_j if m else None,
+                **_phase_columns(record["phase_split"], record["flops"]),
                 **_environment_columns(env),
             }
             rows.append({**{c.name: row[c.name] for c in RUN_COLUMNS},
                          **{f"config.{k}": v for k, v in flatten(config).items()}})
     return rows
+
+
+def _phase_columns(split: dict[str, Any] | None, flops: dict[str, Any] | None) -> dict[str, Any]:
+    per_prompt = (split or {}).get("per_prompt") or {}
+    out: dict[str, Any] = {}
+    for phase in ("prefill", "decode"):
+        figures = per_prompt.get(phase) or {}
+        out.update({f"{phase}_time_s": figures.get("time_s"), f"{phase}_energy_j": figures.get("energy_j"),
+                    f"{phase}_energy_uncertainty_j": figures.get("energy_uncertainty_j"),
+                    f"{phase}_tokens_per_s": figures.get("tokens_per_s"),
+                    f"{phase}_j_per_token": figures.get("j_per_token"),
+                    f"{phase}_tflops": figures["flops"] / 1e12 if figures.get("flops") else None,
+                    f"{phase}_achieved_tflops": figures.get("achieved_tflops"), f"{phase}_mfu": figures.get("mfu"),
+                    f"{phase}_j_per_tflop": figures.get("j_per_tflop")})
+    memory = (per_prompt.get("decode") or {}).get("memory") or {}
+    ratio = (flops or {}).get("ratio") or {}
+    out.update(decode_bandwidth_tb_s=memory.get("achieved_tb_s"),
+               decode_bandwidth_utilisation=memory.get("bandwidth_utilisation"),
+               flops_counted_ratio_prefill=ratio.get("prefill"), flops_counted_ratio_decode=ratio.get("decode"))
+    return out
 
 
 def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:

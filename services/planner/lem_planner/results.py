@@ -127,6 +127,8 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
                 "tokens_per_j": m.tokens_per_j if m else None,
                 "verdict": m.verdict if m else None,
                 "checks": (m.analysis or {}).get("checks") if m else None,
+                "phase_split": (m.analysis or {}).get("phase_split") if m else None,
+                "flops": (m.analysis or {}).get("flops") if m else None,
             })
         return records
 

@@ -138,6 +138,20 @@ class TransformersAdapter:
         ttft = clock.first_token_at - started if clock and clock.first_token_at is not None else None
         return Generation(output_tokens=generated, ttft_s=ttft)
 
+    def model_shape(self) -> dict[str, Any]:
+        """The loaded model's config (layers, heads, sizes, vocabulary) for the analytic FLOPs."""
+        return {k: v for k, v in self.model.config.to_dict().items() if isinstance(v, int | float | bool | str)}
+
+    def count_flops(self, prompts: list[list[int]], experiment: ExperimentConfig) -> dict[str, Any]:
+        """One unmeasured greedy generate of ``prompts`` under torch's FLOP counter (prefill and decode apart)."""
+        from lem_shared.profiler_flops import count_flops
+
+        input_ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            counted = count_flops(self.model, input_ids, experiment.workload.output_len)
+        self.synchronize()
+        return counted
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -7,7 +7,8 @@ import statistics
 import time
 
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
-from lem_shared.contracts import BatchTiming, Measurement, Warmup
+from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup
+from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import EngineAdapter
 from lem_shared.runtime.environment import environment_snapshot
 
@@ -88,38 +89,26 @@ class MeasurementRuntime:
         self.adapter.synchronize()
         idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
         self.adapter.reset_peak_memory()
-        timings: list[BatchTiming] = []
-        passes = 0
-        window_start = time.time()
-        while True:
-            for batch in batches:
-                began = time.perf_counter()
-                generation = self.adapter.generate(batch, experiment)
-                latency = time.perf_counter() - began
-                expected = len(batch) * workload.output_len * experiment.section().completions_per_prompt()
-                if generation.output_tokens != expected:
-                    raise EngineError(
-                        f"batch {len(timings)} produced {generation.output_tokens} tokens, expected {expected}"
-                    )
-                timings.append(
-                    BatchTiming(
-                        batch_index=len(timings),
-                        batch_size=len(batch),
-                        input_tokens=len(batch) * workload.input_len,
-                        output_tokens=generation.output_tokens,
-                        latency_s=latency,
-                        ttft_s=generation.ttft_s,
-                    )
-                )
-            passes += 1
-            if time.time() - window_start >= protocol.min_window_s:
-                break
-        self.adapter.synchronize()
-        window_end = time.time()
+        window_start, window_end, passes, timings = self._window(batches, experiment)
         idle_after = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
+        peak, peak_kind = self.adapter.peak_memory()
+
+        prefill = None
+        if protocol.phase_split:  # the same batches with one new token each, warmed up and measured apart
+            only_prefill = experiment.model_copy(update={"workload": workload.model_copy(update={"output_len": 1})})
+            prefill_warmup = self._warm_up(batches, only_prefill)
+            self.adapter.synchronize()
+            prefill_idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
+            start, end, prefill_passes, prefill_timings = self._window(batches, only_prefill)
+            prefill = PrefillWindow(warmup_iterations=prefill_warmup.iterations, idle_before=prefill_idle_before,
+                                    window_start=start, window_end=end, passes=prefill_passes,
+                                    batches=prefill_timings,
+                                    idle_after=self._idle(protocol.idle_gap_s if on_gpu else 0.0))
+        flops_counted = None
+        if protocol.profiler == "flops":  # after every window: its work is never inside one
+            flops_counted = self.adapter.count_flops(batches[0], experiment)
 
         info = self.adapter.device_info()
-        peak, peak_kind = self.adapter.peak_memory()
         return Measurement(
             device=info.device,
             device_name=info.name,
@@ -138,4 +127,40 @@ class MeasurementRuntime:
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
             environment=environment_snapshot(info, self.adapter.versions()),
+            prefill=prefill,
+            flops_counted=flops_counted,
+            model_shape=self._model_shape(experiment),
         )
+
+    def _model_shape(self, experiment: ExperimentConfig) -> dict | None:
+        """The loaded model's config, from the adapter where it reads it, else a random preset's own."""
+        shape = getattr(self.adapter, "model_shape", None)
+        return shape() if shape is not None else random_preset(experiment.model)
+
+    def _window(self, batches: list[list[list[int]]],
+                experiment: ExperimentConfig) -> tuple[float, float, int, list[BatchTiming]]:
+        """Run whole passes over the batches until the window lasts ``min_window_s``: (start, end, passes,
+        timings). Every batch must produce exactly its forced number of tokens."""
+        workload = experiment.workload
+        timings: list[BatchTiming] = []
+        passes = 0
+        window_start = time.time()
+        while True:
+            for batch in batches:
+                began = time.perf_counter()
+                generation = self.adapter.generate(batch, experiment)
+                latency = time.perf_counter() - began
+                expected = len(batch) * workload.output_len * experiment.section().completions_per_prompt()
+                if generation.output_tokens != expected:
+                    raise EngineError(
+                        f"batch {len(timings)} produced {generation.output_tokens} tokens, expected {expected}"
+                    )
+                timings.append(BatchTiming(batch_index=len(timings), batch_size=len(batch),
+                                           input_tokens=len(batch) * workload.input_len,
+                                           output_tokens=generation.output_tokens, latency_s=latency,
+                                           ttft_s=generation.ttft_s))
+            passes += 1
+            if time.time() - window_start >= experiment.measurement.min_window_s:
+                break
+        self.adapter.synchronize()
+        return window_start, time.time(), passes, timings

@@ -90,6 +90,17 @@ def record_measurement(run_id: int, m: Measurement, pause: dict[str, Any] | None
               "idle_after": _span(m.idle_after), "model_load": _span(m.model_load)}
     if pause:
         phases["gap"] = pause
+    if m.prefill is not None:  # phase split: the prefill-only window, summed (the finaliser needs its energy)
+        p = m.prefill
+        phases["prefill"] = {"window": [p.window_start, p.window_end], "idle_before": _span(p.idle_before),
+                             "idle_after": _span(p.idle_after), "passes": p.passes,
+                             "warmup_iterations": p.warmup_iterations,
+                             "prompts": sum(b.batch_size for b in p.batches),
+                             "latency_s": [b.latency_s for b in p.batches]}
+    if m.flops_counted is not None:
+        phases["flops_counted"] = m.flops_counted
+    if m.model_shape is not None:
+        phases["model_shape"] = m.model_shape
     with session_scope() as s:
         s.execute(insert(RunMetrics).values(run_id=run_id, **run_metrics(m)))
         s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
