@@ -8,7 +8,7 @@ PACKAGES := -e ./shared -e ./services/planner -e ./services/worker-pytorch -e ./
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup services migrate up down status campaign test flower lint clean
+.PHONY: setup services migrate up down status campaign test flower lint lint-containers clean
 
 # torch first, pinned: pip takes the CPU build of 2.13.0 from local disk; an unpinned torch pulls GBs of CUDA.
 # --no-compile: byte-compiling all of torch at install costs more than compiling what is imported, on first use.
@@ -28,8 +28,46 @@ services: setup  ## make sure Redis and PostgreSQL answer (start them when insta
 migrate: services  ## alembic upgrade head (creates the database if needed)
 	$(BIN)/lem db upgrade
 
-up: migrate  ## start telemetry, the control worker and one pytorch worker in the background
+# `make up` starts what a campaign needs, in one of two ways, chosen by LEM_UP (never guessed):
+#   LEM_UP=local (default)  local processes through scripts/services.sh (Redis and PostgreSQL on this host;
+#                           telemetry, the control worker, one pytorch worker and beat): works without Docker.
+#   LEM_UP=docker           compose.yaml: docker compose --profile P ... up -d --build --wait, one --profile per
+#                           entry of PROFILES (pytorch, vllm, trtllm); set COMPOSE_FILE=compose.gpus.yaml for the
+#                           one-worker-per-GPU file of scripts/compose_gpus.py.
+#                           Stop: docker compose --profile pytorch --profile vllm --profile trtllm down
+# PROFILES (comma-separated, default pytorch) names the engines whose workers start. Local processes have the
+# pytorch worker only: a campaign on vllm or trtllm needs LEM_UP=docker (or its worker started by hand).
+LEM_UP ?= local
+PROFILES ?= pytorch
+COMPOSE ?= docker compose
+comma := ,
+UP_PROFILES := $(strip $(subst $(comma), ,$(PROFILES)))
+ifneq ($(filter up campaign,$(MAKECMDGOALS)),)
+ifeq ($(filter $(LEM_UP),local docker),)
+$(error LEM_UP must be local or docker, not '$(LEM_UP)')
+endif
+ifneq ($(filter-out pytorch vllm trtllm,$(UP_PROFILES)),)
+$(error PROFILES: unknown engine(s) '$(filter-out pytorch vllm trtllm,$(UP_PROFILES))'; use pytorch, vllm, trtllm)
+endif
+ifeq ($(LEM_UP),local)
+ifneq ($(filter-out pytorch,$(UP_PROFILES)),)
+$(error PROFILES=$(PROFILES): local processes run the pytorch worker only; for $(filter-out pytorch,$(UP_PROFILES)) use LEM_UP=docker (README: Docker))
+endif
+endif
+endif
+
+ifeq ($(LEM_UP),docker)
+up:  ## start the services a campaign needs (LEM_UP=local|docker, PROFILES=pytorch,vllm,trtllm)
+	@$(COMPOSE) version >/dev/null 2>&1 || { echo "LEM_UP=docker, but '$(COMPOSE)' does not run here; leave LEM_UP unset for local processes" >&2; exit 1; }
+	@test -f .env || { echo "no .env: cp .env.example .env and set its passwords" >&2; exit 1; }
+	$(COMPOSE) $(foreach p,$(UP_PROFILES),--profile $(p)) up -d --build --wait
+else
+up: migrate  ## start the services a campaign needs (LEM_UP=local|docker, PROFILES=pytorch,vllm,trtllm)
 	scripts/services.sh up
+endif
+
+lint-containers: setup  ## compose.yaml against the Compose schema, hadolint on every Dockerfile, entry points
+	$(BIN)/python -m pytest tests/unit/test_containers.py -q -p no:cacheprovider
 
 down:  ## stop the background services started by `make up`
 	scripts/services.sh down
