@@ -97,6 +97,8 @@ def main() -> None:
                   f"deep {_f(record['deep_idle_power_w'], '.0f')} W  warmup {record['warmup_iterations']}"
                   f"{'' if record['warmup_converged'] else '(cap)'}  passes {record['passes']}  "
                   f"verdict {record['verdict']}  {record['error'] or ''}", flush=True)
+            if record["phase_split"] or record["flops"]:
+                print("    " + phases_line(record), flush=True)
     finally:
         engine.stop()
         telemetry.send_signal(signal.SIGTERM)
@@ -124,6 +126,22 @@ def sweep(parse_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
     # The same number of batches per pass at every batch size (a grid would share one prompt count).
     return campaign, [e.model_copy(update={"workload": e.workload.model_copy(
         update={"num_prompts": e.batch_size * args.batches})}) for e in experiments]
+
+
+def phases_line(record: dict) -> str:
+    """Prefill and decode per prompt (time, energy +- u, tokens/s, mJ/token, MFU), and counted/analytic FLOPs."""
+    parts = []
+    for phase, f in ((record["phase_split"] or {}).get("per_prompt") or {}).items():
+        energy = "-" if f.get("energy_j") is None else f"{f['energy_j']:.3f}+-{f['energy_uncertainty_j']:.3f} J"
+        bandwidth = (f.get("memory") or {}).get("bandwidth_utilisation")
+        parts.append(f"{phase}: {f['time_s'] * 1e3:.1f} ms {energy} {_f(f.get('tokens_per_s'), '.0f')} tok/s "
+                     f"{_f(f.get('j_per_token') and f['j_per_token'] * 1e3, '.3f')} mJ/tok "
+                     f"MFU {_f(f.get('mfu') and f['mfu'] * 100, '.1f')} %"
+                     + (f" bw {bandwidth * 100:.0f} %" if bandwidth is not None else ""))
+    ratio = (record["flops"] or {}).get("ratio") or {}
+    if ratio:
+        parts.append("counted/analytic FLOPs " + " ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
+    return " | ".join(parts)
 
 
 def label(config: dict) -> str:

@@ -168,7 +168,9 @@ def phase_fields(run: Run, metrics: RunMetrics, experiment: ExperimentConfig,
             _window_figures(prefill_analysis, end - start, prefill["prompts"]),
             input_len=workload.input_len, output_len=workload.output_len, batch_size=experiment.batch_size,
             model_shape=shape, gpu_name=gpu_name, dtype=experiment.dtype)
-        out["phase_split"]["prefill_window"]["verdict"] = (prefill_analysis or {}).get("verdict")
+        out["phase_split"]["prefill_window"].update(
+            verdict=(prefill_analysis or {}).get("verdict"),
+            checks=[c for c in (prefill_analysis or {}).get("checks", []) if c["status"] != "pass"])
     counted = phases.get("flops_counted")
     if counted and shape:
         batch = min(experiment.batch_size, workload.num_prompts)
