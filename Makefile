@@ -8,7 +8,7 @@ PACKAGES := -e ./shared -e ./services/planner -e ./services/worker-pytorch -e ./
 BIN := $(VENV)/bin
 export VENV
 
-.PHONY: setup services migrate up down status campaign test flower lint lint-containers clean
+.PHONY: setup services migrate up down status campaign test flower beat lint lint-containers clean
 
 # torch first, pinned: pip takes the CPU build of 2.13.0 from local disk; an unpinned torch pulls GBs of CUDA.
 # --no-compile: byte-compiling all of torch at install costs more than compiling what is imported, on first use.
@@ -84,6 +84,9 @@ test: services  ## the test suite (real Redis, PostgreSQL, Celery workers and CP
 
 flower: setup  ## Flower on http://127.0.0.1:5555
 	$(BIN)/celery -A lem_planner.control:app flower --address=127.0.0.1 --port=5555
+
+beat: migrate  ## celery beat in the foreground: fires the schedules of `lem schedule` (exactly one may run)
+	$(BIN)/lem-beat
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Local services without Docker: make sure Redis and PostgreSQL answer, and start / stop the background
-# processes (telemetry, the control worker, one pytorch worker) with pid files in .run/. Never stops by name.
+# processes (telemetry, the control worker, one pytorch worker, beat) with pid files in .run/. Never stops by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -85,13 +85,14 @@ up() {
   start telemetry "$VENV/bin/lem-telemetry"
   start control "$VENV/bin/lem-control"
   start worker-pytorch "$VENV/bin/lem-worker-pytorch"
+  start beat "$VENV/bin/lem-beat"
   echo -n "waiting for workers to answer ping"
   for _ in $(seq 1 90); do
     replies=$("$VENV/bin/celery" -A lem_planner.control:app inspect ping --timeout 1 2>/dev/null || true)
     if [[ $replies == *"pytorch@"* && $replies == *"control@"* ]]; then
       echo " ok"; return 0
     fi
-    for n in telemetry control worker-pytorch; do
+    for n in telemetry control worker-pytorch beat; do
       alive "$n" || { echo; echo "$n exited; its log:" >&2; tail -n 30 "$RUN/$n.log" >&2; exit 1; }
     done
     echo -n "."; sleep 1
@@ -100,7 +101,7 @@ up() {
 }
 
 down() {
-  for name in worker-pytorch control telemetry flower; do
+  for name in beat worker-pytorch control telemetry flower; do
     if alive "$name"; then
       pid=$(cat "$RUN/$name.pid")
       kill -TERM "$pid" 2>/dev/null || true
@@ -113,7 +114,7 @@ down() {
 }
 
 status() {
-  for name in telemetry control worker-pytorch flower; do
+  for name in telemetry control worker-pytorch beat flower; do
     if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
   done
 }

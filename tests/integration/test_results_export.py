@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from lem_planner.export import COLUMNS
+from lem_shared.db.models import RUN_SCHEMA_VERSION
 
 SWEEP = {
     "name": "export-sweep",
@@ -49,7 +50,7 @@ def test_run_level_export_reads_back_with_pandas_and_every_column_is_documented(
     assert (frame["ttft_p50_s"] <= frame["ttft_p90_s"]).all() and (frame["ttft_p90_s"] <= frame["ttft_p99_s"]).all()
     assert (frame["effective_batch_size"] == frame["batch_size"]).all()
     assert frame["energy_j"].isna().all()  # a CPU campaign: no NVML, no energy
-    assert set(frame["schema_version"]) == {"alembic 0004"} and set(frame["tool_version"]) == {"lem 0.1.0"}
+    assert set(frame["schema_version"]) == {RUN_SCHEMA_VERSION} and set(frame["tool_version"]) == {"lem 0.1.0"}
     assert set(frame["campaign_source"]) == {"lem"}
 
 

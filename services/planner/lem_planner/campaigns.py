@@ -8,11 +8,13 @@ from __future__ import annotations
 import secrets
 import statistics
 from collections import Counter
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from lem_shared.config import CampaignConfig, ExperimentConfig
 from lem_shared.contracts import RunRequest, run_key, sha256_of
@@ -28,8 +30,10 @@ from lem_shared.scheduling import (
 )
 
 
-def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig]) -> tuple[int, list[RunRequest]]:
-    """Write the manifest in one transaction; return the campaign id and its runs in dispatch order.
+def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig],
+                    session: Session | None = None) -> tuple[int, list[RunRequest]]:
+    """Write the manifest in one transaction (``session``'s, when given: a schedule's firing is recorded in the
+    same one); return the campaign id and its runs in dispatch order.
 
     The order follows ``structure``: interleaved (the default) runs every experiment once per cycle, so slow
     drift (thermal, clocks) is spread over all experiments rather than landing on one; shuffled does the same
@@ -37,7 +41,7 @@ def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig
     """
     seed = campaign.seed if campaign.seed is not None else secrets.randbelow(2**31)
     spec = campaign.model_dump(mode="json")
-    with session_scope() as s:
+    with nullcontext(session) if session is not None else session_scope() as s:
         row = Campaign(name=campaign.name, spec=spec, spec_hash=sha256_of(spec), seed=seed)
         s.add(row)
         s.flush()

@@ -21,8 +21,8 @@ from rich.table import Table
 
 from lem_planner.importer import results_import
 from lem_planner.params.cli import params_cli
-from lem_planner.schedule_cli import schedule_cli
 from lem_planner.report import results_report
+from lem_planner.schedule_cli import schedule_cli
 from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
 from lem_shared.queues import QueueName, queue_for
 from lem_shared.settings import get_settings

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -25,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0004"
+SCHEMA_VERSION = "0005"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -242,3 +243,71 @@ class HostSample(Base):
     cpu_percent: Mapped[float]
     memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
     memory_total_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class ScheduleOverlap(StrEnum):
+    """What a firing does when a campaign is still running on the GPUs (backends) it needs."""
+
+    QUEUE = "queue"  # create the campaign now; its runs go after the running campaign's (dispatch order)
+    SKIP = "skip"  # create nothing; the firing is recorded as skipped, naming the running campaign
+
+
+class FiringOutcome(StrEnum):
+    CREATED = "created"  # a campaign was created and nothing else ran on its backends
+    QUEUED = "queued"  # a campaign was created behind one still running on its backends
+    SKIPPED = "skipped"  # overlap skip: nothing created
+    MISSED = "missed"  # due while no beat ran and beyond the schedule's catch-up: nothing created
+    FAILED = "failed"  # the stored campaign no longer validates: nothing created, the reason in detail
+
+
+class Schedule(Base):
+    """A campaign to run on a schedule (celery beat with ``lem_planner.beat``). The campaign file's text is stored
+    as it was at ``lem schedule add``, so a later edit of the file does not change what the schedule runs."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))  # the campaign's name
+    source_path: Mapped[str] = mapped_column(Text)  # where the file was read from (shown, never read again)
+    campaign_text: Mapped[str] = mapped_column(Text)
+    spec_hash: Mapped[str] = mapped_column(String(64))  # sha256 of campaign_text
+    kind: Mapped[str] = mapped_column(String(8))  # cron | every | at
+    cron: Mapped[str | None] = mapped_column(String(200))
+    every_s: Mapped[float | None] = mapped_column(Float)
+    timezone: Mapped[str] = mapped_column(String(64))
+    # The first due time (--at, or created + --every); every-schedules fire on start_at + k * every_s.
+    start_at: Mapped[datetime | None]
+    until_at: Mapped[datetime | None]
+    times: Mapped[int | None]
+    overlap: Mapped[str] = mapped_column(String(8))
+    catch_up: Mapped[int]
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The next due time; null once the schedule has no more (--times reached, past --until, a done --at).
+    next_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    # Due times dealt with so far (fired, skipped, failed or missed); --times bounds it.
+    occurrences: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    firings: Mapped[list[ScheduleFiring]] = relationship(back_populates="schedule", order_by="ScheduleFiring.due_at",
+                                                         cascade="all, delete-orphan", passive_deletes=True)
+
+
+class ScheduleFiring(Base):
+    """One due time of a schedule, recorded once (unique with the schedule), in the transaction that created its
+    campaign, so a beat restart can neither repeat nor lose it."""
+
+    __tablename__ = "schedule_firings"
+    __table_args__ = (UniqueConstraint("schedule_id", "due_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"), index=True)
+    due_at: Mapped[datetime]
+    fired_at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))
+    overlap: Mapped[str] = mapped_column(String(8))  # the policy in force at this firing
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"), index=True)
+    # How many due times this row stands for (a run of missed ones is one row: due_at is the first of them).
+    occurrences: Mapped[int] = mapped_column(default=1)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    schedule: Mapped[Schedule] = relationship(back_populates="firings")

@@ -1,0 +1,171 @@
+"""`lem schedule`: campaigns on a schedule (add, list, history, pause, resume, remove). The beat process
+(`lem-beat`, `make beat`) fires them; the database and Celery are imported inside the commands so `lem --help`
+stays fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+schedule_cli = typer.Typer(help="Campaigns on a schedule, fired by the beat process (`make beat` or `make up`).",
+                           no_args_is_help=True)
+
+EXIT_BAD_INPUT = 2
+
+
+class Overlap(StrEnum):
+    queue = "queue"
+    skip = "skip"
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _beat_line() -> str:
+    from lem_planner.schedules import beat_presence
+
+    try:
+        beat = beat_presence()
+    except Exception as exc:  # noqa: BLE001 - the broker is only needed for this line
+        return f"beat: unknown (the broker does not answer: {type(exc).__name__})"
+    if beat is None:
+        return "beat: not running; nothing fires until one runs: `make beat` (foreground) or `make up`"
+    return f"beat: running on {beat['host']} (pid {beat['pid']}), last tick {beat['age_s']:.0f} s ago"
+
+
+@schedule_cli.command("add")
+def schedule_add(
+    file: Annotated[str, typer.Argument(help="Campaign YAML file; its content is stored with the schedule.")],
+    cron: Annotated[str | None, typer.Option(help="Cron expression, e.g. '0 2 * * *' (02:00 every day).")] = None,
+    every: Annotated[str | None, typer.Option(help="Interval: 30s, 15m, 6h, 1d, 1h30m. The first firing is one "
+                                                   "interval from now, or --at.")] = None,
+    at: Annotated[str | None, typer.Option(help="ISO time: fire once then (with --every: the first firing).")] = None,
+    until: Annotated[str | None, typer.Option(help="ISO time: no firing after it.")] = None,
+    times: Annotated[int | None, typer.Option(help="Fire at most this many times.")] = None,
+    overlap: Annotated[Overlap, typer.Option(help="When a campaign still runs on the backends this one needs: "
+                                                  "queue (create it; its runs follow) or skip (record the skip).")]
+    = Overlap.queue,
+    catch_up: Annotated[int, typer.Option(min=0, help="Due times missed while no beat ran that are fired late when "
+                                                       "one comes back (the most recent ones); older are recorded "
+                                                       "as missed.")] = 1,
+    tz: Annotated[str, typer.Option("--tz", help="Time zone of --cron, and of --at/--until without an offset.")]
+    = "UTC",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
+) -> None:
+    """Run the campaign in FILE on a schedule. The file is validated now and its text stored: editing the file
+    later does not change what the schedule runs (remove and add it again)."""
+    from lem_planner.schedules import ScheduleError, add_schedule, build_timing
+    from lem_shared.config import ConfigError
+
+    try:
+        timing = build_timing(cron=cron, every=every, at=at, until=until, times=times, tz=tz, now=datetime.now(UTC))
+    except ScheduleError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        summary = add_schedule(file, timing, overlap.value, catch_up)
+    except ConfigError as exc:
+        typer.echo(f"error: invalid campaign file {file}:", err=True)
+        for problem in exc.problems:
+            typer.echo(f"  {problem}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if as_json:
+        _print_json(summary)
+        return
+    typer.echo(f"schedule {summary['id']} ({summary['name']}): {summary['when']}; next {summary['next_due_at']}; "
+               f"overlap {summary['overlap']}")
+    typer.echo(_beat_line())
+
+
+@schedule_cli.command("list")
+def schedule_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Schedules: when, next due time, firings so far by outcome, overlap policy, status; and whether beat runs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lem_planner.schedules import list_schedules
+
+    rows = list_schedules()
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "campaign", "when", "next", "fired", "overlap", "status", "last firing")
+    for r in rows:
+        last = r["last_firing"]
+        last_text = "-" if last is None else f"{last['due_at']} {last['outcome']}" + (
+            f" campaign {last['campaign_id']}" if last["campaign_id"] else "")
+        fired = ", ".join(f"{n} {k}" for k, n in sorted(r["outcomes"].items())) or "0"
+        table.add_row(str(r["id"]), r["name"], r["when"], r["next_due_at"] or "-", fired, r["overlap"], r["status"],
+                      last_text)
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console.print(table)
+    console.print(_beat_line(), highlight=False)
+
+
+@schedule_cli.command("history")
+def schedule_history_command(
+    schedule_id: Annotated[int, typer.Argument(help="Schedule id (see `lem schedule list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every firing of a schedule: due time, when it fired, outcome, campaign, the overlap policy then, detail."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from lem_planner.schedules import schedule_history
+
+    try:
+        firings = schedule_history(schedule_id)
+    except LookupError as exc:
+        raise _fail(f"{exc}; `lem schedule list` shows the ones there are") from None
+    if as_json:
+        _print_json(firings)
+        return
+    table = Table("due", "fired", "outcome", "campaign", "overlap", "detail")
+    for f in firings:
+        table.add_row(f["due_at"], f["fired_at"], f["outcome"], str(f["campaign_id"] or "-"), f["overlap"],
+                      f["detail"] or "")
+    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+
+
+def _by_id(action: str, schedule_id: int) -> dict[str, Any] | None:
+    from lem_planner.schedules import remove_schedule, set_paused
+
+    try:
+        if action == "remove":
+            remove_schedule(schedule_id)
+            return None
+        return set_paused(schedule_id, paused=action == "pause")
+    except LookupError as exc:
+        raise _fail(f"{exc}; `lem schedule list` shows the ones there are") from None
+
+
+@schedule_cli.command("remove")
+def schedule_remove(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")]) -> None:
+    """Delete a schedule and its firing record; the campaigns it created stay."""
+    _by_id("remove", schedule_id)
+    typer.echo(f"schedule {schedule_id} removed")
+
+
+@schedule_cli.command("pause")
+def schedule_pause(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")]) -> None:
+    """Stop firing until `lem schedule resume`; due times in the pause are not fired later."""
+    _by_id("pause", schedule_id)
+    typer.echo(f"schedule {schedule_id} paused")
+
+
+@schedule_cli.command("resume")
+def schedule_resume(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")]) -> None:
+    """Fire again, from the first due time after now."""
+    summary = _by_id("resume", schedule_id)
+    assert summary is not None
+    typer.echo(f"schedule {schedule_id} resumed; next {summary['next_due_at'] or '- (no more due times)'}")
