@@ -400,9 +400,9 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
         latency = (mean, _num(doc, paths[1]) or mean, _num(doc, paths[2]) or mean)  # type: ignore[assignment]
         used += paths
     else:
-        latency = (math.nan, math.nan, math.nan)
-        not_recorded.append("latency_mean_s, latency_p50_s, latency_p95_s (NaN: no per-request latencies)")
-    latency_s = tuple(v / 1000 if not math.isnan(v) else v for v in latency)  # type: ignore[operator]
+        latency = (None, None, None)
+        not_recorded.append("latency_mean_s, latency_p50_s, latency_p95_s (no per-request latencies)")
+    latency_s = tuple(v / 1000 if v is not None else None for v in latency)
 
     ttft_samples = [v for p in processes for v in p.ttft_samples]
     if _num(doc, "latency_stats.ttft_mean_ms") is not None:

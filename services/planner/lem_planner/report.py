@@ -659,7 +659,8 @@ def _pareto_section(data: CampaignData) -> str:
     points = []
     for e in data.summaries:
         m = e["metrics"]["j_per_token"]
-        latency = bootstrap_ci([r["latency_mean_s"] for r in by_experiment[e["experiment_index"]]])
+        latency = bootstrap_ci([r["latency_mean_s"] for r in by_experiment[e["experiment_index"]]
+                                if r["latency_mean_s"] is not None])
         if m["mean"] is None or latency.estimate is None:
             continue
         points.append(ParetoPoint(e["experiment_index"], e["backend"], latency.estimate, latency.low,

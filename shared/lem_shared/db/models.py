@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0005"
+SCHEMA_VERSION = "0006"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -154,9 +154,10 @@ class RunMetrics(Base):
     duration_s: Mapped[float]
     tokens_per_s: Mapped[float]
     requests_per_s: Mapped[float]
-    latency_mean_s: Mapped[float]
-    latency_p50_s: Mapped[float]
-    latency_p95_s: Mapped[float]
+    # None only for imported results that recorded no per-request latencies
+    latency_mean_s: Mapped[float | None]
+    latency_p50_s: Mapped[float | None]
+    latency_p95_s: Mapped[float | None]
     ttft_mean_s: Mapped[float | None]
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     peak_memory_kind: Mapped[str] = mapped_column(String(32))
