@@ -579,6 +579,17 @@ def _matching_rule(rules: list[_Rule], values: list[list[Any]], idx: tuple[int, 
     return None
 
 
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config mapping as dotted keys (``workload.input_len``); an empty mapping has no keys."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(config, dict) or part not in config:

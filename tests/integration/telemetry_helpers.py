@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -25,12 +26,14 @@ HEARTBEAT_REDIS_URL = f"{REDIS_URL}/13"
 PG_BIN = Path(os.environ.get("LEM_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, poll: float = 0.05) -> Any:
+    """Poll ``condition`` until it gives a true value, and return that value; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(poll)
+    return value
 
 
 class Daemon:

@@ -10,7 +10,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +21,7 @@ from sqlalchemy import select
 from lem_shared.db.models import Campaign, CampaignStatus, Experiment, Run, Schedule, ScheduleFiring
 from lem_shared.db.session import session_scope
 from lem_shared.scheduling import aware
+from tests.integration.telemetry_helpers import wait_for
 
 BIN = Path(sys.executable).parent
 TINY = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 16, "output_len": 8},
@@ -37,16 +37,6 @@ def campaign_file(tmp_path: Path, backend: str = "vllm", **spec: object) -> tupl
     path.write_text(yaml.safe_dump({"name": name, "cycles": 1, "experiment": {**TINY, "backend": backend},
                                     **spec}))
     return path, name
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def firings(schedule_id: int) -> list[ScheduleFiring]:

@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from lem_shared.db.models import Campaign, Run, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_shared.scheduling import WORKER_KEY_PREFIX, advance, publish_worker_beat, redis_client
+from tests.integration.telemetry_helpers import wait_for
 
 # Each run lasts a few seconds on a CPU: long enough to be caught mid-run, short enough for CI.
 RUN = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 32, "output_len": 48},
@@ -36,16 +37,6 @@ def runs_of(campaign_id: int) -> list[Run]:
         runs = s.scalars(select(Run).where(Run.campaign_id == campaign_id).order_by(Run.position)).all()
         s.expunge_all()
         return list(runs)
-
-
-def wait_for(predicate, timeout: float, what: str, poll: float = 0.1):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def campaign_status(campaign_id: int) -> str:

@@ -23,7 +23,7 @@ from lem_planner.importer import results_import
 from lem_planner.params.cli import params_cli
 from lem_planner.report import results_report
 from lem_planner.schedule_cli import schedule_cli
-from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, load_plan
+from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, flatten, load_plan
 from lem_shared.queues import QueueName, queue_for
 from lem_shared.settings import get_settings
 
@@ -111,7 +111,7 @@ def campaign_plan(
         sys.stdout.write(plan.to_json() + "\n")
         return
     campaign, shown = plan.campaign, plan.experiments if limit == 0 else plan.experiments[:limit]
-    flat = [_flatten(e.model_dump(mode="json")) for e in shown]
+    flat = [flatten(e.model_dump(mode="json")) for e in shown]
     keys = dict.fromkeys(k for f in flat for k in f)  # a key only some experiments have (compile: {...})
     varying = [k for k in keys if k != "backend" and len({repr(f.get(k)) for f in flat}) > 1]
     if len(varying) <= _MAX_COLUMNS:
@@ -208,19 +208,9 @@ def _follow(campaign_id: int, total: int, timeout: float) -> str:
 _MAX_COLUMNS = 6
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def _describe_experiments(configs: list[dict[str, Any]]) -> tuple[list[str], str]:
     """A short label per experiment (the parameters that vary) and a caption (the ones all share)."""
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten(c) for c in configs]
     keys = list(flat[0]) if flat else []
     varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
     labels = [" ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k)}" for k in varying if f.get(k) is not None) or "(base)"

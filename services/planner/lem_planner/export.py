@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from lem_planner.results import SUMMARY_METRICS, inter_token_latency, run_records, summarise_experiment
 from lem_shared.analysis import CLOCK_EVENT_REASONS
+from lem_shared.config import flatten
 from lem_shared.db.models import BatchTimingRow, Campaign, Environment, Run, RunMetrics
 from lem_shared.db.session import session_scope
 
@@ -170,16 +171,6 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def _per_batch_itl(batches: list[BatchTimingRow]) -> list[float]:
     return [x for b in batches if (x := inter_token_latency([b])) is not None]
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        elif not isinstance(value, dict):
-            flat[prefix + key] = value
-    return flat
 
 
 def run_rows(campaign_id: int) -> list[dict[str, Any]]:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from lem_shared.config import flatten
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -76,19 +78,9 @@ class CampaignData:
     caption: str = ""
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
     """The flattened config keys whose values differ between ``configs`` (first-seen order; absent counts)."""
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten(c) for c in configs]
     keys: dict[str, None] = {}
     for f in flat:
         keys.update(dict.fromkeys(f))
@@ -102,7 +94,7 @@ def _is_number(value: Any) -> bool:
 def swept_parameter(configs: list[dict[str, Any]]) -> tuple[str | None, list[str]]:
     """(the first numeric swept key, the other varying keys) — backend is never either: it groups the series."""
     varying = [k for k in varying_keys(configs) if k != "backend"]
-    flat = [_flatten(c) for c in configs]
+    flat = [flatten(c) for c in configs]
     for key in varying:
         if key.startswith(_NOT_SWEPT):
             continue
@@ -140,9 +132,9 @@ def _load(campaign_id: int) -> CampaignData:
     configs = [e["experiment"] for e in summaries]
     varying = varying_keys(configs)
     for e in summaries:
-        data.labels[e["experiment_index"]] = _label(_flatten(e["experiment"]), varying) or "(base)"
+        data.labels[e["experiment_index"]] = _label(flatten(e["experiment"]), varying) or "(base)"
     if configs:
-        shared = _flatten(configs[0])
+        shared = flatten(configs[0])
         data.caption = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in shared.items()
                                 if k not in varying and v is not None and not k.endswith((".kind", ".seed")))
     return data
@@ -624,7 +616,7 @@ def _energy_section(data: CampaignData, sweep: str | None, others: list[str]) ->
     missing = []
     for e in data.summaries:
         m = e["metrics"]["j_per_token"]
-        flat = _flatten(e["experiment"])
+        flat = flatten(e["experiment"])
         x = flat.get(sweep) if sweep else (_label(flat, others) or e["backend"])
         if m["mean"] is None or (sweep and x is None):
             missing.append(f"e{e['experiment_index']} ({m['reason'] or 'no ' + str(sweep)})")
