@@ -26,7 +26,7 @@ def test_plan_json_lists_experiments_per_backend_and_skipped_points(lem, tmp_pat
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["campaign"]["name"] == "plan-cli"
-    cache = [e["config"]["pytorch"]["generation"]["cache_implementation"] for e in plan["experiments"]]
+    cache = [e["config"]["pytorch"]["generation"].get("cache_implementation") for e in plan["experiments"]]
     assert [(e["index"], e["backend"], e["config"]["batch_size"], c) for e, c in zip(plan["experiments"], cache,
                                                                                      strict=True)] == [
         (0, "pytorch", 1, "dynamic"), (1, "pytorch", 1, "static"), (2, "pytorch", 4, "dynamic"),
