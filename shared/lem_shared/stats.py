@@ -76,3 +76,14 @@ def bootstrap_ci(
     low, high = np.quantile(replicates, [tail, 1 - tail])
     warning = FEW_VALUES_WARNING if n < RELIABLE_VALUES else None
     return Interval(estimate=estimate, low=float(low), high=float(high), warning=warning, **common)
+
+
+def ci_text(metric: dict[str, Any], spec: str, scale: float = 1.0, sep: str = " ") -> str:
+    """``mean [low, high]`` of a ``{"mean", "ci_low", "ci_high"}`` figure, scaled and formatted with ``spec``;
+    ``n/a`` without a mean, ``(no CI)`` without an interval."""
+    if metric["mean"] is None:
+        return "n/a"
+    text = format(metric["mean"] * scale, spec)
+    if metric["ci_low"] is None or metric["ci_high"] is None:
+        return f"{text} (no CI)"
+    return f"{text}{sep}[{metric['ci_low'] * scale:{spec}}, {metric['ci_high'] * scale:{spec}}]"

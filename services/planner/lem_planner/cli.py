@@ -351,19 +351,14 @@ def campaign_validate(file: str) -> None:
         out.print(f"  {i}: {label}", highlight=False)
 
 
-def _with_ci(metric: dict[str, Any], spec: str, scale: float = 1.0) -> str:
-    """``mean [low, high]`` (the interval on a line of its own); ``n/a`` when there is no mean."""
-    if metric["mean"] is None:
-        return "n/a"
-    mean = format(metric["mean"] * scale, spec)
-    if metric["ci_low"] is None:
-        return f"{mean} (no CI)"
-    return f"{mean}\n[{metric['ci_low'] * scale:{spec}}, {metric['ci_high'] * scale:{spec}}]"
-
-
 def _experiments_table(campaign_id: int, summaries: list[dict[str, Any]]) -> None:
     if not summaries:
         return
+    from lem_shared.stats import ci_text
+
+    def _with_ci(metric: dict[str, Any], spec: str, scale: float = 1.0) -> str:
+        return ci_text(metric, spec, scale, sep="\n")  # the interval on a line of its own
+
     labels, _ = _describe_experiments([e["experiment"] for e in summaries])
     ci = summaries[0]["ci"]
     table = Table(title=f"campaign {campaign_id}: mean [{ci['confidence']:.0%} CI] across done cycles",
@@ -483,6 +478,7 @@ def results_compare(
     """A and B side by side per metric: means with 95 % CIs, B's difference from A in %, and whether the CIs
     overlap (campaigns: experiments of the same config are paired, the rest by position)."""
     from lem_planner.compare import CompareError, compare
+    from lem_shared.stats import ci_text
 
     try:
         rows = compare(a, b, resamples=resamples, seed=seed)
@@ -498,20 +494,13 @@ def results_compare(
         unit = {"j_per_token": " mJ", "itl_mean_s": " ms"}.get(r["metric"], "")
         overlap = {True: "yes (not shown to differ)", False: "no", None: "- (under 2 runs)"}[r["ci_overlap"]]
         table.add_row(r["a"], r["b"], r["metric"] + unit,
-                      _interval(r["a_mean"], r["a_ci_low"], r["a_ci_high"], scale),
-                      _interval(r["b_mean"], r["b_ci_low"], r["b_ci_high"], scale),
+                      *(ci_text({"mean": r[f"{side}_mean"], "ci_low": r[f"{side}_ci_low"],
+                                 "ci_high": r[f"{side}_ci_high"]}, ".4g", scale) for side in ("a", "b")),
                       _fmt(r["diff_pct"], "+.1f") + (" %" if r["diff_pct"] is not None else ""), overlap)
     out.print(table)
     paired = {r["paired"] for r in rows}
     if "by position" in paired:
         out.print("some experiments differ in config and were paired by position", highlight=False)
-
-
-def _interval(mean: float | None, low: float | None, high: float | None, scale: float) -> str:
-    if mean is None:
-        return "-"
-    text = f"{mean * scale:.4g}"
-    return text if low is None or high is None else f"{text} [{low * scale:.4g}, {high * scale:.4g}]"
 
 
 @energy_cli.command("analyse")

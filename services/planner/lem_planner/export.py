@@ -24,7 +24,6 @@ from lem_shared.db.models import BatchTimingRow, Campaign, Environment, Run, Run
 from lem_shared.db.session import session_scope
 
 FORMATS = ("csv", "parquet", "json")
-LEVELS = ("run", "experiment")
 
 
 @dataclass(frozen=True)
@@ -173,9 +172,10 @@ def _per_batch_itl(batches: list[BatchTimingRow]) -> list[float]:
     return [x for b in batches if (x := inter_token_latency([b])) is not None]
 
 
-def run_rows(campaign_id: int) -> list[dict[str, Any]]:
-    """One row per run of the campaign: RUN_COLUMNS, then ``config.*``."""
-    records = run_records(campaign_id)
+def run_rows(campaign_id: int, records: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """One row per run of the campaign: RUN_COLUMNS, then ``config.*`` (``records``: its ``run_records`` when
+    the caller already has them)."""
+    records = run_records(campaign_id) if records is None else records
     with session_scope() as s:
         campaign = s.get(Campaign, campaign_id)
         runs = {r.id: r for r in s.scalars(select(Run).where(Run.campaign_id == campaign_id))}
@@ -281,7 +281,7 @@ def experiment_rows(campaign_id: int, resamples: int = 2000, seed: int = 0) -> l
     records = run_records(campaign_id)
     for record in records:
         by_experiment[record["experiment_index"]].append(record)
-    for row in run_rows(campaign_id):
+    for row in run_rows(campaign_id, records):
         rows_by_experiment[row["experiment_index"]].append(row)
     out = []
     for index in sorted(by_experiment):

@@ -518,15 +518,6 @@ def _fmt(value: float | None, spec: str, scale: float = 1.0) -> str:
     return "–" if value is None else format(value * scale, spec)
 
 
-def _ci_text(metric: dict[str, Any], spec: str, scale: float = 1.0) -> str:
-    if metric["mean"] is None:
-        return "n/a"
-    text = format(metric["mean"] * scale, spec)
-    if metric["ci_low"] is None:
-        return f"{text} (no CI)"
-    return f"{text} [{metric['ci_low'] * scale:{spec}}, {metric['ci_high'] * scale:{spec}}]"
-
-
 def _when(value: datetime | None) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value else "–"
 
@@ -672,6 +663,8 @@ def _pareto_section(data: CampaignData) -> str:
 
 
 def _experiments_section(data: CampaignData) -> str:
+    from lem_shared.stats import ci_text
+
     rows = []
     for e in data.summaries:
         m = e["metrics"]
@@ -679,9 +672,9 @@ def _experiments_section(data: CampaignData) -> str:
         label = _e(data.labels.get(e["experiment_index"]))
         rows.append(f"<tr><td>e{e['experiment_index']}</td><td class=label>{label}</td>"
                     f"<td>{_e(e['backend'])}</td><td class=num>{e['runs_done']}/{e['runs']}</td>"
-                    f"<td class=num>{_ci_text(m['j_per_token'], '.2f', 1000)}</td>"
-                    f"<td class=num>{_ci_text(m['tokens_per_s'], '.1f')}</td>"
-                    f"<td class=num>{_ci_text(m['energy_j'], '.1f')}</td>"
+                    f"<td class=num>{ci_text(m['j_per_token'], '.2f', 1000)}</td>"
+                    f"<td class=num>{ci_text(m['tokens_per_s'], '.1f')}</td>"
+                    f"<td class=num>{ci_text(m['energy_j'], '.1f')}</td>"
                     f"<td>{_e('; '.join(notes))}</td></tr>")
     return ('<section id="experiments"><h2>Experiments</h2><table id="experiments-table"><thead><tr><th>exp</th>'
             "<th>experiment</th><th>backend</th><th>done</th><th>mJ/token [95 % CI]</th>"

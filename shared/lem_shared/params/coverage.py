@@ -100,7 +100,3 @@ def coverage(backend: str) -> dict[str, Any]:
         "discovered": len(snapshot["parameters"]),
         "unclassified": unclassified,
     }
-
-
-def coverage_all() -> dict[str, dict[str, Any]]:
-    return {backend: coverage(backend) for backend in SECTIONS}

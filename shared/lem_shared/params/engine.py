@@ -89,10 +89,6 @@ class EngineSection(BaseModel):
         return resolved
 
     @classmethod
-    def group_names(cls) -> list[str]:
-        return list(cls.snapshot_groups)
-
-    @classmethod
     def first_class(cls) -> dict[str, set[str]]:
         """``{group: field names}`` of the section's first-class parameters."""
         out = {}

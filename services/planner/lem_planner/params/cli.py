@@ -3,11 +3,12 @@ transformers/torch for pytorch) are imported inside the command so `lem --help` 
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from lem_shared.queues import Backend
 
 params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves; coverage.",
                          no_args_is_help=True)
@@ -16,12 +17,6 @@ EXIT_BAD_INPUT = 2
 # The committed snapshots live in the shared package (plan-time checks read them); in a source checkout this is
 # shared/lem_shared/params/snapshots.
 DEFAULT_OUT = Path(__file__).resolve().parents[4] / "shared" / "lem_shared" / "params" / "snapshots"
-
-
-class Backend(StrEnum):
-    pytorch = "pytorch"
-    vllm = "vllm"
-    trtllm = "trtllm"
 
 
 _DOWNLOAD_HINT = {
