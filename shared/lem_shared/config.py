@@ -246,15 +246,22 @@ def load_plan(path: str | Path) -> CampaignPlan:
     """Read and expand a campaign file into its experiments and skipped points, or raise ConfigError."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+        text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
+    return plan_text(text, str(path))
+
+
+def plan_text(text: str, origin: str) -> CampaignPlan:
+    """Validate and expand a campaign file's text (``origin`` names it in errors), or raise ConfigError."""
+    try:
+        raw = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+        raise ConfigError([f"{origin}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(raw, dict):
-        raise ConfigError([f"{path}: must be a mapping of keys (name, cycles, experiment, grid)"])
+        raise ConfigError([f"{origin}: must be a mapping of keys (name, cycles, experiment, grid)"])
     return plan_campaign(raw)
 
 

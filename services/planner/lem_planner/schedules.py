@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lem_shared.config import CampaignPlan, ConfigError
+from lem_shared.config import ConfigError, plan_text
 
 log = logging.getLogger(__name__)
 
@@ -256,21 +256,6 @@ def iso(value: datetime | None) -> str | None:
 
 # --- the campaign a schedule runs -----------------------------------------------------------------------------
 
-def plan_text(text: str, origin: str) -> CampaignPlan:
-    """Validate and expand a campaign file's text (as ``load_plan`` does a file), or raise ConfigError."""
-    import yaml
-
-    from lem_shared.config import plan_campaign
-
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"{origin}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{origin}: must be a mapping of keys (name, cycles, experiment, grid)"])
-    return plan_campaign(raw)
-
-
 # --- the store ------------------------------------------------------------------------------------------------
 
 def _timing_of(row: Any) -> Timing:
@@ -282,13 +267,15 @@ def _timing_of(row: Any) -> Timing:
 
 def add_schedule(path: str, timing: Timing, overlap: str, catch_up: int, now: datetime | None = None) -> dict:
     """Store a schedule of the campaign file at ``path`` (validated first: ConfigError). Returns its summary."""
-    from lem_shared.config import load_plan
     from lem_shared.db.models import Schedule
     from lem_shared.db.session import session_scope
 
     now = now or datetime.now(UTC)
-    plan = load_plan(path)
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()  # read once: what is validated is what is stored
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    plan = plan_text(text, path)
     first = timing.first_at_or_after(now)
     with session_scope() as s:
         row = Schedule(name=plan.campaign.name, source_path=str(Path(path).resolve()), campaign_text=text,
