@@ -55,6 +55,10 @@ class BatchTiming(_Message):
     output_tokens: int
     latency_s: float
     ttft_s: float | None
+    request_ttfts_s: list[float] | None = None  # each request's own TTFT, where the engine reports it
+    kv_cache_usage_peak: float | None = None  # fraction of the engine's KV-cache blocks in use, over its steps
+    kv_cache_usage_mean: float | None = None
+    preemptions: int | None = None  # requests the engine preempted (KV cache full) during the batch
 
 
 class Warmup(_Message):

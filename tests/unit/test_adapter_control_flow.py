@@ -17,6 +17,7 @@ import gc
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from lem_shared.config import ExperimentConfig
+from lem_shared.metrics import run_metrics
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
 from lem_shared.runtime.engine_support import RANDOM_MODEL_EOS_ID, llama_hf_config
@@ -188,8 +190,24 @@ def test_vllm_adapter_load_generate_unload_passes_exactly_its_mapping(engines: E
     # adapter measures from just before generate, so the batch's TTFT is at least the last request's latency.
     latest = len(batch) * vllm.FIRST_TOKEN_LATENCY_S
     assert generation.ttft_s is not None and latest <= generation.ttft_s < latest + 0.5
+    # Each request's own TTFT, as vLLM's RequestStateStats.first_token_latency gives it.
+    assert generation.request_ttfts_s == [(i + 1) * vllm.FIRST_TOKEN_LATENCY_S for i in range(len(batch))]
+    # KV usage from the engine's per-step scheduler stats: 8 + 5 tokens fit one block; 2 prompts x n = 2 sequences.
+    assert generation.kv_cache_usage_peak == pytest.approx(4 / vllm.NUM_GPU_BLOCKS)
+    assert generation.kv_cache_usage_mean == pytest.approx(4 / vllm.NUM_GPU_BLOCKS)
+    assert generation.preemptions == 0
+    facts = adapter.engine_facts()
+    assert facts is not None and json.loads(json.dumps(facts)) == facts
+    assert facts["num_gpu_blocks"] == vllm.NUM_GPU_BLOCKS and facts["block_size"] == vllm.BLOCK_SIZE
+    assert facts["kv_cache_tokens"] == vllm.NUM_GPU_BLOCKS * vllm.BLOCK_SIZE
+    assert facts["gpu_memory_utilization"] == 0.5  # the section's engine argument, as the engine holds it
+    assert facts["compilation_mode"] == "VLLM_COMPILE" and facts["cudagraph_mode"] == "FULL_AND_PIECEWISE"
+    assert facts["cudagraph_capture_sizes"] == vllm.CUDAGRAPH_CAPTURE_SIZES
+    assert facts["flashinfer_sampler"]["value"] == os.environ.get("VLLM_USE_FLASHINFER_SAMPLER")
+    assert facts["attention_backend"] is None and "attention_backend" in facts["unavailable"]
 
     adapter.unload()
+    assert adapter.engine_facts() is None
     assert [call.name for call in vllm.CALLS][-2:] == ["LLM deleted", "cleanup_dist_env_and_memory"]
     assert not model_dir.exists()
     with pytest.raises(RuntimeError, match="no model loaded"):
@@ -360,6 +378,15 @@ def test_the_runtime_measures_through_each_adapter_end_to_end(engines: Engines, 
     assert m.peak_memory_bytes is None and m.peak_memory_kind.startswith("unavailable")
     engine_versions = m.environment["engine_versions"]
     assert engine_versions[engine.__name__] == "not installed"
+    metrics = run_metrics(m)
+    if backend == "vllm":  # the engine's facts reach the run's environment, its request stats the run's metrics
+        assert m.environment["engine"]["kv_cache_tokens"] == engine.NUM_GPU_BLOCKS * engine.BLOCK_SIZE
+        assert all(b.request_ttfts_s is not None and len(b.request_ttfts_s) == b.batch_size for b in m.batches)
+        assert metrics["ttft_mean_s"] == pytest.approx(1.5 * engine.FIRST_TOKEN_LATENCY_S)  # requests 1 and 2
+        assert metrics["kv_cache_usage_peak"] == pytest.approx(4 / engine.NUM_GPU_BLOCKS)
+        assert metrics["preemptions"] == 0
+    else:
+        assert "engine" not in m.environment and metrics["kv_cache_usage_peak"] is None
     # Warm-up and window together: 2 warm-up batches and 2 measured ones, all with the experiment's sampling.
     assert len(calls(engine, "generate")) == 4 and len(calls(engine, "LLM")) == 1
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -13,13 +15,19 @@ import pytest
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
 from lem_shared.queues import Backend
 from lem_worker_vllm.adapter import (
+    FLASHINFER_SAMPLER_ENV,
     MODEL_SEED,
     NOT_INSTALLED,
+    KvCacheWatch,
     VllmAdapter,
     batch_ttft,
+    engine_facts_of,
     engine_kwargs,
+    flashinfer_sampler_choice,
     output_tokens,
+    request_ttfts,
     sampling_kwargs,
+    watch_kv_cache,
 )
 
 VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
@@ -115,6 +123,85 @@ def test_batch_ttft_is_none_when_vllm_gave_no_request_metrics() -> None:
     assert batch_ttft([request_output(4), request_output(4)], started=0.0) is None
     assert batch_ttft([request_output(4, arrival=1.0, latency=0.0)], started=0.0) is None
     assert batch_ttft([], started=0.0) is None
+
+
+def test_request_ttfts_are_vllms_own_first_token_latencies_or_none_when_any_is_missing() -> None:
+    outputs = [request_output(4, arrival=100.01, latency=0.20), request_output(4, arrival=100.02, latency=0.33)]
+    assert request_ttfts(outputs) == [0.20, 0.33]
+    assert request_ttfts([request_output(4, arrival=1.0, latency=0.2), request_output(4)]) is None
+    assert request_ttfts([request_output(4, arrival=1.0, latency=0.0)]) is None
+    assert request_ttfts([]) is None
+
+
+def test_flashinfer_sampler_is_switched_off_only_when_flashinfer_is_missing_and_the_operator_said_nothing() -> None:
+    assert flashinfer_sampler_choice({}, flashinfer_installed=False)["value"] == "0"
+    assert flashinfer_sampler_choice({}, flashinfer_installed=False)["set_by"] == "lem"
+    assert flashinfer_sampler_choice({}, flashinfer_installed=True) == {
+        "value": None, "set_by": "vllm default",
+        "reason": "flashinfer is installed: vLLM uses its top-k/top-p sampler where the GPU supports it"}
+    operator = flashinfer_sampler_choice({FLASHINFER_SAMPLER_ENV: "1"}, flashinfer_installed=False)
+    assert operator["value"] == "1" and operator["set_by"] == "operator"
+
+
+def test_the_adapter_sets_the_sampler_switch_before_any_engine_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(FLASHINFER_SAMPLER_ENV, raising=False)
+    VllmAdapter("auto")
+    flashinfer = importlib.util.find_spec("flashinfer") is not None
+    assert os.environ.get(FLASHINFER_SAMPLER_ENV) == (None if flashinfer else "0")
+    monkeypatch.setenv(FLASHINFER_SAMPLER_ENV, "1")
+    VllmAdapter("auto")
+    assert os.environ[FLASHINFER_SAMPLER_ENV] == "1"  # the operator's value is kept
+
+
+class Mode(enum.Enum):
+    FULL_AND_PIECEWISE = (2, 1)
+
+
+def test_engine_facts_read_the_live_config_and_name_what_is_missing() -> None:
+    config = SimpleNamespace(
+        model_config=SimpleNamespace(enforce_eager=False, dtype="torch.bfloat16", max_model_len=4096),
+        cache_config=SimpleNamespace(num_gpu_blocks=1000, block_size=16, kv_cache_size_tokens=16000,
+                                     kv_cache_max_concurrency=3.9, cache_dtype="auto", gpu_memory_utilization=0.9,
+                                     kv_cache_memory_bytes=None, enable_prefix_caching=False),
+        compilation_config=SimpleNamespace(mode=3, backend="inductor", cudagraph_mode=Mode.FULL_AND_PIECEWISE,
+                                           cudagraph_capture_sizes=[1, 2, 4], max_cudagraph_capture_size=4),
+        attention_config=SimpleNamespace(backend=None),
+    )
+    sampler = flashinfer_sampler_choice({}, flashinfer_installed=False)
+    facts = engine_facts_of(config, "0.26.0", sampler)
+    json.dumps(facts)  # JSON only
+    assert facts["vllm_version"] == "0.26.0" and facts["flashinfer_sampler"] == sampler
+    assert facts["kv_cache_tokens"] == 16000 and facts["gpu_memory_utilization"] == 0.9
+    assert facts["cudagraph_mode"] == "FULL_AND_PIECEWISE" and facts["cudagraph_capture_sizes"] == [1, 2, 4]
+    assert facts["compilation_mode"] == 3 and facts["dtype"] == "torch.bfloat16"
+    assert facts["attention_backend"] is None and "engine-core" in facts["unavailable"]["attention_backend"]
+    assert facts["max_num_seqs"] is None  # no scheduler_config here
+    assert facts["unavailable"]["max_num_seqs"] == "vllm_config.scheduler_config.max_num_seqs is missing in this vLLM"
+    nothing = engine_facts_of(None, "0.26.0", sampler)
+    assert nothing["kv_cache_tokens"] is None and "kv_cache_tokens" in nothing["unavailable"]
+
+
+def test_kv_cache_watch_keeps_peak_mean_and_preemptions_of_the_steps_since_reset() -> None:
+    watch = KvCacheWatch()
+    assert watch.figures() == {"kv_cache_usage_peak": None, "kv_cache_usage_mean": None, "preemptions": None}
+    watch.record(SimpleNamespace(kv_cache_usage=0.5), SimpleNamespace(num_preempted_reqs=0))
+    watch.record(SimpleNamespace(kv_cache_usage=0.2), SimpleNamespace(num_preempted_reqs=0))
+    watch.record(SimpleNamespace(kv_cache_usage=0.9), SimpleNamespace(num_preempted_reqs=2), mm_cache_stats=None,
+                 engine_idx=0)
+    assert watch.figures() == {"kv_cache_usage_peak": 0.9, "kv_cache_usage_mean": pytest.approx(1.6 / 3),
+                               "preemptions": 2}
+    watch.reset()
+    watch.record(SimpleNamespace(kv_cache_usage=0.1), None)
+    assert watch.figures() == {"kv_cache_usage_peak": 0.1, "kv_cache_usage_mean": 0.1, "preemptions": 0}
+
+
+def test_kv_cache_watch_joins_the_engines_stat_loggers_or_says_why_not() -> None:
+    loggers: list[object] = []
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(logger_manager=SimpleNamespace(stat_loggers=loggers)))
+    watch, missing = watch_kv_cache(llm)
+    assert missing is None and loggers == [watch]
+    watch, missing = watch_kv_cache(SimpleNamespace(llm_engine=SimpleNamespace(logger_manager=None)))
+    assert watch is None and "stat_loggers not found" in missing
 
 
 @pytest.mark.skipif(VLLM_INSTALLED, reason="vLLM is installed here")

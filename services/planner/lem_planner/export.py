@@ -80,16 +80,22 @@ RUN_COLUMNS: list[Column] = [
     _c("tokens_per_s", "token/s", "output tokens over the window's length"),
     _c("requests_per_s", "prompt/s", "prompts over the window's length"),
     _c("effective_batch_size", "prompts", "mean prompts per generate call in the window"),
-    _c("ttft_mean_s", "s", "time to first token: mean over the window's batches (a batch's first token)"),
-    _c("ttft_p50_s", "s", "time to first token: median over batches"),
-    _c("ttft_p90_s", "s", "time to first token: 90th percentile over batches"),
-    _c("ttft_p99_s", "s", "time to first token: 99th percentile over batches"),
+    _c("ttft_mean_s", "s", "time to first token: mean over the window's requests where the engine reports each "
+       "request's (vLLM), else over its batches (a batch's first token)"),
+    _c("ttft_p50_s", "s", "time to first token: median over requests (vLLM) or batches"),
+    _c("ttft_p90_s", "s", "time to first token: 90th percentile over requests (vLLM) or batches"),
+    _c("ttft_p99_s", "s", "time to first token: 99th percentile over requests (vLLM) or batches"),
     _c("itl_mean_s", "s", "inter-token latency: (batch latency - TTFT) / (tokens per sequence - 1), mean"),
     _c("itl_p50_s", "s", "inter-token latency: median over batches"),
     _c("itl_p90_s", "s", "inter-token latency: 90th percentile over batches"),
     _c("itl_p99_s", "s", "inter-token latency: 99th percentile over batches"),
     _c("latency_mean_s", "s", "end-to-end latency of a generate call (every prompt of a batch finishes with it)"),
     _c("latency_p95_s", "s", "end-to-end latency: 95th percentile over batches"),
+    _c("kv_cache_usage_peak", "fraction", "highest share of the engine's KV-cache blocks in use at an engine step "
+       "of the window (vLLM's scheduler stats; empty for engines that do not report it)"),
+    _c("kv_cache_usage_mean", "fraction", "KV-cache share in use, mean over the window's engine steps (the mean "
+       "of each batch's mean)"),
+    _c("preemptions", "requests", "requests the engine preempted in the window (KV cache full; vLLM)"),
     _c("peak_memory_bytes", "B", "peak device memory (CUDA: torch's max allocated; CPU: process peak RSS)"),
     _c("peak_memory_kind", "", "what peak_memory_bytes measures"),
     _c("gpu_utilization_mean_pct", "%", "NVML GPU utilisation averaged over the window"),
@@ -133,6 +139,8 @@ RUN_COLUMNS: list[Column] = [
     _c("env_power_limit_w", "W", "GPU power limit when the run was recorded"),
     _c("env_torch_version", "", "torch version of the worker"),
     _c("env_engine_versions", "", "engine package versions of the worker (JSON)"),
+    _c("env_engine_facts", "", "what the loaded engine used (JSON; vLLM: version, compilation and CUDA-graph "
+       "mode, KV-cache blocks and tokens, gpu_memory_utilization, the FlashInfer-sampler switch)"),
     _c("env_hostname", "", "host the environment was read on"),
     _c("env_cpu", "", "host CPU model"),
 ]
@@ -193,7 +201,6 @@ def run_rows(campaign_id: int, records: list[dict[str, Any]] | None = None) -> l
             analysis = (m.analysis or {}) if m else {}
             config = record["experiment"]
             env = environments.get(run.environment_id) or {}
-            ttfts = [b.ttft_s for b in batches[run.id] if b.ttft_s is not None]
             itls = _per_batch_itl(batches[run.id])
             shares = analysis.get("reason_share") or {}
             checks = [f"{c['name']}: {c['status']}" for c in (record["checks"] or [])
@@ -209,7 +216,9 @@ def run_rows(campaign_id: int, records: list[dict[str, Any]] | None = None) -> l
                     "energy_j", "energy_power_integral_j", "energy_adjusted_j", "energy_source", "baseline_power_w",
                     "baseline_method", "deep_idle_power_w", "idle_before_w", "idle_after_w", "j_per_token",
                     "tokens_per_j", "j_per_request", "mean_power_w", "peak_power_w", "max_temperature_c",
-                    "duration_s", "requests", "output_tokens", "tokens_per_s", "ttft_mean_s", "itl_mean_s",
+                    "duration_s", "requests", "output_tokens", "tokens_per_s", "ttft_mean_s", "ttft_p50_s",
+                    "ttft_p90_s", "ttft_p99_s", "kv_cache_usage_peak", "kv_cache_usage_mean", "preemptions",
+                    "itl_mean_s",
                     "latency_mean_s", "latency_p95_s", "peak_memory_bytes", "peak_memory_kind", "verdict",
                     "model_load_s", "model_reused", "warmup_iterations", "warmup_converged", "passes",
                     "window_start", "window_end", "worker", "host", "device", "gpu_uuid")},
@@ -220,8 +229,6 @@ def run_rows(campaign_id: int, records: list[dict[str, Any]] | None = None) -> l
                 "requests_per_s": m.requests_per_s if m else None,
                 "effective_batch_size": (sum(b.batch_size for b in batches[run.id]) / len(batches[run.id])
                                          if batches[run.id] else None),
-                "ttft_p50_s": _percentile(ttfts, 50), "ttft_p90_s": _percentile(ttfts, 90),
-                "ttft_p99_s": _percentile(ttfts, 99),
                 "itl_p50_s": _percentile(itls, 50), "itl_p90_s": _percentile(itls, 90),
                 "itl_p99_s": _percentile(itls, 99),
                 "gpu_utilization_mean_pct": analysis.get("utilization_mean_pct"),
@@ -270,6 +277,7 @@ def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:
         "env_cuda_version": gpu.get("cuda_driver_version"), "env_power_limit_w": gpu.get("power_limit_w"),
         "env_torch_version": packages.get("torch"),
         "env_engine_versions": json.dumps(packages, sort_keys=True) if packages else None,
+        "env_engine_facts": json.dumps(env["engine"], sort_keys=True) if env.get("engine") else None,
         "env_hostname": env.get("host"), "env_cpu": env.get("cpu_model"),
     }
 

@@ -12,6 +12,7 @@ from sqlalchemy.orm import joinedload
 
 from lem_shared.db.models import BatchTimingRow, Campaign, Run
 from lem_shared.db.session import session_scope
+from lem_shared.metrics import percentile, ttft_values
 from lem_shared.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, PERCENTILE_BOOTSTRAP, bootstrap_ci
 
 # The per-run figures summarised across cycles, with the words used when no run has one.
@@ -77,6 +78,7 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
         records = []
         for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle)):
             m = run.metrics
+            ttfts = ttft_values(batches_of[run.id])
             records.append({
                 "run_id": run.id,
                 "run_key": run.run_key,
@@ -100,7 +102,11 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
                 "latency_mean_s": m.latency_mean_s if m else None,
                 "latency_p95_s": m.latency_p95_s if m else None,
                 "ttft_mean_s": m.ttft_mean_s if m else None,
+                **{f"ttft_p{q}_s": percentile(ttfts, q) if ttfts else None for q in (50, 90, 99)},
                 "itl_mean_s": inter_token_latency(batches_of[run.id]) if m else None,
+                "kv_cache_usage_peak": m.kv_cache_usage_peak if m else None,
+                "kv_cache_usage_mean": m.kv_cache_usage_mean if m else None,
+                "preemptions": m.preemptions if m else None,
                 "peak_memory_bytes": m.peak_memory_bytes if m else None,
                 "peak_memory_kind": m.peak_memory_kind if m else None,
                 "model_load_s": m.model_load_s if m else None,

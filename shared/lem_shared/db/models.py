@@ -26,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0006"
+SCHEMA_VERSION = "0007"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -159,6 +159,11 @@ class RunMetrics(Base):
     latency_p50_s: Mapped[float | None]
     latency_p95_s: Mapped[float | None]
     ttft_mean_s: Mapped[float | None]
+    # The engine's KV-cache usage (fraction of its blocks) over the window's batches, and requests it preempted;
+    # None where the engine does not report them (only vLLM does).
+    kv_cache_usage_peak: Mapped[float | None] = mapped_column(Float)
+    kv_cache_usage_mean: Mapped[float | None] = mapped_column(Float)
+    preemptions: Mapped[int | None]
     peak_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
     peak_memory_kind: Mapped[str] = mapped_column(String(32))
     model_load_s: Mapped[float]
@@ -207,6 +212,11 @@ class BatchTimingRow(Base):
     output_tokens: Mapped[int]
     latency_s: Mapped[float]
     ttft_s: Mapped[float | None]
+    # Each request's own time to first token, where the engine reports it (vLLM's RequestOutput.metrics)
+    request_ttfts_s: Mapped[list[float] | None] = mapped_column(JSONType)
+    kv_cache_usage_peak: Mapped[float | None] = mapped_column(Float)
+    kv_cache_usage_mean: Mapped[float | None] = mapped_column(Float)
+    preemptions: Mapped[int | None]
 
 
 class GpuSample(Base):

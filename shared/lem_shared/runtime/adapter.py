@@ -10,10 +10,16 @@ from lem_shared.config import ExperimentConfig
 
 @dataclass(frozen=True)
 class Generation:
-    """One batch generated: the output tokens produced and, where the engine tells it, time to first token."""
+    """One batch generated: the output tokens produced and, where the engine tells them, time to first token (the
+    batch's, and each request's), and the engine's KV-cache usage over the batch's steps (fraction of its blocks)
+    with the requests it preempted."""
 
     output_tokens: int
     ttft_s: float | None
+    request_ttfts_s: list[float] | None = None
+    kv_cache_usage_peak: float | None = None
+    kv_cache_usage_mean: float | None = None
+    preemptions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -47,3 +53,6 @@ class EngineAdapter(Protocol):
 
     def versions(self) -> dict[str, str]:
         """Engine package versions for the environment snapshot."""
+
+    # Optional hooks, read with getattr by the runtime: ``model_shape()`` (the loaded model's config) and
+    # ``engine_facts()`` (JSON: what the loaded engine really uses, e.g. attention backend, KV-cache size).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from typing import Any
 
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
 from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup
@@ -126,11 +127,16 @@ class MeasurementRuntime:
             batches=timings,
             peak_memory_bytes=peak,
             peak_memory_kind=peak_kind,
-            environment=environment_snapshot(info, self.adapter.versions()),
+            environment=environment_snapshot(info, self.adapter.versions(), self._engine_facts()),
             prefill=prefill,
             flops_counted=flops_counted,
             model_shape=self._model_shape(experiment),
         )
+
+    def _engine_facts(self) -> dict[str, Any] | None:
+        """What the loaded engine really uses (JSON), from the adapter where it reads it."""
+        facts = getattr(self.adapter, "engine_facts", None)
+        return facts() if facts is not None else None
 
     def _model_shape(self, experiment: ExperimentConfig) -> dict | None:
         """The loaded model's config, from the adapter where it reads it, else a random preset's own."""
@@ -158,7 +164,10 @@ class MeasurementRuntime:
                 timings.append(BatchTiming(batch_index=len(timings), batch_size=len(batch),
                                            input_tokens=len(batch) * workload.input_len,
                                            output_tokens=generation.output_tokens, latency_s=latency,
-                                           ttft_s=generation.ttft_s))
+                                           ttft_s=generation.ttft_s, request_ttfts_s=generation.request_ttfts_s,
+                                           kv_cache_usage_peak=generation.kv_cache_usage_peak,
+                                           kv_cache_usage_mean=generation.kv_cache_usage_mean,
+                                           preemptions=generation.preemptions))
             passes += 1
             if time.time() - window_start >= experiment.measurement.min_window_s:
                 break

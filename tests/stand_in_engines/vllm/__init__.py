@@ -1,9 +1,13 @@
 """STAND-IN, not vLLM: imitates the part of vLLM's offline Python API that ``lem_worker_vllm.adapter`` calls
 (``vllm.LLM(**engine_args)``, ``LLM.generate(prompts, sampling_params, use_tqdm=...)``,
-``LLM.llm_engine.model_config.get_vocab_size()``, ``vllm.SamplingParams(**kw)``, ``RequestOutput`` with
-``outputs[i].token_ids`` and ``metrics`` (``arrival_time``, ``first_token_latency``), ``vllm.inputs.TokensPrompt``,
+``LLM.llm_engine.model_config.get_vocab_size()``, ``LLM.llm_engine.vllm_config`` (its model, cache, compilation,
+attention and scheduler configs), ``LLM.llm_engine.logger_manager.stat_loggers`` (fed every step's
+``SchedulerStats`` and ``IterationStats``), ``vllm.SamplingParams(**kw)``, ``RequestOutput`` with
+``outputs[i].token_ids`` and ``metrics`` (``RequestStateStats``), ``vllm.inputs.TokensPrompt``,
 ``vllm.distributed.parallel_state.cleanup_dist_env_and_memory``), so the adapter's control flow runs where vLLM
-cannot be installed. Written for this project's tests; no vLLM code is in it, and it computes nothing on a device.
+cannot be installed. Names, fields and call shapes are vLLM 0.26.0's (``v1/engine/llm_engine.py``,
+``v1/metrics/{stats,loggers}.py``, ``config/*.py``). Written for this project's tests; no vLLM code is in it, and it
+computes nothing on a device.
 
 Strict where the adapter could be wrong:
 - every keyword of ``LLM`` must be in the ``engine`` group of the committed vLLM snapshot, every keyword of
@@ -15,7 +19,11 @@ Strict where the adapter could be wrong:
   unless EOS is allowed (``ignore_eos`` off): then this "model" emits EOS right after ``min_tokens`` tokens;
 - ``RequestOutput.metrics`` is filled only when the ``LLM`` was built with ``disable_log_stats=False`` (the
   ``LLM`` entry point turns stats off by default); request i's first token comes ``(i + 1) x
-  FIRST_TOKEN_LATENCY_S`` after the batch's arrival.
+  FIRST_TOKEN_LATENCY_S`` after the batch's arrival;
+- after load ``vllm_config.cache_config`` holds ``NUM_GPU_BLOCKS`` blocks of ``BLOCK_SIZE`` tokens (as 0.26's
+  frontend does once the engine core answered); with log stats on, ``generate`` runs one engine step per new token
+  and hands each stat logger that step's ``SchedulerStats.kv_cache_usage`` (the blocks every sequence holds, one
+  block table per completion, over ``NUM_GPU_BLOCKS``) and an ``IterationStats`` with no preemption.
 
 Everything it receives is appended to ``CALLS`` (``_stand_in.Call`` records, in order), including
 ``Call("LLM deleted", {})`` when an ``LLM`` is garbage collected.
@@ -23,6 +31,8 @@ Everything it receives is appended to ``CALLS`` (``_stand_in.Call`` records, in 
 
 from __future__ import annotations
 
+import enum
+import math
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -37,6 +47,9 @@ STAND_IN = True
 CALLS: list[Call] = []
 FIRST_TOKEN_LATENCY_S = 0.004
 DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+NUM_GPU_BLOCKS = 512
+BLOCK_SIZE = 16
+CUDAGRAPH_CAPTURE_SIZES = [1, 2, 4, 8]
 
 
 class SamplingParams:
@@ -80,10 +93,50 @@ class CompletionOutput:
 
 @dataclass
 class RequestStateStats:
-    """The two fields of vLLM's per-request stats the adapter reads: wall-clock arrival, seconds to first token."""
+    """vLLM 0.26's per-request stats (``v1/metrics/stats.py``): frontend wall-clock arrival, engine-core
+    monotonic timestamps, seconds from arrival to first token."""
 
-    arrival_time: float
-    first_token_latency: float
+    num_generation_tokens: int = 0
+    arrival_time: float = 0.0
+    queued_ts: float = 0.0
+    scheduled_ts: float = 0.0
+    first_token_ts: float = 0.0
+    last_token_ts: float = 0.0
+    first_token_latency: float = 0.0
+    is_corrupted: bool = False
+
+
+@dataclass
+class SchedulerStats:
+    """The part of 0.26's ``SchedulerStats`` this stand-in fills."""
+
+    num_running_reqs: int = 0
+    num_waiting_reqs: int = 0
+    kv_cache_usage: float = 0.0
+
+
+class IterationStats:
+    """The part of 0.26's ``IterationStats`` this stand-in fills (no request is ever preempted here)."""
+
+    def __init__(self) -> None:
+        self.iteration_timestamp = time.time()
+        self.num_generation_tokens = 0
+        self.num_preempted_reqs = 0
+
+
+class CompilationMode(enum.IntEnum):  # vllm/config/compilation.py
+    NONE = 0
+    STOCK_TORCH_COMPILE = 1
+    DYNAMO_TRACE_ONCE = 2
+    VLLM_COMPILE = 3
+
+
+class CUDAGraphMode(enum.Enum):  # vllm/config/compilation.py
+    NONE = 0
+    PIECEWISE = 1
+    FULL = 2
+    FULL_DECODE_ONLY = (FULL, NONE)
+    FULL_AND_PIECEWISE = (FULL, PIECEWISE)
 
 
 @dataclass
@@ -99,14 +152,90 @@ class RequestOutput:
 class ModelConfig:
     vocab_size: int
     max_model_len: int
+    dtype: str
+    enforce_eager: bool
 
     def get_vocab_size(self) -> int:
         return self.vocab_size
 
 
 @dataclass
-class LLMEngine:
+class CacheConfig:
+    block_size: int
+    gpu_memory_utilization: float
+    cache_dtype: str
+    enable_prefix_caching: bool
+    kv_cache_memory_bytes: int | None
+    num_gpu_blocks: int | None = None  # init=False in 0.26: synced from the engine core's ready answer
+    kv_cache_size_tokens: int | None = None
+    kv_cache_max_concurrency: float | None = None
+
+
+@dataclass
+class CompilationConfig:
+    mode: CompilationMode
+    backend: str
+    cudagraph_mode: CUDAGraphMode
+    cudagraph_capture_sizes: list[int]
+    max_cudagraph_capture_size: int
+
+
+@dataclass
+class AttentionConfig:
+    backend: str | None = None  # an AttentionBackendEnum in 0.26; None: the engine core chooses
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int
+    max_num_batched_tokens: int
+
+
+@dataclass
+class VllmConfig:
     model_config: ModelConfig
+    cache_config: CacheConfig
+    compilation_config: CompilationConfig
+    attention_config: AttentionConfig
+    scheduler_config: SchedulerConfig
+
+
+class StatLoggerManager:
+    """0.26's ``StatLoggerManager``: ``record`` hands every stat logger the step's stats."""
+
+    def __init__(self) -> None:
+        self.stat_loggers: list[Any] = []
+
+    def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
+               mm_cache_stats: Any = None, engine_idx: int | None = None) -> None:
+        for stat_logger in self.stat_loggers:
+            stat_logger.record(scheduler_stats, iteration_stats, mm_cache_stats=mm_cache_stats,
+                               engine_idx=engine_idx or 0)
+
+
+@dataclass
+class LLMEngine:
+    vllm_config: VllmConfig
+    model_config: ModelConfig
+    logger_manager: StatLoggerManager | None
+
+
+def _vllm_config(kwargs: dict[str, Any], vocab_size: int, max_len: int) -> VllmConfig:
+    eager = bool(kwargs.get("enforce_eager", False))
+    tokens = NUM_GPU_BLOCKS * BLOCK_SIZE
+    return VllmConfig(
+        model_config=ModelConfig(vocab_size, max_len, kwargs.get("dtype", "auto"), eager),
+        cache_config=CacheConfig(BLOCK_SIZE, float(kwargs.get("gpu_memory_utilization", 0.92)),
+                                 kwargs.get("kv_cache_dtype", "auto"), bool(kwargs.get("enable_prefix_caching", True)),
+                                 kwargs.get("kv_cache_memory_bytes"), NUM_GPU_BLOCKS, tokens, tokens / max_len),
+        compilation_config=CompilationConfig(
+            CompilationMode.NONE if eager else CompilationMode.VLLM_COMPILE, "inductor",
+            CUDAGraphMode.NONE if eager else CUDAGraphMode.FULL_AND_PIECEWISE,
+            [] if eager else list(CUDAGRAPH_CAPTURE_SIZES), 0 if eager else max(CUDAGRAPH_CAPTURE_SIZES)),
+        attention_config=AttentionConfig(),
+        scheduler_config=SchedulerConfig(int(kwargs.get("max_num_seqs") or 256),
+                                         int(kwargs.get("max_num_batched_tokens") or 8192)),
+    )
 
 
 @dataclass
@@ -132,7 +261,8 @@ class LLM:
         max_len = int(kwargs.get("max_model_len") or model.max_position_embeddings)
         # The LLM entry point turns log stats off unless disable_log_stats=False is given.
         self._state = _Loaded(model, max_len, skip, log_stats=kwargs.get("disable_log_stats", True) is False)
-        self.llm_engine = LLMEngine(ModelConfig(model.vocab_size, max_len))
+        config = _vllm_config(kwargs, model.vocab_size, max_len)
+        self.llm_engine = LLMEngine(config, config.model_config, StatLoggerManager() if self._state.log_stats else None)
         weakref.finalize(self, CALLS.append, Call("LLM deleted", {}))
 
     def generate(self, prompts: Any, sampling_params: Any = None, *, use_tqdm: bool = True) -> list[RequestOutput]:
@@ -149,6 +279,7 @@ class LLM:
             params_list = [sampling_params if sampling_params is not None else _default_params()] * len(prompts)
         arrival = time.time()
         outputs = []
+        sequences: list[tuple[int, int]] = []  # (prompt length, max tokens) of every completion, for KV usage
         for i, (prompt, params) in enumerate(zip(prompts, params_list, strict=True)):
             if not isinstance(params, SamplingParams):
                 raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
@@ -163,8 +294,19 @@ class LLM:
                 tokens = _stand_in.completion(ids, j, max_tokens, params.min_tokens, eos, state.model.vocab_size)
                 reason = "stop" if eos is not None and tokens[-1] == eos else "length"
                 completions.append(CompletionOutput(j, tokens, reason))
-            metrics = (RequestStateStats(arrival, (i + 1) * FIRST_TOKEN_LATENCY_S) if state.log_stats else None)
+            sequences.extend([(len(ids), max_tokens)] * params.n)
+            metrics = (RequestStateStats(num_generation_tokens=max_tokens, arrival_time=arrival,
+                                         first_token_latency=(i + 1) * FIRST_TOKEN_LATENCY_S)
+                       if state.log_stats else None)
             outputs.append(RequestOutput(str(i), ids, completions, True, metrics))
+        manager = self.llm_engine.logger_manager
+        if manager is not None:
+            for step in range(max(length for _, length in sequences) if sequences else 0):
+                blocks = sum(math.ceil((prompt + min(step + 1, length)) / BLOCK_SIZE) for prompt, length in sequences
+                             if step < length)
+                running = sum(1 for _, length in sequences if step < length)
+                manager.record(SchedulerStats(num_running_reqs=running, kv_cache_usage=blocks / NUM_GPU_BLOCKS),
+                               IterationStats(), mm_cache_stats=None)
         return outputs
 
 
