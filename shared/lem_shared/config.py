@@ -12,21 +12,22 @@ import inspect
 import itertools
 import json
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import SchemaValidator
 
 from lem_shared.contracts import canonical_json, sha256_of
 from lem_shared.model_presets import LLAMA_PRESETS, RANDOM_PREFIX, random_preset
 from lem_shared.params.engine import EngineSection
 from lem_shared.params.pytorch import PytorchOptions
+from lem_shared.params.snapshots import SnapshotChoice, SnapshotError, choose_snapshot, validation_context
 from lem_shared.params.trtllm import TrtllmOptions
 from lem_shared.params.vllm import VllmOptions
 from lem_shared.queues import Backend
@@ -141,6 +142,9 @@ class ThermalGap(_Strict):
     max_wait_s: float = Field(default=300.0, ge=0, description="wait at most this long, then run (recorded)")
 
 
+EngineVersion = Annotated[str, Field(pattern=r"^[0-9][A-Za-z0-9.+-]*$")]
+
+
 class CampaignConfig(_Strict):
     """A campaign file: a base experiment, grid axes (dotted keys) shared by every backend and per backend, extra
     points to include and rules to exclude, repeated in cycles."""
@@ -160,6 +164,10 @@ class CampaignConfig(_Strict):
     force_cold_start: bool = Field(
         default=False, description="a fresh engine process (model load) before every run; load time and energy "
         "are recorded separately"
+    )
+    engine_versions: dict[Backend, EngineVersion] = Field(
+        default_factory=dict, description="per backend, the engine version its parameters are checked against "
+        "(default: the version the live workers advertise, else the newest committed snapshot)",
     )
     experiment: ExperimentConfig = ExperimentConfig()
     grid: dict[str, list[Any]] = Field(default_factory=dict, description="axes shared by every backend")
@@ -181,6 +189,13 @@ class CampaignConfig(_Strict):
         if isinstance(backends, dict):
             return {name: {} if axes is None else axes for name, axes in backends.items()}
         return backends
+
+    def backends_used(self) -> list[Backend]:
+        """The backends the campaign's experiments may have: those under ``backends`` (else the base
+        experiment's) and those of ``include`` points."""
+        used = list(self.backends) or [self.experiment.backend]
+        used += [Backend(point["backend"]) for point in self.include if point.get("backend") in set(Backend)]
+        return list(dict.fromkeys(used))
 
 
 class ConfigError(Exception):
@@ -213,6 +228,8 @@ class CampaignPlan:
     config_json: list[str]
     skipped: list[SkippedPoint]
     experiment_values: list[dict[str, Any]]  # validated field values of each experiment
+    # per backend the campaign uses, the parameter snapshot its sections were checked against, and why
+    snapshots: dict[str, SnapshotChoice]
 
     @cached_property
     def experiments(self) -> list[ExperimentConfig]:
@@ -232,7 +249,10 @@ class CampaignPlan:
         compact = {"ensure_ascii": False, "separators": (",", ":"), "default": str}
         campaign = json.dumps(self.campaign.model_dump(mode="json"), **compact)
         skipped = json.dumps([{"point": s.point, "reason": s.reason} for s in self.skipped], **compact)
-        return f'{{"campaign":{campaign},"experiments":[{experiments}],"skipped":{skipped}}}'
+        snapshots = json.dumps({b: {"snapshot": c.name, "note": c.note, "warning": c.warning}
+                                for b, c in self.snapshots.items()}, **compact)
+        return (f'{{"campaign":{campaign},"experiments":[{experiments}],"skipped":{skipped},'
+                f'"snapshots":{snapshots}}}')
 
 
 def load_campaign(path: str | Path) -> tuple[CampaignConfig, list[ExperimentConfig]]:
@@ -242,18 +262,20 @@ def load_campaign(path: str | Path) -> tuple[CampaignConfig, list[ExperimentConf
     return plan.campaign, plan.experiments
 
 
-def load_plan(path: str | Path) -> CampaignPlan:
-    """Read and expand a campaign file into its experiments and skipped points, or raise ConfigError."""
+def load_plan(path: str | Path, advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
+    """Read and expand a campaign file into its experiments and skipped points, or raise ConfigError
+    (``advertised``: see ``plan_campaign``)."""
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
-    return plan_text(text, str(path))
+    return plan_text(text, str(path), advertised)
 
 
-def plan_text(text: str, origin: str) -> CampaignPlan:
-    """Validate and expand a campaign file's text (``origin`` names it in errors), or raise ConfigError."""
+def plan_text(text: str, origin: str, advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
+    """Validate and expand a campaign file's text (``origin`` names it in errors), or raise ConfigError
+    (``advertised``: see ``plan_campaign``)."""
     try:
         raw = yaml.load(text, Loader=_YAML_LOADER)
     except yaml.YAMLError as exc:
@@ -262,7 +284,7 @@ def plan_text(text: str, origin: str) -> CampaignPlan:
         raise ConfigError([f"{origin}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{origin}: must be a mapping of keys (name, cycles, experiment, grid)"])
-    return plan_campaign(raw)
+    return plan_campaign(raw, advertised)
 
 
 # The C parser when PyYAML has it (the safe subset either way).
@@ -274,13 +296,39 @@ def parse_campaign(raw: dict[str, Any]) -> tuple[CampaignConfig, list[Experiment
     return plan.campaign, plan.experiments
 
 
-def plan_campaign(raw: dict[str, Any]) -> CampaignPlan:
-    """Validate a campaign mapping and expand it, or raise ConfigError naming every bad field."""
+def plan_campaign(raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
+    """Validate a campaign mapping and expand it, or raise ConfigError naming every bad field.
+
+    Each backend's sections are checked against one parameter snapshot (``choose_snapshot``): the version the
+    file pins under ``engine_versions``, else the one the live workers advertise (``advertised``: {backend:
+    {worker: engine version}}), else the newest committed. A pinned version no snapshot can check is a
+    ConfigError; so are live workers no snapshot can check, for a backend the campaign uses."""
     try:
-        campaign = CampaignConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(describe_errors(exc, CampaignConfig)) from None
-    return expand_campaign(campaign)
+        pinned = _ENGINE_VERSIONS.validate_python(raw.get("engine_versions") or {})
+    except ValidationError:
+        pinned = {}  # reported by the whole validation below
+    choices: dict[str, SnapshotChoice | SnapshotError] = {}
+    for backend in Backend:
+        try:
+            choices[backend.value] = choose_snapshot(backend.value, pinned.get(backend),
+                                                     (advertised or {}).get(backend.value, {}))
+        except SnapshotError as exc:
+            choices[backend.value] = exc
+    errors = {b: str(c) for b, c in choices.items() if isinstance(c, SnapshotError)}
+    if any(backend in pinned for backend in errors):
+        raise ConfigError([errors[backend] for backend in pinned if backend in errors])
+    context = validation_context({b: c.version for b, c in choices.items() if isinstance(c, SnapshotChoice)})
+    try:
+        campaign = CampaignConfig.model_validate(raw, context=context)
+    except ValidationError as exc:  # a backend without a snapshot was checked against the newest: say why
+        raise ConfigError(describe_errors(exc, CampaignConfig) + list(errors.values())) from None
+    used = {backend.value: choices[backend.value] for backend in campaign.backends_used()}
+    if any(backend in errors for backend in used):
+        raise ConfigError([errors[backend] for backend in used if backend in errors])
+    return expand_campaign(campaign, {b: c for b, c in used.items() if isinstance(c, SnapshotChoice)})
+
+
+_ENGINE_VERSIONS = TypeAdapter(CampaignConfig.model_fields["engine_versions"].annotation)
 
 
 def expand_grid(campaign: CampaignConfig) -> list[ExperimentConfig]:
@@ -288,12 +336,15 @@ def expand_grid(campaign: CampaignConfig) -> list[ExperimentConfig]:
     return expand_campaign(campaign).experiments
 
 
-def expand_campaign(campaign: CampaignConfig) -> CampaignPlan:
+def expand_campaign(campaign: CampaignConfig, snapshots: Mapping[str, SnapshotChoice] | None = None) -> CampaignPlan:
     """Per backend (those under ``backends``, or the base experiment's alone) the product of the shared grid axes
     and that backend's axes, in file order, less the points an ``exclude`` rule matches; then the ``include``
     points. Each point is validated as an ExperimentConfig; an invalid one is skipped with its reason, and a
     point whose config hash was already seen is skipped as a duplicate of the first. Raises ConfigError for
-    structural problems (unknown parameters, empty axes) and when no experiment remains."""
+    structural problems (unknown parameters, empty axes) and when no experiment remains. ``snapshots``: the
+    parameter snapshot of each backend (default: the newest committed)."""
+    snapshots = dict(snapshots or {})
+    context = validation_context({backend: choice.version for backend, choice in snapshots.items()})
     problems = _structural_problems(campaign)
     if problems:
         raise ConfigError(problems)
@@ -306,16 +357,16 @@ def expand_campaign(campaign: CampaignConfig) -> CampaignPlan:
     found = _Found()
     rules = list(enumerate(campaign.exclude))
     for backend, axes in groups:
-        _expand(base, backend, axes, rules, found)
+        _expand(base, backend, axes, rules, found, context)
     for point in campaign.include:
         extra = [(key, [value]) for key, value in point.items() if key != "backend"]
-        _expand(base, point.get("backend", base["backend"]), extra, [], found)
+        _expand(base, point.get("backend", base["backend"]), extra, [], found, context)
     if not found.values:
         shown = [f"  {s.describe()}" for s in found.skipped[:10]]
         more = [f"  ... and {len(found.skipped) - 10} more"] if len(found.skipped) > 10 else []
         head = f"grid: no valid experiment; every point is invalid or excluded ({len(found.skipped)} skipped):"
         raise ConfigError([head, *shown, *more])
-    return CampaignPlan(campaign, found.hashes, found.configs, found.skipped, found.values)
+    return CampaignPlan(campaign, found.hashes, found.configs, found.skipped, found.values, snapshots)
 
 
 def _structural_problems(campaign: CampaignConfig) -> list[str]:
@@ -434,17 +485,18 @@ def _cross_field_problem(values: dict[str, Any]) -> str | None | object:
     return None
 
 
-def _validate_whole(config: dict[str, Any]) -> dict[str, Any] | str:
+def _validate_whole(config: dict[str, Any], context: dict[str, Any]) -> dict[str, Any] | str:
     """Full validation of one point: its field values, or the ``field: reason`` lines joined."""
     try:
-        return dict(ExperimentConfig.model_validate(config))
+        return dict(ExperimentConfig.model_validate(config, context=context))
     except ValidationError as exc:
         return "; ".join(describe_errors(exc, ExperimentConfig))
 
 
 def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]],
-            rules: list[tuple[int, dict[str, Any]]], found: _Found) -> None:
-    """Add the points of one backend's product to ``found``.
+            rules: list[tuple[int, dict[str, Any]]], found: _Found, context: dict[str, Any]) -> None:
+    """Add the points of one backend's product to ``found`` (sections checked against the snapshots ``context``
+    names).
 
     The result is what ``ExperimentConfig.model_validate`` gives for each point's full mapping (the unit tests
     compare the two), but each top-level value and each nested section (workload, measurement, ...) is validated
@@ -472,7 +524,7 @@ def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]
         for i in axes_of_section:
             config = _with(config, keys[i], values[i][idx[i]])
         try:
-            section = _SECTIONS[name].model_validate(config[name])
+            section = _SECTIONS[name].model_validate(config[name], context=context)
         except ValidationError:
             return None
         return section, f"{json.dumps(name)}:{canonical_json(section.model_dump(mode='json'))}"
@@ -539,7 +591,7 @@ def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]
                 point_values[name], fragments[name] = entry
         problem = _cross_field_problem(point_values) if valid else _INVALID
         if problem is _INVALID:
-            whole = _validate_whole(full_config(idx))
+            whole = _validate_whole(full_config(idx), context)
             if isinstance(whole, str):
                 found.skipped.append(SkippedPoint(point_of(idx), whole))
             else:

@@ -1,21 +1,30 @@
-"""Telemetry heartbeats in Redis: the key names, how the daemon writes them and how anyone reads them back.
+"""Heartbeats in Redis: the key names, how the telemetry daemon and the workers write them and how anyone reads
+them back.
 
 The telemetry daemon writes one hash per GPU (``lem:telemetry:gpu:<uuid>``) and one per host
 (``lem:telemetry:host:<host>``) about every second, each with a TTL, so a daemon that dies takes its
 heartbeats with it. The planner and ``lem doctor`` read them here without importing the telemetry service.
+Each worker writes ``lem:worker:<name>`` (JSON: backend, host, the run in progress, the engine version it runs)
+every few seconds with a TTL; this module stays light (no Celery, no database), so ``lem campaign plan`` can read
+the engine versions cheaply.
 """
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
 
+from lem_shared.settings import get_settings
+
 KEY_PREFIX = "lem:telemetry:"
 GPU_KEY_PREFIX = KEY_PREFIX + "gpu:"
 HOST_KEY_PREFIX = KEY_PREFIX + "host:"
+WORKER_KEY_PREFIX = "lem:worker:"
 
 # Fields stored as numbers; everything else is text. Absent values are not stored at all.
 _FLOAT_FIELDS = {"time", "power_w", "temperature_c", "cpu_percent", "interval_s", "updated_at"}
@@ -86,3 +95,32 @@ def read_heartbeats(redis_url: str, now: float | None = None) -> list[dict[str, 
         beat["age_s"] = round(now - beat["time"], 3) if "time" in beat else None
     beats.sort(key=lambda b: (b["kind"] != "host", b.get("host", ""), b.get("gpu_index", -1), b["key"]))
     return beats
+
+
+# --- worker heartbeats -----------------------------------------------------------------------------------------
+
+def publish_worker_beat(connection: redis.Redis, name: str, backend: str, run_key: str | None,
+                        engine_version: str | None = None) -> None:
+    """``engine_version``: the version of the backend's engine package the worker runs (plan-time checks use
+    its parameter snapshot)."""
+    settings = get_settings()
+    beat = {"name": name, "backend": backend, "host": socket.gethostname(), "run_key": run_key or "",
+            "engine_version": engine_version or "", "time": time.time()}
+    connection.set(WORKER_KEY_PREFIX + name, json.dumps(beat), px=int(settings.worker_heartbeat_ttl_s * 1000))
+
+
+def live_workers(connection: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Every worker with a live heartbeat, by name (``pytorch@host``)."""
+    keys = list(connection.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
+    values = connection.mget(keys) if keys else []
+    beats = [json.loads(v) for v in values if v]
+    return {b["name"]: b for b in beats}
+
+
+def advertised_engine_versions(workers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """``{backend: {worker: engine version}}`` of the live workers (``live_workers``) that advertise one."""
+    out: dict[str, dict[str, str]] = {}
+    for name, beat in workers.items():
+        if beat.get("engine_version"):
+            out.setdefault(beat["backend"], {})[name] = beat["engine_version"]
+    return out

@@ -11,14 +11,10 @@ in flight, and resume sends it again. Pacing (gaps, thermal waits) happens on th
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-import socket
-import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import redis
 from celery import Celery
@@ -36,12 +32,12 @@ from lem_shared.db.models import (
     RunStatus,
 )
 from lem_shared.db.session import session_scope
+from lem_shared.heartbeat import live_workers
 from lem_shared.queues import FINALISE_TASK, RUN_TASK, QueueName, queue_for
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-WORKER_KEY_PREFIX = "lem:worker:"
 CANCEL_KEY_PREFIX = "lem:cancel:campaign:"
 # One scheduler pass at a time across every process (PostgreSQL advisory lock; SQLite has one writer anyway).
 _ADVISORY_LOCK_ID = 0x6C656D5F  # "lem_"
@@ -65,23 +61,6 @@ def run_order(experiments: int, cycles: int, structure: str, seed: int) -> list[
 def redis_client(url: str | None = None) -> redis.Redis:
     """The broker's Redis (heartbeats and cancel flags live there), with short timeouts."""
     return heartbeat.client(url or get_settings().broker_url, timeout_s=2.0)
-
-
-# --- worker heartbeats -----------------------------------------------------------------------------------------
-
-def publish_worker_beat(connection: redis.Redis, name: str, backend: str, run_key: str | None) -> None:
-    settings = get_settings()
-    beat = {"name": name, "backend": backend, "host": socket.gethostname(), "run_key": run_key or "",
-            "time": time.time()}
-    connection.set(WORKER_KEY_PREFIX + name, json.dumps(beat), px=int(settings.worker_heartbeat_ttl_s * 1000))
-
-
-def live_workers(connection: redis.Redis) -> dict[str, dict[str, Any]]:
-    """Every worker with a live heartbeat, by name (``pytorch@host``)."""
-    keys = list(connection.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
-    values = connection.mget(keys) if keys else []
-    beats = [json.loads(v) for v in values if v]
-    return {b["name"]: b for b in beats}
 
 
 # --- cancellation -------------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from lem_shared.config import CampaignConfig, ExperimentConfig
 from lem_shared.contracts import RunRequest, run_key, sha256_of
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus, Experiment, Run, RunStatus
 from lem_shared.db.session import session_scope
+from lem_shared.heartbeat import live_workers
 from lem_shared.scheduling import (
-    live_workers,
     redis_client,
     request_cancel,
     requeue_for_resume,

@@ -65,14 +65,37 @@ def _print_json(value: Any) -> None:
 
 
 def _plan_or_exit(file: str) -> CampaignPlan:
-    """The campaign's plan (experiments and skipped points), or exit 2 naming every bad field."""
+    """The campaign's plan (experiments and skipped points), or exit 2 naming every bad field. Parameters are
+    checked against the snapshot of the engine version the file pins or the live workers advertise; which one
+    each backend used is printed on stderr."""
     try:
-        return load_plan(file)
+        plan = load_plan(file, _advertised_engine_versions())
     except ConfigError as exc:
         err.print(f"[bold red]invalid campaign file {file}:[/]", highlight=False)
         for problem in exc.problems:
             err.print(f"  {problem}", highlight=False, markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    for choice in plan.snapshots.values():
+        err.print(choice.note, highlight=False, markup=False, soft_wrap=True)
+        if choice.warning:
+            err.print(f"[yellow]warning:[/] {choice.warning}", highlight=False, soft_wrap=True)
+    return plan
+
+
+def _advertised_engine_versions() -> dict[str, dict[str, str]]:
+    """``{backend: {worker: engine version}}`` from the live workers' heartbeats; none when Redis cannot be
+    reached (planning on a laptop)."""
+    import redis
+
+    from lem_shared.heartbeat import advertised_engine_versions, client, live_workers
+
+    connection = client(get_settings().broker_url)
+    try:
+        return advertised_engine_versions(live_workers(connection))
+    except redis.RedisError:
+        return {}
+    finally:
+        connection.close()
 
 
 def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:

@@ -32,6 +32,7 @@ from lem_shared.db.models import (
 )
 from lem_shared.db.session import session_scope
 from lem_shared.energy import Sample, window_energy
+from lem_shared.params.snapshots import installed_context
 from lem_shared.phases import WindowFigures, energy_uncertainty, split
 from lem_shared.queues import FINALISE_TASK, QueueName
 from lem_shared.scheduling import advance, aware, deep_idle_span, reclaim, redis_client, refinalise_stale
@@ -200,7 +201,9 @@ def finalise_run(run_id: int, wait_s: float | None = None) -> str:
         gpu_name = gpus[0].get("name") if isinstance(gpus, list) and gpus else None
         s.expunge_all()
     if run.status == RunStatus.MEASURED and metrics is not None and experiment is not None:
-        config = ExperimentConfig.model_validate(experiment.config)
+        # checked against the snapshot of the engine the run used, as the engine host checked it
+        engine_versions = (environment.data or {}).get("engine_versions") if environment else None
+        config = ExperimentConfig.model_validate(experiment.config, context=installed_context(engine_versions or {}))
         fields = energy_fields(run, metrics, config.measurement, wait_s)
         extra = phase_fields(run, metrics, config, fields.get("analysis"), gpu_name)
         if extra:

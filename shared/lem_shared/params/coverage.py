@@ -17,7 +17,7 @@ import yaml
 
 from lem_shared.params.engine import EngineSection
 from lem_shared.params.pytorch import PytorchOptions
-from lem_shared.params.snapshots import newest_snapshot
+from lem_shared.params.snapshots import snapshot as load_snapshot
 from lem_shared.params.trtllm import TrtllmOptions
 from lem_shared.params.vllm import VllmOptions
 
@@ -57,12 +57,12 @@ def _by_snapshot_group(section: type[EngineSection], qualified: dict[str, Any]) 
     return out
 
 
-def coverage(backend: str) -> dict[str, Any]:
-    """The coverage report of ``backend``'s newest snapshot."""
+def coverage(backend: str, version: str | None = None) -> dict[str, Any]:
+    """The coverage report of ``backend``'s snapshot at ``version`` (None: the newest)."""
     section = SECTIONS[backend]
-    snapshot = newest_snapshot(backend)
+    snapshot = load_snapshot(backend, version)
     if snapshot is None:
-        return {"engine_version": None, "coverage_pct": None, "exposed": [], "missing": [],
+        return {"engine_version": version, "coverage_pct": None, "exposed": [], "missing": [],
                 "error": f"no committed snapshot; run `lem params discover {backend}`"}
     fields = {f"{group}.{name}": f"{backend}.{group}.{name}"
               for group, names in section.first_class().items() for name in names}

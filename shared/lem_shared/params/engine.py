@@ -6,10 +6,12 @@ own parameter names, so the mapping to the engine is by name and a test checks e
 committed snapshot. Every field defaults to None, meaning "the engine's default": only what a user set is passed.
 
 ``extra`` reaches any other parameter of the snapshot: ``{name: value}`` or ``{"group.name": value}`` where a name
-is in several groups. It is checked at plan time against the newest snapshot: an unknown name is an error with
-the closest matches; a name that is a first-class field, is set by another experiment field (``dtype``,
-``workload.output_len``) or is set by the tool itself is refused with the field to use instead. Keys are
-normalised to ``group.name``, so a stored experiment says where each extra value goes.
+is in several groups. A section is checked against the snapshot its validation context names (see ``snapshots``:
+the engine version the workers run), the newest committed one by default. A first-class field that version lacks
+is refused naming the version; an unknown ``extra`` name is an error with the closest matches; a name that is a
+first-class field, is set by another experiment field (``dtype``, ``workload.output_len``) or is set by the tool
+itself is refused with the field to use instead. Keys are normalised to ``group.name``, so a stored experiment
+says where each extra value goes.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
+    model_validator,
 )
 
-from lem_shared.params.snapshots import newest_snapshot, parameter_groups
+from lem_shared.params.snapshots import ENGINE_NAMES, committed_versions, context_version, parameter_groups
 
 
 class EngineGroup(BaseModel):
@@ -68,13 +72,14 @@ class EngineSection(BaseModel):
 
     @field_validator("extra")
     @classmethod
-    def _resolve_extra(cls, extra: dict[str, Any]) -> dict[str, Any]:
+    def _resolve_extra(cls, extra: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        version = context_version(info.context, cls.backend)
         resolved: dict[str, Any] = {}
         problems = []
         for key, value in extra.items():
             try:
-                qualified = cls.qualify(key)
-                problem = cls._refusal(qualified) or _type_problem(value, cls._snapshot_type(qualified))
+                qualified = cls.qualify(key, version)
+                problem = cls._refusal(qualified) or _type_problem(value, cls._snapshot_type(qualified, version))
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
@@ -88,6 +93,24 @@ class EngineSection(BaseModel):
             raise ValueError("; ".join(problems))
         return resolved
 
+    @model_validator(mode="after")
+    def _fields_in_snapshot(self, info: ValidationInfo) -> EngineSection:
+        """Refuse a first-class field the engine version in use lacks (fields are named after the newest one)."""
+        versions = committed_versions(self.backend)
+        version = context_version(info.context, self.backend) or (versions[-1] if versions else None)
+        known = parameter_groups(self.backend, version)
+        if not known:
+            return self
+        engine = f"{ENGINE_NAMES[self.backend]} {version}"
+        problems = [
+            f"{self.backend}.{group}.{name}: {engine} has no parameter {name!r} (snapshot {self.backend}-{version})"
+            for group, groups in self.snapshot_groups.items() if getattr(self, group) is not None
+            for name in getattr(self, group).arguments() if not any(name in known.get(g, {}) for g in groups)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @classmethod
     def first_class(cls) -> dict[str, set[str]]:
         """``{group: field names}`` of the section's first-class parameters."""
@@ -98,14 +121,17 @@ class EngineSection(BaseModel):
         return out
 
     @classmethod
-    def engine_label(cls) -> str:
-        snapshot = newest_snapshot(cls.backend)
-        return f"{cls.backend} {snapshot['engine_version']}" if snapshot else cls.backend
+    def engine_label(cls, version: str | None = None) -> str:
+        """``vllm 0.33.0``: the backend and the engine version of the snapshot at ``version`` (None: the newest)."""
+        versions = committed_versions(cls.backend)
+        version = version or (versions[-1] if versions else None)
+        return f"{cls.backend} {version}" if version else cls.backend
 
     @classmethod
-    def qualify(cls, key: str) -> str:
-        """``group.name`` for an ``extra`` key, or ValueError naming the closest parameters."""
-        known = parameter_groups(cls.backend)
+    def qualify(cls, key: str, version: str | None = None) -> str:
+        """``group.name`` for an ``extra`` key in the snapshot at ``version`` (None: the newest), or ValueError
+        naming the closest parameters."""
+        known = parameter_groups(cls.backend, version)
         if not known:
             raise ValueError(f"{key}: no committed {cls.backend} parameter snapshot to check it against; "
                              f"run `lem params discover {cls.backend}`")
@@ -122,7 +148,7 @@ class EngineSection(BaseModel):
         names = sorted({n for g in candidates for s in cls.snapshot_groups[g] for n in known.get(s, {})})
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
         hint = f"; closest: {', '.join(close)}" if close else ""
-        raise ValueError(f"{key}: not a parameter of {cls.engine_label()}{hint}")
+        raise ValueError(f"{key}: not a parameter of {cls.engine_label(version)}{hint}")
 
     @classmethod
     def _refusal(cls, qualified: str) -> str | None:
@@ -136,9 +162,9 @@ class EngineSection(BaseModel):
         return None
 
     @classmethod
-    def _snapshot_type(cls, qualified: str) -> str:
+    def _snapshot_type(cls, qualified: str, version: str | None) -> str:
         group, _, name = qualified.partition(".")
-        known = parameter_groups(cls.backend)
+        known = parameter_groups(cls.backend, version)
         for snapshot_group in cls.snapshot_groups[group]:
             if name in known.get(snapshot_group, {}):
                 return str(known[snapshot_group][name].get("type") or "")

@@ -19,6 +19,7 @@ from typing import Any
 
 from lem_shared.config import ExperimentConfig
 from lem_shared.contracts import Measurement
+from lem_shared.params.snapshots import installed_context
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,10 @@ def engine_main(adapter_path: str, device: str, conn: Connection) -> None:
     from lem_shared.runtime.measure import MeasurementRuntime
 
     logging.basicConfig(level=logging.INFO, format="[engine-host] %(levelname)s %(message)s")
-    runtime = MeasurementRuntime(_load_adapter(adapter_path, device))
+    adapter = _load_adapter(adapter_path, device)
+    runtime = MeasurementRuntime(adapter)
+    # Sections are checked against the snapshot of the engine this process runs, not the newest committed one.
+    context = installed_context(adapter.versions())
     while True:
         try:
             request = json.loads(conn.recv_bytes())
@@ -46,7 +50,7 @@ def engine_main(adapter_path: str, device: str, conn: Connection) -> None:
         if request.get("op") == "stop":
             return
         try:
-            experiment = ExperimentConfig.model_validate(request["experiment"])
+            experiment = ExperimentConfig.model_validate(request["experiment"], context=context)
             measurement = runtime.measure(experiment, deep_idle_s=float(request.get("deep_idle_s", 0.0)))
             answer = {"ok": True, "measurement": measurement.model_dump(mode="json")}
         except Exception as exc:  # noqa: BLE001 - every engine error becomes a failed run, with its reason

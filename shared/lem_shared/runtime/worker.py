@@ -3,7 +3,8 @@ record it, and ask for the next one at once.
 
 A worker service is this runtime plus one engine adapter: ``make_worker("pytorch", "pkg.adapter:Class")``.
 It publishes a heartbeat in Redis (the scheduler sends it runs only while it is alive and free, and re-queues
-its run if it vanishes) and watches for its campaign's cancellation while it measures.
+its run if it vanishes; the planner checks parameters against the snapshot of the engine version it advertises)
+and watches for its campaign's cancellation while it measures.
 """
 
 from __future__ import annotations
@@ -30,18 +31,13 @@ from lem_shared.celery_app import make_celery
 from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest, sha256_of
 from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, GpuSample, Run, RunMetrics, RunStatus
 from lem_shared.db.session import session_scope
-from lem_shared.heartbeat import gpu_key
+from lem_shared.environment import package_versions
+from lem_shared.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
 from lem_shared.metrics import run_metrics
+from lem_shared.params.snapshots import ENGINE_PACKAGES
 from lem_shared.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
-from lem_shared.scheduling import (
-    WORKER_KEY_PREFIX,
-    advance,
-    cancel_requested,
-    deep_idle_span,
-    publish_worker_beat,
-    redis_client,
-)
+from lem_shared.scheduling import advance, cancel_requested, deep_idle_span, redis_client
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -257,11 +253,17 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     connection = redis_client(settings.broker_url)
     current: dict[str, str | None] = {"name": None, "run_key": None}
     stopping = threading.Event()
+    # What the engine host will import, read from the package metadata (importing the engine here would be slow
+    # and would initialise CUDA in the worker).
+    engine_package = ENGINE_PACKAGES[backend.value]
+    engine_version = package_versions(engine_package)[engine_package]
+    engine_version = None if engine_version == "not installed" else engine_version
 
     def beat() -> None:
         while not stopping.wait(settings.worker_heartbeat_s):
             try:
-                publish_worker_beat(connection, current["name"] or "", backend.value, current["run_key"])
+                publish_worker_beat(connection, current["name"] or "", backend.value, current["run_key"],
+                                    engine_version)
             except redis.RedisError as exc:
                 log.warning("worker heartbeat not written: %s", exc)
 
@@ -270,7 +272,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
         current["name"] = sender.hostname
         with session_scope() as s:  # open the database pool now, not inside the first run's dispatch latency
             s.execute(select(1))
-        publish_worker_beat(connection, sender.hostname, backend.value, None)
+        publish_worker_beat(connection, sender.hostname, backend.value, None, engine_version)
         threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
     @app.task(name=RUN_TASK, bind=True, shared=False)
