@@ -1,4 +1,4 @@
-"""Issue 3's proof on a real GPU: the measurement protocol end to end, on the project's own code path.
+"""The measurement protocol end to end on a real GPU, on the project's own code path, for any backend.
 
 What runs, all of it the code the services run: `lem-telemetry` (python -m lem_telemetry.main) sampling NVML
 into a database; the manifest written by the planner's `create_campaign`; each run claimed, measured in the
@@ -9,9 +9,14 @@ database is SQLite there (no PostgreSQL); pass --database-url to use PostgreSQL 
 
     python bench/h200_protocol.py --model random:llama-1b --batch-sizes 1 8 64 --cycles 5 --out DIR
     python bench/h200_protocol.py --campaign configs/campaigns/audit-pytorch-cuda.yaml --out DIR
+    python bench/h200_protocol.py --campaign configs/campaigns/cross-engine-h200.yaml --budget-s 500 --out DIR
+    python bench/h200_protocol.py --resume --budget-s 500 --out DIR      # the next call: the runs still pending
 
-With --campaign, the campaign file's experiments run instead of the batch-size sweep (PARAM-05's audit); a run
-that fails is reported with its error and the next one runs.
+With --campaign, the campaign file's experiments run instead of the batch-size sweep; a run that fails is reported
+with its error and the next one runs. Each backend's adapter runs in its own engine host, as its worker runs it
+(a campaign over several backends keeps one engine host per backend alive, so give vLLM a
+gpu_memory_utilization that leaves room for the others). --budget-s starts no run after that many seconds, so a
+long campaign is split over several device calls: --resume continues the database's latest campaign.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def main() -> None:
     parser.add_argument("--campaign", type=Path, help="run this campaign file's experiments instead of the sweep")
     parser.add_argument("--experiments", metavar="A:B", help="with --campaign: only experiments A..B-1 (a slice, "
                         "to split a long campaign over several device calls)")
+    parser.add_argument("--budget-s", type=float, help="start no run after this many seconds (the rest: --resume)")
+    parser.add_argument("--resume", action="store_true", help="run the pending runs of the database's latest campaign")
     parser.add_argument("--database-url", default="sqlite:////tmp/lem_h200.db")
     parser.add_argument("--out", type=Path, default=Path("."))
     parser.add_argument("--reanalyse", metavar="DATABASE_URL", help="re-finalise a recorded database, run nothing")
@@ -61,31 +68,41 @@ def main() -> None:
     from lem_shared.runtime.worker import GpuState, execute_run
     from lem_shared.settings import get_settings
 
-    if args.database_url.startswith("sqlite:"):
+    if args.database_url.startswith("sqlite:") and not args.resume:
         Path(args.database_url.removeprefix("sqlite:///")).unlink(missing_ok=True)
     upgrade(args.database_url)
     args.out.mkdir(parents=True, exist_ok=True)
-    telemetry_log = open(args.out / "telemetry.log", "w")  # noqa: SIM115 - open for the daemon's lifetime
+    telemetry_log = open(args.out / "telemetry.log", "a")  # noqa: SIM115 - open for the daemon's lifetime
     telemetry = subprocess.Popen([sys.executable, "-m", "lem_telemetry.main"], stdout=telemetry_log,
                                  stderr=subprocess.STDOUT, env=os.environ.copy())
     time.sleep(3)  # let it log its energy-read cost and start sampling
 
-    if args.campaign:
-        plan = load_plan(args.campaign)
-        campaign, experiments = plan.campaign, plan.experiments
-        if args.experiments:
-            start, _, stop = args.experiments.partition(":")
-            experiments = experiments[int(start or 0):int(stop) if stop else None]
+    if args.resume:
+        campaign_id, requests = pending_runs()
     else:
-        campaign, experiments = sweep(parse_campaign, args)
-    campaign_id, requests = create_campaign(campaign, experiments)
+        if args.campaign:
+            plan = load_plan(args.campaign)
+            campaign, experiments = plan.campaign, plan.experiments
+            if args.experiments:
+                start, _, stop = args.experiments.partition(":")
+                experiments = experiments[int(start or 0):int(stop) if stop else None]
+        else:
+            campaign, experiments = sweep(parse_campaign, args)
+        campaign_id, requests = create_campaign(campaign, experiments)
     settings = get_settings()
-    engine = EngineHost("lem_worker_pytorch.adapter:TransformersAdapter", settings.device, settings.run_timeout_s)
+    engines: dict[str, EngineHost] = {}
     state = GpuState()
     started = time.time()
     try:
         for request in requests:
-            run_id, status = execute_run(engine, request, "h200-bench@device", state)
+            if args.budget_s is not None and time.time() - started > args.budget_s:
+                print(f"budget of {args.budget_s:.0f} s spent: {len(requests) - requests.index(request)} runs left "
+                      "pending (--resume runs them)", flush=True)
+                break
+            backend = request.experiment["backend"]
+            if backend not in engines:
+                engines[backend] = EngineHost(ADAPTERS[backend], settings.device, settings.run_timeout_s)
+            run_id, status = execute_run(engines[backend], request, "h200-bench@device", state)
             assert run_id is not None
             finalise_run(run_id, wait_s=15)
             record = next(r for r in records_of(campaign_id) if r["run_id"] == run_id)
@@ -100,13 +117,39 @@ def main() -> None:
             if record["phase_split"] or record["flops"]:
                 print("    " + phases_line(record), flush=True)
     finally:
-        engine.stop()
+        for engine in engines.values():
+            engine.stop()
         telemetry.send_signal(signal.SIGTERM)
         telemetry.wait(30)
         telemetry_log.close()
 
     report(campaign_id, args.out, {"command": " ".join(sys.argv), "model": args.model,
                                    "elapsed_s": time.time() - started})
+
+
+# Each backend's engine adapter, as its worker's entry module names it.
+ADAPTERS = {
+    "pytorch": "lem_worker_pytorch.adapter:TransformersAdapter",
+    "vllm": "lem_worker_vllm.adapter:VllmAdapter",
+    "trtllm": "lem_worker_trt.adapter:TrtLlmAdapter",
+}
+
+
+def pending_runs() -> tuple[int, list]:
+    """The latest campaign's runs not yet ended, in dispatch order, as the requests the dispatcher would send."""
+    from sqlalchemy import select
+
+    from lem_shared.db.models import Campaign, Experiment, Run
+    from lem_shared.db.session import session_scope
+    from lem_shared.scheduling import run_request
+
+    with session_scope() as s:
+        campaign = s.scalars(select(Campaign).order_by(Campaign.id.desc())).first()
+        if campaign is None:
+            raise SystemExit("--resume: the database holds no campaign")
+        runs = s.scalars(select(Run).where(Run.campaign_id == campaign.id, Run.status == "pending")
+                         .order_by(Run.position)).all()
+        return campaign.id, [run_request(run, s.get(Experiment, run.experiment_id), campaign) for run in runs]
 
 
 def sweep(parse_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
@@ -145,9 +188,10 @@ def phases_line(record: dict) -> str:
 
 
 def label(config: dict) -> str:
-    """What sets an experiment apart: batch size, dtype and the pytorch parameters it sets."""
-    parts = [f"bs={config['batch_size']}", config["dtype"]]
-    for group, values in (config.get("pytorch") or {}).items():
+    """What sets an experiment apart: backend, batch size, dtype and the backend parameters it sets."""
+    backend = config["backend"]
+    parts = [backend, f"bs={config['batch_size']}", config["dtype"]]
+    for group, values in (config.get(backend) or {}).items():
         if isinstance(values, dict):
             parts += [f"{group}.{k}={v}" for k, v in values.items() if v is not None]
         elif values is not None:

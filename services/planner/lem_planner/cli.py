@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from lem_planner.bundle.cli import bundle_cli
 from lem_planner.importer import results_import
 from lem_planner.params.cli import params_cli
 from lem_planner.report import results_report
@@ -38,6 +39,7 @@ cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
 cli.add_typer(energy_cli, name="energy")
 cli.add_typer(params_cli, name="params")
+cli.add_typer(bundle_cli, name="bundle")
 cli.add_typer(schedule_cli, name="schedule")
 
 
