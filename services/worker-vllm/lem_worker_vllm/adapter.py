@@ -3,9 +3,10 @@
 Written against vLLM 0.26.0 (the V1 engine; every attribute read was checked in its sources: ``entrypoints/llm.py``,
 ``outputs.py``, ``v1/engine/llm_engine.py``, ``v1/engine/core_client.py``, ``v1/metrics/stats.py``,
 ``v1/metrics/loggers.py``, ``config/{cache,compilation,attention,model,scheduler}.py``, ``envs.py``,
-``v1/sample/ops/topk_topp_sampler.py``), and being run for the first time on an NVIDIA H200 with vLLM 0.26.0
-(torch 2.11.0+cu130, FlashAttention 3, no FlashInfer). Here it is tested against a stand-in engine
-(``tests/stand_in_engines/vllm``) that copies 0.26's names and shapes.
+``v1/sample/ops/topk_topp_sampler.py``). An earlier form of it ran vLLM 0.26.0 on an NVIDIA H200 (torch
+2.11.0+cu130, FlashAttention 3, no FlashInfer; 2026-11-30, issue 14); this form, with the sampler switch, the
+engine facts and the KV-cache stat logger, has run only against the stand-in engine (``tests/stand_in_engines/vllm``,
+0.26's names and shapes) so far: no GPU was lent when it was written.
 
 How an experiment maps onto vLLM (the pure functions below hold the mapping, so it is unit tested):
 - ``random:NAME`` writes the preset's Llama ``config.json`` into a temporary folder and loads it with
