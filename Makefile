@@ -83,7 +83,7 @@ test: services  ## the test suite (real Redis, PostgreSQL, Celery workers and CP
 	$(BIN)/python -m pytest
 
 flower: setup  ## Flower on http://127.0.0.1:5555
-	$(BIN)/celery -A lem_planner.control:app flower --address=127.0.0.1 --port=5555
+	$(BIN)/lem-flower --address=127.0.0.1 --port=5555
 
 beat: migrate  ## celery beat in the foreground: fires the schedules of `lem schedule` (exactly one may run)
 	$(BIN)/lem-beat

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
 
     # Where a worker runs its engine: "auto" takes CUDA when present, else the CPU.
     device: str = "auto"
+    # A worker host's operator's choice, never a campaign's: whether experiments may set trust_remote_code (which
+    # runs the model repository's own Python in the engine host). Off, such a run fails naming this setting.
+    allow_remote_code: bool = False
 
     # Telemetry (issue 3): the energy counter costs ~4 ms a read and updates every ~100 ms (DESIGN §6), so it
     # is read on its own cadence, one thread per GPU, and stored in rows of its own at their true read time.

@@ -85,7 +85,7 @@ def flower(stack_env: dict[str, str], workers, tmp_path: Path) -> Iterator[Flowe
     log_path = tmp_path / "flower.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed in the finaliser
     proc = subprocess.Popen(
-        [str(BIN / "celery"), "-A", "lem_planner.control:app", "flower", "--address=127.0.0.1", f"--port={port}",
+        [str(BIN / "lem-flower"), "--address=127.0.0.1", f"--port={port}",
          f"--basic-auth={auth}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
@@ -144,6 +144,9 @@ def test_flower_api_needs_credentials_and_shows_the_campaigns_workers_and_tasks(
     assert flower.get("/api/workers", auth=False)[0] == 401
     assert flower.get("/api/tasks", auth=False)[0] == 401
     assert flower.get("/api/workers", auth=True)[0] == 200
+    assert flower.get("/metrics", auth=False)[0] == 401  # Flower's own /metrics is open; lem-flower's is not
+    status, body = flower.get("/metrics", auth=True)
+    assert status == 200 and b"# HELP" in body
 
     # Wait until Flower's event consumer is live (the workers' heartbeats reach it): events sent before that
     # would never reach it, and the test would depend on a race.

@@ -46,6 +46,7 @@ GPU_WORKERS = {"worker-pytorch": Backend.PYTORCH, "worker-vllm": Backend.VLLM, "
 ONE_SHOT = {"migrate"}
 # Services that get the database URL (and so the PostgreSQL password).
 DB_SERVICES = {"migrate", "control", "telemetry", "beat", *GPU_WORKERS}
+BROKER_SERVICES = {"control", "telemetry", "beat", "flower", *GPU_WORKERS}
 # Console scripts that come from a declared dependency rather than our own [project.scripts].
 DEPENDENCY_SCRIPTS = {"celery": "celery", "alembic": "alembic"}
 
@@ -192,7 +193,7 @@ def test_every_long_running_service_has_a_health_check(services: dict[str, Any])
         for key in ("interval", "timeout"):
             assert duration_s(check[key]) > 0, f"{name}: healthcheck {key}"
     assert healthcheck_argv(services["postgres"]["healthcheck"]["test"])[0] == "pg_isready"
-    assert healthcheck_argv(services["redis"]["healthcheck"]["test"]) == ["redis-cli", "ping"]
+    assert "redis-cli ping" in " ".join(healthcheck_argv(services["redis"]["healthcheck"]["test"]))
     for name in CELERY_WORKERS:
         argv = healthcheck_argv(services[name]["healthcheck"]["test"])
         assert argv[:2] == ["celery", "-A"] and argv[3:5] == ["inspect", "ping"], f"{name}: {argv}"
@@ -241,12 +242,27 @@ def test_gpu_reservations(services: dict[str, Any]) -> None:
         assert "deploy" not in services[name], f"{name} reserves a GPU it does not need"
 
 
+def test_redis_needs_its_password_and_every_broker_url_gives_it(services: dict[str, Any]) -> None:
+    redis_service = services["redis"]
+    assert redis_service["environment"]["REDIS_PASSWORD"] == "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"
+    command = " ".join(redis_service["command"])
+    assert "requirepass" in command and "exec redis-server /tmp/redis.conf" in command
+    assert "--requirepass" not in command  # never in argv, where `ps` shows it
+    assert redis_service["user"] == "redis"
+    assert "REDISCLI_AUTH" in " ".join(healthcheck_argv(redis_service["healthcheck"]["test"]))
+    for name in BROKER_SERVICES:
+        for key in ("LEM_BROKER_URL", "LEM_RESULT_BACKEND"):
+            url = services[name]["environment"].get(key)
+            if url is not None:
+                assert url.startswith("redis://:${REDIS_PASSWORD:?"), f"{name}: {key}={url} has no password"
+
+
 def test_flower_auth_comes_from_the_environment(services: dict[str, Any]) -> None:
     flower = services["flower"]
     auth = flower["environment"]["FLOWER_BASIC_AUTH"]
     assert auth == ("${LEM_FLOWER_USER:?set LEM_FLOWER_USER in .env}:"
                     "${LEM_FLOWER_PASSWORD:?set LEM_FLOWER_PASSWORD in .env}")
-    assert "flower" in flower["command"] and not any("basic_auth" in arg for arg in flower["command"])
+    assert flower["command"][0] == "lem-flower" and not any("basic_auth" in arg for arg in flower["command"])
     check = " ".join(healthcheck_argv(flower["healthcheck"]["test"]))
     assert "http://127.0.0.1:5555/healthcheck" in check
 
@@ -286,6 +302,7 @@ def test_each_service_gets_only_the_variables_it_reads(services: dict[str, Any])
         text = json.dumps(service)
         assert ("POSTGRES_PASSWORD" in text) == (name in DB_SERVICES | {"postgres"}), name
         assert ("LEM_FLOWER_PASSWORD" in text) == (name == "flower"), name
+        assert ("REDIS_PASSWORD" in text) == (name in BROKER_SERVICES | {"redis"}), name
         assert ("HF_TOKEN" in env) == (name in GPU_WORKERS), name
         assert ("LEM_DATABASE_URL" in env) == (name in DB_SERVICES), name
 

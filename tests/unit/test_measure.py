@@ -30,9 +30,11 @@ def test_coefficient_of_variation() -> None:
 
 
 def test_warmup_stops_once_latencies_settle(runtime: MeasurementRuntime) -> None:
-    m = runtime.measure(experiment(warmup_window=3, warmup_cv=0.9, warmup_min=4, warmup_max=50, min_window_s=0))
+    # The sample CV of 3 positive latencies is below sqrt(3) whatever the machine's load, so a threshold of 2
+    # settles at the first check (after warmup_min): the rule is tested, not this machine's timing.
+    m = runtime.measure(experiment(warmup_window=3, warmup_cv=2.0, warmup_min=4, warmup_max=50, min_window_s=0))
     assert m.warmup.converged and m.warmup.iterations == 4
-    assert m.warmup.final_cv is not None and m.warmup.final_cv < 0.9
+    assert m.warmup.final_cv is not None and m.warmup.final_cv < 3 ** 0.5
     assert len(m.warmup.latencies_s) == 4
 
 
@@ -47,7 +49,8 @@ def test_window_repeats_the_workload_until_the_minimum_duration(runtime: Measure
     minimum = 2.5 * pass_s
     m = runtime.measure(experiment(warmup_window=2, warmup_min=0, warmup_max=2, min_window_s=minimum))
     per_pass = len(one_pass.batches)
-    assert m.passes >= 2 and len(m.batches) == per_pass * m.passes
+    # how many passes that takes depends on the machine's load; the stop rule below does not
+    assert m.passes >= 1 and len(m.batches) == per_pass * m.passes
     assert [b.batch_index for b in m.batches] == list(range(len(m.batches)))
     # It stopped at the first pass boundary at or past the minimum.
     assert m.window_end - m.window_start >= minimum

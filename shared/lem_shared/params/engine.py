@@ -33,6 +33,9 @@ from pydantic import (
 
 from lem_shared.params.snapshots import ENGINE_NAMES, committed_versions, context_version, parameter_groups
 
+# The keyword every engine (transformers, vLLM, TensorRT-LLM) takes for running a model repository's own code.
+REMOTE_CODE = "trust_remote_code"
+
 
 class EngineGroup(BaseModel):
     """Parameters of one engine call, named as the engine names them; None means the engine's default."""
@@ -192,6 +195,12 @@ class EngineSection(BaseModel):
         prefix = group + "."
         args.update({key.removeprefix(prefix): v for key, v in self.extra.items() if key.startswith(prefix)})
         return args
+
+    def remote_code_fields(self) -> list[str]:
+        """The dotted names of every ``trust_remote_code`` this section turns on (first-class or extra): each runs
+        code from the model's repository in the engine host."""
+        return [f"{self.backend}.{group}.{REMOTE_CODE}" for group in self.snapshot_groups
+                if self.arguments(group).get(REMOTE_CODE)]
 
     def load_arguments(self) -> dict[str, dict[str, Any] | None]:
         """The arguments that shape the loaded engine: a different value needs a new engine."""

@@ -12,6 +12,7 @@ from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import EngineAdapter
 from lem_shared.runtime.environment import environment_snapshot
+from lem_shared.settings import get_settings
 
 # Token ids below this are left out of synthetic prompts: tokenizers keep their special tokens there.
 FIRST_ORDINARY_TOKEN = 10
@@ -29,6 +30,14 @@ def synthetic_prompts(workload: SyntheticWorkload, vocab_size: int) -> list[list
 
 class EngineError(RuntimeError):
     """The engine did not do the work asked of it."""
+
+
+def refuse_remote_code(experiment: ExperimentConfig) -> None:
+    """A campaign never runs code on a worker: ``trust_remote_code`` only where this host's operator allows it."""
+    fields = experiment.section().remote_code_fields()
+    if fields and not get_settings().allow_remote_code:
+        raise EngineError(f"{', '.join(fields)}: true would run the model repository's own code on this worker "
+                          "host, which does not allow it (its operator may set LEM_ALLOW_REMOTE_CODE=true)")
 
 
 def coefficient_of_variation(values: list[float]) -> float:
@@ -66,6 +75,7 @@ class MeasurementRuntime:
 
     def measure(self, experiment: ExperimentConfig, deep_idle_s: float = 0.0) -> Measurement:
         """Deep idle (first run of a campaign on a GPU), load or reuse, warm up, idle, window, idle."""
+        refuse_remote_code(experiment)
         protocol = experiment.measurement
         on_gpu = self.adapter.device_info().gpu_uuid is not None
         # Idle spans exist to be measured by GPU telemetry; on a CPU there is nothing to measure them with.
