@@ -81,6 +81,11 @@ def _plan_or_exit(file: str) -> CampaignPlan:
         err.print(choice.note, highlight=False, markup=False, soft_wrap=True)
         if choice.warning:
             err.print(f"[yellow]warning:[/] {choice.warning}", highlight=False, soft_wrap=True)
+    remote = sorted({field for e in plan.experiments for field in e.section().remote_code_fields()})
+    if remote:
+        err.print(f"[yellow]warning:[/] {', '.join(remote)}: runs the model repository's own code on the worker; "
+                  "workers refuse it unless their host's operator set LEM_ALLOW_REMOTE_CODE=true",
+                  highlight=False, soft_wrap=True)
     return plan
 
 
