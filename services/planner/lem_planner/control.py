@@ -40,6 +40,9 @@ from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 app = make_celery("lem-control")
+# Take a message only when a thread is free to start it (and acknowledge it: see finalise), so none waits
+# unacknowledged inside this worker when the broker goes away.
+app.conf.worker_disable_prefetch = True
 
 # Samples this far outside a span are read so both edges can be interpolated.
 EDGE_MARGIN = timedelta(seconds=2)
@@ -187,9 +190,29 @@ def phase_fields(run: Run, metrics: RunMetrics, experiment: ExperimentConfig,
     return out
 
 
+# Runs a finalise of this process is working on: a re-sent finalise of one of them returns at once instead of
+# waiting for telemetry beside it (the claim in _finalise keeps two processes from both writing).
+_finalising: set[int] = set()
+_finalising_lock = threading.Lock()
+
+
 def finalise_run(run_id: int, wait_s: float | None = None) -> str:
-    """Attach energy to a measured run (waiting up to ``wait_s`` for telemetry), then close the campaign if done."""
-    wait_s = get_settings().energy_wait_s if wait_s is None else wait_s
+    """Attach energy to a measured run (waiting up to ``wait_s`` for telemetry), then close the campaign if done.
+
+    Returns "finalised" only for the one call that finalised the run; a redelivered or re-sent finalise of a run
+    already finalised, or being finalised by this process, writes nothing."""
+    with _finalising_lock:
+        if run_id in _finalising:
+            return "being finalised"
+        _finalising.add(run_id)
+    try:
+        return _finalise(run_id, get_settings().energy_wait_s if wait_s is None else wait_s)
+    finally:
+        with _finalising_lock:
+            _finalising.discard(run_id)
+
+
+def _finalise(run_id: int, wait_s: float) -> str:
     with session_scope() as s:
         run = s.get(Run, run_id)
         if run is None:
@@ -209,11 +232,17 @@ def finalise_run(run_id: int, wait_s: float | None = None) -> str:
         if extra:
             fields["analysis"] = {**(fields.get("analysis") or {}), **extra}
         with session_scope() as s:
-            s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**fields))
-            s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.MEASURED)
-                      .values(status=RunStatus.DONE))
+            # The claim: of two finalises of one run (two control workers, a redelivery) one writes; the other's
+            # UPDATE waits for the first to commit and then matches nothing.
+            claimed = s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.MEASURED)
+                                .values(status=RunStatus.DONE)).rowcount
+            if claimed:
+                s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**fields))
+        outcome = "finalised" if claimed else "already finalised"
+    else:
+        outcome = "already finalised" if run.status != RunStatus.MEASURED else "not finalisable (no metrics)"
     close_campaign_if_finished(run.campaign_id)
-    return "finalised"
+    return outcome
 
 
 def close_campaign_if_finished(campaign_id: int) -> None:
@@ -265,7 +294,14 @@ def _stop_scheduler(**_: Any) -> None:
     _scheduler_stop.set()
 
 
-@app.task(name=FINALISE_TASK)
+# Acknowledged when it starts, not when it ends: the control worker's work is driven by the database (a measured
+# run whose finalise was lost is re-sent by the scheduler pass, refinalise_stale), so it needs no redelivery, and a
+# message left unacknowledged when the broker goes away kills this worker (celery 5.7 / kombu 5.7: the consumer
+# detaches the transport, then closing its channel restores the unacked message through it: AttributeError
+# 'NoneType' object has no attribute 'hostname', "Unrecoverable error"). Nor can the threads pool cancel a task on
+# connection loss (worker_cancel_long_running_tasks_on_connection_loss: NotImplementedError ... kill_job); an
+# acknowledged one is left running, and finishes.
+@app.task(name=FINALISE_TASK, acks_late=False)
 def finalise(message: dict[str, Any]) -> str:
     return finalise_run(FinaliseRequest.model_validate(message).run_id)
 
