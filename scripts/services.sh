@@ -81,9 +81,23 @@ start() {  # start NAME COMMAND...
   echo "started $name (pid $!, log $RUN/$name.log)"
 }
 
+supervise() {  # supervise NAME COMMAND...: run COMMAND, start it again whenever it exits; TERM stops both
+  local name=$1 child="" stopping=""; shift
+  trap 'stopping=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null' TERM INT
+  while [ -z "$stopping" ]; do
+    "$@" & child=$!
+    rc=0; wait "$child" || rc=$?
+    while kill -0 "$child" 2>/dev/null; do rc=0; wait "$child" || rc=$?; done  # a trapped TERM ends wait early
+    child=""
+    [ -n "$stopping" ] && break
+    echo "supervise: $name exited with status $rc; starting it again in ${LEM_RESTART_DELAY_S:-5} s" >&2
+    sleep "${LEM_RESTART_DELAY_S:-5}" & wait $! || true
+  done
+}
+
 up() {
   start telemetry "$VENV/bin/lem-telemetry"
-  start control "$VENV/bin/lem-control"
+  start control "$0" supervise control "$VENV/bin/lem-control"  # restarted if it ever exits
   start worker-pytorch "$VENV/bin/lem-worker-pytorch"
   start beat "$VENV/bin/lem-beat"
   echo -n "waiting for workers to answer ping"
@@ -106,7 +120,7 @@ down() {
       pid=$(cat "$RUN/$name.pid")
       kill -TERM "$pid" 2>/dev/null || true
       for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-      kill -0 "$pid" 2>/dev/null && { echo "$name did not stop in 30 s: killing"; kill -KILL "$pid"; }
+      kill -0 "$pid" 2>/dev/null && { echo "$name did not stop in 30 s: killing"; kill -KILL -- -"$pid" 2>/dev/null || kill -KILL "$pid"; }
       echo "stopped $name"
     fi
     rm -f "$RUN/$name.pid"
@@ -119,4 +133,6 @@ status() {
   done
 }
 
-"${1:?usage: services.sh infra|browser|up|down|status}"
+command=${1:?usage: services.sh infra|browser|up|down|status}
+shift
+"$command" "$@"
