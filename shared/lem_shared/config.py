@@ -11,7 +11,10 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import operator
+import os
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +26,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import SchemaValidator
 
+from lem_shared.bounds import INT64_MAX as INT64_MAX  # re-exported: the bounds of every integer field
+from lem_shared.bounds import INT64_MIN as INT64_MIN
+from lem_shared.bounds import FiniteJson, TooManyValues, check_size
 from lem_shared.contracts import canonical_json, sha256_of
 from lem_shared.model_presets import LLAMA_PRESETS, RANDOM_PREFIX, random_preset
 from lem_shared.params.engine import EngineSection
@@ -31,33 +37,52 @@ from lem_shared.params.snapshots import SnapshotChoice, SnapshotError, choose_sn
 from lem_shared.params.trtllm import TrtllmOptions
 from lem_shared.params.vllm import VllmOptions
 from lem_shared.queues import Backend
+from lem_shared.settings import get_settings
+
+# Upper bounds a real user never reaches but a typo does (each is stated in its field's description).
+MAX_SECONDS = 86_400  # any wait, gap or window: one day
+MAX_PROMPTS = 1_000_000
+MAX_TOKENS_PER_PROMPT = 1_048_576  # input or output length: 2^20 tokens, beyond any model's context today
+# num_prompts x (input_len + output_len): the token ids the engine host holds for one workload (~36 bytes each in
+# Python lists, so ~2.4 GB at the bound).
+MAX_WORKLOAD_TOKENS = 67_108_864
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SyntheticWorkload(_Strict):
     """Prompts of random token ids with fixed input and (forced) output lengths."""
 
     kind: Literal["synthetic"] = "synthetic"
-    num_prompts: int = Field(default=16, ge=1)
-    input_len: int = Field(default=64, ge=1)
-    output_len: int = Field(default=32, ge=1)
-    seed: int = 0
+    num_prompts: int = Field(default=16, ge=1, le=MAX_PROMPTS, description=f"prompts, 1 to {MAX_PROMPTS:,}")
+    input_len: int = Field(default=64, ge=1, le=MAX_TOKENS_PER_PROMPT,
+                           description=f"prompt tokens, 1 to {MAX_TOKENS_PER_PROMPT:,}")
+    output_len: int = Field(default=32, ge=1, le=MAX_TOKENS_PER_PROMPT,
+                            description=f"generated tokens (forced), 1 to {MAX_TOKENS_PER_PROMPT:,}")
+    seed: int = Field(default=0, ge=INT64_MIN, le=INT64_MAX,
+                      description=f"of the random token ids; an int64 ({INT64_MIN:,} to {INT64_MAX:,})")
 
 
 class MeasurementProtocol(_Strict):
     """How a run is measured (DESIGN §6): warm-up to convergence, a long enough window, idle baselines."""
 
-    warmup_window: int = Field(default=5, ge=2, description="k: the CV is taken over the last k warm-up latencies")
-    warmup_cv: float = Field(default=0.05, gt=0, description="warm-up ends when that CV is below this")
-    warmup_min: int = Field(default=3, ge=0, description="at least this many warm-up batches")
-    warmup_max: int = Field(default=50, ge=1, description="at most this many; reaching it is recorded")
-    min_window_s: float = Field(default=10.0, ge=0, description="the workload repeats until the window lasts this")
-    idle_gap_s: float = Field(default=2.0, ge=0, description="idle just before and after the window (GPU only)")
+    warmup_window: int = Field(default=5, ge=2, le=1000,
+                               description="k: the CV is taken over the last k warm-up latencies (2 to 1,000)")
+    warmup_cv: float = Field(default=0.05, gt=0, le=10, description="warm-up ends when that CV is below this "
+                             "(above 0, at most 10)")
+    warmup_min: int = Field(default=3, ge=0, le=10_000, description="at least this many warm-up batches (0 to "
+                            "10,000)")
+    warmup_max: int = Field(default=50, ge=1, le=10_000, description="at most this many; reaching it is recorded "
+                            "(1 to 10,000)")
+    min_window_s: float = Field(default=10.0, ge=0, le=MAX_SECONDS, description="the workload repeats until the "
+                                f"window lasts this (0 to {MAX_SECONDS:,} s)")
+    idle_gap_s: float = Field(default=2.0, ge=0, le=MAX_SECONDS, description="idle just before and after the "
+                              f"window (GPU only; 0 to {MAX_SECONDS:,} s)")
     baseline_idle_s: float = Field(
-        default=30.0, ge=0, description="idle before a campaign's first run on a GPU: the deep-idle baseline"
+        default=30.0, ge=0, le=MAX_SECONDS, description="idle before a campaign's first run on a GPU: the "
+        f"deep-idle baseline (0 to {MAX_SECONDS:,} s)"
     )
     phase_split: bool = Field(
         default=False, description="also measure a prefill-only window (one new token per prompt) after the full "
@@ -79,7 +104,8 @@ class ExperimentConfig(_Strict):
     backend: Backend = Backend.PYTORCH
     model: str = Field(default="random:llama-tiny", min_length=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    batch_size: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=1, ge=1, le=MAX_PROMPTS,
+                            description=f"prompts per engine call, 1 to {MAX_PROMPTS:,} (and <= workload.num_prompts)")
     workload: SyntheticWorkload = SyntheticWorkload()
     measurement: MeasurementProtocol = MeasurementProtocol()
     pytorch: PytorchOptions = PytorchOptions()
@@ -106,6 +132,12 @@ class ExperimentConfig(_Strict):
         if self.measurement.phase_split and self.workload.output_len < 2:
             raise ValueError("measurement.phase_split: needs workload.output_len >= 2 (decode is the tokens after "
                              "the first)")
+        tokens = self.workload.num_prompts * (self.workload.input_len + self.workload.output_len)
+        if tokens > MAX_WORKLOAD_TOKENS:
+            raise ValueError(
+                f"workload.num_prompts x (workload.input_len + workload.output_len) = {tokens:,} tokens, over "
+                f"{MAX_WORKLOAD_TOKENS:,} (the engine host holds them all); give fewer or shorter prompts"
+            )
         if self.batch_size > self.workload.num_prompts:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be <= workload.num_prompts ({self.workload.num_prompts})"
@@ -138,8 +170,10 @@ _SECTION_NAMES = tuple(backend.value for backend in Backend)
 class ThermalGap(_Strict):
     """Before each run, wait until the GPU is back within ``within_c`` of its idle temperature (from telemetry)."""
 
-    within_c: float = Field(default=5.0, gt=0, description="degrees C above the GPU's idle temperature allowed")
-    max_wait_s: float = Field(default=300.0, ge=0, description="wait at most this long, then run (recorded)")
+    within_c: float = Field(default=5.0, gt=0, le=100, description="degrees C above the GPU's idle temperature "
+                            "allowed (above 0, at most 100)")
+    max_wait_s: float = Field(default=300.0, ge=0, le=MAX_SECONDS, description="wait at most this long, then run "
+                              f"(recorded; 0 to {MAX_SECONDS:,} s)")
 
 
 EngineVersion = Annotated[str, Field(pattern=r"^[0-9][A-Za-z0-9.+-]*$")]
@@ -151,15 +185,18 @@ class CampaignConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
     description: str = ""
-    cycles: int = Field(default=3, ge=1, le=1000)
+    cycles: int = Field(default=3, ge=1, le=1000, description="every experiment runs once per cycle (1 to 1,000)")
     structure: Literal["interleaved", "shuffled", "grouped"] = Field(
         default="interleaved",
         description="run order: interleaved (every experiment once per cycle), shuffled (each cycle in a seeded "
         "random order) or grouped (all cycles of one experiment, then the next)",
     )
-    seed: int | None = Field(default=None, description="seed of the shuffled order; chosen and recorded if unset")
-    config_gap_s: float = Field(default=0.0, ge=0, description="pause on a GPU between two runs of one cycle")
-    cycle_gap_s: float = Field(default=0.0, ge=0, description="pause on a GPU when a new cycle starts")
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX, description="seed of the shuffled order; "
+                             f"chosen and recorded if unset (an int64: {INT64_MIN:,} to {INT64_MAX:,})")
+    config_gap_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="pause on a GPU between two runs of "
+                                f"one cycle (0 to {MAX_SECONDS:,} s)")
+    cycle_gap_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="pause on a GPU when a new cycle "
+                               f"starts (0 to {MAX_SECONDS:,} s)")
     thermal_gap: ThermalGap | None = None
     force_cold_start: bool = Field(
         default=False, description="a fresh engine process (model load) before every run; load time and energy "
@@ -170,15 +207,15 @@ class CampaignConfig(_Strict):
         "(default: the version the live workers advertise, else the newest committed snapshot)",
     )
     experiment: ExperimentConfig = ExperimentConfig()
-    grid: dict[str, list[Any]] = Field(default_factory=dict, description="axes shared by every backend")
-    backends: dict[Backend, dict[str, list[Any]]] = Field(
+    grid: dict[str, list[FiniteJson]] = Field(default_factory=dict, description="axes shared by every backend")
+    backends: dict[Backend, dict[str, list[FiniteJson]]] = Field(
         default_factory=dict, description="per backend, its own axes; the product of grid x these axes is taken "
         "once per backend named here (none: once, for the base experiment's backend)",
     )
-    include: list[dict[str, Any]] = Field(
+    include: list[dict[str, FiniteJson]] = Field(
         default_factory=list, description="extra points (dotted key -> value, may set backend) on the base experiment"
     )
-    exclude: list[dict[str, Any]] = Field(
+    exclude: list[dict[str, FiniteJson]] = Field(
         default_factory=list, description="rules (dotted key -> value): a grid point matching every key is dropped"
     )
 
@@ -265,30 +302,111 @@ def load_campaign(path: str | Path) -> tuple[CampaignConfig, list[ExperimentConf
 def load_plan(path: str | Path, advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
     """Read and expand a campaign file into its experiments and skipped points, or raise ConfigError
     (``advertised``: see ``plan_campaign``)."""
-    path = Path(path)
+    return plan_text(read_campaign_file(path), str(path), advertised)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def read_campaign_file(path: str | Path) -> str:
+    """The text of a campaign file, or ConfigError with one line naming the path and the problem. It must be a
+    regular file (a symlink to one is followed; a device, FIFO, socket or directory is refused without reading
+    it, so nothing blocks or reads forever) of at most ``LEM_MAX_CAMPAIGN_FILE_BYTES``, in UTF-8. Every command
+    that takes a campaign file (plan, validate, run, schedule add) reads it through here."""
+    limit = get_settings().max_campaign_file_bytes
     try:
-        text = path.read_text()
+        _check_regular(path, os.stat(path).st_mode)
+        # O_NONBLOCK: should the path have become a FIFO since the stat, opening it does not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such file"]) from None
-    return plan_text(text, str(path), advertised)
+    except PermissionError:
+        raise ConfigError([f"{path}: cannot be read (permission denied)"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from None
+    try:
+        info = os.fstat(fd)
+        _check_regular(path, info.st_mode)
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit and (chunk := os.read(fd, min(limit + 1 - size, 1 << 20))):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot be read ({exc.strerror or exc})"]) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ConfigError([f"{path}: {max(size, info.st_size):,} bytes, over the limit of {limit:,}; a campaign "
+                           "file is a few KiB (raise LEM_MAX_CAMPAIGN_FILE_BYTES if it must be larger)"])
+    return decode_campaign_text(b"".join(chunks), str(path))
+
+
+def _check_regular(path: str | Path, mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+        raise ConfigError([f"{path}: not a regular file ({kind}); give a campaign YAML file"])
+
+
+def decode_campaign_text(data: bytes, origin: str) -> str:
+    """A campaign file's bytes as text, or ConfigError (one line) when they are not UTF-8 text."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or _looks_like_utf16(data):
+        raise ConfigError([f"{origin}: not UTF-8 text (it looks like UTF-16); save it as UTF-8"])
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise ConfigError([f"{origin}: not text (a NUL byte at offset {nul}); give a campaign YAML file"])
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([f"{origin}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column "
+                           f"{column}: Latin-1 or another encoding?); save it as UTF-8"]) from None
+
+
+def _looks_like_utf16(data: bytes) -> bool:
+    """UTF-16 without a byte order mark: mostly ASCII text with a NUL beside nearly every character."""
+    sample = data[:4096]
+    half = len(sample) // 2
+    return half >= 2 and max(sample[0::2].count(0), sample[1::2].count(0)) >= 0.8 * half
 
 
 def plan_text(text: str, origin: str, advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
     """Validate and expand a campaign file's text (``origin`` names it in errors), or raise ConfigError
     (``advertised``: see ``plan_campaign``)."""
     try:
-        raw = yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError([f"{origin}: not valid YAML{where}: {getattr(exc, 'problem', exc)}"]) from None
+        problem = " ".join(str(exc.problem or exc).split())
+        raise ConfigError([f"{origin}: not valid YAML{where}: {problem}"]) from None
+    except yaml.YAMLError as exc:  # a character YAML does not allow, ...
+        raise ConfigError([f"{origin}: not valid YAML: {' '.join(str(exc).split())}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{origin}: not valid YAML: nested too deeply"]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{origin}: must be a mapping of keys (name, cycles, experiment, grid)"])
     return plan_campaign(raw, advertised)
 
 
-# The C parser when PyYAML has it (the safe subset either way).
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe subset of YAML (the C parser when PyYAML has it) that refuses a key given twice in one mapping
+    (PyYAML keeps the last one silently). Keys merged in with ``<<`` may be overridden, as YAML intends."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                continue
+            key = self.construct_object(key_node)
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first_line[key]}); give each key once",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_campaign(raw: dict[str, Any]) -> tuple[CampaignConfig, list[ExperimentConfig]]:
@@ -303,6 +421,10 @@ def plan_campaign(raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str
     file pins under ``engine_versions``, else the one the live workers advertise (``advertised``: {backend:
     {worker: engine version}}), else the newest committed. A pinned version no snapshot can check is a
     ConfigError; so are live workers no snapshot can check, for a backend the campaign uses."""
+    try:
+        check_size(raw)
+    except TooManyValues as exc:
+        raise ConfigError([f"campaign: {exc}"]) from None
     try:
         pinned = _ENGINE_VERSIONS.validate_python(raw.get("engine_versions") or {})
     except ValidationError:
@@ -354,6 +476,7 @@ def expand_campaign(campaign: CampaignConfig, snapshots: Mapping[str, SnapshotCh
         groups = [(backend.value, shared_axes + list(axes.items())) for backend, axes in campaign.backends.items()]
     else:
         groups = [(base["backend"], shared_axes)]
+    _check_point_count(groups, len(campaign.include))
     found = _Found()
     rules = list(enumerate(campaign.exclude))
     for backend, axes in groups:
@@ -366,7 +489,24 @@ def expand_campaign(campaign: CampaignConfig, snapshots: Mapping[str, SnapshotCh
         more = [f"  ... and {len(found.skipped) - 10} more"] if len(found.skipped) > 10 else []
         head = f"grid: no valid experiment; every point is invalid or excluded ({len(found.skipped)} skipped):"
         raise ConfigError([head, *shown, *more])
+    runs, max_runs = len(found.values) * campaign.cycles, get_settings().max_runs
+    if runs > max_runs:
+        raise ConfigError([f"cycles: {len(found.values):,} experiments x {campaign.cycles:,} cycles = {runs:,} runs, "
+                           f"over the limit of {max_runs:,}; lower cycles or the grid, or raise LEM_MAX_RUNS"])
     return CampaignPlan(campaign, found.hashes, found.configs, found.skipped, found.values, snapshots)
+
+
+def _check_point_count(groups: list[tuple[str, list[tuple[str, list[Any]]]]], includes: int) -> None:
+    """Refuse, before expanding anything, a grid of more points than ``LEM_MAX_GRID_POINTS`` (the product of each
+    backend's axis lengths, plus the include points)."""
+    total = includes + sum(math.prod(len(values) for _, values in axes) for _, axes in groups)
+    limit = get_settings().max_grid_points
+    if total <= limit:
+        return
+    parts = [f"{backend}: {' x '.join(str(len(values)) for _, values in axes) or '1'}" for backend, axes in groups]
+    parts += [f"include: {includes}"] if includes else []
+    raise ConfigError([f"grid: {total:,} points ({', '.join(parts)}), over the limit of {limit:,}; split the "
+                       "campaign or raise LEM_MAX_GRID_POINTS"])
 
 
 def _structural_problems(campaign: CampaignConfig) -> list[str]:
@@ -742,6 +882,8 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             reason = "is required"
         elif kind in ("int_parsing", "int_type", "int_from_float"):
             reason = "must be an integer"
+        elif kind == "finite_number":
+            reason = "must be a finite number"
         elif kind == "string_pattern_mismatch":
             reason = f"must match {ctx['pattern']}"
         elif kind == "value_error":

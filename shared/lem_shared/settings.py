@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     # A GPU whose reads fail (GPU_IS_LOST, ...) is retried this often while the others keep being sampled.
     telemetry_gpu_retry_s: float = Field(default=5.0, gt=0)
 
+    # Campaign files (issue 15): a file is read only when it is a regular file of at most this many bytes; a grid
+    # of more points (counted before expanding: the product of its axes' lengths) or a campaign of more runs
+    # (experiments x cycles) is refused with the count. bench/grids/100k.yaml (101,378 points) plans.
+    max_campaign_file_bytes: int = Field(default=1024 * 1024, ge=1, le=1024**3)
+    max_grid_points: int = Field(default=1_000_000, ge=1, le=10**9)
+    max_runs: int = Field(default=100_000, ge=1, le=10**8)
+
 
 @lru_cache
 def get_settings() -> Settings:

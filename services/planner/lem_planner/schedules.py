@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lem_shared.config import ConfigError, plan_text
+from lem_shared.config import ConfigError, plan_text, read_campaign_file
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +271,7 @@ def add_schedule(path: str, timing: Timing, overlap: str, catch_up: int, now: da
     from lem_shared.db.session import session_scope
 
     now = now or datetime.now(UTC)
-    try:
-        text = Path(path).read_text()  # read once: what is validated is what is stored
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+    text = read_campaign_file(path)  # read once, as every command reads a campaign: what is validated is stored
     plan = plan_text(text, path)
     first = timing.first_at_or_after(now)
     with session_scope() as s:
@@ -399,8 +396,17 @@ def fire_due(app: Any, now: datetime | None = None) -> list[Fired]:
     for schedule_id in due:
         try:
             fired += _fire_schedule(schedule_id, now)
-        except Exception:  # noqa: BLE001 - one schedule must not stop the others; it is tried again next tick
-            log.exception("schedule %s: firing failed; trying again on the next tick", schedule_id)
+        except Exception as exc:  # noqa: BLE001 - one schedule must not stop the others
+            if _transient(exc):  # the database or broker is away: nothing was committed, the next tick retries
+                log.warning("schedule %s: firing failed (%s); trying again on the next tick", schedule_id,
+                            _one_line(exc))
+                continue
+            log.exception("schedule %s: firing failed; recorded as a failed firing", schedule_id)
+            try:
+                fired += _record_failure(schedule_id, now, exc)
+            except Exception:  # noqa: BLE001
+                log.exception("schedule %s: the failed firing could not be recorded; trying again on the next "
+                              "tick", schedule_id)
     for f in fired:
         log.info("schedule %s due %s: %s%s%s", f.schedule_id, iso(f.due_at), f.outcome,
                  f" campaign {f.campaign_id}" if f.campaign_id else "", f" ({f.detail})" if f.detail else "")
@@ -448,6 +454,56 @@ def _fire_schedule(schedule_id: int, now: datetime) -> list[Fired]:
         row.occurrences += dues.count if dues.count >= 0 else len(dues.recent) + 1
         row.next_due_at = dues.following
         return fired
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a firing failed because the database or the broker is away (worth retrying next tick), as opposed
+    to a failure that would repeat on every tick."""
+    from redis import RedisError
+    from sqlalchemy.exc import InterfaceError, OperationalError
+
+    return isinstance(exc, OperationalError | InterfaceError | RedisError | ConnectionError | TimeoutError)
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters (a database error carries its SQL)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    text = f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _record_failure(schedule_id: int, now: datetime, exc: BaseException) -> list[Fired]:
+    """Record a firing that raised (nothing created) once, in a transaction of its own, and move the schedule to
+    its next due time, so the beat does not fail on it again every tick. A schedule whose due times cannot even
+    be computed (a corrupted row) is paused."""
+    from sqlalchemy import select
+
+    from lem_shared.db.models import FiringOutcome, Schedule, ScheduleFiring
+    from lem_shared.db.session import session_scope
+    from lem_shared.scheduling import aware
+
+    with session_scope() as s:
+        row = s.scalars(select(Schedule).where(Schedule.id == schedule_id, Schedule.paused.is_(False),
+                                               Schedule.next_due_at <= now)
+                        .with_for_update(skip_locked=True)).first()
+        if row is None:
+            return []
+        first = aware(row.next_due_at)
+        detail = f"firing failed, nothing created: {_one_line(exc)}"
+        try:
+            dues = _timing_of(row).due_by(first, now, row.occurrences, 0)
+            count, following = max(dues.count, 1), dues.following
+        except Exception as timing_exc:  # noqa: BLE001 - the row itself is broken
+            count, following = 1, row.next_due_at
+            row.paused = True
+            detail += (f"; its due times cannot be computed ({_one_line(timing_exc)}), so the schedule is paused: "
+                       "remove it and add it again")
+        s.add(ScheduleFiring(schedule_id=row.id, due_at=first, fired_at=now, outcome=FiringOutcome.FAILED,
+                             overlap=row.overlap, occurrences=count, detail=detail))
+        row.occurrences += count
+        row.next_due_at = following
+        return [Fired(row.id, first, FiringOutcome.FAILED, None, detail)]
 
 
 def _create(s: Any, row: Any, due: datetime, now: datetime) -> tuple[str, int | None, str | None]:

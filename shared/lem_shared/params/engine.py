@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from lem_shared.bounds import value_problem
 from lem_shared.params.snapshots import ENGINE_NAMES, committed_versions, context_version, parameter_groups
 
 # The keyword every engine (transformers, vLLM, TensorRT-LLM) takes for running a model repository's own code.
@@ -38,9 +39,18 @@ REMOTE_CODE = "trust_remote_code"
 
 
 class EngineGroup(BaseModel):
-    """Parameters of one engine call, named as the engine names them; None means the engine's default."""
+    """Parameters of one engine call, named as the engine names them; None means the engine's default. Numbers
+    are finite and integers within int64, in nested values too (``lem_shared.bounds``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _storable_numbers(cls, value: Any) -> Any:
+        problem = value_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_serializer(mode="wrap")
     def _set_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -56,7 +66,7 @@ class EngineGroup(BaseModel):
 class EngineSection(BaseModel):
     """A backend's section: ``EngineGroup`` fields (one per engine call) and ``extra``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     backend: ClassVar[str]
     # section group -> the snapshot groups its parameter names come from
@@ -82,7 +92,8 @@ class EngineSection(BaseModel):
         for key, value in extra.items():
             try:
                 qualified = cls.qualify(key, version)
-                problem = cls._refusal(qualified) or _type_problem(value, cls._snapshot_type(qualified, version))
+                problem = (_number_problem(value) or cls._refusal(qualified)
+                           or _type_problem(value, cls._snapshot_type(qualified, version)))
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
@@ -220,6 +231,12 @@ def _group_model(annotation: Any) -> type[EngineGroup]:
         if isinstance(candidate, type) and issubclass(candidate, EngineGroup):
             return candidate
     raise TypeError(f"{annotation!r} is not an EngineGroup field")
+
+
+def _number_problem(value: Any) -> str | None:
+    """``value_problem`` with the value shown when it is a scalar (nested values name where the bad one is)."""
+    problem = value_problem(value)
+    return f"{problem} (got {value!r})" if problem and not isinstance(value, dict | list) else problem
 
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
