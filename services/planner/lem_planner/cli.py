@@ -58,8 +58,23 @@ EXIT_BAD_INPUT = 2
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print ``message`` as one line (never wrapped, never read as markup: it may hold a path) and give the
+    exit to raise."""
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def _check_campaign_id(campaign_id: int) -> int:
+    """``campaign_id``, or exit 2 when no campaign can have it (ids are PostgreSQL integers, 1 to 2^31 - 1):
+    asking the database would fail with NumericValueOutOfRange."""
+    from lem_planner.results import MAX_ID
+
+    if not 1 <= campaign_id <= MAX_ID:
+        raise _fail(f"no campaign {campaign_id} (campaign ids run from 1 to {MAX_ID}); `lem campaign list` shows "
+                    "the ones there are", EXIT_BAD_INPUT)
+    return campaign_id
 
 
 def _print_json(value: Any) -> None:
@@ -295,6 +310,7 @@ def campaign_status_command(
     """The manifest of a campaign: progress, counts per status, an ETA and every run."""
     from lem_planner.campaigns import campaign_status
 
+    _check_campaign_id(campaign_id)
     try:
         status = campaign_status(campaign_id)
     except LookupError as exc:
@@ -330,6 +346,7 @@ def campaign_resume(
     from lem_shared.db.models import CampaignStatus
     from lem_shared.scheduling import advance
 
+    _check_campaign_id(campaign_id)
     try:
         requeued = resume_campaign(campaign_id)
     except (LookupError, ValueError) as exc:
@@ -351,6 +368,7 @@ def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id
     from lem_planner.campaigns import cancel_campaign
     from lem_planner.control import app
 
+    _check_campaign_id(campaign_id)
     counts = cancel_campaign(app, campaign_id)
     out.print(f"campaign {campaign_id} cancelled: {counts['queued']} queued runs dropped"
               + (", the running run is being stopped" if counts["running"] else ""))
@@ -424,8 +442,8 @@ def results_show(
     mean across its done cycles with a 95 % percentile-bootstrap CI (none under 2 cycles, a warning under 3)."""
     from lem_planner.results import campaign_exists, experiment_summaries, run_records
 
-    if not campaign_exists(campaign_id):
-        raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are")
+    if not campaign_exists(_check_campaign_id(campaign_id)):
+        raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT)
     if as_json and not experiments:
         _print_json(run_records(campaign_id))
         return
@@ -459,15 +477,19 @@ def results_export(
                                                     "means and 95 % bootstrap CIs.")] = ExportLevel.run,
 ) -> None:
     """Write CAMPAIGN_ID's results to a file pandas reads as it is (`lem results columns` documents each
-    column: name, unit, meaning)."""
+    column: name, unit, meaning). The file appears whole or not at all: a failed write (exit 1) leaves what was
+    there; a target that is not a regular file, or in a folder that does not exist, is refused (exit 2)."""
     from lem_planner.export import export
     from lem_planner.results import campaign_exists
+    from lem_planner.safe_write import OutputError, check_target
 
-    if not campaign_exists(campaign_id):
-        raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT)
-    if output.exists() and output.is_dir():
-        raise _fail(f"--output {output} is a folder; give a file name", EXIT_BAD_INPUT)
-    rows = export(campaign_id, output, fmt.value, level.value)
+    try:
+        check_target(output)
+        if not campaign_exists(_check_campaign_id(campaign_id)):
+            raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT)
+        rows = export(campaign_id, output, fmt.value, level.value)
+    except OutputError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
     out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({fmt.value})", highlight=False)
 
 
@@ -571,28 +593,39 @@ def energy_analyse(
 def main() -> None:
     try:
         cli()
-    except Exception as exc:  # noqa: BLE001 - the known outages get one line with the fix; the rest re-raise
+    except Exception as exc:  # noqa: BLE001 - outages and OSError get one line with the fix; the rest re-raise
         _explain_outage(exc)
         raise
 
 
 def _explain_outage(exc: Exception) -> None:
-    """Exit with one line naming the fix when ``exc`` is a database or broker outage (imported only now)."""
+    """Exit with one line naming the fix when ``exc`` is a database or broker outage (imported only now). URLs,
+    and whatever the error quotes, go through ``lem_shared.redact``: a password is never printed."""
     from kombu.exceptions import OperationalError as BrokerError
+    from rich.markup import escape
     from sqlalchemy.exc import OperationalError as DatabaseError
     from sqlalchemy.exc import ProgrammingError as SchemaError
 
+    from lem_shared.redact import redact
+
     settings = get_settings()
+    database, broker = escape(redact(settings.database_url)), escape(redact(settings.broker_url))
     if isinstance(exc, DatabaseError):
-        err.print(f"[bold red]error:[/] cannot use the database at {settings.database_url}: "
-                  f"{str(exc.orig).strip().splitlines()[0]}\n  start PostgreSQL (`make services`) "
+        err.print(f"[bold red]error:[/] cannot use the database at {database}: "
+                  f"{escape(redact(str(exc.orig).strip().splitlines()[0]))}\n  start PostgreSQL (`make services`) "
                   "and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL", highlight=False)
         sys.exit(1)
     if isinstance(exc, SchemaError):
-        err.print(f"[bold red]error:[/] the database at {settings.database_url} lacks the LLenergyMeasure schema or "
-                  f"has an old one ({str(exc.orig).strip().splitlines()[0]}): run `lem db upgrade`", highlight=False)
+        err.print(f"[bold red]error:[/] the database at {database} lacks the LLenergyMeasure schema or "
+                  f"has an old one ({escape(redact(str(exc.orig).strip().splitlines()[0]))}): run `lem db upgrade`",
+                  highlight=False)
         sys.exit(1)
     if isinstance(exc, BrokerError):
-        err.print(f"[bold red]error:[/] cannot reach the broker at {settings.broker_url}: {exc}\n"
+        err.print(f"[bold red]error:[/] cannot reach the broker at {broker}: {escape(redact(str(exc)))}\n"
                   "  start Redis (`make services`) or set LEM_BROKER_URL", highlight=False)
+        sys.exit(1)
+    if isinstance(exc, OSError):  # a file that cannot be read or written: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        err.print(f"[bold red]error:[/] {escape(redact(where + (exc.strerror or str(exc))))}", highlight=False,
+                  soft_wrap=True)
         sys.exit(1)

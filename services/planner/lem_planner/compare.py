@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from lem_planner.results import SUMMARY_METRICS, campaign_exists, run_records, summarise_experiment
+from lem_planner.results import MAX_ID, SUMMARY_METRICS, campaign_exists, run_records, summarise_experiment
 from lem_shared.db.models import Experiment
 from lem_shared.db.session import session_scope
 
@@ -34,6 +34,9 @@ class Side:
         except ValueError:
             raise CompareError(f"{text!r}: give a campaign id (12) or an experiment as campaign:index (12:3)") \
                 from None
+        if not 1 <= side.campaign_id <= MAX_ID:  # asking the database would fail: ids are PostgreSQL integers
+            raise CompareError(f"{text!r}: no campaign {side.campaign_id} (campaign ids run from 1 to {MAX_ID}; "
+                               "see `lem campaign list`)")
         if not campaign_exists(side.campaign_id):
             raise CompareError(f"{text!r}: no campaign {side.campaign_id} (see `lem campaign list`)")
         return side

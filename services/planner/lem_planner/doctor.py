@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lem_shared.heartbeat import read_heartbeats
 from lem_shared.queues import QueueName
+from lem_shared.redact import redact
 from lem_shared.settings import get_settings
 
 Status = Literal["ok", "warn", "fail"]
@@ -35,16 +36,8 @@ class Check:
     fix: str | None = None
 
 
-def _redacted(url: str) -> str:
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a SQLAlchemy URL (a redis:// one): hide what sits before '@'
-        scheme, sep, rest = url.partition("://")
-        return scheme + sep + ("***@" + rest.rsplit("@", 1)[1] if "@" in rest else rest)
-
-
 def _first_line(error: BaseException) -> str:
-    text = str(getattr(error, "orig", None) or error).strip()
+    text = redact(str(getattr(error, "orig", None) or error).strip())
     return text.splitlines()[0] if text else type(error).__name__
 
 
@@ -54,9 +47,9 @@ def check_broker(broker_url: str) -> Check:
         client.ping()
         client.close()
     except redis.RedisError as error:
-        return Check("broker", "fail", f"{_redacted(broker_url)}: {error}",
+        return Check("broker", "fail", f"{redact(broker_url)}: {redact(str(error))}",
                      "start Redis (`make services`) or set LEM_BROKER_URL")
-    return Check("broker", "ok", _redacted(broker_url))
+    return Check("broker", "ok", redact(broker_url))
 
 
 def check_database(database_url: str) -> Check:
@@ -65,7 +58,7 @@ def check_database(database_url: str) -> Check:
 
     from lem_shared.db.migrate import alembic_config
 
-    where = _redacted(database_url)
+    where = redact(database_url)
     heads = set(ScriptDirectory.from_config(alembic_config(database_url)).get_heads())
     backend = make_url(database_url).get_backend_name()
     connect_args: dict[str, Any] = {"connect_timeout": int(TIMEOUT_S)} if backend == "postgresql" else {}
@@ -116,7 +109,7 @@ def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list
     try:
         beats = read_heartbeats(broker_url)
     except redis.RedisError as error:
-        return [Check("telemetry", "fail", f"cannot read heartbeats: {error}", "start Redis first")], []
+        return [Check("telemetry", "fail", f"cannot read heartbeats: {redact(str(error))}", "start Redis first")], []
     if not beats:
         return [Check("telemetry", "fail", "no telemetry daemon is beating: runs get no energy figures",
                       "start it on each GPU host: `make up` (or `lem-telemetry`)")], []

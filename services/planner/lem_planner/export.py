@@ -8,16 +8,18 @@ prints it, and a test checks the files hold exactly these columns (plus ``config
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
 from lem_planner.results import SUMMARY_METRICS, inter_token_latency, run_records, summarise_experiment
+from lem_planner.safe_write import check_target, write_atomically
 from lem_shared.analysis import CLOCK_EVENT_REASONS
 from lem_shared.config import flatten
 from lem_shared.db.models import BatchTimingRow, Campaign, Environment, Run, RunMetrics
@@ -329,23 +331,30 @@ def _uniform(rows: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]
 
 
 def write(rows: list[dict[str, Any]], path: Path, fmt: str) -> int:
-    """Write ``rows`` to ``path`` as csv, parquet or json (a list of records); returns the row count."""
+    """Write ``rows`` to ``path`` as csv, parquet or json (a list of records); returns the row count. The file
+    appears whole or not at all (``safe_write``): a failed write leaves what was at ``path``; a target that is
+    not a regular file or whose folder does not exist is refused (``BadTarget``), nothing is created."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     names, table = _uniform(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        with path.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=names)
+
+    def write_to(f: BinaryIO) -> None:
+        if fmt == "csv":
+            text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+            writer = csv.DictWriter(text, fieldnames=names)
             writer.writeheader()
             writer.writerows(table)
-    elif fmt == "json":
-        path.write_text(json.dumps(table, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    elif fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+            text.flush()
+            text.detach()
+        elif fmt == "json":
+            f.write((json.dumps(table, indent=1, ensure_ascii=False) + "\n").encode("utf-8"))
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        pq.write_table(pa.Table.from_pylist(table, schema=_arrow_schema(pa, names, table)), path)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+            pq.write_table(pa.Table.from_pylist(table, schema=_arrow_schema(pa, names, table)), f)
+
+    write_atomically(path, write_to)
     return len(table)
 
 
@@ -360,5 +369,6 @@ def _arrow_schema(pa: Any, names: list[str], table: list[dict[str, Any]]) -> Any
 
 
 def export(campaign_id: int, path: Path, fmt: str, level: str = "run") -> int:
+    check_target(path)  # refused before the database is read
     rows = run_rows(campaign_id) if level == "run" else experiment_rows(campaign_id)
     return write(rows, path, fmt)

@@ -161,6 +161,25 @@ class _File:
         return f"v{self.major}-{self.kind}"
 
 
+# Deeper than this is no result of the earlier tool (theirs nest about 6 levels) and would overflow the recursive
+# copy and JSON encoding a result goes through: such a file is skipped like any other bad one.
+MAX_NESTING = 64
+
+
+def _nesting_over(data: Any, limit: int) -> bool:
+    """Whether ``data`` nests lists/objects deeper than ``limit`` (iterative: no recursion to overflow)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def _classify(rel: str, raw: bytes) -> _File:
     try:
         data = json.loads(raw)
@@ -168,6 +187,10 @@ def _classify(rel: str, raw: bytes) -> _File:
         raise BadFile("not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise BadFile(f"invalid or truncated JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    except RecursionError:
+        raise BadFile(f"JSON nested too deeply to read (over {MAX_NESTING} levels is no result)") from None
+    if _nesting_over(data, MAX_NESTING):
+        raise BadFile(f"JSON nested too deeply: over {MAX_NESTING} levels (no result of the earlier tool is)")
     if not isinstance(data, dict):
         raise BadFile(f"unknown format: a JSON {type(data).__name__}, not an object")
     version = data.get("schema_version")

@@ -24,6 +24,9 @@ SUMMARY_METRICS = {
     "itl_mean_s": "inter-token latency",
 }
 ENERGY_METRICS = ("j_per_token", "energy_j")
+# Campaign, experiment and run ids are PostgreSQL integers: an id past this cannot exist, and asking for one
+# fails in the database (NumericValueOutOfRange), so the commands refuse it first.
+MAX_ID = 2**31 - 1
 
 
 def list_campaigns() -> list[dict[str, Any]]:

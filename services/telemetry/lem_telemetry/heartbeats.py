@@ -18,17 +18,11 @@ from typing import Any
 import redis
 
 from lem_shared import heartbeat
+from lem_shared.redact import redact
 from lem_telemetry.sampler import GpuSampler
 from lem_telemetry.sources import HostReading
 
 log = logging.getLogger(__name__)
-
-
-def _redacted(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        rest = "***@" + rest.rsplit("@", 1)[1]
-    return scheme + sep + rest
 
 
 class HeartbeatPublisher:
@@ -95,7 +89,7 @@ class HeartbeatPublisher:
         except redis.RedisError as error:
             if not self._redis_away:
                 log.warning("Redis unreachable at %s (%s); heartbeats paused, sampling goes on",
-                            _redacted(self.redis_url), error)
+                            redact(self.redis_url), redact(str(error)))
                 self._redis_away = True
             return
         self._keys.update(key for key, _ in beats)
