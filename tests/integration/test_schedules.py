@@ -148,15 +148,13 @@ def test_beat_killed_and_restarted_fires_every_due_time_exactly_once(
 
     beats.start("beat-1")
     wait_for(lambda: len(firings(schedule["id"])) >= 2, 60, "two firings by the first beat")
-
-    # exactly one beat: a second one is refused, naming the first
-    second = subprocess.run([str(BIN / "lem-beat")], env=stack_env, capture_output=True, text=True, timeout=60)
-    assert second.returncode == 1, second.stdout + second.stderr
-    assert "another beat is running (lem-beat pid " in second.stderr and "Traceback" not in second.stderr
-
+    # killed at once (the refused second beat is tried later, while beat-3 runs): starting a process can take
+    # longer than the schedule's remaining due times on a loaded machine
     beats.stop("beat-1", signal.SIGKILL)  # no goodbye: its lock goes with its database connection
     fired_before = len(firings(schedule["id"]))
-    due_while_down = aware(schedule_row(schedule["id"]).next_due_at)
+    next_due = schedule_row(schedule["id"]).next_due_at
+    assert next_due is not None, f"all {fired_before} due times fired before the first beat was killed"
+    due_while_down = aware(next_due)
     wait_for(lambda: datetime.now(UTC) > due_while_down + timedelta(seconds=0.5), 10, "a due time with no beat")
     assert len(firings(schedule["id"])) == fired_before  # nothing fires without a beat
     restarted_at = datetime.now(UTC)
@@ -178,6 +176,10 @@ def test_beat_killed_and_restarted_fires_every_due_time_exactly_once(
     beat = beats.start("beat-3")
     wait_for(lambda: (b := beat_heartbeat()) and b["pid"] == beat.pid and b["ticks"] >= 3, 60,
              "three ticks of the third beat")
+    # exactly one beat: a second one is refused, naming the first
+    second = subprocess.run([str(BIN / "lem-beat")], env=stack_env, capture_output=True, text=True, timeout=60)
+    assert second.returncode == 1, second.stdout + second.stderr
+    assert "another beat is running (lem-beat pid " in second.stderr and "Traceback" not in second.stderr
     assert [aware(f.due_at) for f in firings(schedule["id"])] == expected
     assert len(campaigns_named(name)) == 6
 
@@ -261,12 +263,15 @@ def test_schedule_commands_refuse_bad_input_in_one_line(lem, tmp_path: Path) -> 
     path, _ = campaign_file(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "bad", "experiment": {**TINY, "backend": "pytorch", "batch_size": 0}}))
+    inf = tmp_path / "inf.yaml"  # used to be stored, then fail in PostgreSQL on every beat tick
+    inf.write_text(yaml.safe_dump({"name": "inf", "config_gap_s": float("inf"), "experiment": TINY}))
     cases = [
         (("add", str(path), "--every", "6x"), "error: --every: '6x' is not a duration"),
         (("add", str(path), "--cron", "0 2 * *"), "error: --cron: '0 2 * *' is not a cron expression"),
         (("add", str(path), "--at", "2001-01-01T00:00"), "error: --at: 2001-01-01T00:00:00Z is in the past"),
         (("add", str(path), "--every", "1h", "--overlap", "later"), "'later' is not one of"),
         (("add", str(bad), "--every", "1h"), "batch_size"),
+        (("add", str(inf), "--every", "1h"), "config_gap_s: must be a finite number (got inf)"),
         (("pause", "987654"), "error: no schedule 987654; `lem schedule list` shows the ones there are"),
         (("history", "987654"), "error: no schedule 987654"),
         (("remove", "987654"), "error: no schedule 987654"),
@@ -275,3 +280,33 @@ def test_schedule_commands_refuse_bad_input_in_one_line(lem, tmp_path: Path) -> 
         result = lem("schedule", *args)
         assert result.returncode == 2, (args, result.stdout, result.stderr)
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_a_stored_campaign_that_no_longer_plans_is_recorded_once_as_failed(celery_app, tmp_path: Path) -> None:  # noqa: ANN001
+    """A schedule stored before non-finite numbers were refused (``config_gap_s: .inf``, which PostgreSQL's JSON
+    cannot hold): its due time is recorded once as a failed firing and the schedule moves on; a second tick at
+    the same time finds nothing due."""
+    from lem_planner.schedules import fire_due
+
+    t0 = (datetime.now(UTC) + timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    text = yaml.safe_dump({"name": f"inf-{secrets.token_hex(3)}", "cycles": 1, "config_gap_s": float("inf"),
+                           "experiment": {**TINY, "backend": "vllm"}})
+    with session_scope() as s:
+        row = Schedule(name="inf", source_path=str(tmp_path / "inf.yaml"), campaign_text=text, spec_hash="0" * 64,
+                       kind="every", every_s=3600.0, timezone="UTC", start_at=t0, overlap="queue", catch_up=1,
+                       paused=False, next_due_at=t0, occurrences=0)
+        s.add(row)
+        s.flush()
+        schedule_id = row.id
+    try:
+        fired = fire_due(celery_app, now=t0 + timedelta(seconds=1))
+        again = fire_due(celery_app, now=t0 + timedelta(seconds=1))
+        ours = firings(schedule_id)
+        assert [(f.outcome, aware(f.due_at)) for f in ours] == [("failed", t0)]
+        assert "config_gap_s: must be a finite number" in (ours[0].detail or "")
+        assert not [f for f in again if f.schedule_id == schedule_id]
+        assert [f.outcome for f in fired if f.schedule_id == schedule_id] == ["failed"]
+        assert aware(schedule_row(schedule_id).next_due_at) == t0 + timedelta(hours=1)
+    finally:
+        with session_scope() as s:
+            s.execute(Schedule.__table__.delete().where(Schedule.id == schedule_id))

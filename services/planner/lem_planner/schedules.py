@@ -497,8 +497,8 @@ def _record_failure(schedule_id: int, now: datetime, exc: BaseException) -> list
         except Exception as timing_exc:  # noqa: BLE001 - the row itself is broken
             count, following = 1, row.next_due_at
             row.paused = True
-            detail += (f"; its due times cannot be computed ({_one_line(timing_exc)}), so the schedule is paused: "
-                       "remove it and add it again")
+            why = "" if _one_line(timing_exc) == _one_line(exc) else f" ({_one_line(timing_exc)})"
+            detail += f"; its due times cannot be computed{why}, so the schedule is paused: remove it and add it again"
         s.add(ScheduleFiring(schedule_id=row.id, due_at=first, fired_at=now, outcome=FiringOutcome.FAILED,
                              overlap=row.overlap, occurrences=count, detail=detail))
         row.occurrences += count
