@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any
 
 import redis
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from lem_shared import heartbeat
@@ -31,14 +34,14 @@ from lem_shared.db.models import (
     Run,
     RunStatus,
 )
-from lem_shared.db.session import session_scope
+from lem_shared.db.session import engine_for, session_scope
 from lem_shared.heartbeat import live_workers
 from lem_shared.queues import FINALISE_TASK, RUN_TASK, QueueName, queue_for
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-CANCEL_KEY_PREFIX = "lem:cancel:campaign:"
+CANCEL_KEY_PREFIX = "lem:cancel:"
 # One scheduler pass at a time across every process (PostgreSQL advisory lock; SQLite has one writer anyway).
 _ADVISORY_LOCK_ID = 0x6C656D5F  # "lem_"
 
@@ -65,12 +68,28 @@ def redis_client(url: str | None = None) -> redis.Redis:
 
 # --- cancellation -------------------------------------------------------------------------------------------------
 
+@lru_cache
+def _database_identity(url: str) -> str:
+    engine = engine_for(url)
+    if engine.dialect.name != "postgresql":
+        return f"file/{engine.url.database}"
+    with engine.connect() as connection:  # the cluster's own identifier, whatever address reaches it
+        cluster, database = connection.execute(
+            text("select (select system_identifier from pg_control_system()), current_database()")).one()
+    return f"{cluster}/{database}"
+
+
+def cancel_key(campaign_id: int) -> str:
+    """Campaign ids repeat across databases that share a broker, so the key names the database too."""
+    return f"{CANCEL_KEY_PREFIX}{_database_identity(get_settings().database_url)}:campaign:{campaign_id}"
+
+
 def request_cancel(connection: redis.Redis, campaign_id: int) -> None:
-    connection.set(f"{CANCEL_KEY_PREFIX}{campaign_id}", "1", ex=7 * 24 * 3600)
+    connection.set(cancel_key(campaign_id), "1", ex=7 * 24 * 3600)
 
 
 def cancel_requested(connection: redis.Redis, campaign_id: int) -> bool:
-    return bool(connection.exists(f"{CANCEL_KEY_PREFIX}{campaign_id}"))
+    return bool(connection.exists(cancel_key(campaign_id)))
 
 
 def aware(t: datetime) -> datetime:
@@ -158,32 +177,64 @@ def send_run(app: Celery, request: RunRequest) -> None:
                   queue=queue_for(request.experiment["backend"]).value)
 
 
+def broker_up_s(connection: redis.Redis) -> float:
+    """How long the broker has been up: a restart drops every heartbeat, so a missing one means nothing until a
+    heartbeat lifetime after it."""
+    return float(connection.info("server")["uptime_in_seconds"])
+
+
+def wait_for_heartbeats(connection: redis.Redis) -> None:
+    """Sleep until the broker has been up for a heartbeat lifetime, so every live worker has written its beat."""
+    ttl = get_settings().worker_heartbeat_ttl_s
+    while (up := broker_up_s(connection)) < ttl:
+        time.sleep(ttl - up)
+
+
+def orphaned(run: Run, alive: Mapping[str, Mapping[str, Any]], now: datetime) -> str | None:
+    """Why nobody measures this running run any more, or None while its worker may still be measuring it. A
+    worker restarted under the same name is alive but says (its heartbeat's run key) it runs something else."""
+    ttl = get_settings().worker_heartbeat_ttl_s
+    started = aware(run.started_at) if run.started_at else now
+    beat = alive.get(run.worker or "")
+    if beat is None:
+        return None if now - started < timedelta(seconds=ttl) else \
+            f"worker {run.worker} vanished (no heartbeat for {ttl:.0f} s)"
+    # Heartbeat and started_at come from the worker's own clock: a beat older than the claim proves nothing.
+    if beat.get("run_key") == run.run_key or float(beat.get("time", 0)) <= started.timestamp():
+        return None
+    return f"worker {run.worker} is alive but not running it (restarted?)"
+
+
 def reclaim(connection: redis.Redis | None = None) -> list[str]:
-    """Runs whose worker vanished go back to pending (or fail after ``max_attempts``); runs dispatched long ago
-    and never started go back to pending. Returns one line per change, for the log."""
+    """Runs nobody measures any more (their worker vanished, or was restarted and runs something else) go back to
+    pending, or fail after ``max_attempts``, or are cancelled when their campaign was; runs dispatched long ago and
+    never started go back to pending. Returns one line per change, for the log."""
     settings = get_settings()
     connection = connection or redis_client()
     alive = live_workers(connection)
+    heartbeats_complete = broker_up_s(connection) >= settings.worker_heartbeat_ttl_s
     now = datetime.now(UTC)
-    grace = timedelta(seconds=settings.worker_heartbeat_ttl_s)
     stale_dispatch = now - timedelta(seconds=settings.redispatch_after_s)
     changes = []
     with session_scope() as s:
         _lock(s)
-        running = s.scalars(select(Run).where(Run.status == RunStatus.RUNNING)).all()
-        for run in running:
-            started = aware(run.started_at) if run.started_at else now
-            if run.worker in alive or now - started < grace:
+        running = s.execute(select(Run, Campaign.status).join(Campaign, Run.campaign_id == Campaign.id)
+                            .where(Run.status == RunStatus.RUNNING)).all() if heartbeats_complete else []
+        for run, campaign_status in running:
+            reason = orphaned(run, alive, now)
+            if reason is None:
                 continue
-            vanished = f"attempt {run.attempts}: worker {run.worker} vanished (no heartbeat for " \
-                       f"{settings.worker_heartbeat_ttl_s:.0f} s)"
-            if run.attempts >= settings.max_attempts:
-                run.status, run.error, run.finished_at = RunStatus.FAILED, f"{vanished}; gave up after " \
+            lost = f"attempt {run.attempts}: {reason}"
+            if campaign_status == CampaignStatus.CANCELLED:
+                run.status, run.error, run.finished_at = RunStatus.CANCELLED, f"cancelled by the user; {lost}", now
+                changes.append(f"run {run.id} cancelled: {lost}")
+            elif run.attempts >= settings.max_attempts:
+                run.status, run.error, run.finished_at = RunStatus.FAILED, f"{lost}; gave up after " \
                     f"{run.attempts} attempts", now
-                changes.append(f"run {run.id} failed: {vanished}")
+                changes.append(f"run {run.id} failed: {lost}")
             else:
-                run.status, run.worker, run.error = RunStatus.PENDING, None, vanished
-                changes.append(f"run {run.id} re-queued: {vanished}")
+                run.status, run.worker, run.error = RunStatus.PENDING, None, lost
+                changes.append(f"run {run.id} re-queued: {lost}")
         stuck = s.scalars(select(Run).where(Run.status == RunStatus.DISPATCHED, Run.dispatched_at < stale_dispatch))
         for run in stuck:
             run.status, run.dispatched_at = RunStatus.PENDING, None
@@ -201,17 +252,29 @@ def refinalise_stale(app: Celery, older_than_s: float) -> list[int]:
     return ids
 
 
-def requeue_for_resume(campaign_id: int, alive: Iterable[str]) -> dict[str, int]:
-    """After a crash: dispatched runs (the broker may have lost them) and runs whose worker is gone go back to
-    pending; finished runs stay as they are. Returns how many of each were re-queued."""
-    alive = set(alive)
+def requeue_for_resume(campaign_id: int, alive: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """After a crash: dispatched runs (the broker may have lost them) and running runs nobody measures any more
+    (``orphaned``, from the live workers' heartbeats) go back to pending; finished runs stay as they are. Returns
+    how many of each were re-queued."""
     counts = {"dispatched": 0, "running": 0}
+    now = datetime.now(UTC)
     with session_scope() as s:
         _lock(s)
         for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id,
                                                Run.status.in_(IN_FLIGHT_RUN_STATUSES))):
-            if run.status == RunStatus.RUNNING and run.worker in alive:
+            reason = orphaned(run, alive, now) if run.status == RunStatus.RUNNING else None
+            if run.status == RunStatus.RUNNING and reason is None:
                 continue  # still being measured
             counts[run.status] += 1
+            if reason:
+                run.error = f"attempt {run.attempts}: {reason}"
             run.status, run.dispatched_at, run.worker = RunStatus.PENDING, None, None
     return counts
+
+
+def manifest_request(run_key: str) -> RunRequest | None:
+    """The message the manifest makes for this run key (what a worker measures), or None for an unknown key."""
+    with session_scope() as s:
+        row = s.execute(select(Run, Experiment, Campaign).join(Experiment, Run.experiment_id == Experiment.id)
+                        .join(Campaign, Run.campaign_id == Campaign.id).where(Run.run_key == run_key)).one_or_none()
+        return run_request(*row) if row else None

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from lem_shared.config import CampaignConfig, ExperimentConfig
@@ -22,11 +22,13 @@ from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus
 from lem_shared.db.session import session_scope
 from lem_shared.heartbeat import live_workers
 from lem_shared.scheduling import (
+    orphaned,
     redis_client,
     request_cancel,
     requeue_for_resume,
     run_order,
     run_request,
+    wait_for_heartbeats,
 )
 
 
@@ -66,12 +68,22 @@ def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig
         return row.id, [run_request(run, exp_row, row) for run, exp_row in runs]
 
 
-def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, int]:
-    """Queued runs are dropped (cancelled, their tasks revoked); a running one is stopped by its worker, which
-    watches for this. Returns how many runs were cancelled at once."""
+def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, Any]:
+    """Cancel a running campaign: queued runs are dropped at once (cancelled, their tasks revoked); a run its worker
+    is measuring is stopped by that worker, which watches for this; a run left running by a worker that vanished
+    or restarted is cancelled at once. Returns ``{"queued", "stopping", "orphaned"}`` counts, and ``already``: the
+    status of a campaign that had already ended (nothing changed then). LookupError when there is no such one."""
+    connection = redis_client()
+    alive = live_workers(connection)  # before any change: a broker that cannot be reached changes nothing
     now = datetime.now(UTC)
-    with session_scope() as s:  # the campaign first, so nothing closes it as failed meanwhile
-        s.execute(update(Campaign).where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING)
+    with session_scope() as s:
+        status = s.scalar(select(Campaign.status).where(Campaign.id == campaign_id).with_for_update())
+        if status is None:
+            raise LookupError(f"no campaign {campaign_id}")
+        if status != CampaignStatus.RUNNING:
+            return {"already": status, "queued": 0, "stopping": 0, "orphaned": 0}
+        # the campaign first, so nothing closes it as failed meanwhile
+        s.execute(update(Campaign).where(Campaign.id == campaign_id)
                   .values(status=CampaignStatus.CANCELLED, finished_at=now))
         queued = s.execute(
             update(Run)
@@ -80,23 +92,34 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, int]:
             .values(status=RunStatus.CANCELLED, error="cancelled by the user", finished_at=now)
             .returning(Run.run_key)
         ).scalars().all()
-        running = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id, Run.status == RunStatus.RUNNING)
-                           .limit(1))
-    request_cancel(redis_client(), campaign_id)  # the worker measuring one of its runs stops it
+        stopping = orphans = 0
+        for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status == RunStatus.RUNNING)):
+            reason = orphaned(run, alive, now)
+            if reason is None:
+                stopping += 1
+            else:
+                run.status, run.error, run.finished_at = RunStatus.CANCELLED, f"cancelled by the user; {reason}", now
+                orphans += 1
+    if stopping:
+        request_cancel(connection, campaign_id)  # the worker measuring it stops it
     if queued:
         app.control.revoke(list(queued))
-    return {"queued": len(queued), "running": int(running is not None)}
+    return {"already": None, "queued": len(queued), "stopping": stopping, "orphaned": orphans}
 
 
 def resume_campaign(campaign_id: int) -> dict[str, int]:
     """Continue a campaign after a crash of anything: in-flight runs whose message or worker may be gone go
-    back to pending (finished runs are never re-run) and the campaign is running again."""
+    back to pending (finished runs are never re-run) and the campaign is running again. Right after a broker
+    restart it first waits a heartbeat lifetime, so runs still being measured are known by their workers' beats."""
     with session_scope() as s:
         status = s.scalar(select(Campaign.status).where(Campaign.id == campaign_id))
         if status is None:
             raise LookupError(f"no campaign {campaign_id}")
         if status == CampaignStatus.CANCELLED:
             raise ValueError(f"campaign {campaign_id} was cancelled; run its file again for a new campaign")
+    connection = redis_client()
+    wait_for_heartbeats(connection)
+    with session_scope() as s:
         unfinished = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id,
                                                    Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED,
                                                                    RunStatus.RUNNING, RunStatus.MEASURED]))
@@ -104,7 +127,14 @@ def resume_campaign(campaign_id: int) -> dict[str, int]:
         if unfinished is not None:
             s.execute(update(Campaign).where(Campaign.id == campaign_id)
                       .values(status=CampaignStatus.RUNNING, finished_at=None))
-    return requeue_for_resume(campaign_id, live_workers(redis_client()))
+    return requeue_for_resume(campaign_id, live_workers(connection))
+
+
+def failed_runs_by_campaign() -> dict[int, int]:
+    """How many failed runs each campaign has (a campaign ends ``done`` when some runs failed: this shows them)."""
+    with session_scope() as s:
+        return {campaign: count for campaign, count in s.execute(
+            select(Run.campaign_id, func.count()).where(Run.status == RunStatus.FAILED).group_by(Run.campaign_id))}
 
 
 def consumers_by_queue(app: Celery, timeout: float = 2.0) -> dict[str, list[str]]:
@@ -149,7 +179,8 @@ def campaign_status(campaign_id: int) -> dict[str, Any]:
     remaining = len(runs) - finished - counts[RunStatus.MEASURED]
     eta = (statistics.fmean(durations) * remaining / workers) if durations and remaining else (0.0 if not
                                                                                                  remaining else None)
-    return {**header, "total": len(runs), "finished": finished, "counts": dict(counts),
+    return {**header, "total": len(runs), "finished": finished, "failed": counts[RunStatus.FAILED],
+            "counts": dict(counts),
             "eta_s": None if header["status"] != CampaignStatus.RUNNING else eta, "runs": runs}
 
 

@@ -319,7 +319,9 @@ def campaign_status_command(
         _print_json(status)
         return
     eta = status["eta_s"]
-    out.print(f"campaign [bold]{campaign_id}[/] ({status['name']}): {status['status']}, {status['structure']} "
+    ended = status["status"] + (f" with {status['failed']} failed run{'s' if status['failed'] != 1 else ''}"
+                                if status["failed"] and status["status"] != "running" else "")
+    out.print(f"campaign [bold]{campaign_id}[/] ({status['name']}): {ended}, {status['structure']} "
               f"(seed {status['seed']}), {status['finished']}/{status['total']} runs finished"
               + (f", ETA {eta / 60:.1f} min" if eta else ""), highlight=False)
     progress = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), console=out)
@@ -364,14 +366,31 @@ def campaign_resume(
 
 @campaign_cli.command("cancel")
 def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id.")]) -> None:
-    """Drop the campaign's queued runs and stop its running one (its worker kills the engine within a second)."""
+    """Drop the campaign's queued runs and stop its running one (its worker kills the engine within a second); a
+    campaign that had already ended is left as it was (exit 0, saying so)."""
+    import redis
+
     from lem_planner.campaigns import cancel_campaign
     from lem_planner.control import app
 
     _check_campaign_id(campaign_id)
-    counts = cancel_campaign(app, campaign_id)
-    out.print(f"campaign {campaign_id} cancelled: {counts['queued']} queued runs dropped"
-              + (", the running run is being stopped" if counts["running"] else ""))
+    try:
+        counts = cancel_campaign(app, campaign_id)
+    except LookupError as exc:
+        raise _fail(str(exc)) from None
+    except redis.RedisError as exc:
+        raise _fail(f"cannot reach the broker, nothing cancelled: {exc}") from None
+    if counts["already"]:  # exit 0: the campaign is not running, which is what was asked
+        out.print(f"campaign {campaign_id} had already ended ({counts['already']}): nothing cancelled")
+        return
+    parts = [f"{counts['queued']} queued runs dropped"]
+    if counts["stopping"]:
+        parts.append(f"{counts['stopping']} running run{' is' if counts['stopping'] == 1 else 's are'} being "
+                     "stopped by its worker")
+    if counts["orphaned"]:
+        parts.append(f"{counts['orphaned']} running run{'' if counts['orphaned'] == 1 else 's'} that no worker "
+                     "was measuring any more cancelled")
+    out.print(f"campaign {campaign_id} cancelled: " + ", ".join(parts))
 
 
 @campaign_cli.command("list")
@@ -383,9 +402,13 @@ def campaign_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
     if as_json:
         _print_json(rows)
         return
+    from lem_planner.campaigns import failed_runs_by_campaign
+
+    failed_runs = failed_runs_by_campaign()
     table = Table("id", "name", "status", "created")
     for r in rows:
-        table.add_row(str(r["id"]), r["name"], r["status"], r["created"])
+        failed = f", {failed_runs[r['id']]} failed" if r["id"] in failed_runs and r["status"] != "running" else ""
+        table.add_row(str(r["id"]), r["name"], r["status"] + failed, r["created"])
     out.print(table)
 
 

@@ -14,16 +14,17 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from lem_shared import TOOL_VERSION
@@ -37,16 +38,55 @@ from lem_shared.metrics import run_metrics
 from lem_shared.params.snapshots import ENGINE_PACKAGES
 from lem_shared.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
-from lem_shared.scheduling import advance, cancel_requested, deep_idle_span, redis_client
+from lem_shared.scheduling import advance, cancel_key, deep_idle_span, manifest_request, redis_client
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+# How long a worker keeps retrying a write while PostgreSQL is away (a restart, a failover) before it gives up and
+# leaves the run to the scheduler's reclaim; and the longest pause it takes before a run.
+DATABASE_RETRY_S = 600.0
+MAX_GAP_S = 24 * 3600.0
 
-def claim_run(run_key: str, worker: str, host: str) -> int | None:
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This worker's claim on a run: writes about the run succeed only while the claim is still the run's."""
+
+    run_id: int
+    attempt: int
+    worker: str
+
+
+class ClaimLost(RuntimeError):
+    """The run was taken from this worker (re-queued, claimed by another, cancelled) while it measured it."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def with_database_retry(what: str, write: Callable[[], T], give_up_after_s: float = DATABASE_RETRY_S) -> T:
+    """``write()``, retried with back-off while the database cannot be reached, rather than leave a run running."""
+    deadline, delay = time.monotonic() + give_up_after_s, 0.5
+    while True:
+        try:
+            return write()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: the database is away (%s); retrying in %.1f s", what, _first_line(exc.orig or exc), delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def claim_run(run_key: str, worker: str, host: str) -> Claim | None:
     """Mark the run as ours in one conditional UPDATE; None when it is already running or finished."""
     with session_scope() as s:
-        return s.execute(
+        row = s.execute(
             update(Run)
             .where(Run.run_key == run_key, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
             .values(
@@ -58,8 +98,14 @@ def claim_run(run_key: str, worker: str, host: str) -> int | None:
                 schema_version=RUN_SCHEMA_VERSION,
                 tool_version=TOOL_VERSION,
             )
-            .returning(Run.id)
-        ).scalar_one_or_none()
+            .returning(Run.id, Run.attempts)
+        ).one_or_none()
+    return Claim(row.id, row.attempts, worker) if row else None
+
+
+def _owned(claim: Claim) -> Any:
+    return (Run.id == claim.run_id, Run.status == RunStatus.RUNNING, Run.attempts == claim.attempt,
+            Run.worker == claim.worker)
 
 
 def _environment_id(s: Session, data: dict[str, Any]) -> int:
@@ -81,7 +127,8 @@ def _span(span: tuple[float, float] | None) -> list[float] | None:
     return list(span) if span else None
 
 
-def record_measurement(run_id: int, m: Measurement, pause: dict[str, Any] | None = None) -> None:
+def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | None = None) -> None:
+    """Store the measurement, only while the claim is still the run's (else ClaimLost, nothing stored)."""
     phases = {"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
               "idle_after": _span(m.idle_after), "model_load": _span(m.model_load)}
     if pause:
@@ -97,12 +144,11 @@ def record_measurement(run_id: int, m: Measurement, pause: dict[str, Any] | None
         phases["flops_counted"] = m.flops_counted
     if m.model_shape is not None:
         phases["model_shape"] = m.model_shape
+    run_id = claim.run_id
     with session_scope() as s:
-        s.execute(insert(RunMetrics).values(run_id=run_id, **run_metrics(m)))
-        s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
-        s.execute(
+        owned = s.execute(
             update(Run)
-            .where(Run.id == run_id)
+            .where(*_owned(claim))
             .values(
                 status=RunStatus.MEASURED,
                 device=m.device,
@@ -113,16 +159,44 @@ def record_measurement(run_id: int, m: Measurement, pause: dict[str, Any] | None
                 phases=phases,
                 finished_at=datetime.now(UTC),
             )
-        )
+            .returning(Run.id)
+        ).scalar_one_or_none()
+        if owned is None:
+            raise ClaimLost(f"run {run_id}: attempt {claim.attempt} is no longer this worker's claim")
+        s.execute(insert(RunMetrics).values(run_id=run_id, **run_metrics(m)))
+        s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
 
 
-def record_end(run_id: int, status: RunStatus, error: str) -> None:
+def record_end(claim: Claim, status: RunStatus, error: str) -> None:
+    """End the run (failed or cancelled, with the reason), only while the claim is still the run's."""
     with session_scope() as s:
-        s.execute(
+        owned = s.execute(
             update(Run)
-            .where(Run.id == run_id)
+            .where(*_owned(claim))
             .values(status=status, error=error, finished_at=datetime.now(UTC))
-        )
+            .returning(Run.id)
+        ).scalar_one_or_none()
+    if owned is None:
+        raise ClaimLost(f"run {claim.run_id}: attempt {claim.attempt} is no longer this worker's claim")
+
+
+def fail_unstarted(run_id: int, reason: str) -> None:
+    with session_scope() as s:
+        s.execute(update(Run).where(Run.id == run_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
+                  .values(status=RunStatus.FAILED, error=reason, finished_at=datetime.now(UTC)))
+
+
+def refuse_message(run_id: int, reason: str) -> None:
+    """Note on a run not yet started why a message for it was refused (the run itself is left to its real one)."""
+    with session_scope() as s:
+        s.execute(update(Run).where(Run.id == run_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
+                  .values(error=reason))
+
+
+def _wait(stop: threading.Event, seconds: float, what: str) -> None:
+    if seconds > MAX_GAP_S:  # Event.wait overflows on huge values, and a day-long pause is a mistake anyway
+        raise ValueError(f"{what} of {seconds:g} s is longer than a worker pauses ({MAX_GAP_S:.0f} s)")
+    stop.wait(seconds)
 
 
 @dataclass
@@ -165,10 +239,10 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
         seconds = request.cycle_gap_s if new_cycle else request.config_gap_s
         if seconds > 0:
             pause.update(kind="cycle" if new_cycle else "config", seconds=seconds)
-            stop.wait(seconds)
+            _wait(stop, seconds, "cycle_gap_s" if new_cycle else "config_gap_s")
     gap = request.thermal_gap
     if gap and state.last is not None:
-        thermal: dict[str, Any] = {"within_c": gap["within_c"], "max_wait_s": gap["max_wait_s"]}
+        thermal: dict[str, Any] = {"within_c": gap["within_c"], "max_wait_s": min(gap["max_wait_s"], MAX_GAP_S)}
         idle = _idle_temperature(request.campaign_id, state.gpu_uuid) if state.gpu_uuid else None
         if idle is None or connection is None:
             thermal["note"] = "skipped: no GPU telemetry for this worker's GPU"
@@ -176,7 +250,7 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
             began = time.monotonic()
             now = _temperature_now(connection, state.gpu_uuid)  # type: ignore[arg-type]
             thermal.update(idle_c=idle, start_c=now)
-            while now is not None and now > idle + gap["within_c"] and time.monotonic() - began < gap["max_wait_s"]:
+            while now is not None and now > idle + gap["within_c"] and time.monotonic() - began < thermal["max_wait_s"]:
                 if stop.wait(1.0):
                     break
                 now = _temperature_now(connection, state.gpu_uuid)  # type: ignore[arg-type]
@@ -191,11 +265,12 @@ def _watch_cancel(connection: redis.Redis | None, campaign_id: int, engine: Engi
     """While the run lasts, poll for its campaign's cancellation; on it, kill the engine (the run stops now)."""
     if connection is None:
         return None
+    key = cancel_key(campaign_id)  # now, while the database answers: the watch must not need it
 
     def watch() -> None:
         while not done.wait(0.25):
             try:
-                if cancel_requested(connection, campaign_id):
+                if connection.exists(key):
                     stop.set()
                     engine.abort()
                     return
@@ -207,41 +282,81 @@ def _watch_cancel(connection: redis.Redis | None, campaign_id: int, engine: Engi
     return thread
 
 
+def _differences(message: RunRequest, manifest: RunRequest) -> list[str]:
+    sent, kept = message.model_dump(mode="json"), manifest.model_dump(mode="json")
+    fields = [name for name in kept if name != "experiment" and sent.get(name) != kept[name]]
+    fields += [f"experiment.{name}" for name in sorted(set(sent["experiment"]) | set(kept["experiment"]))
+               if sent["experiment"].get(name) != kept["experiment"].get(name)]
+    return fields
+
+
 def execute_run(engine: EngineHost, request: RunRequest, worker: str, state: GpuState,
                 connection: redis.Redis | None = None) -> tuple[int | None, str]:
-    """Claim, pace, measure and record one run: (run id or None for a duplicate, status). Celery-free, so a
-    bench on a machine without a broker runs exactly what the worker runs (``connection`` None: no Redis)."""
-    run_id = claim_run(request.run_key, worker, socket.gethostname())
-    if run_id is None:
+    """Check the message against the manifest, claim, pace, measure and record one run: (run id or None when
+    nothing was claimed, status). Every path after the claim ends the run exactly once, or leaves it to the
+    claim that took it over. Celery-free, so a bench on a machine without a broker runs exactly what the worker
+    runs (``connection`` None: no Redis)."""
+    manifest = with_database_retry("reading the manifest", lambda: manifest_request(request.run_key))
+    if manifest is None:
+        log.warning("refused a run message for run key %s: no such run in the database", request.run_key[:12])
+        return None, "refused"
+    if manifest != request:  # the broker is not the record: the manifest says what to measure
+        reason = (f"refused a run message that does not match the manifest (differs in "
+                  f"{', '.join(_differences(request, manifest))})")
+        log.warning("run %s: %s", manifest.run_id, reason)
+        with_database_retry("noting a refused message", lambda: refuse_message(manifest.run_id, reason))
+        return None, "refused"
+    claim = with_database_retry("claiming the run", lambda: claim_run(manifest.run_key, worker,
+                                                                      socket.gethostname()))
+    if claim is None:
         log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
         return None, "duplicate"
     stop, done = threading.Event(), threading.Event()
-    _watch_cancel(connection, request.campaign_id, engine, stop, done)
+    _watch_cancel(connection, manifest.campaign_id, engine, stop, done)
     try:
-        pause = pace(request, state, connection, stop)
-        if stop.is_set():
-            record_end(run_id, RunStatus.CANCELLED, "cancelled by the user before the run started")
-            return run_id, RunStatus.CANCELLED.value
-        deep_idle_s = 0.0
-        if request.campaign_id not in state.baselined:
-            deep_idle_s = float(request.experiment.get("measurement", {}).get("baseline_idle_s", 0.0))
-        if request.cold_start:
-            engine.stop()  # a fresh engine process: the model load is part of this run, measured apart
-        try:
-            measurement = engine.measure(request.experiment, deep_idle_s=deep_idle_s)
-        except EngineFailure as exc:
-            if stop.is_set():
-                record_end(run_id, RunStatus.CANCELLED, "cancelled by the user during the run")
-                return run_id, RunStatus.CANCELLED.value
-            record_end(run_id, RunStatus.FAILED, str(exc))
-            return run_id, RunStatus.FAILED.value
+        status, error = _measure_and_record(engine, manifest, claim, state, connection, stop)
+    except ClaimLost as exc:
+        log.warning("%s: recorded nothing (the run was re-queued, cancelled or claimed again)", exc)
+        return claim.run_id, "lost"
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the run ends with the reason, not stuck running
+        log.exception("run %s failed in the worker", claim.run_id)
+        status = RunStatus.CANCELLED if stop.is_set() else RunStatus.FAILED
+        error = "cancelled by the user during the run" if stop.is_set() else \
+            f"worker error: {type(exc).__name__}: {_first_line(exc)}"
     finally:
         done.set()
-        state.last = (request.campaign_id, request.cycle)
+        state.last = (manifest.campaign_id, manifest.cycle)
+    if status == RunStatus.MEASURED:
+        return claim.run_id, status.value
+    try:
+        with_database_retry("recording the run's end", lambda: record_end(claim, status, error))
+    except ClaimLost as exc:
+        log.warning("%s: recorded nothing", exc)
+        return claim.run_id, "lost"
+    return claim.run_id, status.value
+
+
+def _measure_and_record(engine: EngineHost, request: RunRequest, claim: Claim, state: GpuState,
+                        connection: redis.Redis | None, stop: threading.Event) -> tuple[RunStatus, str]:
+    """Pace, measure and store the run: (MEASURED, "") when stored, else the status and reason to end it with."""
+    pause = pace(request, state, connection, stop)
+    if stop.is_set():
+        return RunStatus.CANCELLED, "cancelled by the user before the run started"
+    deep_idle_s = 0.0
+    if request.campaign_id not in state.baselined:
+        deep_idle_s = float(request.experiment.get("measurement", {}).get("baseline_idle_s", 0.0))
+    if request.cold_start:
+        engine.stop()  # a fresh engine process: the model load is part of this run, measured apart
+    try:
+        measurement = engine.measure(request.experiment, deep_idle_s=deep_idle_s)
+    except EngineFailure as exc:
+        if stop.is_set():
+            return RunStatus.CANCELLED, "cancelled by the user during the run"
+        return RunStatus.FAILED, str(exc)
     state.baselined.add(request.campaign_id)
     state.gpu_uuid = measurement.gpu_uuid
-    record_measurement(run_id, measurement, pause)
-    return run_id, RunStatus.MEASURED.value
+    with_database_retry("recording the measurement", lambda: record_measurement(claim, measurement, pause))
+    return RunStatus.MEASURED, ""
 
 
 def make_worker(backend: Backend, adapter_path: str) -> Celery:
@@ -259,13 +374,15 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     engine_version = package_versions(engine_package)[engine_package]
     engine_version = None if engine_version == "not installed" else engine_version
 
+    def beat_now() -> None:
+        try:
+            publish_worker_beat(connection, current["name"] or "", backend.value, current["run_key"], engine_version)
+        except redis.RedisError as exc:
+            log.warning("worker heartbeat not written: %s", exc)
+
     def beat() -> None:
         while not stopping.wait(settings.worker_heartbeat_s):
-            try:
-                publish_worker_beat(connection, current["name"] or "", backend.value, current["run_key"],
-                                    engine_version)
-            except redis.RedisError as exc:
-                log.warning("worker heartbeat not written: %s", exc)
+            beat_now()
 
     @worker_ready.connect(weak=False)
     def _start_heartbeat(sender: Any = None, **_: Any) -> None:
@@ -281,13 +398,15 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
             request = RunRequest.model_validate(message)
         except ValidationError as exc:  # a planner of another version: fail the run rather than leave it hanging
             if isinstance(message, dict) and isinstance(message.get("run_id"), int):
-                record_end(message["run_id"], RunStatus.FAILED, f"run message this worker cannot read: {exc}")
+                fail_unstarted(message["run_id"], f"run message this worker cannot read: {exc}")
             raise
         current["run_key"] = request.run_key
+        beat_now()  # the scheduler tells a restarted worker's stale run by the run key its heartbeat carries
         try:
             run_id, status = execute_run(engine, request, self.request.hostname or "unknown", state, connection)
         finally:
             current["run_key"] = None
+            beat_now()
         if run_id is not None:
             app.send_task(FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")],
                           queue=QueueName.CONTROL)
