@@ -140,13 +140,17 @@ def test_beat_killed_and_restarted_fires_every_due_time_exactly_once(
     stack_env: dict[str, str], lem, beats: Beats, cleanup: list[int], tmp_path: Path  # noqa: ANN001
 ) -> None:
     path, name = campaign_file(tmp_path)
+    # The beat ticks before the schedule exists: its due times then run from a live beat, not from a process
+    # start that a loaded machine may stretch past all of them.
+    first = beats.start("beat-1")
+    wait_for(lambda: (b := beat_heartbeat()) and b["pid"] == first.pid and b["ticks"] >= 1, 60,
+             "the first beat's first tick")
     # every 2 s, 6 times; catch-up 6: every due time that passes while no beat runs is fired when one is back
     schedule = add(lem, str(path), "--every", "2s", "--times", "6", "--catch-up", "6")
     cleanup.append(schedule["id"])
     start = datetime.fromisoformat(schedule["start_at"])
     expected = [start + timedelta(seconds=2 * k) for k in range(6)]
 
-    beats.start("beat-1")
     wait_for(lambda: len(firings(schedule["id"])) >= 2, 60, "two firings by the first beat")
     # killed at once (the refused second beat is tried later, while beat-3 runs): starting a process can take
     # longer than the schedule's remaining due times on a loaded machine
@@ -186,6 +190,20 @@ def test_beat_killed_and_restarted_fires_every_due_time_exactly_once(
     listed = json.loads(lem("schedule", "list", "--json").stdout)
     ours = next(s for s in listed if s["id"] == schedule["id"])
     assert ours["status"] == "finished" and ours["occurrences"] == 6 and sum(ours["outcomes"].values()) == 6
+
+
+def test_the_first_due_time_is_the_start_even_when_storing_the_schedule_took_longer(
+    stack_env: dict[str, str], cleanup: list[int], tmp_path: Path
+) -> None:
+    """A slow `schedule add` (validating the file on a loaded machine) once skipped the first firing of --every."""
+    from lem_planner.schedules import add_schedule, build_timing, iso
+
+    path, _ = campaign_file(tmp_path)
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    timing = build_timing(cron=None, every="2s", at=None, until=None, times=3, tz="UTC", now=t0)
+    summary = add_schedule(str(path), timing, "queue", 3, now=t0 + timedelta(seconds=5))
+    cleanup.append(summary["id"])
+    assert summary["start_at"] == summary["next_due_at"] == iso(t0 + timedelta(seconds=2))
 
 
 def test_overlap_queue_and_skip_are_recorded_per_firing(

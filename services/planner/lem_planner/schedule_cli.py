@@ -68,12 +68,15 @@ def schedule_add(
     from lem_planner.schedules import ScheduleError, add_schedule, build_timing
     from lem_shared.config import ConfigError
 
+    # One "now" for the command: the first due time of --every is one interval after it, and validating the file
+    # (seconds on a loaded machine) must not move it past that.
+    now = datetime.now(UTC)
     try:
-        timing = build_timing(cron=cron, every=every, at=at, until=until, times=times, tz=tz, now=datetime.now(UTC))
+        timing = build_timing(cron=cron, every=every, at=at, until=until, times=times, tz=tz, now=now)
     except ScheduleError as exc:
         raise _fail(str(exc)) from None
     try:
-        summary = add_schedule(file, timing, overlap.value, catch_up)
+        summary = add_schedule(file, timing, overlap.value, catch_up, now=now)
     except ConfigError as exc:
         typer.echo(f"error: invalid campaign file {file}:", err=True)
         for problem in exc.problems:

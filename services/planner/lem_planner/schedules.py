@@ -273,7 +273,9 @@ def add_schedule(path: str, timing: Timing, overlap: str, catch_up: int, now: da
     now = now or datetime.now(UTC)
     text = read_campaign_file(path)  # read once, as every command reads a campaign: what is validated is stored
     plan = plan_text(text, path)
-    first = timing.first_at_or_after(now)
+    # A start was checked to be in the future when the timing was built; reading and planning the file since
+    # (seconds on a loaded machine) must not skip its first firing.
+    first = timing.first_at_or_after(min(now, timing.start) if timing.start is not None else now)
     with session_scope() as s:
         row = Schedule(name=plan.campaign.name, source_path=str(Path(path).resolve()), campaign_text=text,
                        spec_hash=hashlib.sha256(text.encode()).hexdigest(), kind=timing.kind, cron=timing.cron,
