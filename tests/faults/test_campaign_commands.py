@@ -138,3 +138,24 @@ def test_a_campaign_that_ended_with_a_failed_run_shows_its_failures(
     assert "done with 1 failed run" in shown, shown
     listed = lem(fault_stack.env, "campaign", "list").stdout
     assert "done, 1 failed" in listed, listed
+
+
+def test_a_campaign_whose_last_run_is_failed_by_reclaim_ends(
+    fault_stack: FaultStack, broker: redis.Redis, tmp_path: Path
+) -> None:
+    """No finalise follows a run that reclaim fails (its worker vanished on its last attempt): the scheduler pass
+    itself must end the campaign, or it stays `running` and holds its backend's queue."""
+    from lem_planner.control import scheduler_pass
+
+    campaign_id = new_campaign(fault_stack.env, tmp_path, cycles=1)
+    long_ago = datetime.now(UTC) - timedelta(minutes=5)
+    with session_scope() as s:
+        s.execute(update(Run).where(Run.campaign_id == campaign_id).values(
+            status="running", worker="vanished@gpu-host", attempts=get_settings().max_attempts,
+            started_at=long_ago))
+    scheduler_pass()
+    with session_scope() as s:
+        run = s.scalars(select(Run).where(Run.campaign_id == campaign_id)).one()
+        campaign = s.get(Campaign, campaign_id)
+        assert run.status == "failed" and "vanished" in (run.error or "")
+        assert campaign.status == "failed" and campaign.finished_at is not None

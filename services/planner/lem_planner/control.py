@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,12 +16,22 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import exists, func, select, update
 
 from lem_shared import flops as flops_model
-from lem_shared.analysis import RunContext, TelemetrySample, Thresholds, analyse_window
+from lem_shared.analysis import (
+    RunContext,
+    RunFacts,
+    TelemetrySample,
+    Thresholds,
+    analyse_window,
+    checks_without_telemetry,
+    run_checks,
+    verdict_of,
+)
 from lem_shared.celery_app import make_celery
 from lem_shared.config import ExperimentConfig, MeasurementProtocol
 from lem_shared.contracts import FinaliseRequest
 from lem_shared.db.models import (
     TERMINAL_RUN_STATUSES,
+    BatchTimingRow,
     Campaign,
     CampaignStatus,
     Environment,
@@ -69,11 +80,54 @@ def _span(value: Any) -> tuple[float, float] | None:
     return (float(value[0]), float(value[1])) if value else None
 
 
+def run_facts(run: Run, metrics: RunMetrics, experiment: ExperimentConfig) -> RunFacts | None:
+    """What the worker recorded of the window's batches against what the workload asks; None when it recorded no
+    batch timings (then the run checks are skipped)."""
+    with session_scope() as s:
+        rows = s.execute(select(BatchTimingRow.batch_size, BatchTimingRow.latency_s)
+                         .where(BatchTimingRow.run_id == run.id).order_by(BatchTimingRow.batch_index)).all()
+    if not rows:
+        return None
+    workload = experiment.workload
+    per_pass = -(-workload.num_prompts // experiment.batch_size)
+    tokens_per_prompt = workload.output_len * experiment.section().completions_per_prompt()
+    return RunFacts(output_tokens=metrics.output_tokens,
+                    expected_output_tokens=sum(size for size, _ in rows) * tokens_per_prompt,
+                    batches=len(rows), expected_batches=metrics.passes * per_pass,
+                    batch_latencies_s=tuple(latency for _, latency in rows),
+                    batch_shapes=len({size for size, _ in rows}))
+
+
+def _thresholds(protocol: MeasurementProtocol) -> Thresholds:
+    """The protocol's minimum window; the window's latency spread is never held steadier than warm-up had to be."""
+    return Thresholds(min_window_s=protocol.min_window_s,
+                      max_latency_cv=max(Thresholds.max_latency_cv, protocol.warmup_cv))
+
+
+def _warmup_context(metrics: RunMetrics, protocol: MeasurementProtocol, **fields: Any) -> RunContext:
+    return RunContext(warmup_converged=metrics.warmup_converged, warmup_cv=metrics.warmup_final_cv,
+                      warmup_iterations=metrics.warmup_iterations, warmup_cv_threshold=protocol.warmup_cv, **fields)
+
+
+def checks_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
+                  facts: RunFacts | None) -> dict[str, Any]:
+    """The verdict and checks of a run without GPU telemetry: warm-up, window length, tokens counted and latency
+    spread; every energy check is reported as not applicable."""
+    assert run.window_start is not None and run.window_end is not None
+    duration = (aware(run.window_end) - aware(run.window_start)).total_seconds()
+    checks = checks_without_telemetry(duration, facts, _warmup_context(metrics, protocol), _thresholds(protocol))
+    verdict = verdict_of(checks)
+    return {"verdict": verdict, "analysis": {"name": f"run {run.id}", "duration_s": duration, "telemetry": None,
+                                             "verdict": verdict, "checks": [asdict(c) for c in checks]}}
+
+
 def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
-                  wait_s: float) -> dict[str, Any]:
-    """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry."""
+                  wait_s: float, facts: RunFacts | None = None) -> dict[str, Any]:
+    """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry; without a GPU
+    the checks that need none, and energy n/a with the reason."""
     if run.gpu_uuid is None:
-        return {"energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter"}
+        return {"energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter",
+                **checks_fields(run, metrics, protocol, facts)}
     assert run.window_start is not None and run.window_end is not None
     start, end = aware(run.window_start).timestamp(), aware(run.window_end).timestamp()
     phases = run.phases or {}
@@ -91,10 +145,11 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
         return {"energy_note": f"no telemetry for {run.gpu_uuid} over the window within {wait_s:.0f} s "
                                "(is lem-telemetry running on that host?)"}
 
-    context = RunContext(interval_s=settings.telemetry_interval_s, before=before, after=after,
-                         warmup_converged=metrics.warmup_converged, warmup_cv=metrics.warmup_final_cv)
-    analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context,
-                              thresholds=Thresholds(min_window_s=protocol.min_window_s))
+    context = _warmup_context(metrics, protocol, interval_s=settings.telemetry_interval_s, before=before, after=after)
+    limits = _thresholds(protocol)
+    analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context, thresholds=limits)
+    analysis.checks.extend(run_checks(facts, limits))
+    analysis.verdict = verdict_of(analysis.checks)
     deep_span = deep_idle_span(run.campaign_id, run.gpu_uuid)
     deep_idle_w = None
     if deep_span:
@@ -227,7 +282,7 @@ def _finalise(run_id: int, wait_s: float) -> str:
         # checked against the snapshot of the engine the run used, as the engine host checked it
         engine_versions = (environment.data or {}).get("engine_versions") if environment else None
         config = ExperimentConfig.model_validate(experiment.config, context=installed_context(engine_versions or {}))
-        fields = energy_fields(run, metrics, config.measurement, wait_s)
+        fields = energy_fields(run, metrics, config.measurement, wait_s, run_facts(run, metrics, config))
         extra = phase_fields(run, metrics, config, fields.get("analysis"), gpu_name)
         if extra:
             fields["analysis"] = {**(fields.get("analysis") or {}), **extra}
@@ -243,6 +298,16 @@ def _finalise(run_id: int, wait_s: float) -> str:
         outcome = "already finalised" if run.status != RunStatus.MEASURED else "not finalisable (no metrics)"
     close_campaign_if_finished(run.campaign_id)
     return outcome
+
+
+def close_finished_campaigns() -> None:
+    """Close every running campaign whose runs have all ended, however they ended (a finalise closes its own;
+    a run failed or cancelled by reclaim, or by a worker's last attempt, has no finalise to do it)."""
+    with session_scope() as s:
+        unfinished = exists().where(Run.campaign_id == Campaign.id, Run.status.not_in(TERMINAL_RUN_STATUSES))
+        ended = s.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING, ~unfinished)).all()
+    for campaign_id in ended:
+        close_campaign_if_finished(campaign_id)
 
 
 def close_campaign_if_finished(campaign_id: int) -> None:
@@ -266,6 +331,7 @@ def scheduler_pass() -> None:
     try:
         for change in reclaim(connection):
             log.warning("%s", change)
+        close_finished_campaigns()
         refinalise_stale(app, older_than_s=settings.energy_wait_s + 120)
         advance(app, connection)
     finally:
