@@ -8,7 +8,6 @@ their entry points, ``stack.redis`` / ``stack.postgres`` are the servers (``kill
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import redis
 
 from lem_shared.settings import get_settings
 from tests.integration.conftest import Workers
-from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, _free_port
+from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, _free_port, user_exists
 
 
 class PrivateRedis:
@@ -66,13 +65,6 @@ class PrivateRedis:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
 
 @dataclass
 class FaultStack:
@@ -89,7 +81,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     if not (PG_BIN / "initdb").exists():
         pytest.fail(f"initdb is not installed at {PG_BIN} (set LEM_TEST_PG_BIN): the fault tests need a private "
                     "PostgreSQL")
-    if os.geteuid() == 0 and (shutil.which("runuser") is None or not _user_exists("postgres")):
+    if os.geteuid() == 0 and (shutil.which("runuser") is None or not user_exists("postgres")):
         pytest.fail("running as root without runuser and a 'postgres' user: initdb refuses to run as root")
     server, broker = PrivatePostgres(), PrivateRedis()
     server.start()

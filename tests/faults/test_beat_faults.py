@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,44 +23,12 @@ from lem_shared.db.models import Schedule, ScheduleFiring
 from lem_shared.db.session import get_engine, session_scope
 from lem_shared.scheduling import aware
 from tests.faults.conftest import FaultStack
+from tests.integration.beats import Beats
 from tests.integration.telemetry_helpers import wait_for
 
 BIN = Path(sys.executable).parent
 OUTAGE_S = 10
 EVERY_S = 2
-FIRING = re.compile(r"schedule (\d+) due (\S+): ")
-
-
-class Beats:
-    """Real ``lem-beat`` processes of the fault stack, each in a session of its own so a kill reaches only it."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path):
-        self.env, self.log_dir, self.procs = env, log_dir, {}
-
-    def start(self, name: str, *argv: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop
-        proc = subprocess.Popen([str(BIN / "lem-beat"), *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs[name] = (proc, log)
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text()
-
-    def fired(self, name: str, schedule_id: int, since: int = 0) -> list[str]:
-        """The due times this beat fired (from its log, after offset ``since``)."""
-        return [due for sid, due in FIRING.findall(self.log(name)[since:]) if int(sid) == schedule_id]
-
-    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        proc, log = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from lem_shared.queues import RUN_TASK, QueueName
 from lem_shared.scheduling import run_request
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import BIN
+from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 
 RUN = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 32, "output_len": 48},
@@ -56,16 +57,6 @@ def start_campaign(stack: FaultStack, tmp_path: Path, name: str, **spec: object)
         return int(s.scalar(select(Campaign.id).order_by(Campaign.id.desc()).limit(1)))
 
 
-def runs_of(campaign_id: int) -> list[Run]:
-    with session_scope() as s:
-        runs = s.scalars(select(Run).where(Run.campaign_id == campaign_id).order_by(Run.position)).all()
-        s.expunge_all()
-        return list(runs)
-
-
-def campaign_status(campaign_id: int) -> str:
-    with session_scope() as s:
-        return str(s.scalar(select(Campaign.status).where(Campaign.id == campaign_id)))
 
 
 def start_workers(stack: FaultStack, *names: str, control: bool = True, **settings: str) -> None:

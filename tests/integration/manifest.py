@@ -1,8 +1,11 @@
-"""Test helper: a measured run in the manifest, as a worker leaves it for the control worker to finalise."""
+"""Test helpers on the manifest: a measured run as a worker leaves it for the control worker to finalise; a
+campaign's runs and status as they are now."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+
+from sqlalchemy import select
 
 from lem_shared.config import ExperimentConfig
 from lem_shared.contracts import run_key
@@ -37,3 +40,15 @@ def measured_run(window: tuple[float, float], gpu_uuid: str, output_tokens: int 
                          model_reused=False, warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01,
                          passes=1))
         return run.id, campaign.id
+
+
+def runs_of(campaign_id: int) -> list[Run]:
+    with session_scope() as s:
+        runs = s.scalars(select(Run).where(Run.campaign_id == campaign_id).order_by(Run.position)).all()
+        s.expunge_all()
+        return list(runs)
+
+
+def campaign_status(campaign_id: int) -> str:
+    with session_scope() as s:
+        return str(s.scalar(select(Campaign.status).where(Campaign.id == campaign_id)))

@@ -98,6 +98,16 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+def user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 class PrivatePostgres:
     """A PostgreSQL server of the test's own (initdb into a temporary folder), so it can be stopped for real."""
 

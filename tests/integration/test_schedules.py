@@ -5,7 +5,6 @@ campaign measured after the one it queued behind; `lem schedule` commands and th
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from sqlalchemy import select
 from lem_shared.db.models import Campaign, CampaignStatus, Experiment, Run, Schedule, ScheduleFiring
 from lem_shared.db.session import session_scope
 from lem_shared.scheduling import aware
+from tests.integration.beats import Beats
 from tests.integration.telemetry_helpers import wait_for
 
 BIN = Path(sys.executable).parent
@@ -67,38 +67,6 @@ def running_on(backend: str) -> bool:
         return s.scalar(select(Campaign.id).join(Experiment, Experiment.campaign_id == Campaign.id)
                         .where(Campaign.status == CampaignStatus.RUNNING, Experiment.backend == backend)
                         .limit(1)) is not None
-
-
-class Beats:
-    """Real `lem-beat` processes, each in a session of its own so a kill reaches only it."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path):
-        self.env, self.log_dir, self.procs = env, log_dir, {}
-
-    def start(self, name: str) -> subprocess.Popen:
-        log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop
-        proc = subprocess.Popen([str(BIN / "lem-beat")], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-        self.procs[name] = (proc, log)
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text()
-
-    def stop(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        proc, log = self.procs.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
 
 
 @pytest.fixture

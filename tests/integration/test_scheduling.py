@@ -16,6 +16,7 @@ from lem_shared.db.models import Campaign, Run, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_shared.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
 from lem_shared.scheduling import advance, redis_client
+from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 
 # Each run lasts a few seconds on a CPU: long enough to be caught mid-run, short enough for CI.
@@ -33,16 +34,6 @@ def latest_campaign(lem) -> int:  # noqa: ANN001
     return max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout))
 
 
-def runs_of(campaign_id: int) -> list[Run]:
-    with session_scope() as s:
-        runs = s.scalars(select(Run).where(Run.campaign_id == campaign_id).order_by(Run.position)).all()
-        s.expunge_all()
-        return list(runs)
-
-
-def campaign_status(campaign_id: int) -> str:
-    with session_scope() as s:
-        return str(s.scalar(select(Campaign.status).where(Campaign.id == campaign_id)))
 
 
 def test_worker_killed_mid_run_its_run_is_requeued_and_every_run_is_done_once(

@@ -5,7 +5,6 @@ its samples on disk for the next start to back-fill. No sample may be lost eithe
 from __future__ import annotations
 
 import os
-import pwd
 import shutil
 import time
 from collections.abc import Iterator
@@ -17,24 +16,17 @@ from sqlalchemy.engine import Engine
 
 from lem_shared.db.models import GpuSample, HostSample
 from lem_telemetry.sources import REPLAY_UUID
-from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, start_daemon, wait_for
+from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, start_daemon, user_exists, wait_for
 
 INTERVAL_S = 0.02
 
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"initdb is not installed at {PG_BIN} (set LEM_TEST_PG_BIN): cannot run a private PostgreSQL")
-    if os.geteuid() == 0 and (shutil.which("runuser") is None or not _user_exists("postgres")):
+    if os.geteuid() == 0 and (shutil.which("runuser") is None or not user_exists("postgres")):
         pytest.skip("running as root without runuser and a 'postgres' user: initdb refuses to run as root")
     server = PrivatePostgres()
     server.start()
