@@ -3,6 +3,8 @@
 One implementation serves the control worker's finaliser (samples from PostgreSQL or SQLite) and
 `lem energy analyse` (samples from a trace file). Checks each give a status (pass / warning / fail / skipped)
 and a message; the verdict is ``invalid`` when any check fails, ``warning`` when any warns, else ``valid``.
+`run_checks` holds the checks that need no GPU (tokens counted, latency spread); `checks_without_telemetry` gives a
+CPU run those, the warm-up and the window length, with every energy check marked not applicable.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Thresholds:
     max_temperature_rise_c: float = 10.0
     max_baseline_drift: float = 0.10
     max_busy_utilization_pct: float = 10.0
+    max_latency_cv: float = 0.10  # spread of the window's batch latencies (batches of one shape)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,20 @@ class RunContext:
     after: tuple[float, float] | None = None  # the idle gap just after it
     warmup_converged: bool | None = None
     warmup_cv: float | None = None
+    warmup_iterations: int | None = None
+    warmup_cv_threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the worker recorded about a run's window, checked with or without GPU telemetry."""
+
+    output_tokens: int
+    expected_output_tokens: int  # batches x batch size x output_len x completions per prompt
+    batches: int
+    expected_batches: int  # passes x batches per pass
+    batch_latencies_s: tuple[float, ...]
+    batch_shapes: int = 1  # distinct batch sizes among the window's batches (a short last batch makes two)
 
 
 @dataclass(frozen=True)
@@ -178,9 +195,78 @@ def analyse_window(
         utilization_mean_pct=_mean([float(s.utilization_gpu) for s in inside if s.utilization_gpu is not None]),
     )
     result.checks = _checks(result, context, limits, thermal_share, energy.note)
-    statuses = {c.status for c in result.checks}
-    result.verdict = "invalid" if "fail" in statuses else "warning" if "warning" in statuses else "valid"
+    result.verdict = verdict_of(result.checks)
     return result
+
+
+def verdict_of(checks: list[Check]) -> str:
+    """``invalid`` when any check fails, ``warning`` when any warns, else ``valid`` (skipped ones count for none)."""
+    statuses = {c.status for c in checks}
+    return "invalid" if "fail" in statuses else "warning" if "warning" in statuses else "valid"
+
+
+# The checks of analyse_window that need GPU telemetry: without it they are reported as not applicable.
+ENERGY_CHECKS = ("energy_counter", "counter_updates", "sample_coverage", "counter_vs_integral", "thermal_throttling",
+                 "hw_power_brake", "sm_clock_drop", "temperature_drift", "baseline_drift", "gpu_busy_before",
+                 "counter_reset")
+NO_TELEMETRY = "n/a: no GPU telemetry"
+
+
+def warmup_check(ctx: RunContext) -> Check:
+    """Warm-up converged: a warning when it reached its cap first, with its last CV against the threshold."""
+    if ctx.warmup_converged is None:
+        return Check("warmup_converged", "skipped", "warm-up not reported")
+    batches = f" after {ctx.warmup_iterations} batches" if ctx.warmup_iterations is not None else ""
+    cv = f"CV {ctx.warmup_cv:.3f}" if ctx.warmup_cv is not None else ""
+    limit = f" vs {ctx.warmup_cv_threshold:g}" if ctx.warmup_cv_threshold is not None else ""
+    figures = f" ({cv}{limit})" if cv else ""
+    if not ctx.warmup_converged:
+        return Check("warmup_converged", "warning",
+                     f"warm-up hit its cap{batches} before latencies settled{figures}")
+    return Check("warmup_converged", "pass", f"warm-up converged{batches}{figures}")
+
+
+def window_check(duration_s: float, limits: Thresholds, *, energy_counter: bool) -> Check:
+    """Window length: under ``min_window_s`` warns; under 1 s fails where an energy counter's 100 ms steps count."""
+    if energy_counter and duration_s < 1.0:
+        return Check("window_duration", "fail", f"{duration_s:.2f} s: under 1 s the counter's 100 ms steps dominate")
+    if duration_s < limits.min_window_s:
+        return Check("window_duration", "warning",
+                     f"{duration_s:.2f} s is shorter than the {limits.min_window_s:g} s minimum")
+    return Check("window_duration", "pass", f"{duration_s:.2f} s (minimum {limits.min_window_s:g} s)")
+
+
+def run_checks(facts: RunFacts | None, limits: Thresholds) -> list[Check]:
+    """The checks that need no telemetry: every token and batch counted, and how steady the batches were."""
+    if facts is None:
+        return [Check(name, "skipped", "no batch timings recorded") for name in ("tokens_counted", "latency_spread")]
+    checks: list[Check] = []
+    if facts.output_tokens != facts.expected_output_tokens or facts.batches != facts.expected_batches:
+        checks.append(Check("tokens_counted", "fail",
+                            f"{facts.output_tokens} tokens in {facts.batches} batches, expected "
+                            f"{facts.expected_output_tokens} in {facts.expected_batches}"))
+    else:
+        checks.append(Check("tokens_counted", "pass",
+                            f"{facts.output_tokens} tokens in {facts.batches} batches, as the workload asks"))
+    latencies = [x for x in facts.batch_latencies_s if x > 0]
+    if len(latencies) < 2 or facts.batch_shapes > 1:
+        why = ("batches of different sizes" if facts.batch_shapes > 1
+               else f"{len(latencies)} batch in the window")
+        checks.append(Check("latency_spread", "skipped", f"no spread to compare ({why})"))
+    else:
+        cv = statistics.stdev(latencies) / statistics.fmean(latencies)
+        status = "warning" if cv > limits.max_latency_cv else "pass"
+        checks.append(Check("latency_spread", status,
+                            f"batch latency CV {cv:.3f} over {len(latencies)} batches "
+                            f"({'above' if status == 'warning' else 'within'} {limits.max_latency_cv:g})"))
+    return checks
+
+
+def checks_without_telemetry(duration_s: float, facts: RunFacts | None, context: RunContext,
+                             limits: Thresholds) -> list[Check]:
+    """A run without GPU telemetry (a CPU run): warm-up, window length and the run checks; energy checks n/a."""
+    return [warmup_check(context), window_check(duration_s, limits, energy_counter=False), *run_checks(facts, limits),
+            *(Check(name, "skipped", NO_TELEMETRY) for name in ENERGY_CHECKS)]
 
 
 def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_share: float,
@@ -195,12 +281,7 @@ def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_shar
     else:
         add("energy_counter", "pass", f"{a.energy_counter_j:.1f} J from the counter")
 
-    if a.duration_s < 1.0:
-        add("window_duration", "fail", f"{a.duration_s:.2f} s: under 1 s the counter's 100 ms steps dominate")
-    elif a.duration_s < limits.min_window_s:
-        add("window_duration", "warning", f"{a.duration_s:.2f} s is shorter than the {limits.min_window_s:g} s minimum")
-    else:
-        add("window_duration", "pass", f"{a.duration_s:.2f} s")
+    checks.append(window_check(a.duration_s, limits, energy_counter=True))
 
     if a.counter_updates < limits.min_counter_updates:
         add("counter_updates", "fail" if a.energy_counter_j is not None else "skipped",
@@ -266,13 +347,7 @@ def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_shar
     else:
         add("gpu_busy_before", "pass", f"GPU {a.utilization_before_pct:.0f} % busy before the window")
 
-    if ctx.warmup_converged is None:
-        add("warmup_converged", "skipped", "warm-up not reported")
-    elif not ctx.warmup_converged:
-        cv = f" (CV {ctx.warmup_cv:.3f})" if ctx.warmup_cv is not None else ""
-        add("warmup_converged", "warning", f"warm-up hit its cap before latencies settled{cv}")
-    else:
-        add("warmup_converged", "pass", "warm-up converged")
+    checks.append(warmup_check(ctx))
 
     if a.counter_resets:
         add("counter_reset", "warning", f"the energy counter reset {a.counter_resets} time(s) in the window (bridged)")

@@ -9,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from lem_shared.analysis import RunContext, TelemetrySample, Thresholds, analyse_window
+from lem_shared.analysis import (
+    ENERGY_CHECKS,
+    NO_TELEMETRY,
+    RunContext,
+    RunFacts,
+    TelemetrySample,
+    Thresholds,
+    analyse_window,
+    checks_without_telemetry,
+    run_checks,
+    verdict_of,
+    window_check,
+)
 from lem_shared.trace import TraceError, read_trace, read_windows
 
 README_COUNTER_J = {"idle": 1158.3, "decode_bs1": 1143.8, "decode_bs16": 1287.7, "decode_bs64": 1761.0,
@@ -151,3 +163,71 @@ def test_lem_energy_analyse_names_a_bad_line(tmp_path: Path, h200_trace_dir: Pat
 def test_thresholds_are_settable() -> None:
     statuses = status_of(steady(0, 20), 5, 12, thresholds=Thresholds(min_window_s=5))
     assert statuses["window_duration"] == "pass"
+
+
+# --- Checks without GPU telemetry (CPU runs) ----------------------------------------------------------------------
+
+def facts(tokens: int = 128, expected: int = 128, latencies: tuple[float, ...] = (1.0, 1.02, 0.98, 1.01),
+          batches: int | None = None) -> RunFacts:
+    count = len(latencies) if batches is None else batches
+    return RunFacts(output_tokens=tokens, expected_output_tokens=expected, batches=count,
+                    expected_batches=len(latencies), batch_latencies_s=latencies)
+
+
+def cpu_statuses(duration_s: float = 3.0, run: RunFacts | None = None, **warmup: object) -> dict[str, str]:
+    context = RunContext(**({"warmup_converged": True, "warmup_cv": 0.03, "warmup_iterations": 4,
+                             "warmup_cv_threshold": 0.05} | warmup))  # type: ignore[arg-type]
+    checks = checks_without_telemetry(duration_s, run or facts(), context, Thresholds(min_window_s=2))
+    return {c.name: c.status for c in checks} | {"verdict": verdict_of(checks)}
+
+
+def test_a_steady_cpu_run_is_valid_and_its_energy_checks_are_not_applicable() -> None:
+    context = RunContext(warmup_converged=True, warmup_cv=0.03, warmup_iterations=4, warmup_cv_threshold=0.05)
+    checks = checks_without_telemetry(3.0, facts(), context, Thresholds(min_window_s=2))
+    assert verdict_of(checks) == "valid"
+    by_name = {c.name: c for c in checks}
+    assert {by_name[n].status for n in ("warmup_converged", "window_duration", "tokens_counted",
+                                        "latency_spread")} == {"pass"}
+    assert all(by_name[n].status == "skipped" and by_name[n].message == NO_TELEMETRY for n in ENERGY_CHECKS)
+    assert {"energy_counter", "counter_updates", "baseline_drift"} <= set(ENERGY_CHECKS)
+
+
+def test_a_capped_warmup_warns_with_its_cv_against_the_threshold() -> None:
+    context = RunContext(warmup_converged=False, warmup_cv=0.322, warmup_iterations=6, warmup_cv_threshold=0.05)
+    checks = checks_without_telemetry(3.0, facts(), context, Thresholds(min_window_s=2))
+    warm = next(c for c in checks if c.name == "warmup_converged")
+    assert warm.status == "warning" and verdict_of(checks) == "warning"
+    assert "6 batches" in warm.message and "0.322" in warm.message and "0.05" in warm.message
+
+
+def test_a_short_cpu_window_warns_and_only_an_energy_counter_makes_under_one_second_fail() -> None:
+    assert cpu_statuses(duration_s=1.5)["window_duration"] == "warning"
+    assert cpu_statuses(duration_s=0.4)["window_duration"] == "warning"  # no counter steps to dominate
+    assert cpu_statuses(duration_s=2.0)["window_duration"] == "pass"
+    limits = Thresholds(min_window_s=2)
+    assert window_check(0.4, limits, energy_counter=True).status == "fail"
+    assert window_check(1.5, limits, energy_counter=True).status == "warning"
+
+
+def test_a_token_or_batch_mismatch_invalidates_the_run() -> None:
+    short = cpu_statuses(run=facts(tokens=120))
+    assert short["tokens_counted"] == "fail" and short["verdict"] == "invalid"
+    missing_batch = cpu_statuses(run=facts(batches=3))
+    assert missing_batch["tokens_counted"] == "fail" and missing_batch["verdict"] == "invalid"
+    message = run_checks(facts(tokens=120), Thresholds())[0].message
+    assert "120 tokens" in message and "expected 128" in message
+
+
+def test_latency_spread_warns_above_its_threshold_and_needs_two_batches_of_one_size() -> None:
+    assert cpu_statuses(run=facts(latencies=(1.0, 1.6, 0.7, 1.2)))["latency_spread"] == "warning"
+    assert cpu_statuses(run=facts(latencies=(1.0,)))["latency_spread"] == "skipped"
+    mixed = RunFacts(output_tokens=96, expected_output_tokens=96, batches=2, expected_batches=2,
+                     batch_latencies_s=(1.0, 0.5), batch_shapes=2)
+    assert cpu_statuses(run=mixed)["latency_spread"] == "skipped"
+    spread = run_checks(facts(latencies=(1.0, 1.6, 0.7, 1.2)), Thresholds(max_latency_cv=0.5))[1]
+    assert spread.status == "pass" and "0.5" in spread.message
+
+
+def test_without_batch_timings_the_run_checks_are_skipped_not_passed() -> None:
+    statuses = {c.name: c.status for c in run_checks(None, Thresholds())}
+    assert statuses == {"tokens_counted": "skipped", "latency_spread": "skipped"}
