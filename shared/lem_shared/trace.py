@@ -60,7 +60,10 @@ def read_windows(path: str | Path) -> list[tuple[str, float, float]]:
         try:
             name, start, end = str(r["name"]), float(r["start"]), float(r["end"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise TraceError(f"{path}:{number}: bad or missing field {exc} (need name, start, end)") from None
+            raise TraceError(f"{path}:{number}: bad or missing field {exc}: a windows file has one "
+                             f'{{"name": ..., "start": unix_s, "end": unix_s}} a line'
+                             + (' (this looks like a marks file, {"t", "mark"} a line)' if "mark" in r else "")
+                             ) from None
         if end <= start:
             raise TraceError(f"{path}:{number}: end must be after start")
         windows.append((name, start, end))
