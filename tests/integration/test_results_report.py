@@ -5,7 +5,11 @@ test_energy_finalise.py: each of the trace's three decode phases (batch 1, 16 an
 into six consecutive 1.4 s windows, alternately given to a pytorch and a vllm experiment of that batch size
 (cycles 0-2 each), and finalised by the control worker's own code, so energy, J/token, verdicts and checks are
 real figures of the trace. The backend names are labels of this test (the trace was recorded with one engine);
-a seventh experiment has a single failed run. The CPU campaign's runs have no GPU, as on a host without NVML.
+a seventh experiment has a single failed run. The CPU campaign's runs have no GPU, as on a host without NVML: a
+batch-size sweep of three cycles with per-batch timings, so throughput, TTFT and latency have figures and energy
+none. The phase-split campaigns carry a prefill-only window beside the full one, as a run with
+``measurement.phase_split`` leaves them (test_phase_split.py makes one through the workers): on the trace (the
+full window in the batch-16 decode, the prefill-only window in the batch-64 one, so both have energy) and on CPU.
 
 Chromium is Debian's ``chromium`` package; the test fails (never skips) without it.
 """
@@ -17,6 +21,7 @@ import os
 import re
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -27,11 +32,20 @@ from sqlalchemy import delete, insert
 from typer.testing import CliRunner
 
 from lem_planner.control import finalise_run
-from lem_planner.report import pareto_front, render_report, results_report, swept_parameter
+from lem_planner.report import render_report, results_report, swept_parameter
+from lem_planner.report_figures import pareto_front
 from lem_shared import TOOL_VERSION
 from lem_shared.config import ExperimentConfig
 from lem_shared.contracts import run_key
-from lem_shared.db.models import SCHEMA_VERSION, Campaign, Experiment, GpuSample, Run, RunMetrics
+from lem_shared.db.models import (
+    SCHEMA_VERSION,
+    BatchTimingRow,
+    Campaign,
+    Experiment,
+    GpuSample,
+    Run,
+    RunMetrics,
+)
 from lem_shared.db.session import session_scope
 from tests.integration.manifest import utc
 
@@ -41,10 +55,10 @@ PHASES = {1: ("decode_bs1", 256), 16: ("decode_bs16", 7168), 64: ("decode_bs64",
 SLICES = 6  # windows per decode phase: pytorch, vllm, pytorch, ... (3 cycles each)
 
 
-def _config(backend: str, batch_size: int) -> dict:
+def _config(backend: str, batch_size: int, phase_split: bool = False) -> dict:
     return ExperimentConfig(backend=backend, batch_size=batch_size,
-                            workload={"num_prompts": 128},
-                            measurement={"min_window_s": 1.0}).model_dump(mode="json")
+                            workload={"num_prompts": 128, "input_len": 64, "output_len": 32},
+                            measurement={"min_window_s": 1.0, "phase_split": phase_split}).model_dump(mode="json")
 
 
 def _experiment(s, campaign_id: int, index: int, config: dict) -> Experiment:  # noqa: ANN001
@@ -126,24 +140,73 @@ def gpu_campaign(stack_env, h200_trace_dir: Path) -> Iterator[dict]:  # noqa: AN
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPORT_UUID))
 
 
+CPU_BATCHES = (1, 4, 16)
+CPU_CYCLES = 3
+
+
 @pytest.fixture(scope="module")
 def cpu_campaign(stack_env) -> Iterator[int]:  # noqa: ANN001
+    """A batch-size sweep on CPU: tokens/s rises and TTFT and latency grow with the batch, cycles differ a little."""
     with session_scope() as s:
-        campaign = Campaign(name="report-cpu", spec={}, spec_hash="2" * 64)
+        campaign = Campaign(name="report-cpu", spec={"cycles": CPU_CYCLES}, spec_hash="2" * 64)
         s.add(campaign)
         s.flush()
         campaign_id = campaign.id
         run_ids = []
-        for index, batch_size in enumerate((1, 4)):
+        for index, batch_size in enumerate(CPU_BATCHES):
             experiment = _experiment(s, campaign_id, index, _config("pytorch", batch_size))
-            for cycle in range(2):
-                t = 1_800_000_000 + 100 * index + 10 * cycle
-                run_ids.append(_measured(s, experiment, cycle, (t, t + 3), 16 * batch_size, batch_size, None,
-                                         "cpu"))
+            for cycle in range(CPU_CYCLES):
+                t = 1_800_000_000 + 1000 * index + 100 * cycle
+                length = 40 / batch_size ** 0.8 + 0.1 * cycle
+                run_id = _measured(s, experiment, cycle, (t, t + length), 128 * 32, batch_size, None, "cpu")
+                batches = 128 // batch_size  # the 128 prompts of _config, one batch after another
+                latencies = [length / batches * (0.97 + 0.06 * (k % 2)) for k in range(batches)]
+                for k, latency in enumerate(latencies):
+                    s.add(BatchTimingRow(run_id=run_id, batch_index=k, batch_size=batch_size,
+                                         input_tokens=64 * batch_size, output_tokens=32 * batch_size,
+                                         latency_s=latency, ttft_s=0.01 * batch_size ** 0.5 * (1 + 0.1 * (k % 4))
+                                         + 0.002 * cycle))
+                metrics = s.get(RunMetrics, run_id)
+                metrics.latency_mean_s = metrics.latency_p50_s = sum(latencies) / batches
+                run_ids.append(run_id)
     for run_id in run_ids:
         assert finalise_run(run_id, wait_s=0) == "finalised"
     yield campaign_id
     _delete_campaign(campaign_id)
+
+
+def _phase_campaign(name: str, windows: list[tuple[tuple[float, float], tuple[float, float]]],
+                    gpu_uuid: str | None) -> tuple[int, list[int]]:
+    """One phase-split experiment (batch 16), a done run per (full window, prefill-only window) pair."""
+    with session_scope() as s:
+        campaign = Campaign(name=name, spec={"cycles": len(windows)}, spec_hash="3" * 64)
+        s.add(campaign)
+        s.flush()
+        experiment = _experiment(s, campaign.id, 0, _config("pytorch", 16, phase_split=True))
+        run_ids = [_measured(s, experiment, cycle, full, 16 * 32, 16, gpu_uuid, "cuda:0" if gpu_uuid else "cpu",
+                             {"prefill": {"window": list(prefill), "prompts": 16}})
+                   for cycle, (full, prefill) in enumerate(windows)]
+        campaign_id = campaign.id
+    for run_id in run_ids:
+        assert finalise_run(run_id, wait_s=0) == "finalised"
+    return campaign_id, run_ids
+
+
+@pytest.fixture(scope="module")
+def phase_campaigns(gpu_campaign: dict, h200_trace_dir: Path) -> Iterator[dict[str, int]]:
+    """The trace's samples are gpu_campaign's; the full windows in its batch-16 decode, the prefill-only windows
+    in its batch-64 decode (more power for a shorter time, as a prefill)."""
+    marks = {json.loads(line)["mark"].split(":")[0]: json.loads(line)["t"]
+             for line in (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines()}
+    bs16, bs64 = marks["decode_bs16_start"], marks["decode_bs64_start"]
+    gpu_id, _ = _phase_campaign("report-phase-split-h200", [((bs16 + 4 * c, bs16 + 4 * c + 3.5),
+                                                            (bs64 + 2 * c + 1, bs64 + 2 * c + 2)) for c in range(2)],
+                                REPORT_UUID)
+    t = 1_800_001_000
+    cpu_id, _ = _phase_campaign("report-phase-split-cpu", [((t, t + 3), (t + 4, t + 4.5))], None)
+    yield {"gpu": gpu_id, "cpu": cpu_id}
+    _delete_campaign(gpu_id)
+    _delete_campaign(cpu_id)
 
 
 # --- Chromium and the DOM ----------------------------------------------------------------------------------------
@@ -207,7 +270,7 @@ def _open(tmp_path: Path, page: Path, name: str) -> tuple[Dom, str, Path]:
     dumped = _chromium(tmp_path, "--dump-dom", page.as_uri()).stdout
     assert "<svg" in dumped or "data-note" in dumped, dumped[:2000]
     shot = tmp_path / f"{name}.png"
-    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,3000", page.as_uri())
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,4200", page.as_uri())
     assert shot.exists() and shot.stat().st_size > 10_000
     keep = os.environ.get("LEM_REPORT_SCREENSHOT_DIR")
     if keep:  # to look at the page and the screenshot afterwards
@@ -218,13 +281,44 @@ def _open(tmp_path: Path, page: Path, name: str) -> tuple[Dom, str, Path]:
 
 def _ink(shot: Path) -> tuple[float, int]:
     """The share of the screenshot's pixels darker than the page background (white and the margins' light grey),
-    and the number of distinct colours: the GPU page's plots give about 7 % and 6,000, the CPU page's text and
-    tables alone 2.4 % and 1,200."""
+    and the number of distinct colours in a 1400 x 4200 shot: the GPU page gives about 5.7 % and 6,400, the CPU
+    page with its three figures 3.7 % and 2,400 (its text and tables alone gave 2.4 % and 1,200 in 3,000 px)."""
     from PIL import Image
 
     image = Image.open(shot).convert("RGB")
     histogram = image.convert("L").histogram()
     return sum(histogram[:235]) / sum(histogram), len(image.getcolors(1 << 24) or [])
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _figure_files(page: Path, dom: Dom) -> dict[str, ET.Element]:
+    """The page's figures as files beside it (``<stem>_figures/<figure id>.png|svg``): one PNG and one SVG per
+    figure on the page and nothing else, each a valid PNG and a parseable SVG; the SVGs' roots by figure id."""
+    folder = page.with_name(f"{page.stem}_figures")
+    ids = set(dom.figures)
+    assert {f.name for f in folder.iterdir()} == {f"{i}.{ext}" for i in ids for ext in ("png", "svg")}
+    roots = {}
+    for figure_id in ids:
+        png = (folder / f"{figure_id}.png").read_bytes()
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 5_000, figure_id
+        roots[figure_id] = ET.fromstring((folder / f"{figure_id}.svg").read_bytes())
+        assert roots[figure_id].tag == "{http://www.w3.org/2000/svg}svg"
+    return roots
+
+
+def _svg_text(root: ET.Element) -> str:
+    return " ".join(t.strip() for t in root.itertext() if t.strip())
+
+
+def _points_of_pareto(figure: dict) -> int:
+    return int(figure["attrs"]["data-points"])
+
+
+def _points(figure: dict, key: str) -> set[str]:
+    """The experiments plotted in a figure: its ``<key>-e<index>`` element ids."""
+    return {i for i in figure["ids"] if re.fullmatch(rf"{key}-e\d+", i)}
 
 
 def _self_contained(page: str) -> None:
@@ -269,6 +363,31 @@ def test_report_of_a_gpu_campaign_has_every_plot(gpu_campaign: dict, tmp_path: P
     assert "pareto-front" in pareto["ids"]
     assert set(pareto["attrs"]["data-front"].split()) <= {"4", "5"}
 
+    # J/token against throughput: batch 64 has the most tokens/s and the fewest J/token, so it alone leads.
+    by_throughput = dom.figures["plot-pareto-throughput"]
+    assert _points_of_pareto(by_throughput) == 6 and "ptput-front" in by_throughput["ids"]
+    assert set(by_throughput["attrs"]["data-front"].split()) <= {"4", "5"}
+    assert "throughput [tokens/s]" in " ".join(by_throughput["text"])
+
+    # Throughput, TTFT and latency against batch_size for the 6 measured experiments.
+    for figure_id, key, axis in (("plot-throughput", "tput", "output tokens per second [tokens/s]"),
+                                 ("plot-ttft", "ttft", "time to first token [s]"),
+                                 ("plot-latency", "lat", "per-request latency [s]")):
+        figure = dom.figures[figure_id]
+        assert _points(figure, key) == {f"{key}-e{i}" for i in range(6)}, figure_id
+        assert axis in " ".join(figure["text"]) and "batch_size" in " ".join(figure["text"])
+
+    # Idle (the deep-idle baseline over each window) against active energy, one stacked bar per experiment.
+    idle = dom.figures["plot-idle-active"]
+    assert idle["attrs"]["data-points"] == "6" and {"idle-idle-0", "idle-active-5"} <= set(idle["ids"])
+    assert "deep_idle_before_campaign" in " ".join(idle["text"]) and "% idle" in " ".join(idle["text"])
+    assert 'data-note="phases"' in dumped  # no run measured a phase split
+
+    files = _figure_files(page, dom)
+    assert set(files) == {"plot-timeline-0", "plot-throughput", "plot-ttft", "plot-latency", "plot-j-per-token",
+                          "plot-pareto-throughput", "plot-pareto", "plot-idle-active"}
+    assert "energy per output token [J/token]" in _svg_text(files["plot-pareto-throughput"])
+
     # The validity table: every run with its verdict and the checks that warned or failed.
     rows = dom.rows["validity-table"]
     assert len(rows) == 19 and {r["class"] for r in rows} <= {"valid", "warning", "invalid", "none"}
@@ -278,16 +397,65 @@ def test_report_of_a_gpu_campaign_has_every_plot(gpu_campaign: dict, tmp_path: P
     assert ink > 0.05 and colours > 3000, f"the screenshot looks blank where the plots are ({ink:.1%}, {colours})"
 
 
-def test_report_of_a_cpu_campaign_gives_notes_instead_of_plots(cpu_campaign: int, tmp_path: Path) -> None:
+def test_report_of_a_cpu_campaign_has_throughput_ttft_and_latency_figures(cpu_campaign: int,
+                                                                         tmp_path: Path) -> None:
     page = render_report(cpu_campaign, tmp_path / "cpu.html")
     _self_contained(page.read_text())
-    dom, dumped, _ = _open(tmp_path, page, "report-cpu")
-    assert dom.figures == {} and "<svg" not in dumped
-    notes = {a.get("data-note") for a in dom.by_id.values()} | set(re.findall(r'data-note="([^"]+)"', dumped))
-    assert {"timeline", "energy", "pareto"} <= notes
+    dom, dumped, shot = _open(tmp_path, page, "report-cpu")
+
+    # What the runs measured gets its figure: tokens/s, TTFT (p50, p90 dashed) and latency (mean, p90 dashed)
+    # against batch_size, one point per experiment with its CI over 3 cycles.
+    assert set(dom.figures) == {"plot-throughput", "plot-ttft", "plot-latency"}
+    expected = {"tput": "output tokens per second [tokens/s]", "ttft": "time to first token [s]",
+                "lat": "per-request latency [s]"}
+    files = _figure_files(page, dom)
+    for figure_id, figure in dom.figures.items():
+        key = figure["attrs"]["data-plot"]
+        assert _points(figure, key) == {f"{key}-e{i}" for i in range(len(CPU_BATCHES))}, figure_id
+        assert figure["attrs"]["data-points"] == str(len(CPU_BATCHES))
+        words = " ".join(figure["text"])
+        assert expected[key] in words and "batch_size" in words and "pytorch" in words, words
+        assert "95 % bootstrap CI" in words
+        # the file is the same drawing: its axis titles, and one error-bar marker group per experiment
+        file_text = _svg_text(files[figure_id])
+        assert expected[key] in file_text and "batch_size" in file_text
+        groups = {g.get("id") for g in files[figure_id].iter("{http://www.w3.org/2000/svg}g")}
+        assert {f"e{i}" for i in range(len(CPU_BATCHES))} <= groups
+    assert "p90 (mean over cycles)" in " ".join(dom.figures["plot-ttft"]["text"])
+    assert {"ttft-spread-0"} <= set(dom.figures["plot-ttft"]["ids"])
+    assert "p90 (mean over cycles)" in " ".join(dom.figures["plot-latency"]["text"])
+
+    # Energy, telemetry, a phase split and a baseline are absent, each said with why.
+    notes = set(re.findall(r'data-note="([^"]+)"', dumped))
+    assert {"timeline", "energy", "ptput", "pareto", "phases", "idle-active"} <= notes
     assert "No GPU telemetry for this campaign (the runs ran on cpu" in dumped
     assert "n/a (no NVML): run on cpu, which has no GPU energy counter" in dumped
-    assert len(dom.rows["validity-table"]) == 4 and "experiments-table" in dom.by_id
+    assert len(dom.rows["validity-table"]) == len(CPU_BATCHES) * CPU_CYCLES and "experiments-table" in dom.by_id
+
+    ink, colours = _ink(shot)
+    assert ink > 0.03 and colours > 2000, f"the screenshot looks blank where the plots are ({ink:.1%}, {colours})"
+
+
+def test_report_of_a_phase_split_campaign_has_prefill_and_decode(phase_campaigns: dict[str, int],
+                                                                 tmp_path: Path) -> None:
+    page = render_report(phase_campaigns["gpu"], tmp_path / "phases.html")
+    dom = Dom(page.read_text())
+    split = dom.figures["plot-phase-split"]
+    assert split["attrs"]["data-energy"] == "true" and split["attrs"]["data-points"] == "1"
+    words = " ".join(split["text"])
+    for axis in ("time per prompt [s]", "energy per prompt [J]", "energy per token [J/token]"):
+        assert axis in words
+    assert "prefill" in words and "decode" in words
+    assert {"phase-prefill-0-0", "phase-decode-0-0", "phase-prefill-1-0", "phase-decode-2-0"} <= set(split["ids"])
+    assert "plot-phase-split" in _figure_files(page, dom)
+
+    cpu_page = render_report(phase_campaigns["cpu"], tmp_path / "phases-cpu.html")
+    cpu = Dom(cpu_page.read_text())
+    split = cpu.figures["plot-phase-split"]
+    assert split["attrs"]["data-energy"] == "false"
+    words = " ".join(split["text"])
+    assert "time per prompt [s]" in words and "energy per prompt" not in words
+    assert "No energy per phase: n/a (no NVML)" in words
 
 
 def test_cli_writes_the_report_and_refuses_an_unknown_campaign(cpu_campaign: int, tmp_path: Path) -> None:
@@ -297,6 +465,20 @@ def test_cli_writes_the_report_and_refuses_an_unknown_campaign(cpu_campaign: int
     written = runner.invoke(app, [str(cpu_campaign), "-o", str(tmp_path / "r.html")])
     assert written.exit_code == 0, written.output
     assert "wrote" in written.stdout and (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    assert (tmp_path / "r_figures" / "plot-throughput.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    # --figures puts them elsewhere; a report that no longer has a figure removes its old files there.
+    elsewhere = tmp_path / "figs"
+    elsewhere.mkdir()
+    (elsewhere / "plot-pareto.svg").write_text("<svg/>")
+    (elsewhere / "notes.txt").write_text("mine")
+    written = runner.invoke(app, [str(cpu_campaign), "-o", str(tmp_path / "r.html"), "--figures", str(elsewhere)])
+    assert written.exit_code == 0, written.output
+    assert {f.name for f in elsewhere.iterdir()} == {"notes.txt"} | {
+        f"plot-{n}.{ext}" for n in ("throughput", "ttft", "latency") for ext in ("png", "svg")}
+    refused = runner.invoke(app, [str(cpu_campaign), "-o", str(tmp_path / "r.html"),
+                                  "--figures", str(tmp_path / "no" / "such")])
+    assert refused.exit_code == 2 and "does not exist" in refused.stderr
 
     unknown = runner.invoke(app, ["999999", "--output", str(tmp_path / "x.html")])
     assert unknown.exit_code == 2 and not (tmp_path / "x.html").exists()

@@ -1,11 +1,13 @@
-"""``lem results report``: one self-contained HTML page per campaign.
+"""``lem results report``: one self-contained HTML page per campaign, and its figures as PNG and SVG files.
 
-The page holds the campaign header, a power and temperature timeline per GPU with every run's measurement window
-shaded, J/token against the swept parameter with 95 % bootstrap CIs per backend, the Pareto front of J/token
-against latency, a per-experiment table and the validity table of every run. The figures are drawn by matplotlib
-(its SVG backend, through ``Figure`` without pyplot, so no GUI backend is ever loaded) and inlined as SVG: the file
-has no external CSS, script, font or image. Plots that need telemetry or energy are replaced by a note saying why
-when there is none (CPU campaigns, runs not finalised).
+The page holds the campaign header and every figure the campaign's data supports, each decided from the data:
+a power and temperature timeline per GPU with every run's measurement window shaded (GPU telemetry);
+throughput, TTFT and latency against the swept parameter with 95 % bootstrap CIs per backend (any done run);
+J/token against the swept parameter and Pareto fronts of J/token against throughput and latency (energy);
+prefill against decode per prompt (``measurement.phase_split``); idle against active energy (a baseline). A
+per-experiment table and the validity table of every run follow. Where the data of a figure is absent a note
+says why. The figures are drawn by ``report_figures`` and inlined as SVG (the page has no external CSS, script,
+font or image) and also written, as PNG and SVG, into a folder beside the page.
 
 Only light modules are imported at the top: the CLI imports this one to register the command, and matplotlib,
 numpy and SQLAlchemy are imported inside the functions that use them.
@@ -14,36 +16,37 @@ numpy and SQLAlchemy are imported inside the functions that use them.
 from __future__ import annotations
 
 import html
-import io
 import math
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from lem_planner.report_figures import (
+    FigureFiles,
+    GpuSeries,
+    IdleActiveBar,
+    ParetoPoint,
+    PhaseBar,
+    Point,
+    idle_active_figure,
+    pareto_figure,
+    phase_figure,
+    sweep_figure,
+    timeline_figure,
+)
 from lem_shared.config import flatten
-
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
 
 EXIT_BAD_INPUT = 2
 # Points per GPU timeline: samples are averaged (min and max kept as a band) into this many time bins.
 TIMELINE_POINTS = 1500
 # Config keys that say how a run was measured or seeded, not what was measured: never "the swept parameter".
 _NOT_SWEPT = ("measurement.", "workload.seed", "workload.kind")
-_BACKEND_COLORS = {"pytorch": "#1f77b4", "vllm": "#ff7f0e", "trtllm": "#2ca02c"}
-_OTHER_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-_WINDOW_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                  "#bcbd22", "#17becf"]
-_POWER_COLOR, _TEMPERATURE_COLOR = "#1f4e9c", "#c0392b"
 
 
 class UnknownCampaign(LookupError):
@@ -51,21 +54,6 @@ class UnknownCampaign(LookupError):
 
 
 # --- data -----------------------------------------------------------------------------------------------------
-
-@dataclass
-class GpuSeries:
-    """A GPU's telemetry binned over the timeline's span (Unix seconds)."""
-
-    gpu_uuid: str
-    host: str | None
-    t: list[float]
-    power_mean: list[float | None]
-    power_min: list[float | None]
-    power_max: list[float | None]
-    temperature: list[float | None]
-    samples: int
-    bin_s: float
-
 
 @dataclass
 class CampaignData:
@@ -172,319 +160,6 @@ def gpu_series(gpu_uuid: str, start: float, end: float, points: int = TIMELINE_P
                      samples=sum(int(r[6]) for r in rows), bin_s=width)
 
 
-# --- figures ----------------------------------------------------------------------------------------------------
-
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig
-
-
-def _svg(fig: Figure, key: str, title: str) -> str:
-    """The figure as an inline ``<svg>`` whose ids are prefixed with ``key`` (several SVGs share one page)."""
-    from matplotlib import rc_context
-
-    buffer = io.StringIO()
-    with rc_context({"svg.fonttype": "none", "svg.hashsalt": key}):
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    text = buffer.getvalue()
-    text = text[text.index("<svg"):]
-    text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{key}-{m.group(1)}"', text)
-    text = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{key}-{m.group(1)})", text)
-    text = re.sub(r'((?:xlink:)?href)="#([^"]+)"', lambda m: f'{m.group(1)}="#{key}-{m.group(2)}"', text)
-    text = re.sub(r'<svg ([^>]*)\bwidth="[^"]*" height="[^"]*"', r'<svg \1', text, count=1)
-    return re.sub(r"<svg\b([^>]*)>", lambda m: f'<svg{m.group(1)} role="img" aria-label="{html.escape(title)}">'
-                  f"<title>{html.escape(title)}</title>", text, count=1)
-
-
-def _time_unit(span_s: float) -> tuple[float, str]:
-    if span_s > 3 * 3600:
-        return 3600.0, "h"
-    if span_s > 15 * 60:
-        return 60.0, "min"
-    return 1.0, "s"
-
-
-def _with_gaps(t: list[float], *series: list[float | None]) -> tuple[list[float], list[list[float]]]:
-    """Insert a NaN point where the samples stop for longer than 5 bins, so lines break over telemetry gaps."""
-    steps = sorted(b - a for a, b in zip(t, t[1:], strict=False))
-    limit = 5 * steps[len(steps) // 2] if steps else math.inf
-    out_t: list[float] = []
-    out: list[list[float]] = [[] for _ in series]
-    for i, x in enumerate(t):
-        if i and x - t[i - 1] > limit:
-            out_t.append((x + t[i - 1]) / 2)
-            for column in out:
-                column.append(math.nan)
-        out_t.append(x)
-        for column, values in zip(out, series, strict=True):
-            value = values[i]
-            column.append(math.nan if value is None else value)
-    return out_t, out
-
-
-def timeline_figure(series: GpuSeries, windows: list[dict[str, Any]], origin: float, key: str,
-                    labels: dict[int, str], deep_idle: tuple[float, float] | None,
-                    span_s: tuple[float, float] | None = None) -> str:
-    """Power (mean line, min-max band) and temperature of one GPU, its runs' windows shaded and labelled; the
-    x axis covers ``span_s`` (Unix s; the samples' own span when None), so windows without samples show too."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-    from matplotlib.transforms import blended_transform_factory
-
-    lo, hi = span_s or (series.t[0], series.t[-1])
-    scale, unit = _time_unit(max(hi - lo, 1e-6))
-    t, (mean, low, high, temperature) = _with_gaps(series.t, series.power_mean, series.power_min,
-                                                   series.power_max, series.temperature)
-    x = [(v - origin) / scale for v in t]
-    fig = _figure(11, 4.4)
-    ax = fig.add_subplot()
-    experiments = sorted({w["experiment_index"] for w in windows})
-    colour = {e: _WINDOW_COLORS[i % len(_WINDOW_COLORS)] for i, e in enumerate(experiments)}
-    if deep_idle:
-        ax.axvspan((deep_idle[0] - origin) / scale, (deep_idle[1] - origin) / scale, facecolor="#eeeeee",
-                   edgecolor="#aaaaaa", lw=0, hatch="//", zorder=0).set_gid("deep-idle")
-    for w in windows:
-        span = ax.axvspan((w["start"] - origin) / scale, (w["end"] - origin) / scale,
-                          color=colour[w["experiment_index"]], alpha=0.2, lw=0, zorder=0)
-        span.set_gid(f"window-run{w['run_id']}")
-    ax.fill_between(x, low, high, color=_POWER_COLOR, alpha=0.18, lw=0, zorder=1).set_gid("power-band")
-    ax.plot(x, mean, color=_POWER_COLOR, lw=0.9, zorder=2)[0].set_gid("power")
-    ax.set_xlabel(f"time since the first measurement window [{unit}]")
-    ax.set_ylabel("power [W]", color=_POWER_COLOR)
-    finite_high = [v for v in high if not math.isnan(v)]
-    ax.set_ylim(0, (max(finite_high) if finite_high else 1) * 1.12)
-    left, right = (lo - origin) / scale, (hi - origin) / scale
-    ax.set_xlim(left, right)
-    ax.grid(alpha=0.3)
-    ax.tick_params(axis="y", colors=_POWER_COLOR)
-    ax2 = ax.twinx()
-    ax2.plot(x, temperature, color=_TEMPERATURE_COLOR, lw=1.1, zorder=3)[0].set_gid("temperature")
-    finite_t = [v for v in temperature if not math.isnan(v)]
-    if finite_t:
-        ax2.set_ylim(min(finite_t) - 5, max(finite_t) + 5)
-    ax2.set_ylabel("temperature [°C]", color=_TEMPERATURE_COLOR)
-    ax2.tick_params(axis="y", colors=_TEMPERATURE_COLOR)
-
-    # Window labels above the axes: horizontal while they fit, else vertical, skipping those that would touch.
-    axis_pt = 11 * 72 * 0.8
-    centres = [((w["start"] + w["end"]) / 2 - origin) / scale for w in windows]
-    gaps = [b - a for a, b in zip(centres, centres[1:], strict=False)]
-    per_pt = (right - left) / axis_pt if right > left else 1.0
-    horizontal = not gaps or min(gaps) / per_pt >= 34
-    transform = blended_transform_factory(ax.transData, ax.transAxes)
-    last = -math.inf
-    for w, c in zip(windows, centres, strict=True):
-        if (c - last) / per_pt < (34 if horizontal else 9) or not left <= c <= right:
-            continue
-        last = c
-        ax.text(c, 1.01, f"e{w['experiment_index']}·c{w['cycle']}", transform=transform, ha="center",
-                va="bottom", fontsize=7.5 if horizontal else 6.5, rotation=0 if horizontal else 90,
-                color=colour[w["experiment_index"]])
-    handles = [Line2D([], [], color=_POWER_COLOR, lw=1, label="power (bin mean)"),
-               Patch(color=_POWER_COLOR, alpha=0.18, label="power (bin min–max)"),
-               Line2D([], [], color=_TEMPERATURE_COLOR, lw=1.1, label="temperature")]
-    if deep_idle:
-        handles.append(Patch(facecolor="#eeeeee", edgecolor="#aaaaaa", hatch="//", label="deep-idle baseline"))
-    if len(experiments) <= 12:
-        handles += [Patch(color=colour[e], alpha=0.35, label=f"e{e}: {labels.get(e, '')}"[:48])
-                    for e in experiments]
-    else:
-        handles.append(Patch(color="#888888", alpha=0.3, label="measurement window (colour per experiment)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
-    title = f"{series.gpu_uuid}" + (f" on {series.host}" if series.host else "")
-    ax.set_title(title, fontsize=10, pad=34 if horizontal else 44)
-    return _svg(fig, key, f"Power and temperature of {title} with measurement windows shaded")
-
-
-def _annotate(ax: Axes, points: list[tuple[float, float, str, bool, bool]]) -> None:
-    """Label each (x, y, text, bold, left) point above it, to the right (to the left where ``left``); labels of
-    points that fall within a label's size of one another are merged into one ("e2, e3")."""
-    ax.autoscale_view()
-    where = ax.transData.transform([(p[0], p[1]) for p in points]) if points else []
-    groups: list[list[int]] = []
-    for i, (px, py) in enumerate(where):
-        for g in groups:
-            gx, gy = where[g[0]]
-            if abs(px - gx) < 14 and abs(py - gy) < 9:
-                g.append(i)
-                break
-        else:
-            groups.append([i])
-    for g in groups:
-        x, y = points[g[0]][0], points[g[0]][1]
-        bold = any(points[i][3] for i in g)
-        left = all(points[i][4] for i in g)
-        ax.annotate(", ".join(points[i][2] for i in g), (x, y), xytext=(-7 if left else 7, 5),
-                    textcoords="offset points", ha="right" if left else "left",
-                    fontsize=8 if bold else 7, fontweight="bold" if bold else "normal",
-                    color="#222222" if bold else "#555555")
-
-
-def _plain_log_ticks(ax: Axes, axis: str) -> None:
-    """Log-axis ticks as plain numbers (0.05, 0.1, 0.2, 0.5, 1 …) instead of powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    target = ax.xaxis if axis == "x" else ax.yaxis
-    target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    target.set_minor_locator(LogLocator(subs=(2, 5)))
-    target.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-
-
-def _log_if_wide(ax: Axes, axis: str, values: list[float], ratio: float = 8.0) -> bool:
-    positive = [v for v in values if v > 0]
-    if positive and len(positive) == len(values) and max(positive) / min(positive) >= ratio:
-        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        _plain_log_ticks(ax, axis)
-        return True
-    return False
-
-
-def _series_style(series: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
-    """(colour, marker) per (backend, other-values) series: colour by backend, marker by the rest."""
-    others: dict[str, int] = {}
-    style = {}
-    extra = iter(_OTHER_COLORS * 4)
-    backend_colour: dict[str, str] = {}
-    for backend, rest in series:
-        if backend not in backend_colour:
-            backend_colour[backend] = _BACKEND_COLORS.get(backend) or next(extra)
-        marker = _MARKERS[others.setdefault(rest, len(others)) % len(_MARKERS)]
-        style[(backend, rest)] = (backend_colour[backend], marker)
-    return style
-
-
-@dataclass
-class Point:
-    experiment_index: int
-    backend: str
-    x: Any
-    rest: str
-    mean: float
-    low: float | None
-    high: float | None
-
-
-def energy_figure(points: list[Point], sweep: str | None, key: str) -> str:
-    """Mean J/token per experiment with its 95 % CI, against the swept parameter, one series per backend (and per
-    combination of whatever else varies)."""
-    fig = _figure(11, 4.8)
-    ax = fig.add_subplot()
-    series_keys = list(dict.fromkeys((p.backend, p.rest) for p in points))
-    style = _series_style(series_keys)
-    numeric = sweep is not None
-    if numeric:
-        log_x = _log_if_wide(ax, "x", [float(p.x) for p in points])
-        xs = sorted({float(p.x) for p in points})
-        ax.set_xticks(xs, [f"{v:g}" for v in xs])
-        ax.minorticks_off()
-    else:
-        log_x = False
-        categories = list(dict.fromkeys(str(p.x) for p in points))
-        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0, ha="right"
-                      if len(categories) > 4 else "center")
-    _log_if_wide(ax, "y", [p.mean for p in points], ratio=20)
-    n = len(series_keys)
-    no_ci = False
-    labelled: list[tuple[float, float, str, bool, bool]] = []
-    ax.margins(x=0.06, y=0.08)
-    for i, sk in enumerate(series_keys):
-        mine = [p for p in points if (p.backend, p.rest) == sk]
-        dodge = (i - (n - 1) / 2) * (0.035 if log_x else 0.08)
-        if numeric:
-            mine.sort(key=lambda p: float(p.x))
-            xs_ = [float(p.x) * 10 ** dodge if log_x else float(p.x) for p in mine]
-            if not log_x and len(xs) > 1:
-                xs_ = [v + dodge * min(b - a for a, b in zip(xs, xs[1:], strict=False)) for v in xs_]
-        else:
-            xs_ = [categories.index(str(p.x)) + dodge for p in mine]
-        colour, marker = style[sk]
-        label = sk[0] + (f" · {sk[1]}" if sk[1] else "")
-        ax.plot(xs_, [p.mean for p in mine], color=colour, lw=1, alpha=0.6 if numeric else 0)
-        ax.plot([], [], marker, color=colour, ls="-" if numeric else "none", label=label)
-        for x, p in zip(xs_, mine, strict=True):
-            if p.low is not None and p.high is not None:
-                bars = ax.errorbar([x], [p.mean], yerr=[[p.mean - p.low], [p.high - p.mean]], fmt=marker,
-                                   color=colour, capsize=4, ms=6, lw=1.2)
-                bars.lines[0].set_gid(f"e{p.experiment_index}")
-            else:
-                no_ci = True
-                ax.plot([x], [p.mean], marker, mfc="white", color=colour, ms=6)[0].set_gid(
-                    f"e{p.experiment_index}")
-        labelled += [(x, p.mean, f"e{p.experiment_index}", False, n > 1 and i < (n - 1) / 2)
-                     for x, p in zip(xs_, mine, strict=True)]
-    if no_ci:
-        ax.plot([], [], "o", mfc="white", color="#555555", ls="none", label="no CI (< 2 cycles)")
-    _annotate(ax, labelled)
-    ax.set_xlabel(sweep or "experiment")
-    ax.set_ylabel("energy per output token [J/token]")
-    ax.grid(alpha=0.3, which="both")
-    ax.set_title("J/token (mean over done cycles, 95 % bootstrap CI) per backend", fontsize=10)
-    ax.legend(fontsize=8, loc="best")
-    return _svg(fig, key, f"J/token against {sweep or 'experiment'} with 95 % CI error bars per backend")
-
-
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of the points no other point beats on both (lower is better on both axes), by latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
-    front, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
-
-
-@dataclass
-class ParetoPoint:
-    experiment_index: int
-    backend: str
-    latency: float
-    latency_low: float | None
-    latency_high: float | None
-    jpt: float
-    jpt_low: float | None
-    jpt_high: float | None
-
-
-def pareto_figure(points: list[ParetoPoint], key: str) -> tuple[str, list[int]]:
-    fig = _figure(11, 4.8)
-    ax = fig.add_subplot()
-    front = pareto_front([(p.latency, p.jpt) for p in points])
-    _log_if_wide(ax, "x", [p.latency for p in points], ratio=20)
-    _log_if_wide(ax, "y", [p.jpt for p in points], ratio=20)
-    backends = list(dict.fromkeys(p.backend for p in points))
-    style = _series_style([(b, "") for b in backends])
-    for b in backends:
-        mine = [p for p in points if p.backend == b]
-        colour, _ = style[(b, "")]
-
-        def err(v: float, lo: float | None, hi: float | None) -> tuple[float, float]:
-            return (v - lo, hi - v) if lo is not None and hi is not None else (0.0, 0.0)
-
-        xerr = list(zip(*[err(p.latency, p.latency_low, p.latency_high) for p in mine], strict=True))
-        yerr = list(zip(*[err(p.jpt, p.jpt_low, p.jpt_high) for p in mine], strict=True))
-        ax.errorbar([p.latency for p in mine], [p.jpt for p in mine], xerr=xerr, yerr=yerr, fmt="o", color=colour,
-                    ms=6, capsize=3, lw=0.9, alpha=0.85, label=b)
-    fx = [points[i].latency for i in front]
-    fy = [points[i].jpt for i in front]
-    ax.plot(fx, fy, color="#222222", lw=1.4, ls="--", drawstyle="steps-post", zorder=4,
-            label="Pareto front")[0].set_gid("front")
-    ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="#222222", lw=1.4, zorder=5)
-    on_front = set(front)
-    ax.margins(0.08)
-    _annotate(ax, [(p.latency, p.jpt, f"e{p.experiment_index}", i in on_front, False) for i, p in enumerate(points)])
-    ax.set_xlabel("mean per-request latency [s]")
-    ax.set_ylabel("energy per output token [J/token]")
-    ax.grid(alpha=0.3, which="both")
-    ax.set_title("J/token against latency: lower-left is better; ringed points are on the Pareto front",
-                 fontsize=10)
-    ax.legend(fontsize=8, loc="best")
-    return _svg(fig, key, "Pareto front of J/token against mean per-request latency"), \
-        [points[i].experiment_index for i in front]
-
-
 # --- the page -------------------------------------------------------------------------------------------------
 
 _CSS = """
@@ -560,7 +235,7 @@ def _header(data: CampaignData, sweep: str | None, others: list[str]) -> str:
             f'<p class="sub">LLenergyMeasure results report</p><dl class="meta">{meta}</dl></section>')
 
 
-def _timeline_section(data: CampaignData) -> str:
+def _timeline_section(data: CampaignData, figures: FigureFiles) -> str:
     parts = ['<section id="timeline"><h2>Power and temperature over time</h2>']
     windows_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in data.records:
@@ -590,7 +265,8 @@ def _timeline_section(data: CampaignData) -> str:
             parts.append(_note("timeline", f"No telemetry stored for {gpu} between the campaign's first and last "
                                            "measurement window (was lem-telemetry running on its host?)."))
             continue
-        svg = timeline_figure(series, windows, first, f"tl{n}", data.labels, deep, (lo - pad, last + pad))
+        svg = figures.inline(timeline_figure(series, windows, first, data.labels, deep, (lo - pad, last + pad)),
+                             f"plot-timeline-{n}", f"tl{n}")
         hatched = ", hatched: the deep-idle baseline" if deep else ""
         parts.append(f'<figure id="plot-timeline-{n}" data-plot="timeline" data-gpu="{_e(gpu)}">{svg}'
                      f"<figcaption>{_e(gpu)}: {series.samples:,} samples averaged into {len(series.t):,} bins of "
@@ -601,65 +277,219 @@ def _timeline_section(data: CampaignData) -> str:
     return "".join(parts)
 
 
-def _energy_section(data: CampaignData, sweep: str | None, others: list[str]) -> str:
-    parts = ['<section id="energy"><h2>J/token against the swept parameter</h2>']
-    points: list[Point] = []
-    missing = []
+def _done_runs(data: CampaignData) -> dict[int, list[dict[str, Any]]]:
+    by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in data.records:
+        if r["status"] == "done":
+            by_experiment[r["experiment_index"]].append(r)
+    return by_experiment
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
+def _sweep_points(data: CampaignData, sweep: str | None, others: list[str], value: Callable[[dict], float | None],
+                  what: str, spread: Callable[[dict], float | None] | None = None,
+                  summary_metric: str | None = None) -> tuple[list[Point], list[str]]:
+    """Per experiment the mean of ``value`` over its done runs with the 95 % bootstrap CI, at its swept value;
+    and the experiments left out, each with why."""
+    from lem_shared.stats import bootstrap_ci
+
+    done = _done_runs(data)
+    points, missing = [], []
     for e in data.summaries:
-        m = e["metrics"]["j_per_token"]
+        runs = done[e["experiment_index"]]
         flat = flatten(e["experiment"])
         x = flat.get(sweep) if sweep else (_label(flat, others) or e["backend"])
-        if m["mean"] is None or (sweep and x is None):
-            missing.append(f"e{e['experiment_index']} ({m['reason'] or 'no ' + str(sweep)})")
+        ci = bootstrap_ci([value(r) for r in runs])
+        if ci.estimate is None or (sweep and x is None):
+            reason = ("no runs done" if not runs else f"no {sweep}" if ci.estimate is not None else
+                      (summary_metric and e["metrics"][summary_metric]["reason"]) or f"no {what} figures")
+            missing.append(f"e{e['experiment_index']} ({reason})")
             continue
         points.append(Point(e["experiment_index"], e["backend"], x, _label(flat, others) if sweep else "",
-                            m["mean"], m["ci_low"], m["ci_high"]))
+                            ci.estimate, ci.low, ci.high, _mean(spread(r) for r in runs) if spread else None))
+    return points, missing
+
+
+def _sweep_caption(sweep: str | None, others: list[str]) -> str:
+    what = (f"x: <code>{_e(sweep)}</code>" if sweep else "no numeric parameter is swept; one point per experiment")
+    return what + (f"; also varying: {_e(', '.join(others))} (one series each)" if others else "")
+
+
+_CI_CAPTION = ("Error bars: 95 % percentile-bootstrap CI over done cycles (10,000 resamples, seed 0); hollow markers: "
+               "fewer than 2 cycles, no interval.")
+
+
+def _ttft(r: dict[str, Any]) -> float | None:
+    return r["ttft_p50_s"] if r["ttft_p50_s"] is not None else r["ttft_mean_s"]
+
+
+# (figure id, SVG key, metric, y label, title, per-run value, per-run spread and its legend, caption)
+_PERFORMANCE_PLOTS: list[tuple[str, str, str, str, str, Callable[[dict], float | None],
+                               Callable[[dict], float | None] | None, str | None, str]] = [
+    ("plot-throughput", "tput", "throughput", "output tokens per second [tokens/s]", "Throughput",
+     lambda r: r["tokens_per_s"], None, None, "Output tokens over the measurement window's length."),
+    ("plot-ttft", "ttft", "TTFT", "time to first token [s]", "TTFT p50", _ttft,
+     lambda r: r["ttft_p90_s"], "p90 (mean over cycles)",
+     "Per run: the median time to first token over its requests (the engine's per-request TTFT where it reports "
+     "one, else each batch's), or the run's mean TTFT where it has no per-batch timings; dashed, hollow: the p90, "
+     "the spread over requests."),
+    ("plot-latency", "lat", "latency", "per-request latency [s]", "Mean latency",
+     lambda r: r["latency_mean_s"], lambda r: r.get("latency_p90_s"), "p90 (mean over cycles)",
+     "Per run: the mean end-to-end latency of its requests; dashed, hollow: the p90 over its batches."),
+]
+
+
+def _performance_section(data: CampaignData, sweep: str | None, others: list[str], figures: FigureFiles) -> str:
+    parts = ['<section id="performance"><h2>Throughput, TTFT and latency against the swept parameter</h2>']
+    for figure_id, key, what, ylabel, title, value, spread, spread_label, caption in _PERFORMANCE_PLOTS:
+        points, missing = _sweep_points(data, sweep, others, value, what, spread)
+        if not points:
+            parts.append(_note(key, f"No {what} figure: no done run has a {what} figure"
+                               + (f" ({'; '.join(missing)})" if missing else "") + "."))
+            continue
+        if key == "ttft" and any(r["ttft_p50_s"] is None and r["ttft_mean_s"] is not None for r in data.records
+                                 if r["status"] == "done"):
+            title = "TTFT (p50; the mean where a run has no per-batch timings)"
+        svg = figures.inline(sweep_figure(points, sweep, ylabel, title, spread_label), figure_id, key)
+        parts.append(f'<figure id="{figure_id}" data-plot="{key}" data-points="{len(points)}">{svg}<figcaption>'
+                     f"{_sweep_caption(sweep, others)}. {_e(caption)} {_CI_CAPTION}</figcaption></figure>")
+        if missing:
+            parts.append(_note(f"{key}-missing", "Not plotted: " + "; ".join(missing) + "."))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _energy_section(data: CampaignData, sweep: str | None, others: list[str], figures: FigureFiles) -> str:
+    parts = ['<section id="energy"><h2>J/token against the swept parameter</h2>']
+    points, missing = _sweep_points(data, sweep, others, lambda r: r["j_per_token"], "energy",
+                                    summary_metric="j_per_token")
     if not points:
         notes = _energy_notes(data.records)
         parts.append(_note("energy", "No J/token figures: no done run has an energy figure"
                                      + (f" ({notes})" if notes else "") + ", so there is nothing to plot."))
     else:
-        svg = energy_figure(points, sweep, "jpt")
-        what = (f"x: <code>{_e(sweep)}</code>" if sweep else "no numeric parameter is swept; one point per "
-                "experiment") + (f"; also varying: {_e(', '.join(others))} (one series each)" if others else "")
-        parts.append(f'<figure id="plot-j-per-token" data-plot="j-per-token">{svg}<figcaption>{what}. Error bars: '
-                     "95 % percentile-bootstrap CI over done cycles (10,000 resamples, seed 0); hollow markers: "
-                     "fewer than 2 cycles, no interval.</figcaption></figure>")
+        drawn = sweep_figure(points, sweep, "energy per output token [J/token]", "J/token")
+        svg = figures.inline(drawn, "plot-j-per-token", "jpt")
+        parts.append(f'<figure id="plot-j-per-token" data-plot="j-per-token" data-points="{len(points)}">{svg}'
+                     f"<figcaption>{_sweep_caption(sweep, others)}. {_CI_CAPTION}</figcaption></figure>")
     if missing and points:
         parts.append(_note("energy-missing", "Not plotted: " + "; ".join(missing) + "."))
     parts.append("</section>")
     return "".join(parts)
 
 
-def _pareto_section(data: CampaignData) -> str:
+def _pareto_section(data: CampaignData, figures: FigureFiles) -> str:
     from lem_shared.stats import bootstrap_ci
 
-    parts = ['<section id="pareto"><h2>Pareto front: J/token against latency</h2>']
-    by_experiment: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in data.records:
-        if r["status"] == "done":
-            by_experiment[r["experiment_index"]].append(r)
-    points = []
-    for e in data.summaries:
-        m = e["metrics"]["j_per_token"]
-        latency = bootstrap_ci([r["latency_mean_s"] for r in by_experiment[e["experiment_index"]]
-                                if r["latency_mean_s"] is not None])
-        if m["mean"] is None or latency.estimate is None:
+    parts = ['<section id="pareto"><h2>Pareto fronts: J/token against throughput and latency</h2>']
+    done = _done_runs(data)
+    for figure_id, key, field_, xlabel, higher_is_better, what in (
+            ("plot-pareto-throughput", "ptput", "tokens_per_s", "throughput [tokens/s]", True, "throughput is "
+             "output tokens per second of the measurement window"),
+            ("plot-pareto", "pareto", "latency_mean_s", "mean per-request latency [s]", False, "latency is the "
+             "mean per-request latency")):
+        points = []
+        for e in data.summaries:
+            m = e["metrics"]["j_per_token"]
+            x = bootstrap_ci([r[field_] for r in done[e["experiment_index"]]])
+            if m["mean"] is not None and x.estimate is not None:
+                points.append(ParetoPoint(e["experiment_index"], e["backend"], x.estimate, x.low, x.high,
+                                          m["mean"], m["ci_low"], m["ci_high"]))
+        name = xlabel.split(" [")[0]
+        if not points:
+            notes = _energy_notes(data.records)
+            parts.append(_note(key, f"No Pareto front of J/token against {name}: it needs experiments with both "
+                                    f"J/token and {name}" + (f" ({notes})" if notes else "") + "."))
             continue
-        points.append(ParetoPoint(e["experiment_index"], e["backend"], latency.estimate, latency.low,
-                                  latency.high, m["mean"], m["ci_low"], m["ci_high"]))
-    if not points:
-        notes = _energy_notes(data.records)
-        parts.append(_note("pareto", "No Pareto front: it needs experiments with both J/token and latency"
-                                     + (f" ({notes})" if notes else "") + "."))
-    else:
-        svg, front = pareto_figure(points, "pareto")
+        drawn, front = pareto_figure(points, xlabel, higher_is_better)
+        svg = figures.inline(drawn, figure_id, key)
         listed = "; ".join(f"e{i}: {_e(data.labels.get(i, ''))}" for i in front)
-        parts.append(f'<figure id="plot-pareto" data-plot="pareto" data-front="{" ".join(map(str, front))}">{svg}'
-                     f"<figcaption>Per experiment: mean over done cycles with 95 % bootstrap CIs on both axes; "
-                     f"latency is the mean per-request latency. On the front: {listed}.</figcaption></figure>")
+        parts.append(f'<figure id="{figure_id}" data-plot="{key}" data-points="{len(points)}" '
+                     f'data-front="{" ".join(map(str, front))}">{svg}<figcaption>Per experiment: mean over done '
+                     f"cycles with 95 % bootstrap CIs on both axes; {what}. On the front: {listed}.</figcaption>"
+                     "</figure>")
     parts.append("</section>")
     return "".join(parts)
+
+
+def _tick_label(data: CampaignData, index: int) -> str:
+    return f"e{index}\n" + data.labels.get(index, "").replace(" ", "\n")
+
+
+def _phase_bars(data: CampaignData, figure: str) -> list[PhaseBar]:
+    """Per experiment with a phase split, the mean over its done runs of the per-prompt ``figure`` per phase."""
+    from lem_shared.stats import bootstrap_ci
+
+    bars = []
+    for index, runs in sorted(_done_runs(data).items()):
+        splits = [r["phase_split"]["per_prompt"] for r in runs if r["phase_split"]]
+        if not splits:
+            continue
+        values = {}
+        for phase in ("prefill", "decode"):
+            ci = bootstrap_ci([s[phase].get(figure) for s in splits])
+            values[phase] = (ci.estimate, (ci.low, ci.high) if ci.has_interval else None)
+        bars.append(PhaseBar(_tick_label(data, index), values["prefill"][0], values["prefill"][1],
+                             values["decode"][0], values["decode"][1]))
+    return bars
+
+
+def _phase_section(data: CampaignData, figures: FigureFiles) -> str:
+    parts = ['<section id="phases"><h2>Prefill and decode</h2>']
+    bars = _phase_bars(data, "time_s")
+    if not bars:
+        parts.append(_note("phases", "No prefill/decode figure: no done run measured with "
+                                     "measurement.phase_split: true (it measures a prefill-only window apart)."))
+        return "".join(parts) + "</section>"
+    panels = [("time per prompt [s]", bars)]
+    energy = _phase_bars(data, "energy_j")
+    has_energy = any(b.prefill is not None or b.decode is not None for b in energy)
+    if has_energy:
+        panels += [("energy per prompt [J]", energy), ("energy per token [J/token]", _phase_bars(data, "j_per_token"))]
+    svg = figures.inline(phase_figure(panels), "plot-phase-split", "phase")
+    why = "" if has_energy else (" No energy per phase: " + (_energy_notes(data.records) or "no energy figure")
+                                 + ", so only time is split.")
+    parts.append(f'<figure id="plot-phase-split" data-plot="phase-split" data-points="{len(bars)}" '
+                 f'data-energy="{str(has_energy).lower()}">{svg}<figcaption>Per experiment, mean over done cycles '
+                 "(error bars: 95 % bootstrap CI, from 2 cycles): prefill is the prefill-only window per prompt, "
+                 "decode the full window per prompt less prefill; J/token is per input token for prefill and per "
+                 f"output token after the first for decode.{_e(why)}</figcaption></figure>")
+    problems = sorted({p for r in data.records if r["phase_split"] for p in r["phase_split"].get("problems", [])})
+    if problems:
+        parts.append(_note("phases-problems", "Phase split problems: " + "; ".join(problems) + "."))
+    return "".join(parts) + "</section>"
+
+
+def _idle_active_section(data: CampaignData, figures: FigureFiles) -> str:
+    parts = ['<section id="idle-active"><h2>Idle against active energy</h2>']
+    bars, baselines, methods = [], [], set()
+    for index, runs in sorted(_done_runs(data).items()):
+        split = [(r["energy_j"] - r["energy_adjusted_j"], r["energy_adjusted_j"], r["output_tokens"])
+                 for r in runs if r["energy_j"] is not None and r["energy_adjusted_j"] is not None
+                 and r["output_tokens"]]
+        if split:
+            bars.append(IdleActiveBar(_tick_label(data, index), _mean(i / n for i, _, n in split),  # type: ignore[arg-type]
+                                      _mean(a / n for _, a, n in split)))  # type: ignore[arg-type]
+            baselines += [r["baseline_power_w"] for r in runs if r["baseline_power_w"] is not None]
+            methods |= {r["baseline_method"] for r in runs if r["baseline_method"]}
+    if not bars:
+        with_energy = [r for r in data.records if r["energy_j"] is not None]
+        why = ("no done run with energy has a baseline power (no idle window was measured)" if with_energy else
+               "no done run has an energy figure" + (f" ({_energy_notes(data.records)})"
+                                                     if _energy_notes(data.records) else ""))
+        parts.append(_note("idle-active", f"No idle/active split: {why}."))
+        return "".join(parts) + "</section>"
+    svg = figures.inline(idle_active_figure(bars), "plot-idle-active", "idle")
+    parts.append(f'<figure id="plot-idle-active" data-plot="idle-active" data-points="{len(bars)}">{svg}'
+                 "<figcaption>Per experiment, mean over done cycles: idle is the baseline power times the window "
+                 "(what the GPU draws doing nothing), active the measured energy less it; both per output token. "
+                 f"Baseline {_fmt(_mean(baselines), '.1f')} W on average ({_e(', '.join(sorted(methods)) or '–')})."
+                 "</figcaption></figure>")
+    return "".join(parts) + "</section>"
 
 
 def _experiments_section(data: CampaignData) -> str:
@@ -711,25 +541,41 @@ def _validity_section(data: CampaignData) -> str:
             "<th>failed / warned checks</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
 
 
-def render_report(campaign_id: int, path: Path) -> Path:
-    """Write the campaign's HTML report to ``path`` and return it; ``UnknownCampaign`` when there is none. The
-    page appears whole or not at all (``safe_write``): ``BadTarget`` for a target that is not a regular file or
-    whose folder does not exist (checked first), ``WriteFailed`` when writing fails (what was there is kept)."""
-    from lem_planner.safe_write import check_target, write_atomically
+def figures_folder(path: Path) -> Path:
+    """Where the figure files of the page ``path`` go by default: ``<stem>_figures`` beside it."""
+    return path.with_name(f"{path.stem}_figures")
+
+
+def render_report(campaign_id: int, path: Path, figures_dir: Path | None = None) -> Path:
+    """Write the campaign's HTML report to ``path``, and each figure as PNG and SVG into ``figures_dir``
+    (``<stem>_figures`` beside the page when None), and return the page; ``UnknownCampaign`` when there is none.
+    Every file appears whole or not at all (``safe_write``), the page (self-contained) first, the figure folder
+    only once it is written: ``BadTarget`` for a target that is not a regular file or whose folder does not exist
+    (checked first), ``WriteFailed`` when writing fails (what was there is kept)."""
+    from lem_planner.safe_write import BadTarget, check_target, write_atomically
     from lem_shared import TOOL_VERSION
 
     check_target(path)
+    folder = figures_dir or figures_folder(path)
+    if folder.exists() and not folder.is_dir() or not folder.parent.is_dir():
+        raise BadTarget(f"cannot write the figures into {folder}: it is not a folder or its parent does not exist")
     data = _load(campaign_id)
     sweep, others = swept_parameter([e["experiment"] for e in data.summaries])
-    body = "".join([_header(data, sweep, others), _timeline_section(data), _energy_section(data, sweep, others),
-                    _pareto_section(data), _experiments_section(data), _validity_section(data)])
+    figures = FigureFiles()
+    body = "".join([_header(data, sweep, others), _timeline_section(data, figures),
+                    _performance_section(data, sweep, others, figures), _energy_section(data, sweep, others, figures),
+                    _pareto_section(data, figures), _phase_section(data, figures),
+                    _idle_active_section(data, figures), _experiments_section(data), _validity_section(data)])
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    files = (f" Each figure also as PNG and SVG in <code>{_e(folder.name)}/</code> (named after its id)."
+             if figures.files else "")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lem report: campaign '
             f'{campaign_id} ({_e(data.campaign["name"])})</title><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body><main>{body}'
             f"<footer>Generated by {_e(TOOL_VERSION)} at {generated} with <code>lem results report "
-            f"{campaign_id}</code>.</footer></main></body></html>\n")
+            f"{campaign_id}</code>.{files}</footer></main></body></html>\n")
     write_atomically(path, lambda f: f.write(page.encode("utf-8")))
+    figures.write(folder)
     return path
 
 
@@ -738,22 +584,28 @@ def render_report(campaign_id: int, path: Path) -> Path:
 def results_report(
     campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write (its folder must exist).")],
+    figures: Annotated[Path | None, typer.Option(
+        "--figures", help="The folder for the figure files (PNG and SVG; made if missing, its parent must exist); "
+                          "default: <output stem>_figures beside the page.")] = None,
 ) -> None:
-    """Write a self-contained HTML report of CAMPAIGN_ID: power and temperature over time with the measurement
-    windows shaded, J/token against the swept parameter with 95 % CIs per backend, the Pareto front of J/token
-    against latency, and the validity of every run. The page appears whole or not at all: a failed write (exit 1)
-    leaves what was there; a target that is not a regular file, or in a folder that does not exist, is refused
-    (exit 2)."""
+    """Write a self-contained HTML report of CAMPAIGN_ID with every figure its data supports: power and
+    temperature over time with the measurement windows shaded; throughput, TTFT, latency and J/token against the
+    swept parameter with 95 % CIs per backend; Pareto fronts of J/token against throughput and latency; prefill
+    against decode (measurement.phase_split); idle against active energy; the validity of every run. Each figure
+    is also written as PNG and SVG into the --figures folder. Files appear whole or not at all: a failed write
+    (exit 1) leaves what was there; a target that is not a regular file, or in a folder that does not exist, is
+    refused (exit 2)."""
     from lem_planner.cli import _check_campaign_id, _fail
     from lem_planner.safe_write import OutputError, check_target
 
     try:
         check_target(output)
-        render_report(_check_campaign_id(campaign_id), output)
+        render_report(_check_campaign_id(campaign_id), output, figures)
     except OutputError as exc:
         raise _fail(str(exc), exc.exit_code) from None
     except UnknownCampaign:
         raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are",
                     EXIT_BAD_INPUT) from None
-    Console(width=140).print(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB)", highlight=False,
-                             markup=False)
+    folder = figures or figures_folder(output)
+    Console(width=140).print(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and its figures in {folder}",
+                             highlight=False, markup=False)
