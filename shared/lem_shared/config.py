@@ -6,7 +6,6 @@ minus ``exclude`` rules); a point that is not a valid experiment for its backend
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import inspect
 import itertools
@@ -38,6 +37,7 @@ from lem_shared.params.trtllm import TrtllmOptions
 from lem_shared.params.vllm import VllmOptions
 from lem_shared.queues import Backend
 from lem_shared.settings import get_settings
+from lem_shared.suggest import did_you_mean
 
 # Upper bounds a real user never reaches but a typo does (each is stated in its field's description).
 MAX_SECONDS = 86_400  # any wait, gap or window: one day
@@ -542,14 +542,17 @@ def _structural_problems(campaign: CampaignConfig) -> list[str]:
 
 
 def _closest(key: str) -> str:
-    """The known dotted keys closest to an unknown one (there are too many to list them all)."""
+    """The known dotted keys closest to an unknown one (there are too many to list them all); with none close, the
+    keys under its first part, or the first parts there are."""
     paths = _field_paths(ExperimentConfig)
-    close = difflib.get_close_matches(key, paths, n=3, cutoff=0.5)
-    if not close:
-        head = key.partition(".")[0]
-        close = [p for p in paths if p.partition(".")[0] == head][:8] or [p.partition(".")[0] for p in paths]
-        close = list(dict.fromkeys(close))
-    return f"did you mean: {', '.join(close)}"
+    hint = did_you_mean(key, paths)
+    if hint:
+        return hint
+    head = key.partition(".")[0]
+    under = [p for p in paths if p.partition(".")[0] == head]
+    if under:
+        return f"nothing close; {head} has {', '.join(under[:8])}" + (", ..." if len(under) > 8 else "")
+    return f"nothing close; keys start with {', '.join(dict.fromkeys(p.partition('.')[0] for p in paths))}"
 
 
 class _Found:
@@ -864,14 +867,21 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+_MAX_LISTED = 12  # an unknown key lists the allowed ones only when there are at most this many
+
+
 def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
     """Pydantic errors as ``field: what is allowed`` lines a user can act on."""
     lines = []
     for err in exc.errors():
         loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx", {})
         if kind == "extra_forbidden":
-            allowed = _allowed_keys(model, loc[:-1])
-            reason = "unknown key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+            allowed = _allowed_keys(model, loc[:-1]) or []
+            hint = did_you_mean(str(loc[-1]), allowed) if loc else ""
+            if not hint and allowed:
+                hint = (f"allowed: {', '.join(allowed)}" if len(allowed) <= _MAX_LISTED
+                        else f"nothing close among its {len(allowed)} keys")
+            reason = "unknown key" + (f"; {hint}" if hint else "")
         elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
             op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
                          "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}[kind]

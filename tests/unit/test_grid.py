@@ -123,7 +123,7 @@ def test_duplicates_collapse_by_config_hash_and_are_reported() -> None:
     ({"grid": {"batch_size": [1]}, "backends": {"vllm": {"batch_size": [2]}}},
      "backends.vllm.batch_size: also a grid axis"),
     ({"grid": {"backend": ["vllm"]}, "backends": {"vllm": {}}}, "grid.backend: not an axis when backends is given"),
-    ({"include": [{"batchsize": 1}]}, "include[0].batchsize: unknown parameter; did you mean: batch_size"),
+    ({"include": [{"batchsize": 1}]}, "include[0].batchsize: unknown parameter; did you mean batch_size"),
     ({"exclude": [{}]}, "exclude[0]: must name at least one parameter"),
     ({"exclude": [{"dtype": "auto", "kv": 1}]}, "exclude[0].kv: unknown parameter"),
     ({"include": "batch_size=1"}, "include: Input should be a valid list"),

@@ -103,7 +103,7 @@ def test_pytorch_5_17_snapshot_loads_and_is_used_when_pinned() -> None:
     assert found["components"]["transformers"] == "5.17.0"
     raw = {"name": "p", "engine_versions": {"pytorch": "5.17.0"},
            "experiment": {"model": "org/m", "pytorch": {"extra": {"top_kk": 3}}}}
-    assert "top_kk: not a parameter of pytorch 5.17.0; closest: top_k" in _problems(raw)
+    assert "top_kk: not a parameter of pytorch 5.17.0; did you mean top_k" in _problems(raw)
     raw["experiment"]["pytorch"]["extra"] = {"renormalize_logits": True}
     plan = plan_campaign(raw)
     assert plan.snapshots["pytorch"].note == ("pytorch: checked against snapshot pytorch-5.17.0 (pinned by "

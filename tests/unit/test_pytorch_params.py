@@ -79,7 +79,7 @@ def test_extra_reaches_its_call_under_its_group() -> None:
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    ({"top_kk": 3}, "top_kk: not a parameter of pytorch 5.24.0; closest: top_k"),
+    ({"top_kk": 3}, "top_kk: not a parameter of pytorch 5.24.0; did you mean top_k"),
     ({"top_p": 0.9}, "top_p: a first-class field; set pytorch.generation.top_p instead of extra"),
     ({"max_new_tokens": 9}, "max_new_tokens: set by the experiment's workload.output_len"),
     ({"dtype": "float16"}, "dtype: set by the experiment's dtype"),

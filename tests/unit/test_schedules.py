@@ -83,8 +83,8 @@ def test_cron_follows_its_time_zone_across_a_daylight_saving_change() -> None:
 
 @pytest.mark.parametrize(("options", "message"), [
     ({}, "give one of --cron"),
-    ({"cron": "61 2 * * *"}, "--cron: '61 2 \\* \\* \\*' is not a cron expression"),
-    ({"cron": "0 2 * *"}, "is not a cron expression of 5 fields"),
+    ({"cron": "61 2 * * *"}, "--cron: '61 2 \\* \\* \\*': field 1 \\(minute\\) '61' is not valid: it takes 0-59"),
+    ({"cron": "0 2 * *"}, "has 4 field\\(s\\); a cron expression has 5"),
     ({"cron": "0 2 * * *", "every": "1h"}, "--cron: give it alone"),
     ({"every": "1h", "times": 0}, "--times: 0 is not a number of firings"),
     ({"at": "2026-03-28T11:00"}, "--at: 2026-03-28T11:00:00Z is in the past"),
@@ -133,3 +133,18 @@ def test_resuming_takes_the_next_due_time_on_the_schedules_grid() -> None:
         datetime(2026, 3, 28, 16, 0, tzinfo=UTC)
     assert timing.first_at_or_after(datetime(2026, 3, 28, 16, 0, tzinfo=UTC)) == \
         datetime(2026, 3, 28, 16, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("cron", "says"), [
+    ("61 * * * *", "field 1 (minute) '61' is not valid: it takes 0-59"),
+    ("0 24 * * *", "field 2 (hour) '24' is not valid: it takes 0-23"),
+    ("0 0 * 13 *", "field 4 (month) '13' is not valid: it takes 1-12"),
+    ("0 0 * * *  *", "has 6 field(s); a cron expression has 5"),
+])
+def test_a_bad_cron_names_its_field_and_range(cron: str, says: str) -> None:
+    from lem_planner.schedules import check_cron
+
+    with pytest.raises(ScheduleError) as info:
+        check_cron(cron)
+    assert says in str(info.value), info.value
+    assert "not a cron expression of 5 fields" not in str(info.value)

@@ -43,6 +43,23 @@ cli.add_typer(bundle_cli, name="bundle")
 cli.add_typer(schedule_cli, name="schedule")
 
 
+def _version(value: bool) -> None:
+    """``lem --version``: the tool version and the database schema revision it writes."""
+    if value:
+        from lem_shared import TOOL_VERSION
+        from lem_shared.db.models import SCHEMA_VERSION
+
+        typer.echo(f"{TOOL_VERSION} (database schema revision {SCHEMA_VERSION})")
+        raise typer.Exit()
+
+
+@cli.callback()
+def _root(version: Annotated[bool | None, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the tool version and schema revision.")] = None,
+          ) -> None:
+    """LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens."""
+
+
 @cli.command("doctor")
 def doctor_command(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Check the broker, the database (and its schema), the workers per queue and the telemetry heartbeats."""
@@ -135,11 +152,30 @@ def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:
 
 
 @db_cli.command("upgrade")
-def db_upgrade(revision: str = "head") -> None:
+def db_upgrade(revision: str = "head",
+               as_json: Annotated[bool, typer.Option("--json", help="Print {revision} as JSON.")] = False) -> None:
     """Create the database if needed and migrate it to REVISION (alembic upgrade)."""
-    from lem_shared.db.migrate import upgrade
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    upgrade(revision=revision)
+    from lem_shared.db.migrate import upgrade
+    from lem_shared.redact import redact
+
+    url = get_settings().database_url
+    try:
+        upgrade(revision=revision)
+    except (OperationalError, ProgrammingError) as exc:  # `lem db upgrade` cannot be the fix for itself
+        cause = redact(str(exc.orig).strip().splitlines()[0])
+        name = make_url(url).database
+        if isinstance(exc, ProgrammingError) or "permission denied" in cause:
+            fix = (f"create the database yourself (`createdb {name}`, as a user allowed to) or give LEM_DATABASE_URL "
+                   "a user with CREATEDB, then run this again")
+        else:
+            fix = "start PostgreSQL (`make services`) or set LEM_DATABASE_URL to a server that runs"
+        raise _fail(f"cannot migrate the database at {redact(url)}: {cause}; {fix}") from None
+    if as_json:
+        _print_json({"revision": revision})
+        return
     out.print(f"database at revision {revision}")
 
 
@@ -195,6 +231,9 @@ def campaign_run(
     require_workers: Annotated[
         bool, typer.Option("--require-workers/--no-require-workers", help="Refuse when a backend has no worker.")
     ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, name, status, experiments, cycles, "
+                                                       "runs, counts} as JSON (after the campaign ends with --wait).")
+                       ] = False,
 ) -> None:
     """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
     from lem_planner.campaigns import consumers_by_queue, create_campaign
@@ -218,6 +257,12 @@ def campaign_run(
 
     campaign_id, requests = create_campaign(campaign, experiments)
     advance(app)
+    if as_json:
+        status = _follow(campaign_id, len(requests), timeout, quiet=True) if wait else None
+        _print_json(_run_summary(campaign_id, campaign.name, len(experiments), campaign.cycles))
+        if status is not None and status != CampaignStatus.DONE:
+            raise _fail(f"campaign {campaign_id} ended {status}")
+        return
     out.print(f"campaign [bold]{campaign_id}[/] ({campaign.name}): {len(experiments)} experiments x "
               f"{campaign.cycles} cycles = {len(requests)} runs, {campaign.structure}; each is sent when a "
               f"worker of its backend is free")
@@ -229,11 +274,29 @@ def campaign_run(
         raise _fail(f"campaign {campaign_id} ended {status}")
 
 
-def _follow(campaign_id: int, total: int, timeout: float) -> str:
+def _run_summary(campaign_id: int, name: str, experiments: int, cycles: int) -> dict[str, Any]:
+    """What ``campaign run --json`` prints: the campaign's id, status and run counts per status."""
+    from lem_planner.results import campaign_progress
+
+    status, counts = campaign_progress(campaign_id)
+    return {"campaign_id": campaign_id, "name": name, "status": str(status), "experiments": experiments,
+            "cycles": cycles, "runs": sum(counts.values()), "counts": {str(k): n for k, n in sorted(counts.items())}}
+
+
+def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -> str:
+    """Wait until the campaign ends (a progress bar unless ``quiet``); its final status."""
     from lem_planner.results import campaign_progress
     from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 
     deadline = time.monotonic() + timeout
+    while quiet:
+        status, _ = campaign_progress(campaign_id)
+        if status != CampaignStatus.RUNNING:
+            return status
+        if time.monotonic() > deadline:
+            raise _fail(f"gave up waiting after {timeout:.0f} s; the campaign goes on: "
+                        f"`lem results show {campaign_id}`")
+        time.sleep(0.5)
     with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=out, transient=False) as progress:
         bar = progress.add_task("runs", total=total)
@@ -340,6 +403,8 @@ def campaign_resume(
     campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the campaign ends.")] = True,
     timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 6 * 3600,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, status, requeued, finished, total} "
+                                                       "as JSON (after the campaign ends with --wait).")] = False,
 ) -> None:
     """Continue a campaign after a crash of the planner, a worker, Redis or PostgreSQL: runs in flight are
     sent again, finished runs are never re-run."""
@@ -355,6 +420,15 @@ def campaign_resume(
         raise _fail(str(exc)) from None
     advance(app)
     status = campaign_status(campaign_id)
+    if as_json:
+        ended = (_follow(campaign_id, status["total"], timeout, quiet=True)
+                 if wait and status["status"] == CampaignStatus.RUNNING else None)
+        final = campaign_status(campaign_id) if ended else status
+        _print_json({"campaign_id": campaign_id, "status": str(final["status"]), "requeued": requeued,
+                     "finished": final["finished"], "total": final["total"]})
+        if ended is not None and ended != CampaignStatus.DONE:
+            raise _fail(f"campaign {campaign_id} ended {ended}")
+        return
     out.print(f"campaign {campaign_id}: {requeued['dispatched']} dispatched and {requeued['running']} orphaned "
               f"runs re-queued; {status['finished']}/{status['total']} runs already finished")
     if wait and status["status"] == CampaignStatus.RUNNING:
@@ -365,7 +439,10 @@ def campaign_resume(
 
 
 @campaign_cli.command("cancel")
-def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id.")]) -> None:
+def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
+                    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, cancelled, queued, "
+                                                                       "stopping, orphaned, already} as JSON.")
+                                       ] = False) -> None:
     """Drop the campaign's queued runs and stop its running one (its worker kills the engine within a second); a
     campaign that had already ended is left as it was (exit 0, saying so)."""
     import redis
@@ -380,6 +457,9 @@ def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id
         raise _fail(str(exc)) from None
     except redis.RedisError as exc:
         raise _fail(f"cannot reach the broker, nothing cancelled: {exc}") from None
+    if as_json:
+        _print_json({"campaign_id": campaign_id, "cancelled": not counts["already"], **counts})
+        return
     if counts["already"]:  # exit 0: the campaign is not running, which is what was asked
         out.print(f"campaign {campaign_id} had already ended ({counts['already']}): nothing cancelled")
         return
@@ -413,9 +493,15 @@ def campaign_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
 
 
 @campaign_cli.command("validate")
-def campaign_validate(file: str) -> None:
+def campaign_validate(file: str, as_json: Annotated[bool, typer.Option(
+        "--json", help="Print {campaign, experiments, cycles, runs, labels} as JSON.")] = False) -> None:
     """Check FILE and print the experiments it expands to, without writing or dispatching anything."""
     campaign, experiments = _load_or_exit(file)
+    if as_json:
+        labels, _ = _describe_experiments([e.model_dump(mode="json") for e in experiments])
+        _print_json({"campaign": campaign.name, "experiments": len(experiments), "cycles": campaign.cycles,
+                     "runs": len(experiments) * campaign.cycles, "labels": labels})
+        return
     labels, caption = _describe_experiments([e.model_dump(mode="json") for e in experiments])
     out.print(f"{campaign.name}: {len(experiments)} experiments x {campaign.cycles} cycles; {caption}", highlight=False)
     for i, label in enumerate(labels):

@@ -717,17 +717,29 @@ def import_results(directory: Path) -> ImportReport:
 
 def results_import(
     directory: Annotated[Path, typer.Argument(help="Folder of the earlier tool's results (searched recursively).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, runs, imported, skipped, problems} "
+                                                       "as JSON.")] = False,
 ) -> None:
     """Import the JSON results of the earlier LLenergyMeasure (v2 and v3, per-process and aggregated) as a
     campaign marked imported; fields without a column here are kept in runs.imported. Bad or partial files are
     reported and skipped; importing a folder again adds only what is new."""
-    from lem_planner.cli import EXIT_BAD_INPUT, _fail, out
+    from lem_planner.cli import EXIT_BAD_INPUT, _fail, _print_json, out
 
     if not directory.is_dir():
         raise _fail(f"{directory}: no such directory", EXIT_BAD_INPUT)
     report = import_results(directory)
     if not report.imported and not report.skipped:
         raise _fail(f"{directory}: no .json files", EXIT_BAD_INPUT)
+    if as_json:
+        _print_json({"campaign_id": report.campaign_id, "directory": str(report.directory), "runs": report.runs,
+                     "imported": [str(file) for file, _, _ in report.imported],
+                     "skipped": [{"file": str(file), "reason": reason} for file, reason in report.skipped],
+                     "problems": len(report.problems)})
+        for file, reason in report.problems:
+            typer.echo(f"error: {file}: {reason}", err=True)
+        if report.problems:
+            raise typer.Exit(1)
+        return
     for file, _, _ in report.imported:
         out.print(f"imported {file}", highlight=False, markup=False, soft_wrap=True)
     for file, reason in report.skipped:

@@ -153,22 +153,34 @@ def _by_id(action: str, schedule_id: int) -> dict[str, Any] | None:
 
 
 @schedule_cli.command("remove")
-def schedule_remove(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")]) -> None:
+def schedule_remove(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,) -> None:
     """Delete a schedule and its firing record; the campaigns it created stay."""
     _by_id("remove", schedule_id)
+    if as_json:
+        _print_json({"schedule_id": schedule_id, "removed": True})
+        return
     typer.echo(f"schedule {schedule_id} removed")
 
 
 @schedule_cli.command("pause")
-def schedule_pause(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")]) -> None:
+def schedule_pause(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,) -> None:
     """Stop firing until `lem schedule resume`; due times in the pause are not fired later."""
-    _by_id("pause", schedule_id)
+    summary = _by_id("pause", schedule_id)
+    if as_json:
+        _print_json(summary)
+        return
     typer.echo(f"schedule {schedule_id} paused")
 
 
 @schedule_cli.command("resume")
-def schedule_resume(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")]) -> None:
+def schedule_resume(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,) -> None:
     """Fire again, from the first due time after now."""
     summary = _by_id("resume", schedule_id)
     assert summary is not None
+    if as_json:
+        _print_json(summary)
+        return
     typer.echo(f"schedule {schedule_id} resumed; next {summary['next_due_at'] or '- (no more due times)'}")

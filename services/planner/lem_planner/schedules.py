@@ -87,10 +87,31 @@ def check_cron(expression: str) -> str:
     from croniter import croniter
 
     expression = " ".join(expression.split())
-    if len(expression.split()) != 5 or not croniter.is_valid(expression):
-        raise ScheduleError(f"--cron: {expression!r} is not a cron expression of 5 fields (minute hour "
-                            "day-of-month month day-of-week), e.g. '0 2 * * *' for 02:00 every day")
+    fields = expression.split()
+    if len(fields) != 5:
+        raise ScheduleError(f"--cron: {expression!r} has {len(fields)} field(s); a cron expression has 5 (minute "
+                            "hour day-of-month month day-of-week), e.g. '0 2 * * *' for 02:00 every day")
+    if not croniter.is_valid(expression):
+        raise ScheduleError(f"--cron: {expression!r}: {_cron_field_problem(fields)}")
     return expression
+
+
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
+                ("day-of-week", 0, 7))
+
+
+def _cron_field_problem(fields: list[str]) -> str:
+    """Which of 5 cron fields croniter refuses, and its range."""
+    from croniter import croniter
+
+    for index, (name, low, high) in enumerate(_CRON_FIELDS):
+        probe = ["*"] * 5
+        probe[index] = fields[index]
+        if not croniter.is_valid(" ".join(probe)):
+            names = " (or jan-dec)" if name == "month" else " (or sun-sat)" if name == "day-of-week" else ""
+            return (f"field {index + 1} ({name}) {fields[index]!r} is not valid: it takes {low}-{high}{names}, "
+                    "*, lists (1,2), ranges (1-5) and steps (*/15)")
+    return "not a valid cron expression (minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
 
 
 # --- when: due times ------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ says where each extra value goes.
 
 from __future__ import annotations
 
-import difflib
 from functools import cached_property
 from typing import Any, ClassVar
 
@@ -33,6 +32,7 @@ from pydantic import (
 
 from lem_shared.bounds import value_problem
 from lem_shared.params.snapshots import ENGINE_NAMES, committed_versions, context_version, parameter_groups
+from lem_shared.suggest import did_you_mean
 
 # The keyword every engine (transformers, vLLM, TensorRT-LLM) takes for running a model repository's own code.
 REMOTE_CODE = "trust_remote_code"
@@ -160,8 +160,8 @@ class EngineSection(BaseModel):
             raise ValueError(f"{key}: a parameter of several calls; write one of "
                              f"{', '.join(f'{g}.{name}' for g in found)}")
         names = sorted({n for g in candidates for s in cls.snapshot_groups[g] for n in known.get(s, {})})
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-        hint = f"; closest: {', '.join(close)}" if close else ""
+        hint = did_you_mean(name, names)
+        hint = f"; {hint}" if hint else ""
         raise ValueError(f"{key}: not a parameter of {cls.engine_label(version)}{hint}")
 
     @classmethod

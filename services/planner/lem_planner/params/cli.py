@@ -3,6 +3,8 @@ transformers/torch for pytorch) are imported inside the command so `lem --help` 
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -15,8 +17,14 @@ params_cli = typer.Typer(help="Engine parameters: discover them from the engines
 
 EXIT_BAD_INPUT = 2
 # The committed snapshots live in the shared package (plan-time checks read them); in a source checkout this is
-# shared/lem_shared/params/snapshots.
-DEFAULT_OUT = Path(__file__).resolve().parents[4] / "shared" / "lem_shared" / "params" / "snapshots"
+# shared/lem_shared/params/snapshots. Discovery writes to a user folder unless --out names that one: a discovery
+# run never rewrites a committed snapshot by accident.
+COMMITTED = Path(__file__).resolve().parents[4] / "shared" / "lem_shared" / "params" / "snapshots"
+
+
+def default_out() -> Path:
+    """``$XDG_CACHE_HOME/lem/snapshots`` (``~/.cache/lem/snapshots``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lem" / "snapshots"
 
 
 _DOWNLOAD_HINT = {
@@ -36,9 +44,13 @@ def params_discover(
     backend: Annotated[Backend, typer.Argument(help="Engine: pytorch (introspection), vllm or trtllm (static).")],
     source: Annotated[str | None, typer.Option(
         "--source", help="vllm/trtllm: a wheel (.whl) or source tree of the engine; parsed, not imported.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for <backend>-<version>.json.")] = DEFAULT_OUT,
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for <backend>-<version>.json (default "
+                                             "~/.cache/lem/snapshots; shared/lem_shared/params/snapshots to commit "
+                                             "it).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print {backend, engine_version, parameters, groups, "
+                                                       "path} as JSON.")] = False,
 ) -> None:
-    """Read BACKEND's parameter surface and write <backend>-<version>.json into the shared package's snapshots."""
+    """Read BACKEND's parameter surface and write <backend>-<version>.json into --out (a user folder by default)."""
     from lem_planner.params.discover import discover, write_snapshot
     from lem_planner.params.static import SourceError
 
@@ -56,12 +68,20 @@ def params_discover(
         snapshot = discover(name, source)
     except SourceError as exc:
         raise _fail(f"{exc}") from None
-    path = write_snapshot(snapshot, out)
+    path = write_snapshot(snapshot, out or default_out())
     groups: dict[str, int] = {}
     for parameter in snapshot["parameters"]:
         groups[parameter["group"]] = groups.get(parameter["group"], 0) + 1
+    if as_json:
+        typer.echo(json.dumps({"backend": name, "engine_version": snapshot["engine_version"],
+                               "parameters": len(snapshot["parameters"]), "groups": groups, "path": str(path)},
+                              indent=2))
+        return
     summary = ", ".join(f"{group} {count}" for group, count in groups.items())
-    typer.echo(f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) -> {path}")
+    typer.echo(f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) "
+               f"written to {path}")
+    if path.parent.resolve() != COMMITTED.resolve():
+        typer.echo(f"plan-time checks read the committed snapshots: to commit it, run again with --out {COMMITTED}")
 
 
 @params_cli.command("coverage")
@@ -71,8 +91,6 @@ def params_coverage(
                                                        "missing, ...}} on stdout.")] = False,
 ) -> None:
     """Per backend: relevant parameters exposed first-class, reachable through extra, not exposed; coverage %."""
-    import json
-
     from lem_shared.params.coverage import coverage
 
     names = [backend.value] if backend else [b.value for b in Backend]
