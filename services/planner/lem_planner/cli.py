@@ -7,6 +7,7 @@ Heavy modules (SQLAlchemy, the models, Celery, redis) are imported inside the co
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -68,7 +69,8 @@ def doctor_command(as_json: Annotated[bool, typer.Option("--json", help="Print J
     doctor(json=as_json)
 
 # Piped output (make, CI logs) gets a fixed width wide enough for the results table instead of rich's 80.
-out = Console() if sys.stdout.isatty() else Console(width=140)
+# Not a terminal: 140 columns, unless COLUMNS says otherwise.
+out = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=140)
 err = Console(stderr=True) if sys.stderr.isatty() else Console(stderr=True, width=140)
 
 EXIT_BAD_INPUT = 2
@@ -316,49 +318,87 @@ def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -
 _MAX_COLUMNS = 6
 
 
+_LABEL_VALUE_CHARS = 24  # longer values are cut in labels and captions
+_LABEL_KEYS = 5  # a label names at most this many of the keys that vary (the rest: `lem results show --json`)
+
+
+def _key_value(key: str, value: Any) -> str:
+    text = str(value)
+    return f"{key}={text if len(text) <= _LABEL_VALUE_CHARS else text[:_LABEL_VALUE_CHARS - 1] + '…'}"
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Each dotted key by its last part, or as many last parts as tell it from the others."""
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if not any(other != key and other.split(".")[-n:] == parts[-n:] for other in keys):
+                break
+        short[key] = name
+    return short
+
+
 def _describe_experiments(configs: list[dict[str, Any]]) -> tuple[list[str], str]:
-    """A short label per experiment (the parameters that vary) and a caption (the ones all share)."""
-    flat = [flatten(c) for c in configs]
-    keys = list(flat[0]) if flat else []
+    """A short label per experiment (the parameters that vary) and a caption (the ones all share); keys without
+    a value are left out, and a value shown once is not repeated under another key (imported configurations
+    hold model and backend twice)."""
+    flat = [{k: v for k, v in flatten(c).items() if v is not None} for c in configs]
+    keys = list(dict.fromkeys(k for f in flat for k in f))
     varying = [k for k in keys if len({repr(f.get(k)) for f in flat}) > 1]
-    labels = [" ".join(f"{k.rsplit('.', 1)[-1]}={f.get(k)}" for k in varying if f.get(k) is not None) or "(base)"
-              for f in flat]
-    shared = flat[0] if flat else {}
-    common = [k for k in keys if k not in varying and k.split(".")[-1] not in ("kind", "seed")]
-    caption = " ".join(f"{k.rsplit('.', 1)[-1]}={shared[k]}" for k in common)
-    return labels, caption
+    short = _short_keys(keys)
+
+    def text(f: dict[str, Any], names: list[str], most: int | None = None) -> str:
+        parts, shown = [], set()
+        for k in names:
+            if k in f and repr(f[k]) not in shown:
+                shown.add(repr(f[k]))
+                parts.append(_key_value(short[k], f[k]))
+        if most is not None and len(parts) > most:
+            parts = [*parts[:most], f"(+{len(parts) - most} more)"]
+        return " ".join(parts)
+
+    labels = [text(f, varying, _LABEL_KEYS) or "(base)" for f in flat]
+    common = [k for k in keys if k not in varying and all(k in f for f in flat)
+              and k.split(".")[-1] not in ("kind", "seed")]
+    return labels, text(flat[0], common) if flat else ""
 
 
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def _results_table(campaign_id: int) -> None:
-    from lem_planner.results import run_records
+def _metric_column(table: Table, header: str) -> None:
+    """A figure column: never wrapped nor shrunk (labels and statuses give up the width instead)."""
+    table.add_column(header, justify="right", no_wrap=True)
+
+
+def _results_table(campaign_id: int, legend: bool = True) -> None:
+    """A row per run; ``legend``: first the label of each experiment (``show`` gives them in its experiments
+    table after)."""
+    from lem_planner.results import j_per_token_text, run_records
 
     records = run_records(campaign_id)
     configs = {r["experiment_index"]: r["experiment"] for r in records}
     labels, caption = _describe_experiments([configs[i] for i in sorted(configs)])
-    label_of = dict(zip(sorted(configs), labels, strict=True))
+    if legend:
+        for index, label in zip(sorted(configs), labels, strict=True):
+            out.print(f"exp {index}: {label}", highlight=False)
     table = Table(title=f"campaign {campaign_id}", caption=caption)
-    for column in ("exp", "experiment", "cycle", "status", "tokens/s", "latency s", "TTFT s", "energy J", "mJ/token",
-                   "verdict"):
-        table.add_column(column, justify="left" if column in ("experiment", "status") else "right",
-                         no_wrap=column in ("experiment", "energy J"))
+    table.add_column("exp", justify="right", no_wrap=True)
+    table.add_column("cycle", justify="right", no_wrap=True)
+    table.add_column("status", overflow="fold")
+    for header in ("tokens\nper s", "latency\ns", "TTFT\ns", "energy\nJ", "energy\nper token"):
+        _metric_column(table, header)
     for r in records:
-        if r["energy_j"] is not None:
-            energy = f"{r['energy_j']:.1f}"
-        elif r["status"] == "done":
-            no_nvml = (r["energy_note"] or "").startswith("n/a (no NVML)")
-            energy = "n/a (no NVML)" if no_nvml else "n/a"
-        else:
-            energy = "-"
-        table.add_row(str(r["experiment_index"]), label_of[r["experiment_index"]], str(r["cycle"]),
-                      r["status"] if not r["error"] else f"{r['status']}: {r['error']}",
+        status = f"{r['status']}: {r['error']}" if r["error"] else r["status"]
+        table.add_row(str(r["experiment_index"]), str(r["cycle"]),
+                      f"{status} ({r['verdict']})" if r["verdict"] else status,
                       _fmt(r["tokens_per_s"], ".1f"), _fmt(r["latency_mean_s"], ".3f"),
-                      _fmt(r["ttft_mean_s"], ".3f"), energy,
-                      _fmt(r["j_per_token"] * 1000 if r["j_per_token"] is not None else None, ".2f"),
-                      r["verdict"] or "-")
+                      _fmt(r["ttft_mean_s"], ".3f"),
+                      _fmt(r["energy_j"], ".1f") if r["energy_j"] is not None or r["status"] != "done" else "n/a",
+                      j_per_token_text(r["j_per_token"]) if r["status"] == "done" else "-")
     out.print(table)
     notes = {r["energy_note"] for r in records if r["energy_j"] is None and r["energy_note"]}
     for note in sorted(notes):
@@ -508,32 +548,41 @@ def campaign_validate(file: str, as_json: Annotated[bool, typer.Option(
         out.print(f"  {i}: {label}", highlight=False)
 
 
+def _ci_cell(metric: dict[str, Any], spec: str, scale: float = 1.0) -> str:
+    """A mean with its interval below it, one end a line, so figure columns stay narrow."""
+    if metric["mean"] is None:
+        return "n/a"
+    mean = format(metric["mean"] * scale, spec)
+    if metric["ci_low"] is None or metric["ci_high"] is None:
+        return f"{mean}\n(no CI)"
+    return f"{mean}\n[{metric['ci_low'] * scale:{spec}},\n{metric['ci_high'] * scale:{spec}}]"
+
+
 def _experiments_table(campaign_id: int, summaries: list[dict[str, Any]]) -> None:
     if not summaries:
         return
-    from lem_shared.stats import ci_text
-
-    def _with_ci(metric: dict[str, Any], spec: str, scale: float = 1.0) -> str:
-        return ci_text(metric, spec, scale, sep="\n")  # the interval on a line of its own
+    from lem_planner.results import j_per_token_text, summary_notes
 
     labels, _ = _describe_experiments([e["experiment"] for e in summaries])
     ci = summaries[0]["ci"]
     table = Table(title=f"campaign {campaign_id}: mean [{ci['confidence']:.0%} CI] across done cycles",
                   caption=f"{ci['method']}, {ci['resamples']:,} resamples, seed {ci['seed']}")
-    columns = ("exp", "experiment", "done", "tokens/s", "mJ/token", "energy J", "TTFT s", "ITL ms")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "experiment" else "right",
-                         no_wrap=column == "experiment")
+    table.add_column("exp", justify="right", no_wrap=True)
+    table.add_column("experiment", overflow="fold")
+    table.add_column("done", justify="right", no_wrap=True)
+    for header in ("tokens\nper s", "energy\nper token", "energy\nJ", "TTFT\ns", "ITL\nms"):
+        _metric_column(table, header)
     for label, e in zip(labels, summaries, strict=True):
         m = e["metrics"]
+        per_token = m["j_per_token"]
         table.add_row(str(e["experiment_index"]), label, f"{e['runs_done']}/{e['runs']}",
-                      _with_ci(m["tokens_per_s"], ".1f"), _with_ci(m["j_per_token"], ".2f", 1000),
-                      _with_ci(m["energy_j"], ".1f"), _with_ci(m["ttft_mean_s"], ".3f"),
-                      _with_ci(m["itl_mean_s"], ".2f", 1000))
+                      _ci_cell(m["tokens_per_s"], ".1f"),
+                      j_per_token_text(per_token["mean"], per_token["ci_low"], per_token["ci_high"], sep="\n"),
+                      _ci_cell(m["energy_j"], ".1f"), _ci_cell(m["ttft_mean_s"], ".3f"),
+                      _ci_cell(m["itl_mean_s"], ".2f", 1000))
     out.print(table)
     for e in summaries:
-        reasons = sorted({r for r in (v["reason"] for v in e["metrics"].values()) if r})
-        for line in [*e["warnings"], *reasons]:
+        for line in summary_notes(e):
             out.print(f"exp {e['experiment_index']}: {line}", highlight=False)
 
 
@@ -561,7 +610,7 @@ def results_show(
     if as_json:
         _print_json({"campaign_id": campaign_id, "runs": records, "experiments": summaries})
     else:
-        _results_table(campaign_id)
+        _results_table(campaign_id, legend=False)
         _experiments_table(campaign_id, summaries)
 
 
@@ -580,26 +629,31 @@ class ExportLevel(StrEnum):
 def results_export(
     campaign_id: int,
     output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="csv, parquet or json (a list of records).")] =
-    ExportFormat.csv,
+    fmt: Annotated[ExportFormat | None, typer.Option(
+        "--format", help="csv, parquet or json (a list of records); by default the one the file's suffix names "
+        "(.csv, .parquet, .json).")] = None,
     level: Annotated[ExportLevel, typer.Option(help="run: a row per run; experiment: a row per experiment with "
                                                     "means and 95 % bootstrap CIs.")] = ExportLevel.run,
 ) -> None:
     """Write CAMPAIGN_ID's results to a file pandas reads as it is (`lem results columns` documents each
-    column: name, unit, meaning). The file appears whole or not at all: a failed write (exit 1) leaves what was
-    there; a target that is not a regular file, or in a folder that does not exist, is refused (exit 2)."""
-    from lem_planner.export import export
+    column: name, unit, type, meaning). The format is --format or the file's suffix; a --format the suffix
+    contradicts is refused (exit 2). The file appears whole or not at all: a failed write (exit 1) leaves what
+    was there; a target that is not a regular file, or in a folder that does not exist, is refused (exit 2)."""
+    from lem_planner.export import FormatError, export, format_for
     from lem_planner.results import campaign_exists
     from lem_planner.safe_write import OutputError, check_target
 
     try:
+        written_as = format_for(output, fmt.value if fmt else None)
         check_target(output)
         if not campaign_exists(_check_campaign_id(campaign_id)):
             raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT)
-        rows = export(campaign_id, output, fmt.value, level.value)
+        rows = export(campaign_id, output, written_as, level.value)
+    except FormatError as exc:
+        raise _fail(str(exc), EXIT_BAD_INPUT) from None
     except OutputError as exc:
         raise _fail(str(exc), exc.exit_code) from None
-    out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({fmt.value})", highlight=False)
+    out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({written_as})", highlight=False)
 
 
 # Their modules import only typer and rich until the command runs.
@@ -613,7 +667,8 @@ def results_columns(
     ExportLevel.run,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Every column of `lem results export`: name, unit, meaning."""
+    """Every column of `lem results export`: name, unit, type (int, float, bool, text, timestamp: Parquet's
+    schema, the same for every campaign), meaning."""
     from dataclasses import asdict
 
     from lem_planner.export import COLUMNS, CONFIG_COLUMN
@@ -622,9 +677,9 @@ def results_columns(
     if as_json:
         _print_json([asdict(c) for c in columns])
         return
-    table = Table("column", "unit", "meaning", title=f"lem results export --level {level.value}")
+    table = Table("column", "unit", "type", "meaning", title=f"lem results export --level {level.value}")
     for c in columns:
-        table.add_row(c.name, c.unit, c.meaning)
+        table.add_row(c.name, c.unit, c.type, c.meaning)
     out.print(table)
 
 
@@ -639,28 +694,41 @@ def results_compare(
     """A and B side by side per metric: means with 95 % CIs, B's difference from A in %, and whether the CIs
     overlap (campaigns: experiments of the same config are paired, the rest by position)."""
     from lem_planner.compare import CompareError, compare
+    from lem_planner.results import j_per_token_text
     from lem_shared.stats import ci_text
 
     try:
-        rows = compare(a, b, resamples=resamples, seed=seed)
+        comparison = compare(a, b, resamples=resamples, seed=seed)
     except CompareError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     if as_json:
-        _print_json(rows)
+        _print_json({"rows": comparison.rows, "unpaired": comparison.unpaired, "notes": comparison.notes})
         return
     table = Table("A", "B", "metric", "A mean [95 % CI]", "B mean [95 % CI]", "B vs A", "CIs overlap",
                   title=f"lem results compare {a} {b}")
-    for r in rows:
-        scale = 1000 if r["metric"] in ("j_per_token", "itl_mean_s") else 1
-        unit = {"j_per_token": " mJ", "itl_mean_s": " ms"}.get(r["metric"], "")
-        overlap = {True: "yes (not shown to differ)", False: "no", None: "- (under 2 runs)"}[r["ci_overlap"]]
-        table.add_row(r["a"], r["b"], r["metric"] + unit,
-                      *(ci_text({"mean": r[f"{side}_mean"], "ci_low": r[f"{side}_ci_low"],
-                                 "ci_high": r[f"{side}_ci_high"]}, ".4g", scale) for side in ("a", "b")),
+    for r in comparison.rows:
+        if r["metric"] == "j_per_token":
+            means = [j_per_token_text(r[f"{side}_mean"], r[f"{side}_ci_low"], r[f"{side}_ci_high"])
+                     for side in ("a", "b")]
+        else:
+            scale = 1000 if r["metric"] == "itl_mean_s" else 1
+            means = [ci_text({"mean": r[f"{side}_mean"], "ci_low": r[f"{side}_ci_low"],
+                              "ci_high": r[f"{side}_ci_high"]}, ".4g", scale) for side in ("a", "b")]
+        if r["ci_overlap"] is None:
+            overlap = f"- ({r['a_reason'] or r['b_reason']})"
+        else:
+            overlap = "yes (not shown to differ)" if r["ci_overlap"] else "no"
+            if r["a_warning"] or r["b_warning"]:
+                overlap += " (unreliable: under 3 cycles)"
+        table.add_row(r["a"], r["b"], r["metric"] + (" ms" if r["metric"] == "itl_mean_s" else ""), *means,
                       _fmt(r["diff_pct"], "+.1f") + (" %" if r["diff_pct"] is not None else ""), overlap)
     out.print(table)
-    paired = {r["paired"] for r in rows}
-    if "by position" in paired:
+    for experiment, notes in comparison.notes.items():
+        for line in notes:
+            out.print(f"{experiment}: {line}", highlight=False)
+    if comparison.unpaired:
+        out.print(f"without a partner, not compared: {', '.join(comparison.unpaired)}", highlight=False)
+    if any(r["paired"] == "by position" for r in comparison.rows):
         out.print("some experiments differ in config and were paired by position", highlight=False)
 
 

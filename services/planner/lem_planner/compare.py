@@ -3,7 +3,9 @@
 Campaigns are compared experiment by experiment: experiments with the same config hash are paired, the rest in
 order of their index. For each pair and each summary metric: both means with their 95 % bootstrap intervals,
 the difference of B from A in %, and whether the intervals overlap (no overlap: a difference the repetitions
-support; overlap: not shown to differ).
+support; overlap: not shown to differ). Both sides are campaigns or both experiments; an experiment of one
+campaign without a partner in the other is listed as unpaired. Under 3 cycles an interval comes with the warning
+``show`` gives (``summary_notes``); a metric without an interval says why (no energy without NVML, 1 cycle).
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from lem_planner.results import MAX_ID, SUMMARY_METRICS, campaign_exists, run_records, summarise_experiment
+from lem_planner.results import (
+    MAX_ID,
+    SUMMARY_METRICS,
+    campaign_exists,
+    run_records,
+    summarise_experiment,
+    summary_notes,
+)
 from lem_shared.db.models import Experiment
 from lem_shared.db.session import session_scope
 
@@ -56,8 +65,9 @@ def _summaries(side: Side, resamples: int, seed: int) -> list[dict[str, Any]]:
             for i in indices]
 
 
-def _pairs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[dict, dict, str]]:
-    """Same config hash first, then the remaining ones in index order."""
+def _pairs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[list[tuple[dict, dict, str]], list, list]:
+    """Same config hash first, then the remaining ones in index order; and the experiments of A and of B left
+    without a partner."""
     pairs, left = [], list(b)
     for x in a:
         match = next((y for y in left if y["config_hash"] == x["config_hash"]), None)
@@ -66,7 +76,8 @@ def _pairs(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> list[tuple[dict,
             left.remove(match)
     unpaired = [x for x in a if all(x is not p[0] for p in pairs)]
     pairs += [(x, y, "by position") for x, y in zip(unpaired, left, strict=False)]
-    return sorted(pairs, key=lambda p: p[0]["experiment_index"])
+    return (sorted(pairs, key=lambda p: p[0]["experiment_index"]), unpaired[len(left):],
+            left[len(unpaired):])
 
 
 def _overlap(x: dict[str, Any], y: dict[str, Any]) -> bool | None:
@@ -75,22 +86,36 @@ def _overlap(x: dict[str, Any], y: dict[str, Any]) -> bool | None:
     return x["ci_low"] <= y["ci_high"] and y["ci_low"] <= x["ci_high"]
 
 
-def compare(a: str, b: str, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
-    """One row per (pair, metric): ``a``/``b`` experiment, means and CIs, ``diff_pct`` (B vs A) and
-    ``ci_overlap`` (None when either side has fewer than 2 runs with a figure)."""
+@dataclass(frozen=True)
+class Comparison:
+    rows: list[dict[str, Any]]  # one per (pair, metric)
+    unpaired: list[str]  # "campaign:index" of the experiments without a partner
+    notes: dict[str, list[str]]  # "campaign:index" -> its summary_notes (interval warnings, missing figures)
+
+
+def compare(a: str, b: str, resamples: int = 2000, seed: int = 0) -> Comparison:
+    """Per (pair, metric) a row: ``a``/``b`` experiment, means and CIs, their warnings and reasons, ``diff_pct``
+    (B vs A) and ``ci_overlap`` (None when either side has no interval: ``a_reason``/``b_reason`` say why)."""
     side_a, side_b = Side.parse(a), Side.parse(b)
-    rows = []
-    for x, y, how in _pairs(_summaries(side_a, resamples, seed), _summaries(side_b, resamples, seed)):
+    if (side_a.experiment_index is None) != (side_b.experiment_index is None):
+        raise CompareError(f"{a} {b}: compare two campaigns (12 13) or two experiments (12:0 13:0), not a campaign "
+                           "with an experiment")
+    pairs, alone_a, alone_b = _pairs(_summaries(side_a, resamples, seed), _summaries(side_b, resamples, seed))
+    rows, notes = [], {}
+    for x, y, how in pairs:
+        name_a = f"{side_a.campaign_id}:{x['experiment_index']}"
+        name_b = f"{side_b.campaign_id}:{y['experiment_index']}"
+        notes.update({name_a: summary_notes(x), name_b: summary_notes(y)})
         for metric in SUMMARY_METRICS:
             mx, my = x["metrics"][metric], y["metrics"][metric]
             diff = (100 * (my["mean"] - mx["mean"]) / mx["mean"]
                     if mx["mean"] not in (None, 0) and my["mean"] is not None else None)
             rows.append({
-                "a": f"{side_a.campaign_id}:{x['experiment_index']}",
-                "b": f"{side_b.campaign_id}:{y['experiment_index']}",
-                "paired": how, "metric": metric,
-                "a_mean": mx["mean"], "a_ci_low": mx["ci_low"], "a_ci_high": mx["ci_high"], "a_n": mx["n"],
-                "b_mean": my["mean"], "b_ci_low": my["ci_low"], "b_ci_high": my["ci_high"], "b_n": my["n"],
+                "a": name_a, "b": name_b, "paired": how, "metric": metric,
+                **{f"{side}_{key}": m[key] for side, m in (("a", mx), ("b", my))
+                   for key in ("mean", "ci_low", "ci_high", "n", "warning", "reason")},
                 "diff_pct": diff, "ci_overlap": _overlap(mx, my),
             })
-    return rows
+    unpaired = [f"{side_a.campaign_id}:{x['experiment_index']}" for x in alone_a] + \
+        [f"{side_b.campaign_id}:{y['experiment_index']}" for y in alone_b]
+    return Comparison(rows=rows, unpaired=unpaired, notes={k: v for k, v in notes.items() if v})

@@ -82,6 +82,7 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
         for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle)):
             m = run.metrics
             ttfts = ttft_values(batches_of[run.id])
+            latencies = [b.latency_s for b in batches_of[run.id]]
             records.append({
                 "run_id": run.id,
                 "run_key": run.run_key,
@@ -103,7 +104,9 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
                 "duration_s": m.duration_s if m else None,
                 "tokens_per_s": m.tokens_per_s if m else None,
                 "latency_mean_s": m.latency_mean_s if m else None,
-                "latency_p95_s": m.latency_p95_s if m else None,
+                # p50 as stored (imported runs have it without batches); p90/p99 from the batches
+                "latency_p50_s": m.latency_p50_s if m else None,
+                **{f"latency_p{q}_s": percentile(latencies, q) if latencies else None for q in (90, 99)},
                 "ttft_mean_s": m.ttft_mean_s if m else None,
                 **{f"ttft_p{q}_s": percentile(ttfts, q) if ttfts else None for q in (50, 90, 99)},
                 "itl_mean_s": inter_token_latency(batches_of[run.id]) if m else None,
@@ -202,3 +205,26 @@ def experiment_summaries(
     for record in records if records is not None else run_records(campaign_id):
         by_experiment[record["experiment_index"]].append(record)
     return [summarise_experiment(by_experiment[i], resamples=resamples, seed=seed) for i in sorted(by_experiment)]
+
+
+def summary_notes(summary: dict[str, Any]) -> list[str]:
+    """What ``show`` and ``compare`` print under an experiment's figures: its interval warnings (fewer than 3
+    cycles) and why a metric has no figure or no interval."""
+    reasons = sorted({m["reason"] for m in summary["metrics"].values() if m["reason"]})
+    return [*summary["warnings"], *reasons]
+
+
+_ENERGY_UNITS = ((1e3, "kJ"), (1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"))
+
+
+def j_per_token_text(value: float | None, low: float | None = None, high: float | None = None,
+                     sep: str = " ") -> str:
+    """Energy per token in the unit its size calls for, three significant figures (4.46 J/token, 12.3 mJ/token);
+    an interval, when given, in the same unit: ``4.46 J/token [4.40, 4.52]``. ``n/a`` without a value."""
+    if value is None:
+        return "n/a"
+    scale, unit = next(((s, u) for s, u in _ENERGY_UNITS if abs(value) >= s), _ENERGY_UNITS[-1])
+    text = f"{value / scale:.3g} {unit}/token"
+    if low is None or high is None:
+        return text
+    return f"{text}{sep}[{low / scale:.3g}, {high / scale:.3g}]"
