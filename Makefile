@@ -82,8 +82,8 @@ test: services  ## the test suite (real Redis, PostgreSQL, Celery workers and CP
 	scripts/services.sh browser
 	$(BIN)/python -m pytest
 
-flower: setup  ## Flower on http://127.0.0.1:5555
-	$(BIN)/lem-flower --address=127.0.0.1 --port=5555
+flower: setup  ## Flower on http://127.0.0.1:5555 in the background (log .run/flower.log; `make down` stops it)
+	scripts/services.sh flower
 
 beat: migrate  ## celery beat in the foreground: fires the schedules of `lem schedule` (exactly one may run)
 	$(BIN)/lem-beat

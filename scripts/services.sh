@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local services without Docker: make sure Redis and PostgreSQL answer, and start / stop the background
-# processes (telemetry, the control worker, one pytorch worker, beat) with pid files in .run/. Never stops by name.
+# processes (telemetry, the control worker, one pytorch worker, beat; Flower by `flower`) with pid files in .run/.
+# Never stops by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -114,6 +115,17 @@ up() {
   echo; echo "workers did not answer ping within 90 s; see $RUN/*.log" >&2; exit 1
 }
 
+flower() {  # Flower on http://127.0.0.1:5555 in the background (log .run/flower.log); `down` stops it
+  start flower "$VENV/bin/lem-flower" --address=127.0.0.1 --port=5555
+  for _ in $(seq 1 30); do
+    "$PY" -c "import urllib.request as u; u.urlopen('http://127.0.0.1:5555/healthcheck', timeout=1)" 2>/dev/null \
+      && { grep '^lem-flower:' "$RUN/flower.log" >&2 || true; echo "flower answers on http://127.0.0.1:5555"; return 0; }
+    alive flower || { echo "flower exited; its log:" >&2; tail -n 30 "$RUN/flower.log" >&2; exit 1; }
+    sleep 1
+  done
+  echo "flower did not answer on http://127.0.0.1:5555/healthcheck within 30 s; see $RUN/flower.log" >&2; exit 1
+}
+
 down() {
   for name in beat worker-pytorch control telemetry flower; do
     if alive "$name"; then
@@ -133,6 +145,6 @@ status() {
   done
 }
 
-command=${1:?usage: services.sh infra|browser|up|down|status}
+command=${1:?usage: services.sh infra|browser|up|flower|down|status}
 shift
 "$command" "$@"

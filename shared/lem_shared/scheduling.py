@@ -131,7 +131,7 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
     if not workers_by_backend:
         return []
     now = datetime.now(UTC)
-    to_send: list[RunRequest] = []
+    to_send: list[tuple[RunRequest, str]] = []
     with session_scope() as s:
         _lock(s)
         running = select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING)
@@ -156,14 +156,15 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
             ).all()
             for run, experiment, campaign in rows:
                 run.status, run.dispatched_at = RunStatus.DISPATCHED, now
-                to_send.append(run_request(run, experiment, campaign))
+                to_send.append((run_request(run, experiment, campaign),
+                                f"run {campaign.name}#{campaign.id}/experiment {experiment.index}/cycle {run.cycle}"))
     sent: list[RunRequest] = []
     try:
-        for request in to_send:
-            send_run(app, request)
+        for request, name in to_send:
+            send_run(app, request, name)
             sent.append(request)
     finally:
-        unsent = [r.run_id for r in to_send if r not in sent]
+        unsent = [r.run_id for r, _ in to_send if r not in sent]
         if unsent:  # the broker went away mid-way: those go back to pending, the next pass sends them
             with session_scope() as s:
                 s.execute(update(Run).where(Run.id.in_(unsent), Run.status == RunStatus.DISPATCHED)
@@ -171,10 +172,11 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
     return sent
 
 
-def send_run(app: Celery, request: RunRequest) -> None:
-    """The run key is the task id, so Flower, the broker and the database name a run the same way."""
+def send_run(app: Celery, request: RunRequest, name: str) -> None:
+    """The run key is the task id, so Flower, the broker and the database name a run the same way; `name` (the
+    task's shadow name, which Flower and the worker's log show instead of lem.run_experiment) is for people."""
     app.send_task(RUN_TASK, args=[request.model_dump(mode="json")], task_id=request.run_key,
-                  queue=queue_for(request.experiment["backend"]).value)
+                  queue=queue_for(request.experiment["backend"]).value, shadow=name)
 
 
 def broker_up_s(connection: redis.Redis) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     max_campaign_file_bytes: int = Field(default=1024 * 1024, ge=1, le=1024**3)
     max_grid_points: int = Field(default=1_000_000, ge=1, le=10**9)
     max_runs: int = Field(default=100_000, ge=1, le=10**8)
+
+    # lem-flower's login (HTTP basic auth), local and in compose; unset, Flower is unauthenticated on 127.0.0.1.
+    flower_user: str = ""
+    flower_password: SecretStr = SecretStr("")
 
 
 @lru_cache

@@ -79,14 +79,16 @@ def _poll(check: Callable[[], Any], what: str, flower: Flower, timeout: float) -
 
 @pytest.fixture
 def flower(stack_env: dict[str, str], workers, tmp_path: Path) -> Iterator[Flower]:  # noqa: ANN001
-    port, auth = _free_port(), f"lem-test:{secrets.token_urlsafe(16)}"
-    # Only the command line configures it: no FLOWER_* from the caller's environment (FLOWER_UNAUTHENTICATED_API…).
-    env = {k: v for k, v in stack_env.items() if not k.startswith("FLOWER_")}
+    user, password = "lem-test", secrets.token_urlsafe(16)
+    port, auth = _free_port(), f"{user}:{password}"
+    # The login comes from LEM_FLOWER_USER/PASSWORD, as compose passes them; no FLOWER_* from the caller's
+    # environment (FLOWER_UNAUTHENTICATED_API…).
+    env = {k: v for k, v in stack_env.items() if not k.startswith(("FLOWER_", "LEM_FLOWER_"))}
+    env |= {"LEM_FLOWER_USER": user, "LEM_FLOWER_PASSWORD": password}
     log_path = tmp_path / "flower.log"
     log = open(log_path, "w")  # noqa: SIM115 - closed in the finaliser
     proc = subprocess.Popen(
-        [str(BIN / "lem-flower"), "--address=127.0.0.1", f"--port={port}",
-         f"--basic-auth={auth}"],
+        [str(BIN / "lem-flower"), "--address=127.0.0.1", f"--port={port}"],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     handle = Flower(f"http://127.0.0.1:{port}", auth, log_path)
@@ -131,7 +133,15 @@ def _kinds(names: set[str]) -> set[str]:
     return {n.split("@")[0] for n in names}
 
 
-def _succeeded(flower: Flower, task_name: str, count: int) -> dict[str, dict] | None:
+def _succeeded(flower: Flower, task_ids: set[str]) -> dict[str, dict] | None:
+    """Flower's tasks of those ids, once all of them have reached SUCCESS."""
+    status, body = flower.get("/api/tasks")
+    done = {task_id: t for task_id, t in body.items() if task_id in task_ids and t.get("state") == "SUCCESS"} \
+        if status == 200 else {}
+    return done if set(done) == task_ids else None
+
+
+def _succeeded_named(flower: Flower, task_name: str, count: int) -> dict[str, dict] | None:
     """Flower's tasks of that name, by task id, once `count` of them have reached SUCCESS."""
     status, body = flower.get(f"/api/tasks?taskname={task_name}")
     done = {task_id: t for task_id, t in body.items() if t.get("state") == "SUCCESS"} if status == 200 else {}
@@ -161,6 +171,7 @@ def test_flower_api_needs_credentials_and_shows_the_campaigns_workers_and_tasks(
                       if c["name"] == TINY["name"])
     records = json.loads(lem("results", "show", str(campaign_id), "--json").stdout)
     run_keys = {r["run_key"] for r in records}
+    task_names = {r["run_key"]: f"run {TINY['name']}#{campaign_id}/experiment 0/cycle {r['cycle']}" for r in records}
     assert len(run_keys) == TINY["cycles"] and all(r["status"] == "done" for r in records)
 
     names = _poll(lambda: (w := _listed_workers(flower)) and _kinds(w) >= {"pytorch", "control"} and w,
@@ -168,13 +179,13 @@ def test_flower_api_needs_credentials_and_shows_the_campaigns_workers_and_tasks(
     pytorch = next(n for n in names if n.startswith("pytorch@"))
 
     # This Flower started before the campaign and saw only its tasks: one lem.run_experiment per run, its task id
-    # the run key, run by the pytorch worker; one lem.control.finalise_run per run, on the control worker.
-    runs = _poll(lambda: _succeeded(flower, RUN_TASK, len(run_keys)), f"{RUN_TASK} tasks in state SUCCESS",
-                 flower, timeout=20)
-    assert set(runs) == run_keys, runs
-    for task in runs.values():
-        assert task["name"] == RUN_TASK and task["state"] == "SUCCESS" and task["worker"] == pytorch, task
-    finalised = _poll(lambda: _succeeded(flower, FINALISE_TASK, len(run_keys)),
+    # the run key, named for people (campaign, experiment, cycle), run by the pytorch worker; one
+    # lem.control.finalise_run per run, on the control worker.
+    runs = _poll(lambda: _succeeded(flower, run_keys), "the run tasks in state SUCCESS", flower, timeout=20)
+    for task_id, task in runs.items():
+        assert task["name"] == task_names[task_id] and task["worker"] == pytorch, task
+    assert flower.get(f"/api/tasks?taskname={RUN_TASK}")[1] == {}  # the shadow name replaces the task's name
+    finalised = _poll(lambda: _succeeded_named(flower, FINALISE_TASK, len(run_keys)),
                       f"{FINALISE_TASK} tasks in state SUCCESS", flower, timeout=20)
     assert len(finalised) == len(run_keys), finalised
     for task in finalised.values():
