@@ -11,6 +11,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
+from lem_shared.analysis import ENERGY_CHECKS, NO_TELEMETRY
 from lem_shared.contracts import RunRequest
 from lem_shared.db.models import BatchTimingRow, Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
@@ -68,7 +69,19 @@ def test_campaign_runs_end_to_end_and_lands_in_postgres(finished_campaign: int) 
             timings = s.scalars(select(BatchTimingRow).where(BatchTimingRow.run_id == run.id)).all()
             assert len(timings) == m.passes * 4 // batch_size
             assert sum(t.output_tokens for t in timings) == m.output_tokens
-            assert m.warmup_iterations >= 3 and m.verdict is None
+            assert m.warmup_iterations >= 3
+            # No GPU telemetry, yet a verdict: from the checks that need none, by the GPU runs' rules.
+            checks = {c["name"]: c for c in (m.analysis or {}).get("checks", [])}
+            assert checks["tokens_counted"]["status"] == "pass"
+            assert checks["window_duration"]["status"] == "pass"  # the window repeats until min_window_s
+            assert checks["warmup_converged"]["status"] == ("pass" if m.warmup_converged else "warning")
+            assert f"vs {0.05:g}" in checks["warmup_converged"]["message"]
+            assert checks["latency_spread"]["status"] in ("pass", "warning")
+            assert "batch latency CV" in checks["latency_spread"]["message"]
+            assert all(checks[n]["status"] == "skipped" and checks[n]["message"] == NO_TELEMETRY
+                       for n in ENERGY_CHECKS)
+            statuses = {c["status"] for c in checks.values()}
+            assert m.verdict == ("warning" if "warning" in statuses else "valid")
 
 
 def test_results_show_and_campaign_list_return_it(finished_campaign: int, lem) -> None:  # noqa: ANN001
@@ -81,6 +94,7 @@ def test_results_show_and_campaign_list_return_it(finished_campaign: int, lem) -
     assert all(r["tokens_per_s"] > 0 and r["energy_j"] is None for r in records)
     table = lem("results", "show", str(finished_campaign)).stdout
     assert "batch_size=1" in table and "n/a (no NVML)" in table
+    assert all(r["verdict"] in ("valid", "warning") and r["checks"] for r in records)
 
 
 def test_redelivered_task_for_a_finished_run_does_nothing(finished_campaign: int, celery_app) -> None:  # noqa: ANN001
