@@ -493,6 +493,7 @@ def _idle_active_section(data: CampaignData, figures: FigureFiles) -> str:
 
 
 def _experiments_section(data: CampaignData) -> str:
+    from lem_planner.results import j_per_token_text
     from lem_shared.stats import ci_text
 
     rows = []
@@ -500,26 +501,32 @@ def _experiments_section(data: CampaignData) -> str:
         m = e["metrics"]
         notes = [*e["warnings"], *sorted({v["reason"] for v in m.values() if v["reason"]})]
         label = _e(data.labels.get(e["experiment_index"]))
+        per_token = m["j_per_token"]
+        energy_per_token = j_per_token_text(per_token["mean"], per_token["ci_low"], per_token["ci_high"])
         rows.append(f"<tr><td>e{e['experiment_index']}</td><td class=label>{label}</td>"
                     f"<td>{_e(e['backend'])}</td><td class=num>{e['runs_done']}/{e['runs']}</td>"
-                    f"<td class=num>{ci_text(m['j_per_token'], '.2f', 1000)}</td>"
+                    f"<td class=num>{energy_per_token}</td>"
                     f"<td class=num>{ci_text(m['tokens_per_s'], '.1f')}</td>"
                     f"<td class=num>{ci_text(m['energy_j'], '.1f')}</td>"
                     f"<td>{_e('; '.join(notes))}</td></tr>")
     return ('<section id="experiments"><h2>Experiments</h2><table id="experiments-table"><thead><tr><th>exp</th>'
-            "<th>experiment</th><th>backend</th><th>done</th><th>mJ/token [95 % CI]</th>"
+            "<th>experiment</th><th>backend</th><th>done</th><th>energy per token [95 % CI]</th>"
             "<th>tokens/s [95 % CI]</th><th>energy J [95 % CI]</th><th>notes</th></tr></thead><tbody>"
             + "".join(rows) + "</tbody></table></section>")
 
 
 def _validity_section(data: CampaignData) -> str:
+    from lem_planner.results import j_per_token_text
+
     rows = []
     for r in data.records:
         flagged = [c for c in (r["checks"] or []) if c.get("status") in ("fail", "warning")]
         items = "".join(f'<li class="{_e(c["status"])}"><b>{_e(c["status"])}</b> {_e(c.get("name"))}: '
                         f'{_e(c.get("message"))}</li>' for c in flagged)
+        passed = sum(1 for c in (r["checks"] or []) if c.get("status") == "pass")
         if not flagged and r["checks"]:
-            checks = f"all {len(r['checks'])} passed"
+            not_applicable = len(r["checks"]) - passed
+            checks = f"all {passed} passed" + (f" ({not_applicable} n/a)" if not_applicable else "")
         elif not flagged:
             checks = _e(r["error"] or r["energy_note"] or "no checks (not finalised)")
         else:
@@ -528,7 +535,7 @@ def _validity_section(data: CampaignData) -> str:
         rows.append(f'<tr class="{_e(verdict)}" data-run="{r["run_id"]}"><td>e{r["experiment_index"]}</td>'
                     f"<td class=label>{_e(data.labels.get(r['experiment_index']))}</td><td class=num>{r['cycle']}</td>"
                     f"<td>{_e(r['status'])}</td><td class=verdict>{_e(r['verdict'] or '–')}</td>"
-                    f"<td class=num>{_fmt(r['j_per_token'], '.2f', 1000)}</td><td>{checks}</td></tr>")
+                    f"<td class=num>{j_per_token_text(r['j_per_token'])}</td><td>{checks}</td></tr>")
     counts = Counter(r["verdict"] for r in data.records if r["verdict"])
     unjudged = sum(1 for r in data.records if not r["verdict"])
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "No run has a verdict"
@@ -537,7 +544,7 @@ def _validity_section(data: CampaignData) -> str:
     elif unjudged:
         summary += " (no run is done with an energy figure)"
     return (f'<section id="validity"><h2>Validity</h2><p>{_e(summary)}.</p><table id="validity-table"><thead><tr>'
-            "<th>exp</th><th>experiment</th><th>cycle</th><th>status</th><th>verdict</th><th>mJ/token</th>"
+            "<th>exp</th><th>experiment</th><th>cycle</th><th>status</th><th>verdict</th><th>energy per token</th>"
             "<th>failed / warned checks</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
 
 
