@@ -18,8 +18,9 @@ from sqlalchemy import select
 from lem_shared.celery_app import make_celery
 from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import get_engine, session_scope
+from lem_shared.heartbeat import live_workers
 from lem_shared.queues import RUN_TASK, QueueName
-from lem_shared.scheduling import run_request
+from lem_shared.scheduling import redis_client, run_request
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import BIN
 from tests.integration.manifest import campaign_status, runs_of
@@ -169,6 +170,9 @@ def test_redis_restarted_mid_measurement_the_run_is_measured_once(stack: FaultSt
 def test_a_task_forged_on_the_broker_is_refused_and_the_manifest_is_measured(
     stack: FaultStack, tmp_path: Path
 ) -> None:
+    # `campaign run` sends a run for every live worker: the earlier tests' workers, stopped, keep a heartbeat for
+    # one lifetime, and the genuine message would then be queued ahead of the forged one
+    wait_for(lambda: not live_workers(redis_client()), 60, "the stopped workers' heartbeats to expire")
     campaign_id = start_campaign(stack, tmp_path, "forged", cycles=1)
     with session_scope() as s:
         run, experiment, campaign = s.execute(
