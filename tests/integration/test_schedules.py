@@ -253,7 +253,8 @@ def test_schedule_commands_refuse_bad_input_in_one_line(lem, tmp_path: Path) -> 
     inf.write_text(yaml.safe_dump({"name": "inf", "config_gap_s": float("inf"), "experiment": TINY}))
     cases = [
         (("add", str(path), "--every", "6x"), "error: --every: '6x' is not a duration"),
-        (("add", str(path), "--cron", "0 2 * *"), "error: --cron: '0 2 * *' is not a cron expression"),
+        (("add", str(path), "--cron", "0 2 * *"), "error: --cron: '0 2 * *' has 4 field(s); a cron expression has 5"),
+        (("add", str(path), "--cron", "61 * * * *"), "field 1 (minute) '61' is not valid: it takes 0-59"),
         (("add", str(path), "--at", "2001-01-01T00:00"), "error: --at: 2001-01-01T00:00:00Z is in the past"),
         (("add", str(path), "--every", "1h", "--overlap", "later"), "'later' is not one of"),
         (("add", str(bad), "--every", "1h"), "batch_size"),
