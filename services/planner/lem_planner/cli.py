@@ -287,26 +287,23 @@ def _run_summary(campaign_id: int, name: str, experiments: int, cycles: int) -> 
 
 def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -> str:
     """Wait until the campaign ends (a progress bar unless ``quiet``); its final status."""
+    from contextlib import nullcontext
+
     from lem_planner.results import campaign_progress
     from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 
     deadline = time.monotonic() + timeout
-    while quiet:
-        status, _ = campaign_progress(campaign_id)
-        if status != CampaignStatus.RUNNING:
-            return status
-        if time.monotonic() > deadline:
-            raise _fail(f"gave up waiting after {timeout:.0f} s; the campaign goes on: "
-                        f"`lem results show {campaign_id}`")
-        time.sleep(0.5)
-    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=out, transient=False) as progress:
-        bar = progress.add_task("runs", total=total)
+    progress = nullcontext() if quiet else Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=out, transient=False)
+    with progress:
+        bar = None if quiet else progress.add_task("runs", total=total)
         while True:
             status, counts = campaign_progress(campaign_id)
-            finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
-            detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-            progress.update(bar, completed=finished, description=f"campaign {campaign_id}: {detail}")
+            if bar is not None:
+                finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
+                detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+                progress.update(bar, completed=finished, description=f"campaign {campaign_id}: {detail}")
             if status != CampaignStatus.RUNNING:
                 return status
             if time.monotonic() > deadline:
