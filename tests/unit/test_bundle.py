@@ -168,8 +168,14 @@ def test_bad_input_is_refused_naming_what_to_fix(bundle, tmp_path: Path) -> None
         build(["appkit==1.0"], Target(PYTHON_VERSION), HOST, out)
     with pytest.raises(BundleError, match="line 2: 'torch==two' has no valid version"):
         parse_freeze("six==1.16.0\ntorch==two\n")
-    with pytest.raises(BundleError, match="--glibc 3.1"):
-        Target("3.12", glibc="3.1").platforms()
+    for glibc in ("3.1", "2.x", "2", "2.1e20", "nan"):
+        with pytest.raises(BundleError, match=f"--glibc {glibc}: give the host's glibc as 2.N"):
+            Target("3.12", glibc=glibc).platforms()
+    for python, mib in (("three", 47.0), ("3.12", float("inf")), ("3.12", float("nan")), ("3.12", -1.0),
+                        ("3.12", 1e20)):
+        with pytest.raises(BundleError, match="--python-version three|--part-mib"):
+            build(["appkit==1.0"], Target(python), HOST, tmp_path / "never", part_mib=mib)
+    assert not (tmp_path / "never").exists()
     assert parse_freeze(HOST) == {"hostlib": ("hostlib", "2.1"), "shadowme": ("shadowme", "1.0")}
     tags = Target("3.12", glibc="2.39").platforms()
     assert tags[0] == "manylinux_2_39_x86_64" and "manylinux2014_x86_64" in tags and tags[-1] == "linux_x86_64"

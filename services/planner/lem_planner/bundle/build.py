@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -52,7 +53,10 @@ class Target:
 
     def platforms(self) -> list[str]:
         """pip's ``--platform`` tags the host accepts, newest first (pip matches tags exactly)."""
-        major, minor = (int(x) for x in self.glibc.split("."))
+        parts = self.glibc.split(".")
+        if len(parts) != 2 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+            raise BundleError(f"--glibc {self.glibc}: give the host's glibc as 2.N (ldd --version), N >= 5")
+        major, minor = (int(x) for x in parts)
         if major != 2 or minor < 5:
             raise BundleError(f"--glibc {self.glibc}: give the host's glibc as 2.N (ldd --version), N >= 5")
         tags = [f"manylinux_2_{n}_{self.machine}" for n in range(minor, 4, -1)]
@@ -338,6 +342,9 @@ def build(requirements: list[str], target: Target, host_text: str, out: Path, *,
         except InvalidRequirement as exc:
             raise BundleError(f"requirement {requirement!r} is not valid ({exc}); write it as pip does: "
                               "'vllm==0.26.0'") from None
+    if not re.fullmatch(r"3\.\d{1,2}", target.python_version):
+        raise BundleError(f"--python-version {target.python_version}: give the host's Python as 3.N (python3 -V)")
+    target.platforms()  # a bad --glibc is refused before anything is resolved
     if not 0 < part_mib <= 4096:
         raise BundleError(f"--part-mib {part_mib}: give a part size between 0 and 4096 MiB")
     out = out.resolve()
