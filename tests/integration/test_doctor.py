@@ -58,3 +58,50 @@ def test_doctor_exits_1_with_a_fix_when_the_database_is_not_there(stack_env: dic
     assert "lem_doctor_no_such_database" in checks["database"]["detail"]
     assert "lem db upgrade" in checks["database"]["fix"]
     assert checks["broker"]["status"] == "ok"
+
+
+def test_a_broker_that_is_down_fails_the_probe_within_its_timeout() -> None:
+    import socket
+    import time
+
+    from lem_planner.doctor import BROKER_TIMEOUT_S, check_broker
+
+    with socket.socket() as closed, socket.socket() as silent:
+        closed.bind(("127.0.0.1", 0))  # bound, not listening: the port refuses
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel completes the connection, nobody ever answers PING
+        for sock, says in [(closed, "Connection refused"), (silent, f"no answer within {BROKER_TIMEOUT_S:g} s")]:
+            started = time.monotonic()
+            check = check_broker(f"redis://:hunter2@127.0.0.1:{sock.getsockname()[1]}/0")
+            took = time.monotonic() - started
+            assert check.status == "fail" and says in check.detail and "hunter2" not in check.detail, check
+            assert check.fix == "start Redis (`make services`) or set LEM_BROKER_URL"
+            assert took < 3.0, (says, took)  # one attempt of BROKER_TIMEOUT_S: no retries with back-off
+
+
+def test_doctor_with_the_broker_down_exits_1_and_stderr_stays_empty_off_a_terminal(
+        stack_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        env = {**stack_env, "LEM_BROKER_URL": f"redis://127.0.0.1:{closed.getsockname()[1]}/0"}
+        command = [str(Path(sys.executable).with_name("lem")), "doctor", "--json"]
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    payload, checks = _checks(result)
+    assert result.returncode == 1 and result.stderr == ""
+    assert checks["broker"]["status"] == "fail" and "Connection refused" in checks["broker"]["detail"]
+    assert checks["workers"]["detail"] == "cannot ask: the broker is unreachable"
+    assert checks["database"]["status"] == "ok"
+
+
+def test_doctor_on_a_terminal_shows_each_check_as_it_completes_on_stderr_only(stack_env: dict[str, str]) -> None:
+    from tests.terminal import stderr_on_a_terminal
+
+    _, stdout, shown = stderr_on_a_terminal([str(Path(sys.executable).with_name("lem")), "doctor", "--json"],
+                                            stack_env)
+    payload = json.loads(stdout)  # stdout is the JSON and nothing else
+    positions = [shown.find(f"{check['name']}: ") for check in payload["checks"]]
+    assert all(p >= 0 for p in positions), shown[-3000:]
+    assert positions == sorted(positions)  # in the order they were made
+    assert "asking the workers which queues they consume" in shown

@@ -178,3 +178,17 @@ def test_committed_snapshots_parse_and_hold_known_parameters(backend: str, expec
         assert snapshot["backend"] == backend
         assert all(set(p) >= KEYS for p in snapshot["parameters"])
         assert expected <= set(_by_key(snapshot["parameters"])), path.name
+
+
+def test_discover_on_a_terminal_says_what_it_reads_on_stderr_and_prints_only_json(tmp_path: Path) -> None:
+    import sys
+
+    from tests.terminal import stderr_on_a_terminal
+
+    lem = str(Path(sys.executable).with_name("lem"))
+    source = DATA / "trtllm_src"
+    status, stdout, shown = stderr_on_a_terminal([lem, "params", "discover", "trtllm", "--source", str(source),
+                                                  "--out", str(tmp_path), "--json"])
+    assert status == 0, shown
+    assert json.loads(stdout)["path"] == str(tmp_path / "trtllm-0.0.2.json")
+    assert f"trtllm: parsing {source}" in shown

@@ -13,10 +13,12 @@ import redis
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
+from lem_planner.progress import Steps
 from lem_shared.heartbeat import read_heartbeats
 from lem_shared.queues import QueueName
 from lem_shared.redact import redact
@@ -26,6 +28,9 @@ Status = Literal["ok", "warn", "fail"]
 # A GPU heartbeat whose last sample is older than this is stale (the daemon beats about every second).
 STALE_AFTER_S = 5.0
 TIMEOUT_S = 3.0
+# A broker that accepts connections but never answers (stopped, overloaded, a firewall dropping packets) fails the
+# probe after this long: one attempt, no retries, since doctor is asked "is it up?" and not "wait until it is".
+BROKER_TIMEOUT_S = 2.0
 
 
 @dataclass
@@ -42,13 +47,22 @@ def _first_line(error: BaseException) -> str:
 
 
 def check_broker(broker_url: str) -> Check:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    fix = "start Redis (`make services`) or set LEM_BROKER_URL"
     try:
-        client = redis.Redis.from_url(broker_url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
-        client.ping()
-        client.close()
+        client = redis.Redis.from_url(broker_url, socket_connect_timeout=BROKER_TIMEOUT_S,
+                                      socket_timeout=BROKER_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.TimeoutError as error:
+        return Check("broker", "fail", f"{redact(broker_url)}: no answer within {BROKER_TIMEOUT_S:g} s "
+                     f"({redact(str(error))})", fix)
     except redis.RedisError as error:
-        return Check("broker", "fail", f"{redact(broker_url)}: {redact(str(error))}",
-                     "start Redis (`make services`) or set LEM_BROKER_URL")
+        return Check("broker", "fail", f"{redact(broker_url)}: {redact(str(error))}", fix)
     return Check("broker", "ok", redact(broker_url))
 
 
@@ -139,21 +153,36 @@ def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list
     return checks, beats
 
 
-def run_checks() -> tuple[list[Check], list[dict[str, Any]]]:
-    settings = get_settings()
-    broker = check_broker(settings.broker_url)
-    checks = [broker, check_database(settings.database_url)]
-    checks += check_workers(broker.status == "ok")
-    telemetry, beats = check_telemetry(settings.broker_url, broker.status == "ok")
-    return checks + telemetry, beats
-
-
 _STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+
+
+def run_checks(steps: Steps | None = None) -> tuple[list[Check], list[dict[str, Any]]]:
+    """Every check, in order; ``steps`` shows each as it completes and names the one under way."""
+    settings = get_settings()
+    checks: list[Check] = []
+
+    def done(found: list[Check], next_step: str | None) -> None:
+        checks.extend(found)
+        if steps is not None:
+            for check in found:
+                steps.done(Text.assemble((f"{check.status:<4} ", _STYLE[check.status]), f"{check.name}: ",
+                                         check.detail))
+            if next_step:
+                steps.step(next_step)
+
+    broker = check_broker(settings.broker_url)
+    done([broker], "checking the database")
+    done([check_database(settings.database_url)], "asking the workers which queues they consume (2 s)")
+    done(check_workers(broker.status == "ok"), "reading the telemetry heartbeats")
+    telemetry, beats = check_telemetry(settings.broker_url, broker.status == "ok")
+    done(telemetry, None)
+    return checks, beats
 
 
 def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Check the broker, the database (and its schema), the workers per queue and the telemetry heartbeats."""
-    checks, beats = run_checks()
+    with Steps("checking the broker") as steps:
+        checks, beats = run_checks(steps)
     ok = all(check.status != "fail" for check in checks)
     if json:
         sys.stdout.write(jsonlib.dumps({"ok": ok, "checks": [asdict(c) for c in checks], "heartbeats": beats},

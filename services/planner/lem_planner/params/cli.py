@@ -64,8 +64,11 @@ def params_discover(
         if not Path(source).exists():
             raise _fail(f"--source {source} does not exist; pass a .whl or a source tree "
                         f"(get a wheel with `{_DOWNLOAD_HINT[name]}`)")
+    from lem_planner.progress import Steps
+
     try:
-        snapshot = discover(name, source)
+        with Steps(f"{name}: starting") as steps:
+            snapshot = discover(name, source, step=lambda text: steps.step(f"{name}: {text}"))
     except SourceError as exc:
         raise _fail(f"{exc}") from None
     path = write_snapshot(snapshot, out or default_out())

@@ -22,6 +22,7 @@ import ast
 import inspect
 import json
 import textwrap
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -153,27 +154,36 @@ def _compile() -> list[dict[str, Any]]:
     return out
 
 
-def discover_pytorch() -> tuple[str, str, list[dict[str, Any]]]:
-    """(transformers version, torch version, parameters) of the installed transformers and torch."""
+def discover_pytorch(step: Callable[[str], None] = lambda text: None) -> tuple[str, str, list[dict[str, Any]]]:
+    """(transformers version, torch version, parameters) of the installed transformers and torch; ``step`` is
+    told what is being read (importing the two takes most of the time)."""
+    step("importing transformers and torch")
     try:
         import torch
         import transformers
     except ImportError as exc:
         raise SourceError(f"pytorch discovery imports transformers and torch: {exc}") from None
-    return transformers.__version__, str(torch.__version__), _generation() + _loading() + _compile()
+    step("reading GenerationConfig and generate")
+    generation = _generation()
+    step("reading from_pretrained")
+    loading = _loading()
+    step("reading torch.compile")
+    return transformers.__version__, str(torch.__version__), generation + loading + _compile()
 
 
-def discover(backend: str, source: str | Path | None = None) -> dict[str, Any]:
+def discover(backend: str, source: str | Path | None = None,
+             step: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
     """The snapshot of `backend`'s parameters: introspection for pytorch, `source` (a wheel or source tree)
-    for vllm and trtllm."""
+    for vllm and trtllm; ``step`` is told what is being read."""
     components: dict[str, str] = {}
     if backend == "pytorch":
-        version, torch_version, parameters = discover_pytorch()
+        version, torch_version, parameters = discover_pytorch(step)
         components = {"transformers": version, "torch": torch_version}
         method = "introspection"
     elif backend in STATIC_SPECS:
         if source is None:
             raise SourceError(f"{backend} discovery needs a wheel or source tree")
+        step(f"parsing {source}")
         version, files, parameters = discover_static(backend, source)
         if version is None:
             raise SourceError(f"no engine version in {source} (no *.dist-info/METADATA, PKG-INFO or version.py)")
