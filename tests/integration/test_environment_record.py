@@ -15,7 +15,6 @@ from lem_shared.db.migrate import upgrade
 from lem_shared.db.models import Environment
 from lem_shared.runtime.adapter import DeviceInfo
 from lem_shared.runtime.environment import environment_snapshot
-from lem_shared.runtime.worker import _environment_id
 from lem_telemetry.environment_record import record_host_environment
 
 
@@ -60,7 +59,7 @@ def test_runs_in_the_same_environment_share_a_row(scratch_database: str) -> None
         later = copy.deepcopy(run)
         later["captured_at"] = "2031-01-01T00:00:00+00:00"
         with Session(engine) as s, s.begin():
-            assert _environment_id(s, run) == _environment_id(s, later)
+            assert Environment.id_for(s, run) == Environment.id_for(s, later)
             assert s.scalar(select(func.count()).select_from(Environment)) == 1
     finally:
         engine.dispose()

@@ -12,9 +12,10 @@ import typer
 from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
+from lem_planner.export import run_rows
 from lem_planner.importer import import_results, results_import
 from lem_planner.results import experiment_summaries, run_records
-from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
+from lem_shared.db.models import Campaign, Environment, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "legacy_results"
@@ -95,7 +96,7 @@ def test_import_maps_v2_v3_results_and_skips_bad_files(stack_env, legacy: Path) 
     assert v3.imported["format"] == "v3-aggregated"
     assert v3.imported["file"] == "v3/aggregated/exp_20260201_140000.json"
     unmapped = v3.imported["unmapped"]
-    assert unmapped["environment"]["gpu"]["name"] == "NVIDIA H100 80GB HBM3"
+    assert "environment" not in unmapped  # it has a home: the environments row (its own test below)
     assert unmapped["total_flops"] == 2.84e12 and unmapped["avg_energy_per_token_j"] > 0
     assert unmapped["energy_breakdown"]["baseline_timestamp"] == "2026-02-01T13:59:20.114000"
     assert "adjusted_j" not in unmapped["energy_breakdown"]  # it has a column
@@ -131,7 +132,7 @@ def test_import_maps_v2_v3_results_and_skips_bad_files(stack_env, legacy: Path) 
     assert rewrite.tool_version == "llenergymeasure 0.8.0" and rewrite.schema_version == "imported:2.0"
     with session_scope() as s:
         m = s.get(RunMetrics, rewrite.id)
-    assert (m.output_tokens, m.input_tokens) == (320, 640) and m.energy_source == "imported:gpu+cpu+ram"
+    assert (m.output_tokens, m.input_tokens) == (320, 640) and m.energy_source == "imported:gpu"
 
     # What `lem results show` reads.
     records = run_records(report.campaign_id)
@@ -203,3 +204,96 @@ def test_cli_prints_one_line_per_skipped_file_and_exits_2_without_a_directory(st
     again = runner.invoke(app, [str(good_only)])
     assert again.exit_code == 0, again.output
     assert "already imported" in again.output and "0 run(s) imported" in again.output
+
+
+def test_the_earlier_tools_environment_reaches_environments_and_the_export(stack_env, legacy: Path) -> None:  # noqa: ANN001
+    report = import_results(legacy)
+    runs = _runs_of(report.campaign_id)
+    with session_scope() as s:
+        v3 = s.get(Environment, runs["exp_20260201_140000"].environment_id)
+        rewrite = s.get(Environment, runs["gpt2_20260313_101500"].environment_id)
+        assert runs["exp_20260106_093000"].environment_id is None  # v2 recorded no environment
+        v3_data, rewrite_data = v3.data, rewrite.data
+    # The shape of a native run's snapshot, so everything that reads environments reads these too.
+    gpu = v3_data["gpus"][0]
+    assert v3_data["kind"] == "imported" and v3_data["hash"] == v3.hash
+    assert (gpu["name"], gpu["driver_version"], gpu["cuda_driver_version"]) == ("NVIDIA H100 80GB HBM3",
+                                                                               "550.90.07", "12.4")
+    assert gpu["power_limit_w"] == 700.0 and gpu["memory_total_bytes"] == round(81559.0 * 1024 * 1024)
+    assert v3_data["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
+    assert v3_data["cpu_governors"] == {"performance": None}  # one governor for the host, count not recorded
+    assert v3_data["container"]["container"] == "none" and v3_data["packages"] == {"vllm": "0.6.3"}
+    assert v3_data["llenergymeasure"]["cuda"]["cudnn_version"] == "9.1.0"  # theirs, as found
+    # The rewrite names the CUDA torch was built with (cuda_version_source: torch), not the driver's.
+    assert rewrite_data["gpus"][0]["name"] == "NVIDIA A100-PCIE-40GB" and rewrite_data["cuda_runtime"] == "12.4"
+    assert "cuda_driver_version" not in rewrite_data["gpus"][0] and rewrite_data["packages"] == {"torch": "2.5.1"}
+
+    rows = {r["run_id"]: r for r in run_rows(report.campaign_id)}
+    row = rows[runs["exp_20260201_140000"].id]
+    assert (row["env_gpu_name"], row["env_driver_version"], row["env_cuda_version"], row["env_power_limit_w"],
+            row["env_cpu"]) == ("NVIDIA H100 80GB HBM3", "550.90.07", "12.4", 700.0,
+                                "Intel(R) Xeon(R) Platinum 8480+")
+    assert json.loads(row["env_engine_versions"]) == {"vllm": "0.6.3"}
+    row = rows[runs["gpt2_20260313_101500"].id]
+    assert row["env_gpu_name"] == "NVIDIA A100-PCIE-40GB" and row["env_torch_version"] == "2.5.1"
+
+    # Its v3 per-process twin, imported from elsewhere, shares the row: one host, one environment.
+    twin = legacy / "twin"
+    twin.mkdir()
+    doc = json.loads((legacy / "v3/raw/exp_20260201_140000/process_0.json").read_text())
+    doc["experiment_id"] = "exp_20260201_150000"
+    (twin / "process_0.json").write_text(json.dumps(doc))
+    assert import_results(twin).runs == 1
+    with session_scope() as s:
+        twin_run = s.scalar(select(Run).where(Run.imported["experiment_id"].as_string() == "exp_20260201_150000"))
+        assert twin_run.environment_id == v3.id
+
+
+def test_energy_is_labelled_by_the_sources_the_file_names(stack_env, legacy: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    report = import_results(legacy)
+    runs = _runs_of(report.campaign_id)
+    with session_scope() as s:
+        sources = {key: s.get(RunMetrics, run.id).energy_source for key, run in runs.items()}
+    # The rewrite measured the GPU through NVML (its reproducibility_notes); v3 has CodeCarbon's GPU share.
+    assert sources["gpt2_20260313_101500"] == "imported:gpu"
+    assert "NVML" in runs["gpt2_20260313_101500"].imported["derived"]["energy_j"]
+    assert sources["exp_20260201_140000"] == "imported:gpu"
+
+    # A v2 aggregated file without its processes' GPU share: CodeCarbon's total, GPU + CPU + RAM, says so.
+    doc = json.loads((legacy / "v2/aggregated/exp_20260106_094500.json").read_text())
+    doc["experiment_id"] = "exp_20260106_110000"
+    for process in doc["process_results"]:
+        process["energy_metrics"].pop("gpu_energy_j")
+    # A rewrite file that does not say how it measured: not claimed to be the GPU's.
+    rewrite = json.loads((legacy / "rewrite/gpt2_pytorch_20260313_101500/result.json").read_text())
+    rewrite["experiment_id"] = "gpt2_20260313_120000"
+    rewrite.pop("reproducibility_notes")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "v2.json").write_text(json.dumps(doc))
+    (elsewhere / "result.json").write_text(json.dumps(rewrite))
+    assert import_results(elsewhere).runs == 2
+    with session_scope() as s:
+        found = {r.imported["experiment_id"]: s.get(RunMetrics, r.id).energy_source
+                 for r in s.scalars(select(Run).where(Run.imported["directory"].as_string() == str(elsewhere)))}
+    assert found == {"exp_20260106_110000": "imported:gpu+cpu+ram", "gpt2_20260313_120000": "imported:unnamed"}
+
+
+def test_the_files_own_tokens_per_s_is_kept_beside_ours_and_says_what_it_counts(stack_env, legacy: Path) -> None:  # noqa: ANN001
+    report = import_results(legacy)
+    records = {r["run_id"]: r for r in run_records(report.campaign_id)}
+    runs = _runs_of(report.campaign_id)
+    rewrite = records[runs["gpt2_20260313_101500"].id]
+    # Ours: output tokens over the window (320 in 3.1 s); theirs: input + output (960 in 3.1 s).
+    assert rewrite["tokens_per_s"] == pytest.approx(320 / 3.1)
+    assert rewrite["imported_tokens_per_s"] == {"field": "avg_tokens_per_second", "value": 309.677,
+                                                "counts": "input + output tokens"}
+    v3 = records[runs["exp_20260201_140000"].id]
+    assert v3["imported_tokens_per_s"]["counts"] == "output tokens"
+    assert v3["imported_tokens_per_s"]["value"] == pytest.approx(v3["tokens_per_s"], rel=1e-3)
+    assert records[runs["exp_20260105_101500"].id]["imported_tokens_per_s"] is None  # per-process files: none
+
+    rows = {r["run_id"]: r for r in run_rows(report.campaign_id)}
+    row = rows[runs["gpt2_20260313_101500"].id]
+    assert row["imported_tokens_per_s"] == 309.677 and row["imported_tokens_per_s_counts"] == "input + output tokens"
+    assert row["tokens_per_s"] == pytest.approx(320 / 3.1)

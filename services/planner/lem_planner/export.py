@@ -72,7 +72,9 @@ RUN_COLUMNS: list[Column] = [
     _c("energy_j", "J", FLOAT, "GPU energy in the measurement window (NVML's total-energy counter)"),
     _c("energy_power_integral_j", "J", FLOAT, "the same window's energy from integrating the power samples (a check)"),
     _c("energy_adjusted_j", "J", FLOAT, "energy_j minus baseline_power_w x window length: what the workload added"),
-    _c("energy_source", "", TEXT, "where energy_j came from (counter, power integral, imported)"),
+    _c("energy_source", "", TEXT, "where energy_j came from (counter, power integral; imported:gpu for the earlier "
+       "tool's GPU-only figures, imported:gpu+cpu+ram for CodeCarbon's total, imported:unnamed where its file does "
+       "not say)"),
     _c("baseline_power_w", "W", FLOAT, "the idle power subtracted for energy_adjusted_j"),
     _c("baseline_method", "", TEXT, "which idle baseline: deep idle before the campaign, or the run's own idle gaps"),
     _c("deep_idle_power_w", "W", FLOAT, "the GPU's idle power measured before the campaign's first run on it"),
@@ -90,6 +92,10 @@ RUN_COLUMNS: list[Column] = [
     _c("input_tokens", "tokens", INT, "prompt tokens processed in the window"),
     _c("output_tokens", "tokens", INT, "tokens generated in the window"),
     _c("tokens_per_s", "token/s", FLOAT, "output tokens over the window's length"),
+    _c("imported_tokens_per_s", "token/s", FLOAT, "imported runs: the earlier tool's own headline throughput (its "
+       "avg_tokens_per_second), which counts the tokens imported_tokens_per_s_counts names; tokens_per_s is ours"),
+    _c("imported_tokens_per_s_counts", "", TEXT, "the tokens imported_tokens_per_s counts: input + output tokens "
+       "(the rewrite's result.json) or output tokens (v2/v3), per second of the earlier tool's inference time"),
     _c("requests_per_s", "prompt/s", FLOAT, "prompts over the window's length"),
     _c("effective_batch_size", "prompts", FLOAT, "mean prompts per generate call in the window"),
     _c("ttft_mean_s", "s", FLOAT, "time to first token: mean over the window's requests where the engine reports each "
@@ -247,6 +253,8 @@ def run_rows(campaign_id: int, records: list[dict[str, Any]] | None = None) -> l
                 "j_per_token_adjusted": (record["energy_adjusted_j"] / record["output_tokens"]
                                          if record["energy_adjusted_j"] is not None and record["output_tokens"]
                                          else None),
+                "imported_tokens_per_s": (record["imported_tokens_per_s"] or {}).get("value"),
+                "imported_tokens_per_s_counts": (record["imported_tokens_per_s"] or {}).get("counts"),
                 "input_tokens": m.input_tokens if m else None,
                 "requests_per_s": m.requests_per_s if m else None,
                 "effective_batch_size": (sum(b.batch_size for b in batches[run.id]) / len(batches[run.id])

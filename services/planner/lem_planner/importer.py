@@ -284,6 +284,8 @@ class _Result:
     unmapped: Any
     derived: dict[str, str]
     not_recorded: list[str]
+    environment: dict[str, Any] | None
+    headline: dict[str, Any] | None
 
     @property
     def label(self) -> str:
@@ -340,6 +342,113 @@ def _requests(doc: dict[str, Any], processes: list[_Process], effective: dict[st
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value, f"effective_config.{path}"
     return None, ""
+
+
+def _rewrite_energy_source(doc: dict[str, Any]) -> tuple[str, str]:
+    """(energy_source, how energy_j was read) of the rewrite's result.json: its energy is the GPU's where the file
+    says so (NVML polling, or Zeus's per-GPU figures), else of sources it does not name."""
+    notes = _str(doc, "reproducibility_notes") or ""
+    if isinstance(doc.get("energy_per_device_j"), list):
+        return "imported:gpu", "total_energy_j (GPU: the sum of energy_per_device_j, Zeus)"
+    if "nvml" in notes.lower():
+        return "imported:gpu", f"total_energy_j (GPU only: reproducibility_notes say {notes.split('.')[0]!r})"
+    return "imported:unnamed", "total_energy_j (the file does not say which devices it measured)"
+
+
+def _headline(doc: dict[str, Any], input_tokens: int, output_tokens: int, duration: float) -> dict[str, Any] | None:
+    """The file's own tokens/s (``avg_tokens_per_second``) and what it counts: ours is output tokens per second of
+    the window; the earlier tool's counts input + output tokens in some versions and output tokens in others."""
+    value = _num(doc, "avg_tokens_per_second")
+    if value is None or not duration:
+        return None
+    counts = "as the file defines it (neither input + output nor output tokens per second of its time)"
+    for tokens, what in ((input_tokens + output_tokens, "input + output tokens"), (output_tokens, "output tokens")):
+        if math.isclose(value, tokens / duration, rel_tol=0.01):
+            counts = what
+            break
+    return {"field": "avg_tokens_per_second", "value": value, "counts": counts}
+
+
+def _gpu(env: dict[str, Any]) -> dict[str, Any] | None:
+    """One GPU of ours from a v3 ``environment`` (gpu, cuda, thermal) or the rewrite's ``hardware`` block."""
+    gpu = env.get("gpu") if isinstance(env.get("gpu"), dict) else {}
+    cuda = env.get("cuda") if isinstance(env.get("cuda"), dict) else {}
+    thermal = env.get("thermal") if isinstance(env.get("thermal"), dict) else {}
+    vram = _num(gpu, "vram_total_mb")
+    mig = _get(gpu, "mig_enabled")
+    # v3 calls the CUDA version the driver supports `cuda.version`, the rewrite `driver_supported_version`.
+    found = {
+        "name": _str(gpu, "name"),
+        "memory_total_bytes": round(vram * MIB) if vram else None,
+        "compute_capability": _str(gpu, "compute_capability"),
+        "driver_version": _str(cuda, "driver_version"),
+        "cuda_driver_version": _str(cuda, "driver_supported_version") or _str(cuda, "version"),
+        "power_limit_w": _num(thermal, "power_limit_w"),
+        "power_limit_default_w": _num(thermal, "default_power_limit_w"),
+        "mig_mode_current": ("enabled" if mig else "disabled") if isinstance(mig, bool) else None,
+        "temperature_c": _num(thermal, "temperature_c"),
+    }
+    return {k: v for k, v in found.items() if v is not None} or None
+
+
+def _environment(doc: dict[str, Any], process_docs: list[dict[str, Any]], backend: str) -> dict[str, Any] | None:
+    """The earlier tool's environment snapshot in the shape of ours (``kind: imported``; the hash groups imports
+    of one host and software as it groups native runs), its own block as found under ``llenergymeasure``; None
+    when the file records none."""
+    from lem_shared.environment import environment_hash, unavailable
+
+    snapshot_v2 = doc.get("environment_snapshot") if isinstance(doc.get("environment_snapshot"), dict) else None
+    if isinstance(doc.get("environment"), dict):
+        found = [doc["environment"]]
+    else:
+        found = [p["environment"] for p in process_docs if isinstance(p.get("environment"), dict)]
+    if snapshot_v2 is not None:  # the rewrite: {hardware: {gpu, cuda, cpu, ...}, python_version, ...}
+        found = [snapshot_v2["hardware"]] if isinstance(snapshot_v2.get("hardware"), dict) else [{}]
+    if not found:
+        return None
+    gpus = [g for g in (_gpu(e) for e in found) if g]
+    first = found[0]
+    cpu = first.get("cpu") if isinstance(first.get("cpu"), dict) else {}
+    container = first.get("container") if isinstance(first.get("container"), dict) else None
+    packages: dict[str, str] = {}
+    for entry in (snapshot_v2 or {}).get("installed_packages") or []:
+        name, sep, version = str(entry).partition("==")
+        if sep:
+            packages[name] = version
+    engine = {"vllm": "vllm", "trtllm": "tensorrt_llm"}.get(backend)
+    if engine and _str(doc, "backend_version"):
+        packages.setdefault(engine, _str(doc, "backend_version"))  # type: ignore[arg-type]
+    cuda_runtime = _str(snapshot_v2, "cuda_version") if snapshot_v2 else None
+    cuda_source = _str(snapshot_v2, "cuda_version_source") if snapshot_v2 else None
+    snapshot: dict[str, Any] = {"kind": "imported", "captured_at": _str(first, "collected_at")}
+    snapshot["gpus"] = gpus or unavailable("the earlier tool's file records no GPU")
+    if _str(cpu, "model"):
+        snapshot["cpu_model"] = cpu["model"]
+    if _str(cpu, "governor") and cpu["governor"] != "unknown":
+        # One governor for the whole host: theirs does not count CPUs per governor (None: not recorded).
+        snapshot["cpu_governors"] = {cpu["governor"]: None}
+    if _str(cpu, "platform"):
+        snapshot["platform"] = cpu["platform"]
+    if container is not None:
+        runtime = _str(container, "runtime")
+        snapshot["container"] = {"container": runtime or ("unknown" if container.get("detected") else "none"),
+                                 "evidence": ["as the earlier tool detected it"]}
+    if snapshot_v2 and _str(snapshot_v2, "python_version"):
+        snapshot["python"] = {"version": snapshot_v2["python_version"]}
+    if packages:
+        snapshot["packages"] = packages
+    if cuda_runtime and cuda_source == "torch":  # the CUDA torch was built with (ours: cuda_runtime)
+        snapshot["cuda_runtime"] = cuda_runtime
+    elif cuda_runtime:
+        snapshot["cuda_version"] = f"{cuda_runtime} (from {cuda_source or 'an unnamed source'})"
+    theirs = copy.deepcopy(snapshot_v2 if snapshot_v2 is not None else found[0] if len(found) == 1 else found)
+    for block in theirs if isinstance(theirs, list) else [theirs, theirs.get("hardware")]:
+        if isinstance(block, dict):  # the time it was read is captured_at, which the hash leaves out
+            block.pop("collected_at", None)
+    snapshot["llenergymeasure"] = theirs
+    snapshot = {k: v for k, v in snapshot.items() if v is not None}
+    snapshot["hash"] = environment_hash(snapshot)
+    return snapshot
 
 
 def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
@@ -405,7 +514,9 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
     elif processes and all(gpu_parts):
         energy, source = sum(g for g in gpu_parts if g), "imported:gpu"
         derived["energy_j"] = "sum of the processes' energy_metrics.gpu_energy_j"
-    else:
+    elif first.kind == "result":  # the rewrite: one energy figure, from the backend its file names
+        energy, source, derived["energy_j"] = total_energy, *_rewrite_energy_source(doc)
+    else:  # v2/v3 measured with CodeCarbon, whose total is GPU + CPU + RAM
         energy, source = total_energy, "imported:gpu+cpu+ram"
         derived["energy_j"] = ("total_energy_j (GPU + CPU + RAM: no GPU share recorded)" if aggregated
                                else "sum of the processes' energy_metrics.total_energy_j (GPU + CPU + RAM)")
@@ -504,6 +615,13 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
         "tokens_per_j": output_tokens / energy if energy else None,
     }
 
+    try:
+        environment = _environment(doc, process_docs, backend)
+    except BadFile as exc:
+        raise BadFile(f"environment: {exc}") from None
+    used += ["environment", "environment_snapshot", "avg_tokens_per_second"]
+    headline = _headline(doc, input_tokens, output_tokens, duration) if aggregated else None
+
     unmapped = copy.deepcopy(doc)
     for path in used:
         _pop(unmapped, path)
@@ -515,6 +633,7 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
         key=_key([f.raw for f in files]), experiment_id=experiment_id, backend=backend, model=model,
         config=config, tool_version=f"llenergymeasure {tool}" if tool else f"llenergymeasure v{first.major}",
         start=start, end=end, metrics=metrics, unmapped=unmapped, derived=derived, not_recorded=not_recorded,
+        environment=environment, headline=headline,
     )
 
 
@@ -562,8 +681,8 @@ def _from_processes(group: list[_File]) -> _Result:
                       f"{expected - 1}; missing {missing})")
     order = sorted(range(len(group)), key=lambda i: processes[i].index)
     group, docs, processes = [group[i] for i in order], [docs[i] for i in order], [processes[i] for i in order]
-    doc = {k: docs[0][k] for k in ("schema_version", "experiment_id", "backend", "effective_config", "model_name",
-                                   "config_name") if k in docs[0]}
+    doc = {k: docs[0][k] for k in ("schema_version", "experiment_id", "backend", "backend_version",
+                                   "effective_config", "model_name", "config_name") if k in docs[0]}
     return _build(group, doc, processes, docs)
 
 
@@ -625,7 +744,7 @@ def _store(result: _Result, directory: Path, campaign_id: int | None) -> tuple[i
     from sqlalchemy import func, select
 
     from lem_shared.contracts import sha256_of
-    from lem_shared.db.models import Campaign, CampaignStatus, Experiment, Run, RunMetrics, RunStatus
+    from lem_shared.db.models import Campaign, CampaignStatus, Environment, Experiment, Run, RunMetrics, RunStatus
     from lem_shared.db.session import session_scope
 
     with session_scope() as s:
@@ -662,11 +781,13 @@ def _store(result: _Result, directory: Path, campaign_id: int | None) -> tuple[i
             position=position, status=RunStatus.DONE, attempts=0, started_at=result.start,
             finished_at=result.end, window_start=result.start, window_end=result.end,
             schema_version=f"imported:{result.version}"[:16], tool_version=result.tool_version[:32],
+            environment_id=Environment.id_for(s, result.environment) if result.environment else None,
             imported={
                 "file": result.files[0] if len(result.files) == 1 else result.files,
                 "directory": str(directory), "format": result.fmt, "schema_version": result.version,
                 "experiment_id": result.experiment_id, "start": result.start.isoformat(),
                 "derived": result.derived, "not_recorded": result.not_recorded, "unmapped": result.unmapped,
+                **({"tokens_per_s": result.headline} if result.headline else {}),
             },
         )
         s.add(run)

@@ -103,6 +103,8 @@ def run_records(campaign_id: int) -> list[dict[str, Any]]:
                 "output_tokens": m.output_tokens if m else None,
                 "duration_s": m.duration_s if m else None,
                 "tokens_per_s": m.tokens_per_s if m else None,
+                # imported runs: the earlier tool's own tokens/s ({field, value, counts}), beside ours (output only)
+                "imported_tokens_per_s": (run.imported or {}).get("tokens_per_s"),
                 "latency_mean_s": m.latency_mean_s if m else None,
                 # p50 as stored (imported runs have it without batches); p90/p99 from the batches
                 "latency_p50_s": m.latency_p50_s if m else None,

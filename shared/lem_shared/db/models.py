@@ -19,9 +19,13 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    select,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+from lem_shared.contracts import sha256_of
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
@@ -102,6 +106,23 @@ class Environment(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)
     data: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+    @classmethod
+    def id_for(cls, s: Session, snapshot: dict[str, Any]) -> int:
+        """The id of the row holding ``snapshot`` (by its ``hash``), inserted when the hash is new: what a worker
+        records for each run and ``lem results import`` for each imported one."""
+        # The snapshot's own hash leaves out volatile fields, so runs in the same environment share a row.
+        digest = snapshot.get("hash") or sha256_of(snapshot)
+        existing = s.scalar(select(cls.id).where(cls.hash == digest))
+        if existing is not None:
+            return existing
+        try:
+            with s.begin_nested():
+                row = cls(hash=digest, data=snapshot)
+                s.add(row)
+            return row.id
+        except IntegrityError:  # another process stored the same environment a moment ago
+            return s.execute(select(cls.id).where(cls.hash == digest)).scalar_one()
 
 
 class Run(Base):

@@ -24,12 +24,11 @@ from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy import func, insert, select, update
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from lem_shared import TOOL_VERSION
 from lem_shared.celery_app import make_celery
-from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest, sha256_of
+from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest
 from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, GpuSample, Run, RunMetrics, RunStatus
 from lem_shared.db.session import session_scope
 from lem_shared.environment import package_versions
@@ -108,21 +107,6 @@ def _owned(claim: Claim) -> Any:
             Run.worker == claim.worker)
 
 
-def _environment_id(s: Session, data: dict[str, Any]) -> int:
-    # The snapshot's own hash leaves out volatile fields, so runs in the same environment share a row.
-    digest = data.get("hash") or sha256_of(data)
-    existing = s.scalar(select(Environment.id).where(Environment.hash == digest))
-    if existing is not None:
-        return existing
-    try:
-        with s.begin_nested():
-            row = Environment(hash=digest, data=data)
-            s.add(row)
-        return row.id
-    except IntegrityError:  # another worker stored the same environment a moment ago
-        return s.execute(select(Environment.id).where(Environment.hash == digest)).scalar_one()
-
-
 def _span(span: tuple[float, float] | None) -> list[float] | None:
     return list(span) if span else None
 
@@ -153,7 +137,7 @@ def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | Non
                 status=RunStatus.MEASURED,
                 device=m.device,
                 gpu_uuid=m.gpu_uuid,
-                environment_id=_environment_id(s, m.environment),
+                environment_id=Environment.id_for(s, m.environment),
                 window_start=datetime.fromtimestamp(m.window_start, UTC),
                 window_end=datetime.fromtimestamp(m.window_end, UTC),
                 phases=phases,
