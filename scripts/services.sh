@@ -99,7 +99,11 @@ supervise() {  # supervise NAME COMMAND...: run COMMAND, start it again whenever
 up() {
   start telemetry "$VENV/bin/lem-telemetry"
   start control "$0" supervise control "$VENV/bin/lem-control"  # restarted if it ever exits
-  start worker-pytorch "$VENV/bin/lem-worker-pytorch"
+  # One torch thread unless the user chose (README: make campaign): on a shared small CPU a thread per core
+  # makes every batch wait on the busiest core, and warm-up never settles.
+  local threads=${LEM_TORCH_THREADS:-}
+  [ -z "$threads" ] && ! grep -qs '^LEM_TORCH_THREADS=' .env && threads=1
+  start worker-pytorch env ${threads:+LEM_TORCH_THREADS=$threads} "$VENV/bin/lem-worker-pytorch"
   start beat "$VENV/bin/lem-beat"
   echo -n "waiting for workers to answer ping"
   for _ in $(seq 1 90); do

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
 
     # Where a worker runs its engine: "auto" takes CUDA when present, else the CPU.
     device: str = "auto"
+    # The pytorch worker's CPU threads (torch.set_num_threads, recorded in each run's environment under
+    # engine.torch_threads); unset: torch's default, one per core. On a small CPU shared with other work, one
+    # thread keeps batch latencies steady, where a thread per core waits on whichever core is busy.
+    torch_threads: int | None = Field(default=None, ge=1, le=1024)
     # A worker host's operator's choice, never a campaign's: whether experiments may set trust_remote_code (which
     # runs the model repository's own Python in the engine host). Off, such a run fails naming this setting.
     allow_remote_code: bool = False

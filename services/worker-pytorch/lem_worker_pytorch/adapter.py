@@ -22,6 +22,7 @@ from lem_shared.environment import package_versions
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import DeviceInfo, Generation
 from lem_shared.runtime.engine_support import cuda_device_info
+from lem_shared.settings import get_settings
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -76,6 +77,9 @@ class TransformersAdapter:
         self.device = _resolve_device(device)
         self.model: Any = None
         self._assistant_model: tuple[str, Any] | None = None
+        self._threads_set = get_settings().torch_threads
+        if self._threads_set is not None:  # before any model is built, so every op runs on this pool
+            torch.set_num_threads(self._threads_set)
 
     def _dtype(self, experiment: ExperimentConfig) -> torch.dtype:
         if experiment.dtype == "auto":
@@ -173,3 +177,8 @@ class TransformersAdapter:
 
     def versions(self) -> dict[str, str]:
         return {"torch": torch.__version__, "cuda_runtime": str(torch.version.cuda), **package_versions("transformers")}
+
+    def engine_facts(self) -> dict[str, Any]:
+        """How many CPU threads torch ran with, and who chose it."""
+        return {"torch_threads": torch.get_num_threads(),
+                "torch_threads_from": "LEM_TORCH_THREADS" if self._threads_set is not None else "torch's default"}
