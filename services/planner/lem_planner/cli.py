@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 import time
 from collections import Counter
 from enum import StrEnum
@@ -400,6 +401,32 @@ def _results_table(campaign_id: int, legend: bool = True) -> None:
     notes = {r["energy_note"] for r in records if r["energy_j"] is None and r["energy_note"]}
     for note in sorted(notes):
         out.print(f"energy: {note}", highlight=False)
+    for line in run_notes(records):
+        _print_wrapped(line)
+
+
+_NOTE_WIDTH = 80
+
+
+def _print_wrapped(text: str) -> None:
+    """A note under a table, wrapped within 80 columns (or the terminal's, when narrower), later lines indented."""
+    width = min(out.width, _NOTE_WIDTH)
+    for line in textwrap.wrap(text, width=width, subsequent_indent="    ", break_on_hyphens=False) or [""]:
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def run_notes(records: list[dict[str, Any]]) -> list[str]:
+    """What the results table cannot say in a cell: why a run's verdict is not ``valid`` (each failed or warned
+    check, with its message), and, for imported runs, the earlier tool's own tokens/s beside ours."""
+    lines = [f"exp {r['experiment_index']} cycle {r['cycle']}: {c['status']}: {c['message']}"
+             for r in records for c in r["checks"] or [] if c["status"] in ("fail", "warning")]
+    theirs = [(r, r["imported_tokens_per_s"]) for r in records if r.get("imported_tokens_per_s")]
+    if theirs:
+        lines.append("tokens per s above: output tokens per second of the window (ours); the earlier tool's own "
+                     "figure (avg_tokens_per_second) counts other tokens in some versions:")
+        lines += [f"  exp {r['experiment_index']} cycle {r['cycle']}: {t['value']:.1f} tokens/s of {t['counts']}"
+                  for r, t in theirs]
+    return lines
 
 
 @campaign_cli.command("status")
