@@ -91,6 +91,11 @@ class MeasurementProtocol(_Strict):
         default="off", description="flops: one extra, unmeasured generate under torch's FLOP counter after the "
         "windows, stored beside the analytic FLOPs (pytorch only)")
 
+    @field_validator("profiler", mode="before")
+    @classmethod
+    def _bare_off(cls, value: Any) -> Any:
+        return "off" if value is False else value  # YAML reads a bare `profiler: off` (the README's) as false
+
     @model_validator(mode="after")
     def _ordered(self) -> MeasurementProtocol:
         if self.warmup_min > self.warmup_max:

@@ -56,7 +56,7 @@ def test_cancel_of_a_campaign_that_does_not_exist_fails_and_leaves_no_key(
     fault_stack: FaultStack, broker: redis.Redis
 ) -> None:
     cancelled = lem(fault_stack.env, "campaign", "cancel", "999")
-    assert cancelled.returncode == 1
+    assert cancelled.returncode == 2  # an id that names nothing is bad input, as in every command
     assert "no campaign 999" in cancelled.stderr and "Traceback" not in cancelled.stderr
     assert "cancelled" not in cancelled.stdout
     assert cancel_keys() == []  # a future campaign 999 is not born cancelled

@@ -104,7 +104,9 @@ def test_campaign_run_resume_cancel_json(lem, tmp_path: Path) -> None:  # noqa: 
     assert again["cancelled"] is False and again["already"] == "cancelled"
 
     _one_line_error(lem("campaign", "resume", str(campaign_id), "--no-wait", "--json"), 1, "was cancelled")
-    _one_line_error(lem("campaign", "cancel", "2147483647", "--json"), 1, "no campaign 2147483647")
+    for command in (("cancel",), ("resume", "--no-wait"), ("status",)):  # an id that names nothing: exit 2
+        _one_line_error(lem("campaign", command[0], "2147483647", *command[1:], "--json"), 2,
+                        "no campaign 2147483647; `lem campaign list` shows the ones there are")
     _one_line_error(lem("campaign", "cancel", "0", "--json"), 2, "no campaign 0")
 
 

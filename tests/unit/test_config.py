@@ -124,3 +124,13 @@ def test_pytorch_options_are_a_grid_axis_and_refused_for_other_backends() -> Non
     assert any("pytorch section applies to backend pytorch only (this is vllm)" in p for p in problems), problems
     problems = problems_of({"name": "x", "experiment": {"pytorch": {"generation": {"cache_implementation": "paged"}}}})
     assert any(p.startswith("experiment.pytorch.generation.cache_implementation:") for p in problems), problems
+
+
+def test_a_bare_profiler_off_is_off_and_other_booleans_are_refused(tmp_path: Path) -> None:
+    file = tmp_path / "c.yaml"
+    file.write_text("name: p\nexperiment:\n  measurement: {profiler: off}\n")  # YAML reads the bare word as false
+    _, experiments = load_campaign(file)
+    assert experiments[0].measurement.profiler == "off"
+    file.write_text("name: p\nexperiment:\n  measurement: {profiler: on}\n")
+    with pytest.raises(ConfigError, match="profiler: must be one of 'off' or 'flops'"):
+        load_campaign(file)

@@ -441,7 +441,7 @@ def campaign_status_command(
     try:
         status = campaign_status(campaign_id)
     except LookupError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(f"{exc}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT) from None
     if as_json:
         _print_json(status)
         return
@@ -480,7 +480,9 @@ def campaign_resume(
     _check_campaign_id(campaign_id)
     try:
         requeued = resume_campaign(campaign_id)
-    except (LookupError, ValueError) as exc:
+    except LookupError as exc:
+        raise _fail(f"{exc}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT) from None
+    except ValueError as exc:
         raise _fail(str(exc)) from None
     advance(app)
     status = campaign_status(campaign_id)
@@ -518,7 +520,7 @@ def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id
     try:
         counts = cancel_campaign(app, campaign_id)
     except LookupError as exc:
-        raise _fail(str(exc)) from None
+        raise _fail(f"{exc}; `lem campaign list` shows the ones there are", EXIT_BAD_INPUT) from None
     except redis.RedisError as exc:
         raise _fail(f"cannot reach the broker, nothing cancelled: {exc}") from None
     if as_json:
