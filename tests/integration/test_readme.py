@@ -208,8 +208,7 @@ def lem_variants(command: Command) -> Iterator[list[str]]:
     for part in parts:
         full = part if part is parts[0] else ["lem", *lead[:-1], *part]
         words_ = [w.strip("[]") for w in full if w.strip("[]")]
-        choices = [_alternatives(w) for w in words_]
-        for picked in itertools.product(*choices) if len(choices) < 40 else [tuple(c[0] for c in choices)]:
+        for picked in itertools.product(*(_alternatives(w) for w in words_)):
             yield list(picked)
 
 
