@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from lem_shared.settings import get_settings
-from tests.integration.conftest import Workers
+from tests.integration.conftest import PROCESS_ENV, Workers
 from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, _free_port, user_exists
 
 
@@ -97,8 +97,8 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     get_settings.cache_clear()
-    stack = FaultStack(broker, server, {**os.environ, **env}, Workers({**os.environ, **env},
-                                                                     tmp_path_factory.mktemp("fault-logs")))
+    processes = {**os.environ, **env, **PROCESS_ENV}
+    stack = FaultStack(broker, server, processes, Workers(processes, tmp_path_factory.mktemp("fault-logs")))
     try:
         yield stack
     finally:

@@ -28,6 +28,10 @@ REDIS_URL = os.environ.get("LEM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 # queues (a worker of one session would otherwise take another's tasks).
 _FIRST = 2 + 2 * secrets.randbelow(5)  # (2, 3) … (10, 11); the telemetry tests use 13
 BROKER_DB, RESULTS_DB = _FIRST, _FIRST + 1
+# For the stack's processes only: one torch thread per pytorch worker, as `make up` gives the local one. With
+# torch's default (a thread per core) on a 2-core machine shared with other work, the threads wait on each other:
+# a tiny-model run took 60-75 s instead of 6 s, most of the suite's time. LEM_TORCH_THREADS set by the caller wins.
+PROCESS_ENV = {"LEM_TORCH_THREADS": os.environ.get("LEM_TORCH_THREADS", "1")}
 
 
 def drop_database(name: str) -> None:
@@ -55,7 +59,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     os.environ.update(env)
     get_settings.cache_clear()
     upgrade(database_url)
-    yield {**os.environ, **env}
+    yield {**os.environ, **env, **PROCESS_ENV}
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
