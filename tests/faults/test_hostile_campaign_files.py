@@ -1,7 +1,7 @@
-"""Hostile campaign files through the real `lem` command line (issue 15, items 6, 7 and 9) on the private stack:
-values that used to validate and then fail in `run` or on every beat tick, files that are devices, FIFOs, endless
-or not UTF-8 text, and grids or run counts without bound. Each is refused with exit code 2 and one line naming
-the field or path, before anything is written, and without a traceback or a hang."""
+"""Hostile campaign files through the real `lem` command line, run in this process (issue 15, items 6, 7 and 9),
+on the private stack: values that used to validate and then fail in `run` or on every beat tick, files that are
+devices, FIFOs, endless or not UTF-8 text, and grids or run counts without bound. Each is refused with exit code 2
+and one line naming the field or path, before anything is written, and without a traceback or a hang."""
 
 from __future__ import annotations
 
@@ -20,16 +20,12 @@ from sqlalchemy.orm import Session
 
 from lem_shared.db.models import Campaign, Schedule, ScheduleFiring
 from tests.faults.conftest import FaultStack
+from tests.integration.lem_in_process import lem_in_process
 
 BIN = Path(sys.executable).parent
 TINY = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 16, "output_len": 8}}
 COMMANDS = [("campaign", "plan"), ("campaign", "validate"), ("campaign", "run", "--no-wait"),
             ("schedule", "add", "--every", "1h")]
-
-
-def lem(stack: FaultStack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "lem"), *args], env=stack.env, capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def command(words: tuple[str, ...], file: Path) -> list[str]:
@@ -49,7 +45,7 @@ def rows(stack: FaultStack, model: type) -> int:
 def refused(stack: FaultStack, words: tuple[str, ...], file: Path, expected: str) -> None:
     """Exit 2, one problem (the expected one) under the ``invalid campaign file`` header, no traceback. (The
     console may wrap a long problem line at its width: compared with whitespace collapsed.)"""
-    result = lem(stack, *command(words, file))
+    result = lem_in_process(*command(words, file))
     assert result.returncode == 2, (words, result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     assert expected in " ".join(result.stderr.split()), (words, result.stderr)

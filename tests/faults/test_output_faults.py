@@ -1,5 +1,6 @@
 """What `lem results` does when its output or its input is hostile (issue 15, items 4, 9, 10), through the real
-`lem` command against the fault stack's private PostgreSQL:
+`lem` command against the fault stack's private PostgreSQL (run in this process, except where a file-size limit,
+an outage or a service needs a process of its own):
 
 - a failed write leaves the file that was there (export and report write a temporary file beside the target and
   rename it over only when complete); a target that is not a regular file (/dev/full, a folder) is refused and
@@ -25,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import FaultStack
+from tests.integration.lem_in_process import lem_in_process
 
 BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 LEGACY = Path(__file__).resolve().parents[1] / "data" / "legacy_results"
@@ -40,6 +42,9 @@ def _limit_file_size(max_bytes: int) -> Callable[[], None]:
 
 @pytest.fixture(scope="module")
 def lem(fault_stack: FaultStack) -> Lem:
+    """`lem` as a process of its own, for a command that must run under a file-size limit (the other tests run
+    it in this process: what they check is what it prints and exits with)."""
+
     def run(*args: str, env: dict[str, str] | None = None, max_file_bytes: int | None = None,
             timeout: float = 180) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "lem"), *args], env=env or fault_stack.env, capture_output=True,
@@ -50,13 +55,13 @@ def lem(fault_stack: FaultStack) -> Lem:
 
 
 @pytest.fixture(scope="module")
-def campaign_id(lem: Lem, tmp_path_factory: pytest.TempPathFactory) -> int:
+def campaign_id(fault_stack: FaultStack, tmp_path_factory: pytest.TempPathFactory) -> int:
     """An imported campaign (5 done runs) in the private database: something to export and report."""
     folder = tmp_path_factory.mktemp("legacy") / "old-results"
     shutil.copytree(LEGACY, folder)
-    result = lem("results", "import", str(folder))
+    result = lem_in_process("results", "import", str(folder))
     assert "5 run(s) imported into campaign" in result.stdout, result.stdout + result.stderr
-    listed = json.loads(lem("campaign", "list", "--json").stdout)
+    listed = json.loads(lem_in_process("campaign", "list", "--json").stdout)
     return max(c["id"] for c in listed if c["name"] == "imported-old-results")
 
 
@@ -113,40 +118,40 @@ def full_device(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("command", [["export", "--format", "csv"], ["export", "--format", "parquet"],
                                      ["export", "--format", "json"], ["report"]])
-def test_a_device_is_refused_and_left_a_device(lem: Lem, campaign_id: int, full_device: Path,
+def test_a_device_is_refused_and_left_a_device(campaign_id: int, full_device: Path,
                                                command: list[str]) -> None:
     before = os.stat(full_device)
-    result = lem("results", command[0], str(campaign_id), *command[1:], "-o", str(full_device))
+    result = lem_in_process("results", command[0], str(campaign_id), *command[1:], "-o", str(full_device))
     _one_clear_line(result, 2, str(full_device), "not a regular file")
     after = os.stat(full_device)
     assert stat.S_ISCHR(after.st_mode) and after.st_rdev == before.st_rdev
 
 
 @pytest.mark.parametrize("command", [["export"], ["report"]])
-def test_a_fifo_or_a_folder_is_refused_and_left_as_it_is(lem: Lem, campaign_id: int, tmp_path: Path,
+def test_a_fifo_or_a_folder_is_refused_and_left_as_it_is(campaign_id: int, tmp_path: Path,
                                                          command: list[str]) -> None:
     fifo = tmp_path / "pipe.html"
     os.mkfifo(fifo)
-    _one_clear_line(lem("results", command[0], str(campaign_id), "-o", str(fifo)), 2, str(fifo))
+    _one_clear_line(lem_in_process("results", command[0], str(campaign_id), "-o", str(fifo)), 2, str(fifo))
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     folder = tmp_path / "folder.csv"
     folder.mkdir()
     (folder / "kept").write_text("x")
-    result = lem("results", command[0], str(campaign_id), "-o", str(folder))
+    result = lem_in_process("results", command[0], str(campaign_id), "-o", str(folder))
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert (folder / "kept").read_text() == "x"
 
 
 @pytest.mark.parametrize("command", [["export"], ["report"]])
-def test_export_and_report_both_refuse_a_missing_parent_folder(lem: Lem, campaign_id: int, tmp_path: Path,
+def test_export_and_report_both_refuse_a_missing_parent_folder(campaign_id: int, tmp_path: Path,
                                                                command: list[str]) -> None:
     missing = tmp_path / "no" / "such" / "folder" / "out.csv"
-    _one_clear_line(lem("results", command[0], str(campaign_id), "-o", str(missing)), 2,
+    _one_clear_line(lem_in_process("results", command[0], str(campaign_id), "-o", str(missing)), 2,
                     str(missing.parent), "does not exist")
     assert not (tmp_path / "no").exists()  # nothing created
     a_file = tmp_path / "plain-file"
     a_file.write_text(PRECIOUS)
-    _one_clear_line(lem("results", command[0], str(campaign_id), "-o", str(a_file / "out.csv")), 2,
+    _one_clear_line(lem_in_process("results", command[0], str(campaign_id), "-o", str(a_file / "out.csv")), 2,
                     str(a_file), "not a folder")
     assert a_file.read_text() == PRECIOUS
 
@@ -165,15 +170,16 @@ def test_export_and_report_both_refuse_a_missing_parent_folder(lem: Lem, campaig
     ["campaign", "resume", BEYOND_INT, "--no-wait"],
     ["campaign", "cancel", BEYOND_INT],
 ])
-def test_an_id_past_the_database_integer_is_one_line_and_exit_2(lem: Lem, campaign_id: int, tmp_path: Path,
+def test_an_id_past_the_database_integer_is_one_line_and_exit_2(campaign_id: int, tmp_path: Path,
                                                                 args: list[str]) -> None:
-    result = lem(*(a.replace("{tmp}", str(tmp_path)) for a in args))
+    result = lem_in_process(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     line = _one_clear_line(result, 2)
     assert "campaign" in line or "experiment" in line, line
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_json_file_nested_too_deeply_is_skipped_and_the_rest_imported(lem: Lem, tmp_path: Path) -> None:
+def test_a_json_file_nested_too_deeply_is_skipped_and_the_rest_imported(fault_stack: FaultStack,
+                                                                         tmp_path: Path) -> None:
     folder = tmp_path / "deep-results"
     shutil.copytree(LEGACY / "v3" / "aggregated", folder)
     (folder / "exp_20260301_000000.json").unlink()  # the unsupported one: leaves one good file
@@ -187,7 +193,7 @@ def test_a_json_file_nested_too_deeply_is_skipped_and_the_rest_imported(lem: Lem
         nested = {"x": nested}
     good["experiment_id"], good["cli_overrides"] = "deep-but-readable", nested
     (folder / "deep_but_valid.json").write_text(json.dumps(good))
-    result = lem("results", "import", str(folder))
+    result = lem_in_process("results", "import", str(folder))
     text = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in text, text
     lines = result.stdout.splitlines()
