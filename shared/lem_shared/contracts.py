@@ -71,6 +71,29 @@ class Warmup(_Message):
 Span = tuple[float, float]
 
 
+class GpuEdge(_Message):
+    """One GPU read at a window edge: its energy counter (mJ) and instantaneous power, None where it has none."""
+
+    energy_mj: int | None
+    power_instant_w: float | None = None
+
+
+class EdgeRead(_Message):
+    """Every GPU of the run read at one window edge, right after the device synchronise, by the engine host.
+
+    The window starts when the start read returns and ends before the end read begins, so the reads' own cost
+    (about 4 ms a counter on an H200) stays outside it; ``read_s`` is that cost."""
+
+    t: float  # Unix seconds: the window's edge
+    read_s: float
+    gpus: dict[str, GpuEdge]  # by GPU UUID
+
+
+class WindowEdges(_Message):
+    start: EdgeRead
+    end: EdgeRead
+
+
 class PrefillWindow(_Message):
     """The prefill-only window of a phase-split run: the same prompts and batches, one new token each."""
 
@@ -81,6 +104,7 @@ class PrefillWindow(_Message):
     passes: int
     batches: list[BatchTiming]
     idle_after: Span | None
+    edges: WindowEdges | None = None
 
 
 class Measurement(_Message):
@@ -106,3 +130,4 @@ class Measurement(_Message):
     prefill: PrefillWindow | None = None  # measurement.phase_split: the prefill-only window, after the full one
     flops_counted: dict[str, Any] | None = None  # measurement.profiler flops: an unmeasured pass's counted FLOPs
     model_shape: dict[str, Any] | None = None  # the model's config (layers, heads, sizes) for analytic FLOPs
+    edges: WindowEdges | None = None  # every GPU's counter read at the window's edges (None without NVML)

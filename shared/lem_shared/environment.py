@@ -97,6 +97,8 @@ def _cuda_version(encoded: int) -> str:
 
 
 def _one_gpu(nvml: ModuleType, handle: Any, driver: str, cuda_driver: str) -> dict[str, Any]:
+    from lem_shared.nvml_power import supported_power_fields
+
     limits = _read(nvml, "nvmlDeviceGetPowerManagementLimitConstraints", handle)
     ecc = _read(nvml, "nvmlDeviceGetEccMode", handle)
     mig = _read(nvml, "nvmlDeviceGetMigMode", handle)
@@ -130,6 +132,8 @@ def _one_gpu(nvml: ModuleType, handle: Any, driver: str, cuda_driver: str) -> di
         "max_clock_mem_mhz": _read(nvml, "nvmlDeviceGetMaxClockInfo", handle, mem, convert=int),
         "temperature_c": _read(nvml, "nvmlDeviceGetTemperature", handle, nvml.NVML_TEMPERATURE_GPU, convert=int),
         "performance_state": _read(nvml, "nvmlDeviceGetPerformanceState", handle, convert=lambda p: f"P{p}"),
+        # Power readings beyond power_w (NVML's ~1 s average on Ampere and newer) that this GPU answers.
+        "instantaneous_power_fields": list(supported_power_fields(handle)),
     }  # fmt: skip
 
 

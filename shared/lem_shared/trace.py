@@ -32,8 +32,8 @@ def _lines(path: Path) -> list[tuple[int, dict]]:
 
 
 def read_trace(path: str | Path) -> list[TelemetrySample]:
-    """Samples with ``t`` (Unix s), ``power_mw``, ``energy_mj``, and optionally ``temp_c``, ``sm_mhz``,
-    ``reasons``, ``util_gpu``, sorted by time."""
+    """Samples with ``t`` (Unix s), ``power_mw`` (NVML's averaged power), ``energy_mj``, and optionally
+    ``power_instant_mw``, ``temp_c``, ``sm_mhz``, ``reasons``, ``util_gpu``, sorted by time."""
     path = Path(path)
     samples = []
     for number, r in _lines(path):
@@ -44,6 +44,7 @@ def read_trace(path: str | Path) -> list[TelemetrySample]:
                 energy_mj=int(r["energy_mj"]) if r.get("energy_mj") is not None else None,
                 temperature_c=r.get("temp_c"), sm_clock_mhz=r.get("sm_mhz"),
                 clock_event_reasons=r.get("reasons"), utilization_gpu=r.get("util_gpu"),
+                power_instant_w=r["power_instant_mw"] / 1000 if r.get("power_instant_mw") is not None else None,
             ))
         except (KeyError, TypeError, ValueError) as exc:
             raise TraceError(f"{path}:{number}: bad or missing field {exc}") from None

@@ -780,10 +780,11 @@ def energy_analyse(
     if as_json:
         _print_json(results)
         return
-    table = Table("window", "s", "counter J", "∫P dt J", "gap %", "mean W", "peak W", "updates", "verdict")
+    table = Table("window", "s", "counter J", "∫P dt J", "P", "gap %", "mean W", "peak W", "updates", "verdict")
     for r in results:
         table.add_row(r["name"], f"{r['duration_s']:.2f}", _fmt(r["energy_counter_j"], ".1f"),
-                      _fmt(r["energy_integral_j"], ".1f"), _fmt(r["disagreement_pct"], "+.2f"),
+                      _fmt(r["energy_integral_j"], ".1f"), {"instant": "inst", "average": "avg"}.get(
+                          r["power_source"], "-"), _fmt(r["disagreement_pct"], "+.2f"),
                       _fmt(r["mean_power_w"], ".0f"), _fmt(r["peak_power_w"], ".0f"), str(r["counter_updates"]),
                       r["verdict"])
     out.print(table)

@@ -42,7 +42,7 @@ from lem_shared.db.models import (
     RunStatus,
 )
 from lem_shared.db.session import session_scope
-from lem_shared.energy import Sample, window_energy
+from lem_shared.energy import Sample, edge_energy, window_energy
 from lem_shared.params.snapshots import installed_context
 from lem_shared.phases import WindowFigures, energy_uncertainty, split
 from lem_shared.queues import FINALISE_TASK, QueueName
@@ -67,13 +67,14 @@ def _samples(gpu_uuid: str, start: float, end: float) -> list[TelemetrySample]:
     with session_scope() as s:
         rows = s.execute(
             select(GpuSample.time, GpuSample.power_w, GpuSample.energy_mj, GpuSample.temperature_c,
-                   GpuSample.sm_clock_mhz, GpuSample.clock_event_reasons, GpuSample.utilization_gpu)
+                   GpuSample.sm_clock_mhz, GpuSample.clock_event_reasons, GpuSample.utilization_gpu,
+                   GpuSample.power_instant_w)
             .where(GpuSample.gpu_uuid == gpu_uuid, GpuSample.time >= _utc(start) - EDGE_MARGIN,
                    GpuSample.time <= _utc(end) + EDGE_MARGIN)
             .order_by(GpuSample.time)
         ).all()
-    return [TelemetrySample(aware(t).timestamp(), p, e, temp, sm, reasons, util)
-            for t, p, e, temp, sm, reasons, util in rows]
+    return [TelemetrySample(aware(t).timestamp(), p, e, temp, sm, reasons, util, instant)
+            for t, p, e, temp, sm, reasons, util, instant in rows]
 
 
 def _span(value: Any) -> tuple[float, float] | None:
@@ -147,7 +148,9 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
 
     context = _warmup_context(metrics, protocol, interval_s=settings.telemetry_interval_s, before=before, after=after)
     limits = _thresholds(protocol)
-    analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context, thresholds=limits)
+    edges_j, edges_note = edge_energy(phases.get("edges"), run.gpu_uuid)
+    analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context, thresholds=limits,
+                              edge_energy_j=edges_j, edge_note=edges_note)
     analysis.checks.extend(run_checks(facts, limits))
     analysis.verdict = verdict_of(analysis.checks)
     deep_span = deep_idle_span(run.campaign_id, run.gpu_uuid)
@@ -156,7 +159,9 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
         deep = _samples(run.gpu_uuid, *deep_span)
         deep_idle_w = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in deep], *deep_span).mean_power_w
 
-    if analysis.energy_counter_j is not None:
+    if analysis.energy_edges_j is not None:
+        energy, source = analysis.energy_edges_j, "nvml_energy_counter_at_edges"
+    elif analysis.energy_counter_j is not None:
         energy, source = analysis.energy_counter_j, "nvml_energy_counter"
     elif analysis.energy_integral_j is not None:
         energy, source = analysis.energy_integral_j, "nvml_power_integral"
@@ -196,7 +201,8 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
 
 def _window_figures(analysis: dict[str, Any] | None, duration_s: float, prompts: int) -> WindowFigures:
     a = analysis or {}
-    counter, integral = a.get("energy_counter_j"), a.get("energy_integral_j")
+    edges, telemetry = a.get("energy_edges_j"), a.get("energy_counter_j")
+    counter, integral = edges if edges is not None else telemetry, a.get("energy_integral_j")
     energy = counter if counter is not None else integral
     uncertainty = energy_uncertainty(counter, integral, a.get("mean_power_w"), duration_s,
                                      a.get("counter_updates") or 0) if counter is not None else None
@@ -220,8 +226,10 @@ def phase_fields(run: Run, metrics: RunMetrics, experiment: ExperimentConfig,
             samples = _samples(run.gpu_uuid, before[0] if before else start,
                                (after[1] if after else end) + get_settings().telemetry_interval_s)
             if any(start <= x.t <= end for x in samples):
+                edges_j, edges_note = edge_energy(prefill.get("edges"), run.gpu_uuid)
                 prefill_analysis = analyse_window(samples, start, end, name=f"run {run.id} prefill",
-                                                  context=RunContext(before=before, after=after)).to_dict()
+                                                  context=RunContext(before=before, after=after),
+                                                  edge_energy_j=edges_j, edge_note=edges_note).to_dict()
         out["phase_split"] = split(
             _window_figures(window_analysis, metrics.duration_s, metrics.requests),
             _window_figures(prefill_analysis, end - start, prefill["prompts"]),

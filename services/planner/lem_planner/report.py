@@ -130,7 +130,7 @@ def _load(campaign_id: int) -> CampaignData:
 
 def gpu_series(gpu_uuid: str, start: float, end: float, points: int = TIMELINE_POINTS) -> GpuSeries | None:
     """The GPU's samples between ``start`` and ``end`` (Unix s) binned by the database into at most ``points``
-    bins: mean, min and max power, mean temperature. None when there is no sample."""
+    bins: mean, min and max power (instantaneous where recorded), mean temperature. None when there is no sample."""
     from sqlalchemy import func, select
 
     from lem_shared.db.models import GpuSample
@@ -139,8 +139,10 @@ def gpu_series(gpu_uuid: str, start: float, end: float, points: int = TIMELINE_P
     width = max((end - start) / points, 1e-3)
     epoch = func.extract("epoch", GpuSample.time)
     bucket = func.floor((epoch - start) / width).label("bucket")
-    query = (select(bucket, func.avg(epoch), func.avg(GpuSample.power_w), func.min(GpuSample.power_w),
-                    func.max(GpuSample.power_w), func.avg(GpuSample.temperature_c), func.count(),
+    # Instantaneous power where the GPU has it (the averaged reading smooths every step over ~1 s), else that.
+    power = func.coalesce(GpuSample.power_instant_w, GpuSample.power_w)
+    query = (select(bucket, func.avg(epoch), func.avg(power), func.min(power),
+                    func.max(power), func.avg(GpuSample.temperature_c), func.count(),
                     func.min(GpuSample.host))
              .where(GpuSample.gpu_uuid == gpu_uuid,
                     GpuSample.time >= datetime.fromtimestamp(start, UTC),

@@ -18,6 +18,8 @@ from typing import Any, Protocol, TypeVar
 import psutil
 import pynvml
 
+from lem_shared.nvml_power import POWER_FIELDS, read_power_fields, supported_power_fields
+
 REPLAY_UUID = "GPU-replay-h200-0000"
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ class GpuReading:
     gpu_uuid: str
     gpu_index: int
     t: float  # Unix seconds
-    power_w: float | None
+    power_w: float | None  # nvmlDeviceGetPowerUsage: averaged over ~1 s on Ampere and newer (the H200 included)
     energy_mj: int | None
     temperature_c: float | None
     sm_clock_mhz: int | None
@@ -39,6 +41,10 @@ class GpuReading:
     memory_used_bytes: int | None
     utilization_gpu: int | None
     utilization_memory: int | None
+    # The field-values API's instantaneous power: the GPU's, its memory's and the module's (None where absent).
+    power_instant_w: float | None = None
+    power_memory_w: float | None = None
+    power_module_w: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,7 @@ class _Device:
     index: int
     uuid: str
     handle: Any
+    power_fields: tuple[str, ...] = ()  # the instantaneous power fields this GPU answers (probed at open)
 
 
 # NVML errors that mean the GPU (or the driver) is gone rather than one field being unsupported.
@@ -164,7 +171,8 @@ class NvmlSource:
         for index in range(count):
             try:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                devices.append(_Device(index, _text(pynvml.nvmlDeviceGetUUID(handle)), handle))
+                devices.append(_Device(index, _text(pynvml.nvmlDeviceGetUUID(handle)), handle,
+                                       supported_power_fields(handle)))
             except pynvml.NVMLError as error:
                 unavailable.append((index, str(error)))
         self._devices = devices
@@ -178,6 +186,11 @@ class NvmlSource:
     @property
     def gpu_uuids(self) -> list[str]:
         return [device.uuid for device in self._devices]
+
+    def power_readings(self) -> dict[str, dict[str, bool]]:
+        """Which power readings each GPU answers, by UUID: the averaged one and each instantaneous field."""
+        return {device.uuid: {"power_w": True, **{column: column in device.power_fields for column in POWER_FIELDS}}
+                for device in self._devices}
 
     def read(self) -> list[GpuReading]:
         return [
@@ -198,7 +211,7 @@ class NvmlSource:
             index = int(pynvml.nvmlDeviceGetIndex(handle))
         except pynvml.NVMLError as error:
             raise GpuUnavailable(str(error)) from error
-        self._devices[position] = _Device(index, device.uuid, handle)
+        self._devices[position] = _Device(index, device.uuid, handle, device.power_fields)
         self._read_device(self._devices[position])  # raises GpuUnavailable while it is still gone
 
     def close(self) -> None:
@@ -217,6 +230,23 @@ class NvmlSource:
             pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
         return (time.perf_counter() - started) / n
 
+    def measure_read_cost(self, n: int = 200, position: int = 0) -> dict[str, float]:
+        """Seconds per call of the averaged power read and of the instantaneous power fields on one GPU."""
+        if not self._devices:
+            raise RuntimeError("NvmlSource is not open or found no GPU")
+        device = self._devices[position]
+        costs: dict[str, float] = {}
+        started = time.perf_counter()
+        for _ in range(n):
+            pynvml.nvmlDeviceGetPowerUsage(device.handle)
+        costs["power_usage"] = (time.perf_counter() - started) / n
+        if device.power_fields:
+            started = time.perf_counter()
+            for _ in range(n):
+                read_power_fields(device.handle, device.power_fields)
+            costs["power_fields"] = (time.perf_counter() - started) / n
+        return costs
+
     @staticmethod
     def _read_energy(device: _Device) -> int | None:
         return _or_none(pynvml.nvmlDeviceGetTotalEnergyConsumption, device.handle)
@@ -225,8 +255,9 @@ class NvmlSource:
         """The cheap fields; the energy counter (milliseconds a read) is read apart, on its own cadence."""
         handle = device.handle
         power_mw = _or_none(pynvml.nvmlDeviceGetPowerUsage, handle)
-        # Stamped when the power read returns: NVML serialises calls, so it may have waited (up to ~4 ms) behind
-        # an energy-counter read of another thread; the value is the one current at its return.
+        instant = _or_none(read_power_fields, handle, device.power_fields) or {}
+        # Stamped when the power reads return: NVML serialises calls, so they may have waited (up to ~4 ms) behind
+        # an energy-counter read of another thread; the values are the ones current at their return.
         t = time.time()
         temperature = _or_none(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
         memory = _or_none(pynvml.nvmlDeviceGetMemoryInfo, handle)
@@ -244,6 +275,7 @@ class NvmlSource:
             memory_used_bytes=None if memory is None else int(memory.used),
             utilization_gpu=None if utilization is None else int(utilization.gpu),
             utilization_memory=None if utilization is None else int(utilization.memory),
+            **instant,
         )
 
 
@@ -252,7 +284,13 @@ def _optional(record: dict[str, Any], key: str, convert: Callable[[Any], T]) -> 
     return None if value is None else convert(value)
 
 
+def _milliwatts(record: dict[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    return None if value is None else float(value) / 1000.0
+
+
 def _reading_from_trace(record: dict[str, Any], offset: float) -> GpuReading:
+    """One trace record; ``power_instant_mw`` and the memory/module fields are optional (older traces lack them)."""
     power_mw = record.get("power_mw")
     return GpuReading(
         gpu_uuid=REPLAY_UUID,
@@ -267,6 +305,9 @@ def _reading_from_trace(record: dict[str, Any], offset: float) -> GpuReading:
         memory_used_bytes=_optional(record, "mem_used_b", int),
         utilization_gpu=_optional(record, "util_gpu", int),
         utilization_memory=_optional(record, "util_mem", int),
+        power_instant_w=_milliwatts(record, "power_instant_mw"),
+        power_memory_w=_milliwatts(record, "power_memory_mw"),
+        power_module_w=_milliwatts(record, "power_module_mw"),
     )
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 log = logging.getLogger(__name__)
 
 SUFFIX = ".jsonl"
+_GPU_DEFAULTS: dict[str, Any] = dict.fromkeys(("power_instant_w", "power_memory_w", "power_module_w"))
 _sequence = itertools.count()
 
 
@@ -87,7 +88,8 @@ class DiskBuffer:
         for number, row in enumerate(rows, 1):
             table = row.pop("table", None)
             if table == "gpu":
-                gpu.append(row)
+                # A file written before a column existed (the instantaneous power fields) back-fills it as NULL.
+                gpu.append({**_GPU_DEFAULTS, **row})
             elif table == "host":
                 host.append(row)
             else:

@@ -38,6 +38,7 @@ Method = Literal["auto", "copy", "executemany"]
 GPU_COLUMNS = (
     "host", "gpu_uuid", "gpu_index", "time", "source", "power_w", "energy_mj", "temperature_c", "sm_clock_mhz",
     "mem_clock_mhz", "clock_event_reasons", "memory_used_bytes", "utilization_gpu", "utilization_memory",
+    "power_instant_w", "power_memory_w", "power_module_w",
 )  # fmt: skip
 HOST_COLUMNS = ("host", "time", "cpu_percent", "memory_used_bytes", "memory_total_bytes")
 
@@ -77,6 +78,9 @@ def gpu_rows(readings: Iterable[GpuReading], host: str, source: str) -> list[dic
             "memory_used_bytes": r.memory_used_bytes,
             "utilization_gpu": r.utilization_gpu,
             "utilization_memory": r.utilization_memory,
+            "power_instant_w": r.power_instant_w,
+            "power_memory_w": r.power_memory_w,
+            "power_module_w": r.power_module_w,
         }
         for r in readings
     ]

@@ -261,6 +261,11 @@ class GpuSample(Base):
     memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
     utilization_gpu: Mapped[int | None]
     utilization_memory: Mapped[int | None]
+    # power_w is nvmlDeviceGetPowerUsage (a ~1 s average on Ampere and newer); these are the instantaneous
+    # field-values readings of the GPU, its memory and the module, where the GPU has them (migration 0008).
+    power_instant_w: Mapped[float | None]
+    power_memory_w: Mapped[float | None]
+    power_module_w: Mapped[float | None]
 
 
 class HostSample(Base):

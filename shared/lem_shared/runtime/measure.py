@@ -5,12 +5,14 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
-from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup
+from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup, WindowEdges
 from lem_shared.model_presets import random_preset
 from lem_shared.runtime.adapter import EngineAdapter
+from lem_shared.runtime.edges import EdgeMeter, nvml_edge_meter
 from lem_shared.runtime.environment import environment_snapshot
 from lem_shared.settings import get_settings
 
@@ -46,9 +48,23 @@ def coefficient_of_variation(values: list[float]) -> float:
 
 
 class MeasurementRuntime:
-    def __init__(self, adapter: EngineAdapter):
+    def __init__(self, adapter: EngineAdapter,
+                 edge_meter: Callable[[list[str]], EdgeMeter | None] = nvml_edge_meter):
         self.adapter = adapter
         self._loaded: str | None = None
+        self._make_edge_meter = edge_meter
+        self._edge_meter: EdgeMeter | None = None
+        self._edge_gpus: list[str] | None = None
+
+    def _edges(self) -> EdgeMeter | None:
+        """The meter that reads the run's GPUs at window edges, opened once for the GPUs this engine uses."""
+        uuid = self.adapter.device_info().gpu_uuid
+        gpus = [uuid] if uuid else []
+        if gpus != self._edge_gpus:
+            if self._edge_meter is not None:
+                self._edge_meter.close()
+            self._edge_meter, self._edge_gpus = self._make_edge_meter(gpus), gpus
+        return self._edge_meter
 
     def _idle(self, seconds: float) -> tuple[float, float] | None:
         """Leave the device idle for ``seconds`` and return the span, for telemetry to measure idle power."""
@@ -100,7 +116,7 @@ class MeasurementRuntime:
         self.adapter.synchronize()
         idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
         self.adapter.reset_peak_memory()
-        window_start, window_end, passes, timings = self._window(batches, experiment)
+        window_start, window_end, passes, timings, edges = self._window(batches, experiment)
         idle_after = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
         peak, peak_kind = self.adapter.peak_memory()
 
@@ -110,11 +126,12 @@ class MeasurementRuntime:
             prefill_warmup = self._warm_up(batches, only_prefill)
             self.adapter.synchronize()
             prefill_idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
-            start, end, prefill_passes, prefill_timings = self._window(batches, only_prefill)
+            start, end, prefill_passes, prefill_timings, prefill_edges = self._window(batches, only_prefill)
             prefill = PrefillWindow(warmup_iterations=prefill_warmup.iterations, idle_before=prefill_idle_before,
                                     window_start=start, window_end=end, passes=prefill_passes,
                                     batches=prefill_timings,
-                                    idle_after=self._idle(protocol.idle_gap_s if on_gpu else 0.0))
+                                    idle_after=self._idle(protocol.idle_gap_s if on_gpu else 0.0),
+                                    edges=prefill_edges)
         flops_counted = None
         if protocol.profiler == "flops":  # after every window: its work is never inside one
             flops_counted = self.adapter.count_flops(batches[0], experiment)
@@ -141,6 +158,7 @@ class MeasurementRuntime:
             prefill=prefill,
             flops_counted=flops_counted,
             model_shape=self._model_shape(experiment),
+            edges=edges,
         )
 
     def _engine_facts(self) -> dict[str, Any] | None:
@@ -153,14 +171,18 @@ class MeasurementRuntime:
         shape = getattr(self.adapter, "model_shape", None)
         return shape() if shape is not None else random_preset(experiment.model)
 
-    def _window(self, batches: list[list[list[int]]],
-                experiment: ExperimentConfig) -> tuple[float, float, int, list[BatchTiming]]:
+    def _window(self, batches: list[list[list[int]]], experiment: ExperimentConfig
+                ) -> tuple[float, float, int, list[BatchTiming], WindowEdges | None]:
         """Run whole passes over the batches until the window lasts ``min_window_s``: (start, end, passes,
-        timings). Every batch must produce exactly its forced number of tokens."""
+        timings, edge reads). Every batch must produce exactly its forced number of tokens. The device is
+        synchronised at both edges and, on a GPU, every counter is read there (outside the window's time)."""
         workload = experiment.workload
         timings: list[BatchTiming] = []
         passes = 0
-        window_start = time.time()
+        meter = self._edges()
+        self.adapter.synchronize()
+        opened = meter.open_window() if meter else None
+        window_start = opened.t if opened else time.time()
         while True:
             for batch in batches:
                 began = time.perf_counter()
@@ -182,4 +204,7 @@ class MeasurementRuntime:
             if time.time() - window_start >= experiment.measurement.min_window_s:
                 break
         self.adapter.synchronize()
-        return window_start, time.time(), passes, timings
+        if meter is None or opened is None:
+            return window_start, time.time(), passes, timings, None
+        closed = meter.close_window()
+        return window_start, closed.t, passes, timings, WindowEdges(start=opened, end=closed)

@@ -117,13 +117,16 @@ def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | Non
               "idle_after": _span(m.idle_after), "model_load": _span(m.model_load)}
     if pause:
         phases["gap"] = pause
+    if m.edges is not None:  # every GPU's counter at the window's exact edges: the finaliser's energy figure
+        phases["edges"] = m.edges.model_dump(mode="json")
     if m.prefill is not None:  # phase split: the prefill-only window, summed (the finaliser needs its energy)
         p = m.prefill
         phases["prefill"] = {"window": [p.window_start, p.window_end], "idle_before": _span(p.idle_before),
                              "idle_after": _span(p.idle_after), "passes": p.passes,
                              "warmup_iterations": p.warmup_iterations,
                              "prompts": sum(b.batch_size for b in p.batches),
-                             "latency_s": [b.latency_s for b in p.batches]}
+                             "latency_s": [b.latency_s for b in p.batches],
+                             "edges": p.edges.model_dump(mode="json") if p.edges is not None else None}
     if m.flops_counted is not None:
         phases["flops_counted"] = m.flops_counted
     if m.model_shape is not None:
