@@ -98,3 +98,63 @@ def test_a_cold_starts_load_energy_is_the_counter_over_its_load_span(replayed_tr
         assert metrics is not None and metrics.energy_j is not None
         assert metrics.model_load_energy_j == pytest.approx(1143.8, rel=0.005)
         assert metrics.energy_j < metrics.model_load_energy_j
+
+
+def _counter_at(t: float, trace_dir: Path) -> int:
+    """What an edge read of the trace's GPU at ``t`` answers: the last counter value at or before it."""
+    value = None
+    with open(trace_dir / "h200_nvml_trace.jsonl") as f:
+        for line in f:
+            r = json.loads(line)
+            if r["t"] > t:
+                break
+            value = r["energy_mj"]
+    assert value is not None
+    return value
+
+
+def _edges(start: float, end: float, start_mj: int, end_mj: int, uuid: str = REPLAY_UUID) -> dict:
+    return {"start": {"t": start, "read_s": 0.004, "gpus": {uuid: {"energy_mj": start_mj, "power_instant_w": None}}},
+            "end": {"t": end, "read_s": 0.004, "gpus": {uuid: {"energy_mj": end_mj, "power_instant_w": None}}}}
+
+
+def test_the_edge_reads_are_the_energy_and_telemetry_is_the_cross_check(replayed_trace: dict,
+                                                                         h200_trace_dir: Path) -> None:
+    # A 2 s window at the start of the batch-16 decode: the edge reads are the counter at those instants.
+    start = replayed_trace["decode_bs16_start"]
+    end = start + 2.0
+    exact = _edges(start, end, _counter_at(start, h200_trace_dir), _counter_at(end, h200_trace_dir))
+    run_id, _ = measured_run((start, end), REPLAY_UUID, output_tokens=64, phases={"edges": exact})
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None and metrics.analysis is not None
+        edges_mj = exact["end"]["gpus"][REPLAY_UUID]["energy_mj"] - exact["start"]["gpus"][REPLAY_UUID]["energy_mj"]
+        assert metrics.energy_source == "nvml_energy_counter_at_edges"
+        assert metrics.energy_j == pytest.approx(edges_mj / 1000)
+        assert metrics.j_per_token == pytest.approx(edges_mj / 1000 / 64)
+        checks = {c["name"]: c for c in metrics.analysis["checks"]}
+        assert checks["edges_vs_telemetry"]["status"] == "pass"
+        assert metrics.analysis["energy_counter_j"] == pytest.approx(metrics.energy_j, rel=0.10)
+
+    # Edge reads that do not match the samples (another GPU's counter, a skewed clock): flagged, never hidden.
+    off = _edges(start, end, exact["start"]["gpus"][REPLAY_UUID]["energy_mj"],
+                 exact["start"]["gpus"][REPLAY_UUID]["energy_mj"] + int(1.5 * edges_mj))
+    run_id, _ = measured_run((start, end), REPLAY_UUID, output_tokens=64, phases={"edges": off})
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None and metrics.analysis is not None
+        checks = {c["name"]: c for c in metrics.analysis["checks"]}
+        assert checks["edges_vs_telemetry"]["status"] == "warning" and metrics.verdict == "warning"
+
+    # A run recorded before edge reads existed keeps telemetry's figure, and says why.
+    run_id, _ = measured_run((start, end), REPLAY_UUID, output_tokens=64)
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None and metrics.analysis is not None
+        assert metrics.energy_source == "nvml_energy_counter"
+        checks = {c["name"]: c for c in metrics.analysis["checks"]}
+        assert checks["edges_vs_telemetry"] == {"name": "edges_vs_telemetry", "status": "skipped",
+                                                "message": "no counter reads at the window's edges"}

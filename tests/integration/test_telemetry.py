@@ -201,3 +201,30 @@ def test_samples_taken_while_the_database_is_missing_are_written_when_it_appears
     assert len(outage_warnings) == 1
     assert any("database reachable again" in r.getMessage() for r in caplog.records)
     assert not list((tmp_path / "buffer").rglob("*.jsonl")), "disk-buffer files were left behind"
+
+
+def test_instantaneous_and_memory_power_are_stored_beside_the_averaged_reading(
+    database_url: str, engine: Engine, h200_trace_dir: Path, tmp_path: Path
+) -> None:
+    # The 10 ms H200 recording with the field-values readings, fast and counter records apart as stored.
+    process, log_path = _start_daemon(database_url, f"replay:{h200_trace_dir / 'h200_instant_trace.jsonl'}",
+                                      tmp_path)
+    try:
+        _wait_for(lambda: _count(engine, GpuSample) > 0 or process.poll() is not None, 10, "the first GPU samples")
+        sampled_from = time.time()
+        time.sleep(2.0)
+    finally:
+        exit_code = _stop(process)
+    assert exit_code == 0, log_path.read_text()
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(GpuSample.power_w, GpuSample.power_instant_w, GpuSample.power_memory_w, GpuSample.power_module_w,
+                   GpuSample.energy_mj)
+            .where(GpuSample.time >= func.to_timestamp(sampled_from)).order_by(GpuSample.time)).all()
+    fast = [r for r in rows if r.power_w is not None]
+    counter = [r for r in rows if r.energy_mj is not None]
+    assert fast and counter
+    assert all(50 < r.power_instant_w < 1000 and 20 < r.power_memory_w < 200 for r in fast)
+    assert all(r.power_module_w is None for r in fast)  # the H200 has no module reading
+    assert all(r.power_instant_w is None for r in counter)
+    assert all(b.energy_mj >= a.energy_mj for a, b in zip(counter, counter[1:], strict=False))

@@ -316,7 +316,8 @@ class ReplaySource:
 
     Readings carry the current wall-clock time, the fixed UUID ``REPLAY_UUID`` and the source name
     ``nvml-replay``, so nothing measured from them can pass for a real GPU. The energy counter keeps
-    rising across loops (each loop adds the trace's total energy).
+    rising across loops (each loop adds the trace's total energy). A trace may hold every field in each record
+    (the team's recording) or, as the daemon stores them, fast records and counter records apart.
     """
 
     name = "nvml-replay"
@@ -326,6 +327,8 @@ class ReplaySource:
         self._clock = clock
         self._offsets: list[float] = []
         self._readings: list[GpuReading] = []
+        self._counter_offsets: list[float] = []
+        self._counters: list[int] = []
         self._period = 0.0
         self._energy_per_loop = 0
         self._started: float | None = None
@@ -342,14 +345,17 @@ class ReplaySource:
         if not records:
             raise ValueError(f"replay trace {self.trace_path} has no records")
         t0 = float(records[0]["t"])
-        self._offsets = [float(record["t"]) - t0 for record in records]
-        self._readings = [_reading_from_trace(r, o) for r, o in zip(records, self._offsets, strict=True)]
+        fast = [r for r in records if r.get("power_mw") is not None or r.get("energy_mj") is None]
+        counters = [r for r in records if r.get("energy_mj") is not None]
+        self._offsets = [float(record["t"]) - t0 for record in fast]
+        self._readings = [_reading_from_trace(r, o) for r, o in zip(fast, self._offsets, strict=True)]
+        self._counter_offsets = [float(record["t"]) - t0 for record in counters]
+        self._counters = [int(record["energy_mj"]) for record in counters]
         # One loop lasts the trace plus one mean sampling step, so the last record is held like the others.
-        duration = self._offsets[-1]
-        step = duration / (len(records) - 1) if len(records) > 1 else 1.0
+        duration = float(records[-1]["t"]) - t0
+        step = duration / (len(fast) - 1) if len(fast) > 1 else 1.0
         self._period = duration + step
-        energies = [r.energy_mj for r in self._readings if r.energy_mj is not None]
-        self._energy_per_loop = energies[-1] - energies[0] if energies else 0
+        self._energy_per_loop = self._counters[-1] - self._counters[0] if self._counters else 0
 
     @property
     def gpus(self) -> list[tuple[int, str]]:
@@ -364,12 +370,11 @@ class ReplaySource:
         if self._started is None:
             raise RuntimeError("ReplaySource read before open()")
         loops, into_loop = divmod(self._clock() - self._started, self._period)
-        index = max(bisect.bisect_right(self._offsets, into_loop) - 1, 0)
-        reading = self._readings[index]
-        energy = reading.energy_mj
-        if energy is not None:
-            energy += int(loops) * self._energy_per_loop
-        return reading, energy
+        reading = self._readings[max(bisect.bisect_right(self._offsets, into_loop) - 1, 0)]
+        if not self._counters:
+            return reading, None
+        energy = self._counters[max(bisect.bisect_right(self._counter_offsets, into_loop) - 1, 0)]
+        return reading, energy + int(loops) * self._energy_per_loop
 
     def read(self) -> list[GpuReading]:
         reading, energy = self._now()
