@@ -30,7 +30,7 @@ from lem_shared.contracts import sha256_of
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0007"
+SCHEMA_VERSION = "0008"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
