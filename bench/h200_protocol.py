@@ -205,7 +205,7 @@ def reanalyse(database_url: str, out: Path) -> None:
     os.environ["LEM_DATABASE_URL"] = database_url
     from sqlalchemy import select, update
 
-    from lem_planner.control import energy_fields
+    from lem_planner.control import energy_fields, run_facts
     from lem_shared.config import ExperimentConfig
     from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
     from lem_shared.db.session import session_scope
@@ -216,8 +216,8 @@ def reanalyse(database_url: str, out: Path) -> None:
         jobs = [(run, s.get(RunMetrics, run.id), s.get(Experiment, run.experiment_id)) for run in runs]
         s.expunge_all()
     for run, metrics, experiment in jobs:
-        protocol = ExperimentConfig.model_validate(experiment.config).measurement
-        fields = energy_fields(run, metrics, protocol, wait_s=0)
+        config = ExperimentConfig.model_validate(experiment.config)
+        fields = energy_fields(run, metrics, config.measurement, wait_s=0, facts=run_facts(run, metrics, config))
         with session_scope() as s:
             s.execute(update(RunMetrics).where(RunMetrics.run_id == run.id).values(**fields))
     report(campaign_id, out, {"command": " ".join(sys.argv), "reanalysed": database_url})
