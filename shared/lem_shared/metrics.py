@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from lem_shared.contracts import Measurement
+from lem_shared.stats import percentile
 
 
 class TimedBatch(Protocol):
@@ -21,17 +22,6 @@ class TimedBatch(Protocol):
     def kv_cache_usage_mean(self) -> float | None: ...
     @property
     def preemptions(self) -> int | None: ...
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0–100) with linear interpolation between closest ranks."""
-    ordered = sorted(values)
-    if not ordered:
-        raise ValueError("percentile of no values")
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def ttft_values(batches: Iterable[TimedBatch]) -> list[float]:

@@ -1,4 +1,5 @@
-"""Confidence intervals across cycles: a seeded percentile bootstrap, vectorised with numpy. Pure functions."""
+"""Percentiles, and confidence intervals across cycles: a seeded percentile bootstrap, vectorised with numpy.
+Pure functions."""
 
 from __future__ import annotations
 
@@ -17,6 +18,17 @@ FEW_VALUES_WARNING = "fewer than 3 cycles: the interval is unreliable"
 
 # A statistic takes a 2-D array and reduces each row (axis=1), like numpy.mean.
 Statistic = Callable[..., Any]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100) with linear interpolation between closest ranks (numpy's default)."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lem_shared.contracts import BatchTiming, Measurement, Warmup
-from lem_shared.metrics import percentile, run_metrics
+from lem_shared.metrics import run_metrics
+from lem_shared.stats import percentile
 
 
 def test_percentile_interpolates_between_ranks() -> None:

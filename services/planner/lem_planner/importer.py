@@ -138,12 +138,6 @@ def _pop(d: dict[str, Any], path: str) -> None:
             parent.pop(key)
 
 
-def _percentile(values: list[float], q: float) -> float:
-    from lem_shared.metrics import percentile
-
-    return percentile(values, q)
-
-
 # ------------------------------------------------------------------------------------------- recognising files
 
 
@@ -523,10 +517,12 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
     if energy == 0.0 and not failed:
         energy, source, energy_note = None, None, "the earlier tool recorded 0 J (no energy measured)"
 
+    from lem_shared.stats import percentile
+
     # Request latencies: their per-request end-to-end latencies (3.x); none in 2.x.
     latencies = [v for p in processes for v in p.request_latencies_ms]
     if latencies:
-        latency = (sum(latencies) / len(latencies), _percentile(latencies, 50), _percentile(latencies, 95))
+        latency = (sum(latencies) / len(latencies), percentile(latencies, 50), percentile(latencies, 95))
         derived["latency_*_s"] = "per_request_latencies_ms of the processes (ms -> s)"
     elif _num(doc, "extended_metrics.request_latency.e2e_latency_mean_ms"):
         paths = [f"extended_metrics.request_latency.e2e_latency_{s}_ms" for s in ("mean", "median", "p95")]

@@ -3,17 +3,20 @@ each experiment across its cycles with bootstrap confidence intervals."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
+from dataclasses import fields
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import joinedload
+from sqlalchemy.orm import joinedload, selectinload
 
-from lem_shared.db.models import BatchTimingRow, Campaign, Run
+from lem_shared.db.models import BatchTimingRow, Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.metrics import percentile, ttft_values
-from lem_shared.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, PERCENTILE_BOOTSTRAP, bootstrap_ci
+from lem_shared.metrics import ttft_values
+from lem_shared.run_record import PHASE_COLUMNS, PHASES, RunRecord
+from lem_shared.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, PERCENTILE_BOOTSTRAP, bootstrap_ci, percentile
 
 # The per-run figures summarised across cycles, with the words used when no run has one.
 SUMMARY_METRICS = {
@@ -65,86 +68,112 @@ def inter_token_latency(batches: Iterable[BatchTimingRow]) -> float | None:
     return sum(per_batch) / len(per_batch) if per_batch else None
 
 
-def run_records(campaign_id: int) -> list[dict[str, Any]]:
-    """One record per run, in experiment then cycle order."""
+def _per_batch_itl(batches: list[BatchTimingRow]) -> list[float]:
+    return [x for b in batches if (x := inter_token_latency([b])) is not None]
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return percentile(values, q) if values else None
+
+
+# The record's fields stored as run_metrics columns of the same name (the rest is derived below).
+_STORED = [f.name for f in fields(RunRecord)
+           if f.name in {c.name for c in RunMetrics.__table__.columns if not c.primary_key}]
+
+
+def _record(run: Run) -> RunRecord:
+    """A run's record from its row with the rows loaded beside it (experiment, campaign, metrics, batches,
+    environment); the read-time figures (percentiles, ITL, per-phase and environment columns) are computed here."""
+    m, batches, experiment = run.metrics, run.batches, run.experiment
+    campaign, config = experiment.campaign, experiment.config
+    analysis = (m.analysis or {}) if m else {}
+    ttfts, latencies, itls = ttft_values(batches), [b.latency_s for b in batches], _per_batch_itl(batches)
+    imported = (run.imported or {}).get("tokens_per_s")
+    shares = analysis.get("reason_share") or {}
+    checks = analysis.get("checks") if m else None
+    stored = {name: getattr(m, name) if m else None for name in _STORED}
+    adjusted, output_tokens = stored["energy_adjusted_j"], stored["output_tokens"]
+    return RunRecord(
+        campaign_id=campaign.id, campaign_name=campaign.name, campaign_source=campaign.source,
+        experiment_index=experiment.index, config_hash=experiment.config_hash, experiment=config,
+        run_id=run.id, run_key=run.run_key, cycle=run.cycle, status=run.status, attempts=run.attempts,
+        backend=experiment.backend, model=config.get("model"), dtype=config.get("dtype"),
+        batch_size=config.get("batch_size"), schema_version=run.schema_version, tool_version=run.tool_version,
+        error=run.error, worker=run.worker, host=run.host, device=run.device, gpu_uuid=run.gpu_uuid,
+        window_start=run.window_start.isoformat() if run.window_start else None,
+        window_end=run.window_end.isoformat() if run.window_end else None,
+        **stored,
+        j_per_token_adjusted=adjusted / output_tokens if adjusted is not None and output_tokens else None,
+        # imported runs: the earlier tool's own tokens/s ({field, value, counts}), beside ours (output only)
+        imported_throughput=imported,
+        imported_tokens_per_s=(imported or {}).get("value"),
+        imported_tokens_per_s_counts=(imported or {}).get("counts"),
+        effective_batch_size=sum(b.batch_size for b in batches) / len(batches) if batches else None,
+        # p50 as stored (imported runs have it without batches); p90/p99 from the batches
+        latency_p90_s=_percentile(latencies, 90), latency_p99_s=_percentile(latencies, 99),
+        ttft_p50_s=_percentile(ttfts, 50), ttft_p90_s=_percentile(ttfts, 90), ttft_p99_s=_percentile(ttfts, 99),
+        itl_mean_s=inter_token_latency(batches) if m else None,
+        itl_p50_s=_percentile(itls, 50), itl_p90_s=_percentile(itls, 90), itl_p99_s=_percentile(itls, 99),
+        gpu_utilisation_mean_pct=analysis.get("utilization_mean_pct"),
+        sm_clock_ratio=analysis.get("sm_clock_ratio"),
+        throttle_shares={f"throttle_share_{label}": shares.get(label) for label in shares},
+        thermal_throttling=analysis.get("thermal_throttling"), power_brake=analysis.get("power_brake"),
+        checks=checks,
+        failed_checks="; ".join(f"{c['name']}: {c['status']}" for c in checks or []
+                                if c["status"] in ("fail", "warning")) or None,
+        phase_split=analysis.get("phase_split") if m else None, flops=analysis.get("flops") if m else None,
+        **_phase_columns(analysis.get("phase_split"), analysis.get("flops")),
+        **_environment_columns((run.environment.data if run.environment else None) or {}),
+    )
+
+
+def load_runs(campaign_id: int) -> list[RunRecord]:
+    """The campaign's runs as records, in experiment then cycle order, from one query."""
     with session_scope() as s:
         runs = s.scalars(
             select(Run)
             .where(Run.campaign_id == campaign_id)
-            .options(joinedload(Run.experiment), joinedload(Run.metrics))
+            .options(joinedload(Run.experiment).joinedload(Experiment.campaign), joinedload(Run.metrics),
+                     joinedload(Run.environment), selectinload(Run.batches))
         ).all()
-        batches_of: dict[int, list[BatchTimingRow]] = defaultdict(list)
-        for batch in s.scalars(
-            select(BatchTimingRow).join(Run, BatchTimingRow.run_id == Run.id).where(Run.campaign_id == campaign_id)
-        ):
-            batches_of[batch.run_id].append(batch)
-        records = []
-        for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle)):
-            m = run.metrics
-            ttfts = ttft_values(batches_of[run.id])
-            latencies = [b.latency_s for b in batches_of[run.id]]
-            records.append({
-                "run_id": run.id,
-                "run_key": run.run_key,
-                "experiment_index": run.experiment.index,
-                "experiment": run.experiment.config,
-                "backend": run.experiment.backend,
-                "cycle": run.cycle,
-                "status": run.status,
-                "attempts": run.attempts,
-                "worker": run.worker,
-                "host": run.host,
-                "device": run.device,
-                "gpu_uuid": run.gpu_uuid,
-                "window_start": run.window_start.isoformat() if run.window_start else None,
-                "window_end": run.window_end.isoformat() if run.window_end else None,
-                "error": run.error,
-                "requests": m.requests if m else None,
-                "output_tokens": m.output_tokens if m else None,
-                "duration_s": m.duration_s if m else None,
-                "tokens_per_s": m.tokens_per_s if m else None,
-                # imported runs: the earlier tool's own tokens/s ({field, value, counts}), beside ours (output only)
-                "imported_tokens_per_s": (run.imported or {}).get("tokens_per_s"),
-                "latency_mean_s": m.latency_mean_s if m else None,
-                # p50 as stored (imported runs have it without batches); p90/p99 from the batches
-                "latency_p50_s": m.latency_p50_s if m else None,
-                **{f"latency_p{q}_s": percentile(latencies, q) if latencies else None for q in (90, 99)},
-                "ttft_mean_s": m.ttft_mean_s if m else None,
-                **{f"ttft_p{q}_s": percentile(ttfts, q) if ttfts else None for q in (50, 90, 99)},
-                "itl_mean_s": inter_token_latency(batches_of[run.id]) if m else None,
-                "kv_cache_usage_peak": m.kv_cache_usage_peak if m else None,
-                "kv_cache_usage_mean": m.kv_cache_usage_mean if m else None,
-                "preemptions": m.preemptions if m else None,
-                "peak_memory_bytes": m.peak_memory_bytes if m else None,
-                "peak_memory_kind": m.peak_memory_kind if m else None,
-                "model_load_s": m.model_load_s if m else None,
-                "model_reused": m.model_reused if m else None,
-                "warmup_iterations": m.warmup_iterations if m else None,
-                "warmup_converged": m.warmup_converged if m else None,
-                "warmup_final_cv": m.warmup_final_cv if m else None,
-                "passes": m.passes if m else None,
-                "energy_j": m.energy_j if m else None,
-                "energy_source": m.energy_source if m else None,
-                "energy_note": m.energy_note if m else None,
-                "energy_power_integral_j": m.energy_power_integral_j if m else None,
-                "energy_adjusted_j": m.energy_adjusted_j if m else None,
-                "baseline_power_w": m.baseline_power_w if m else None,
-                "baseline_method": m.baseline_method if m else None,
-                "deep_idle_power_w": m.deep_idle_power_w if m else None,
-                "idle_before_w": m.idle_before_w if m else None,
-                "idle_after_w": m.idle_after_w if m else None,
-                "mean_power_w": m.mean_power_w if m else None,
-                "peak_power_w": m.peak_power_w if m else None,
-                "max_temperature_c": m.max_temperature_c if m else None,
-                "j_per_token": m.j_per_token if m else None,
-                "j_per_request": m.j_per_request if m else None,
-                "tokens_per_j": m.tokens_per_j if m else None,
-                "verdict": m.verdict if m else None,
-                "checks": (m.analysis or {}).get("checks") if m else None,
-                "phase_split": (m.analysis or {}).get("phase_split") if m else None,
-                "flops": (m.analysis or {}).get("flops") if m else None,
-            })
-        return records
+        return [_record(run) for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle))]
+
+
+def run_records(campaign_id: int) -> list[dict[str, Any]]:
+    """One record per run, in experiment then cycle order: what ``lem results show --json`` prints."""
+    return [record.shown() for record in load_runs(campaign_id)]
+
+
+def _phase_columns(split: dict[str, Any] | None, flops: dict[str, Any] | None) -> dict[str, Any]:
+    """The prefill/decode columns of the record from the analysis's split and counted FLOPs."""
+    per_prompt = (split or {}).get("per_prompt") or {}
+    figures_of = {phase: per_prompt.get(phase) or {} for phase in PHASES}
+    phase_figures = {}
+    for column in PHASE_COLUMNS:  # prefill_time_s: per_prompt["prefill"]["time_s"]; *_tflops from "flops"
+        phase, _, figure = column.name.partition("_")
+        value = figures_of[phase].get("flops" if figure == "tflops" else figure)
+        phase_figures[column.name] = (value / 1e12 if value else None) if figure == "tflops" else value
+    memory = figures_of["decode"].get("memory") or {}
+    ratio = (flops or {}).get("ratio") or {}
+    return {"phase_figures": phase_figures, "decode_bandwidth_tb_s": memory.get("achieved_tb_s"),
+            "decode_bandwidth_utilisation": memory.get("bandwidth_utilisation"),
+            "flops_counted_ratio_prefill": ratio.get("prefill"), "flops_counted_ratio_decode": ratio.get("decode")}
+
+
+def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment snapshot's main facts (the full snapshot stays in the database). ``gpus`` is a list, or
+    a text saying why NVML was unavailable (then the GPU columns are empty)."""
+    gpus = env.get("gpus")
+    gpu = gpus[0] if isinstance(gpus, list) and gpus else {}
+    packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    return {
+        "env_gpu_name": gpu.get("name"), "env_driver_version": gpu.get("driver_version"),
+        "env_cuda_version": gpu.get("cuda_driver_version"), "env_power_limit_w": gpu.get("power_limit_w"),
+        "env_torch_version": packages.get("torch"),
+        "env_engine_versions": json.dumps(packages, sort_keys=True) if packages else None,
+        "env_engine_facts": json.dumps(env["engine"], sort_keys=True) if env.get("engine") else None,
+        "env_hostname": env.get("host"), "env_cpu": env.get("cpu_model"),
+    }
 
 
 def _missing_reason(metric: str, runs: list[dict[str, Any]]) -> str:

@@ -161,6 +161,9 @@ class Run(Base):
 
     experiment: Mapped[Experiment] = relationship(back_populates="runs")
     metrics: Mapped[RunMetrics | None] = relationship(back_populates="run", uselist=False)
+    # Read-only: what run_records loads with the run (the rows are written through their own tables).
+    environment: Mapped[Environment | None] = relationship(viewonly=True)
+    batches: Mapped[list[BatchTimingRow]] = relationship(viewonly=True, order_by="BatchTimingRow.batch_index")
 
 
 class RunMetrics(Base):
