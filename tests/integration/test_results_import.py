@@ -12,8 +12,9 @@ import typer
 from sqlalchemy import delete, func, select
 from typer.testing import CliRunner
 
+from lem_planner.cli.results import results_import
 from lem_planner.export import run_rows
-from lem_planner.importer import import_results, results_import
+from lem_planner.importer import import_results
 from lem_planner.results import experiment_summaries, run_records
 from lem_shared.db.models import Campaign, Environment, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope

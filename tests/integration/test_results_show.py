@@ -146,10 +146,10 @@ def test_show_says_under_the_table_why_a_run_warned(stack_env: dict[str, str]) -
 
 
 def test_experiment_labels_have_no_repeated_keys_or_values(imported: int) -> None:  # noqa: ANN001
-    from lem_planner.cli import _describe_experiments
+    from lem_planner.cli.tables import describe_experiments
     from lem_planner.results import experiment_summaries
 
-    labels, caption = _describe_experiments([e["experiment"] for e in experiment_summaries(imported, resamples=10)])
+    labels, caption = describe_experiments([e["experiment"] for e in experiment_summaries(imported, resamples=10)])
     assert len(labels) == 4
     for label in labels:
         values = re.findall(r"=(\S+)", label)

@@ -1,18 +1,13 @@
-"""``lem doctor``: is everything a campaign needs up? Broker, database (at the Alembic head), Celery workers per
-queue, and the telemetry heartbeats per host and GPU. Exit code 1 when something needed is down, with a line
-saying how to fix it."""
+"""The checks of ``lem doctor``: is everything a campaign needs up? Broker, database (at the Alembic head), Celery
+workers per queue, and the telemetry heartbeats per host and GPU; each failed check says how to fix it (the
+command, ``lem_planner.cli.doctor``, prints them and exits 1 when something needed is down)."""
 
 from __future__ import annotations
 
-import json as jsonlib
-import sys
-from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import redis
-import typer
-from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
@@ -96,9 +91,9 @@ def check_workers(broker_ok: bool) -> list[Check]:
     if not broker_ok:
         return [Check("workers", "fail", "cannot ask: the broker is unreachable", "start Redis first")]
     from lem_planner.campaigns import consumers_by_queue
-    from lem_planner.control import app
+    from lem_planner.sender import sender
 
-    consumers = consumers_by_queue(app, timeout=2.0)
+    consumers = consumers_by_queue(sender(), timeout=2.0)
     checks = []
     for queue in QueueName:
         workers = sorted(consumers.get(queue.value, []))
@@ -153,7 +148,7 @@ def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list
     return checks, beats
 
 
-_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red"}
 
 
 def run_checks(steps: Steps | None = None) -> tuple[list[Check], list[dict[str, Any]]]:
@@ -165,7 +160,7 @@ def run_checks(steps: Steps | None = None) -> tuple[list[Check], list[dict[str, 
         checks.extend(found)
         if steps is not None:
             for check in found:
-                steps.done(Text.assemble((f"{check.status:<4} ", _STYLE[check.status]), f"{check.name}: ",
+                steps.done(Text.assemble((f"{check.status:<4} ", STYLE[check.status]), f"{check.name}: ",
                                          check.detail))
             if next_step:
                 steps.step(next_step)
@@ -177,27 +172,3 @@ def run_checks(steps: Steps | None = None) -> tuple[list[Check], list[dict[str, 
     telemetry, beats = check_telemetry(settings.broker_url, broker.status == "ok")
     done(telemetry, None)
     return checks, beats
-
-
-def doctor(json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Check the broker, the database (and its schema), the workers per queue and the telemetry heartbeats."""
-    with Steps("checking the broker") as steps:
-        checks, beats = run_checks(steps)
-    ok = all(check.status != "fail" for check in checks)
-    if json:
-        sys.stdout.write(jsonlib.dumps({"ok": ok, "checks": [asdict(c) for c in checks], "heartbeats": beats},
-                                       indent=2) + "\n")
-    else:
-        console = Console() if sys.stdout.isatty() else Console(width=140)
-        table = Table(title="lem doctor")
-        for column in ("check", "status", "detail"):
-            table.add_column(column)
-        for check in checks:
-            table.add_row(check.name, f"[{_STYLE[check.status]}]{check.status}[/]", check.detail)
-        console.print(table)
-        for check in checks:
-            if check.fix and check.status != "ok":
-                console.print(f"[{_STYLE[check.status]}]{check.name}:[/] {check.fix}", highlight=False)
-        console.print("all needed services are up" if ok else "[bold red]something needed is down[/]")
-    if not ok:
-        raise typer.Exit(1)

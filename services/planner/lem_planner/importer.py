@@ -1,4 +1,4 @@
-"""``lem results import DIR``: the result files of the earlier LLenergyMeasure tool, read into the database.
+"""The result files of the earlier LLenergyMeasure tool, read into the database (`lem results import DIR`).
 
 The earlier tool (github.com/henrycgbaker/LLenergyMeasure) wrote JSON with a ``schema_version``:
 
@@ -25,9 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from typing import Any
 
 BACKENDS = {"pytorch": "pytorch", "vllm": "vllm", "tensorrt": "trtllm"}
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32",
@@ -827,45 +825,3 @@ def import_results(directory: Path) -> ImportReport:
         report.imported.append((result.label, campaign_id, 1))
     report.skipped.sort()
     return report
-
-
-# ---------------------------------------------------------------------------------------------- command
-
-
-def results_import(
-    directory: Annotated[Path, typer.Argument(help="Folder of the earlier tool's results (searched recursively).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, runs, imported, skipped, problems} "
-                                                       "as JSON.")] = False,
-) -> None:
-    """Import the JSON results of the earlier LLenergyMeasure (v2 and v3, per-process and aggregated) as a
-    campaign marked imported; fields without a column here are kept in runs.imported. Bad or partial files are
-    reported and skipped; importing a folder again adds only what is new."""
-    from lem_planner.cli import EXIT_BAD_INPUT, _fail, _print_json, out
-
-    if not directory.is_dir():
-        raise _fail(f"{directory}: no such directory", EXIT_BAD_INPUT)
-    report = import_results(directory)
-    if not report.imported and not report.skipped:
-        raise _fail(f"{directory}: no .json files", EXIT_BAD_INPUT)
-    if as_json:
-        _print_json({"campaign_id": report.campaign_id, "directory": str(report.directory), "runs": report.runs,
-                     "imported": [str(file) for file, _, _ in report.imported],
-                     "skipped": [{"file": str(file), "reason": reason} for file, reason in report.skipped],
-                     "problems": len(report.problems)})
-        for file, reason in report.problems:
-            typer.echo(f"error: {file}: {reason}", err=True)
-        if report.problems:
-            raise typer.Exit(1)
-        return
-    for file, _, _ in report.imported:
-        out.print(f"imported {file}", highlight=False, markup=False, soft_wrap=True)
-    for file, reason in report.skipped:
-        out.print(f"skipped {file}: {reason}", highlight=False, markup=False, soft_wrap=True)
-    already = sum(1 for _, r in report.skipped if r.startswith(ALREADY))
-    where = f"campaign {report.campaign_id}" if report.campaign_id is not None else "no campaign"
-    out.print(f"{report.runs} run(s) imported into {where} ({report.directory}); {len(report.skipped)} file(s) "
-              f"skipped: {len(report.problems)} bad, {already} already imported"
-              + (f"; `lem results show {report.campaign_id}`" if report.campaign_id is not None else ""),
-              highlight=False, markup=False, soft_wrap=True)
-    if report.problems:
-        raise typer.Exit(1)

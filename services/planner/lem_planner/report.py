@@ -9,8 +9,8 @@ per-experiment table and the validity table of every run follow. Where the data 
 says why. The figures are drawn by ``report_figures`` and inlined as SVG (the page has no external CSS, script,
 font or image) and also written, as PNG and SVG, into a folder beside the page.
 
-Only light modules are imported at the top: the CLI imports this one to register the command, and matplotlib,
-numpy and SQLAlchemy are imported inside the functions that use them.
+The command is ``lem_planner.cli.results``; matplotlib, numpy and SQLAlchemy are imported inside the functions
+that use them.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
-
-import typer
-from rich.console import Console
+from typing import Any
 
 from lem_planner.report_figures import (
     FigureFiles,
@@ -42,7 +39,6 @@ from lem_planner.report_figures import (
 )
 from lem_shared.config import flatten
 
-EXIT_BAD_INPUT = 2
 # Points per GPU timeline: samples are averaged (min and max kept as a band) into this many time bins.
 TIMELINE_POINTS = 1500
 # Config keys that say how a run was measured or seeded, not what was measured: never "the swept parameter".
@@ -586,35 +582,3 @@ def render_report(campaign_id: int, path: Path, figures_dir: Path | None = None)
     write_atomically(path, lambda f: f.write(page.encode("utf-8")))
     figures.write(folder)
     return path
-
-
-# --- the command --------------------------------------------------------------------------------------------------
-
-def results_report(
-    campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write (its folder must exist).")],
-    figures: Annotated[Path | None, typer.Option(
-        "--figures", help="The folder for the figure files (PNG and SVG; made if missing, its parent must exist); "
-                          "default: <output stem>_figures beside the page.")] = None,
-) -> None:
-    """Write a self-contained HTML report of CAMPAIGN_ID with every figure its data supports: power and
-    temperature over time with the measurement windows shaded; throughput, TTFT, latency and J/token against the
-    swept parameter with 95 % CIs per backend; Pareto fronts of J/token against throughput and latency; prefill
-    against decode (measurement.phase_split); idle against active energy; the validity of every run. Each figure
-    is also written as PNG and SVG into the --figures folder. Files appear whole or not at all: a failed write
-    (exit 1) leaves what was there; a target that is not a regular file, or in a folder that does not exist, is
-    refused (exit 2)."""
-    from lem_planner.cli import _check_campaign_id, _fail
-    from lem_planner.safe_write import OutputError, check_target
-
-    try:
-        check_target(output)
-        render_report(_check_campaign_id(campaign_id), output, figures)
-    except OutputError as exc:
-        raise _fail(str(exc), exc.exit_code) from None
-    except UnknownCampaign:
-        raise _fail(f"no campaign {campaign_id}; `lem campaign list` shows the ones there are",
-                    EXIT_BAD_INPUT) from None
-    folder = figures or figures_folder(output)
-    Console(width=140).print(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and its figures in {folder}",
-                             highlight=False, markup=False)

@@ -27,6 +27,7 @@ import socket
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -35,14 +36,19 @@ from lem_shared.config import ConfigError, plan_text, read_campaign_file
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OVERLAP = "queue"
-OVERLAPS = ("queue", "skip")
 DEFAULT_CATCH_UP = 1
 # A cron schedule is stepped through at most this many due times when a beat comes back after a long absence.
 _MAX_CRON_STEPS = 100_000
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+class ScheduleOverlap(StrEnum):
+    """What a firing does when a campaign is still running on the GPUs (backends) it needs."""
+
+    QUEUE = "queue"  # create the campaign now; its runs go after the running campaign's (dispatch order)
+    SKIP = "skip"  # create nothing; the firing is recorded as skipped, naming the running campaign
 
 
 class ScheduleError(ValueError):
@@ -534,7 +540,7 @@ def _create(s: Any, row: Any, due: datetime, now: datetime) -> tuple[str, int | 
     from sqlalchemy import select
 
     from lem_planner.campaigns import create_campaign
-    from lem_shared.db.models import Campaign, CampaignStatus, Experiment, FiringOutcome, ScheduleOverlap
+    from lem_shared.db.models import Campaign, CampaignStatus, Experiment, FiringOutcome
 
     try:
         plan = plan_text(row.campaign_text, f"schedule {row.id} ({row.source_path})")

@@ -285,13 +285,6 @@ class HostSample(Base):
     memory_total_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
-class ScheduleOverlap(StrEnum):
-    """What a firing does when a campaign is still running on the GPUs (backends) it needs."""
-
-    QUEUE = "queue"  # create the campaign now; its runs go after the running campaign's (dispatch order)
-    SKIP = "skip"  # create nothing; the firing is recorded as skipped, naming the running campaign
-
-
 class FiringOutcome(StrEnum):
     CREATED = "created"  # a campaign was created and nothing else ran on its backends
     QUEUED = "queued"  # a campaign was created behind one still running on its backends
@@ -319,7 +312,7 @@ class Schedule(Base):
     start_at: Mapped[datetime | None]
     until_at: Mapped[datetime | None]
     times: Mapped[int | None]
-    overlap: Mapped[str] = mapped_column(String(8))
+    overlap: Mapped[str] = mapped_column(String(8))  # a lem_planner.schedules.ScheduleOverlap
     catch_up: Mapped[int]
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     # The next due time; null once the schedule has no more (--times reached, past --until, a done --at).

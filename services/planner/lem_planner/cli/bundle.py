@@ -1,4 +1,4 @@
-"""`lem bundle`: build an offline engine bundle for an air-gapped GPU host, verify it, unpack it."""
+"""``lem bundle``: build an offline engine bundle for an air-gapped GPU host, verify it, unpack it."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ from typing import Annotated
 
 import typer
 
+from lem_planner.cli.console import EXIT_BAD_INPUT, fail
+
 bundle_cli = typer.Typer(help="Offline engine bundles for GPU hosts without a package index.", no_args_is_help=True)
-
-
-def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
 
 
 @bundle_cli.command("build")
@@ -44,14 +41,14 @@ def bundle_build(
     from lem_planner.bundle.unpack import BundleError
 
     if not host_packages.is_file():
-        raise _fail(f"--host-packages {host_packages} does not exist; on the host run "
-                    "`python3 -m pip list --format=freeze > host-packages.txt` and copy it here")
+        raise fail(f"--host-packages {host_packages} does not exist; on the host run "
+                   "`python3 -m pip list --format=freeze > host-packages.txt` and copy it here", EXIT_BAD_INPUT)
     try:
         build(requirements, Target(python_version, glibc, machine), host_packages.read_text(), out,
               exclude=exclude or [], prune_globs=prune or [], part_mib=part_mib, python=python,
               pip_args=pip_arg or [], name=name, force=force, progress=typer.echo)
     except BundleError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
 
 
 @bundle_cli.command("verify")
@@ -62,7 +59,7 @@ def bundle_verify(bundle: Annotated[Path, typer.Argument(help="The bundle folder
     try:
         manifest = verify(bundle)
     except BundleError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     typer.echo(f"ok: {len(manifest['archive']['parts'])} parts of {manifest['name']} verified")
 
 

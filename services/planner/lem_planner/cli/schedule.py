@@ -1,36 +1,19 @@
-"""`lem schedule`: campaigns on a schedule (add, list, history, pause, resume, remove). The beat process
+"""``lem schedule``: campaigns on a schedule (add, list, history, pause, resume, remove). The beat process
 (`lem-beat`, `make beat`) fires them; the database and Celery are imported inside the commands so `lem --help`
 stays fast."""
 
 from __future__ import annotations
 
-import json
-import sys
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
 
+from lem_planner.cli.console import EXIT_BAD_INPUT, fail, print_json, stdout_console
+from lem_planner.schedules import DEFAULT_CATCH_UP, ScheduleOverlap
+
 schedule_cli = typer.Typer(help="Campaigns on a schedule, fired by the beat process (`make beat` or `make up`).",
                            no_args_is_help=True)
-
-EXIT_BAD_INPUT = 2
-
-
-class Overlap(StrEnum):
-    queue = "queue"
-    skip = "skip"
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2) + "\n")
-
 
 def _beat_line() -> str:
     from lem_planner.schedules import beat_presence
@@ -53,12 +36,12 @@ def schedule_add(
     at: Annotated[str | None, typer.Option(help="ISO time: fire once then (with --every: the first firing).")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time: no firing after it.")] = None,
     times: Annotated[int | None, typer.Option(help="Fire at most this many times.")] = None,
-    overlap: Annotated[Overlap, typer.Option(help="When a campaign still runs on the backends this one needs: "
-                                                  "queue (create it; its runs follow) or skip (record the skip).")]
-    = Overlap.queue,
+    overlap: Annotated[ScheduleOverlap, typer.Option(
+        help="When a campaign still runs on the backends this one needs: queue (create it; its runs follow) or skip "
+             "(record the skip).")] = ScheduleOverlap.QUEUE,
     catch_up: Annotated[int, typer.Option(min=0, help="Due times missed while no beat ran that are fired late when "
                                                        "one comes back (the most recent ones); older are recorded "
-                                                       "as missed.")] = 1,
+                                                       "as missed.")] = DEFAULT_CATCH_UP,
     tz: Annotated[str, typer.Option("--tz", help="Time zone of --cron, and of --at/--until without an offset.")]
     = "UTC",
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
@@ -74,7 +57,7 @@ def schedule_add(
     try:
         timing = build_timing(cron=cron, every=every, at=at, until=until, times=times, tz=tz, now=now)
     except ScheduleError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     try:
         summary = add_schedule(file, timing, overlap.value, catch_up, now=now)
     except ConfigError as exc:
@@ -83,7 +66,7 @@ def schedule_add(
             typer.echo(f"  {problem}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     typer.echo(f"schedule {summary['id']} ({summary['name']}): {summary['when']}; next {summary['next_due_at']}; "
                f"overlap {summary['overlap']}")
@@ -93,14 +76,13 @@ def schedule_add(
 @schedule_cli.command("list")
 def schedule_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Schedules: when, next due time, firings so far by outcome, overlap policy, status; and whether beat runs."""
-    from rich.console import Console
     from rich.table import Table
 
     from lem_planner.schedules import list_schedules
 
     rows = list_schedules()
     if as_json:
-        _print_json(rows)
+        print_json(rows)
         return
     table = Table("id", "campaign", "when", "next", "fired", "overlap", "status", "last firing")
     for r in rows:
@@ -110,7 +92,7 @@ def schedule_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
         fired = ", ".join(f"{n} {k}" for k, n in sorted(r["outcomes"].items())) or "0"
         table.add_row(str(r["id"]), r["name"], r["when"], r["next_due_at"] or "-", fired, r["overlap"], r["status"],
                       last_text)
-    console = Console() if sys.stdout.isatty() else Console(width=160)
+    console = stdout_console(piped_width=160)
     console.print(table)
     console.print(_beat_line(), highlight=False)
 
@@ -121,7 +103,6 @@ def schedule_history_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every firing of a schedule: due time, when it fired, outcome, campaign, the overlap policy then, detail."""
-    from rich.console import Console
     from rich.table import Table
 
     from lem_planner.schedules import schedule_history
@@ -129,15 +110,15 @@ def schedule_history_command(
     try:
         firings = schedule_history(schedule_id)
     except LookupError as exc:
-        raise _fail(f"{exc}; `lem schedule list` shows the ones there are") from None
+        raise fail(f"{exc}; `lem schedule list` shows the ones there are", EXIT_BAD_INPUT) from None
     if as_json:
-        _print_json(firings)
+        print_json(firings)
         return
     table = Table("due", "fired", "outcome", "campaign", "overlap", "detail")
     for f in firings:
         table.add_row(f["due_at"], f["fired_at"], f["outcome"], str(f["campaign_id"] or "-"), f["overlap"],
                       f["detail"] or "")
-    (Console() if sys.stdout.isatty() else Console(width=160)).print(table)
+    stdout_console(piped_width=160).print(table)
 
 
 def _by_id(action: str, schedule_id: int) -> dict[str, Any] | None:
@@ -149,7 +130,7 @@ def _by_id(action: str, schedule_id: int) -> dict[str, Any] | None:
             return None
         return set_paused(schedule_id, paused=action == "pause")
     except LookupError as exc:
-        raise _fail(f"{exc}; `lem schedule list` shows the ones there are") from None
+        raise fail(f"{exc}; `lem schedule list` shows the ones there are", EXIT_BAD_INPUT) from None
 
 
 @schedule_cli.command("remove")
@@ -158,7 +139,7 @@ def schedule_remove(schedule_id: Annotated[int, typer.Argument(help="Schedule id
     """Delete a schedule and its firing record; the campaigns it created stay."""
     _by_id("remove", schedule_id)
     if as_json:
-        _print_json({"schedule_id": schedule_id, "removed": True})
+        print_json({"schedule_id": schedule_id, "removed": True})
         return
     typer.echo(f"schedule {schedule_id} removed")
 
@@ -169,7 +150,7 @@ def schedule_pause(schedule_id: Annotated[int, typer.Argument(help="Schedule id.
     """Stop firing until `lem schedule resume`; due times in the pause are not fired later."""
     summary = _by_id("pause", schedule_id)
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     typer.echo(f"schedule {schedule_id} paused")
 
@@ -181,6 +162,6 @@ def schedule_resume(schedule_id: Annotated[int, typer.Argument(help="Schedule id
     summary = _by_id("resume", schedule_id)
     assert summary is not None
     if as_json:
-        _print_json(summary)
+        print_json(summary)
         return
     typer.echo(f"schedule {schedule_id} resumed; next {summary['next_due_at'] or '- (no more due times)'}")

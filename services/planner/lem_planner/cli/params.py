@@ -1,21 +1,20 @@
-"""`lem params`: discover an engine's parameters and write a versioned snapshot. The discovery modules (and
-transformers/torch for pytorch) are imported inside the command so `lem --help` stays fast."""
+"""``lem params``: discover an engine's parameters and write a versioned snapshot; coverage. The discovery modules
+(and transformers/torch for pytorch) are imported inside the command so `lem --help` stays fast."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from lem_planner.cli.console import EXIT_BAD_INPUT, fail, print_json
 from lem_shared.queues import Backend
 
 params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves; coverage.",
                          no_args_is_help=True)
 
-EXIT_BAD_INPUT = 2
 # The committed snapshots live in the shared package (plan-time checks read them); in a source checkout this is
 # shared/lem_shared/params/snapshots. Discovery writes to a user folder unless --out names that one: a discovery
 # run never rewrites a committed snapshot by accident.
@@ -32,11 +31,6 @@ _DOWNLOAD_HINT = {
     "trtllm": "python3 -m pip download --no-deps tensorrt_llm==<version> --extra-index-url https://pypi.nvidia.com "
               "-d /tmp/wheels",
 }
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
 
 
 @params_cli.command("discover")
@@ -56,29 +50,29 @@ def params_discover(
 
     name = backend.value
     if name == "pytorch" and source is not None:
-        raise _fail("--source applies to vllm and trtllm; pytorch is introspected from the installed transformers")
+        raise fail("--source applies to vllm and trtllm; pytorch is introspected from the installed transformers",
+                   EXIT_BAD_INPUT)
     if name != "pytorch":
         if source is None:
-            raise _fail(f"{name} discovery needs --source PATH (a .whl or a source tree); "
-                        f"get a wheel with `{_DOWNLOAD_HINT[name]}`")
+            raise fail(f"{name} discovery needs --source PATH (a .whl or a source tree); "
+                       f"get a wheel with `{_DOWNLOAD_HINT[name]}`", EXIT_BAD_INPUT)
         if not Path(source).exists():
-            raise _fail(f"--source {source} does not exist; pass a .whl or a source tree "
-                        f"(get a wheel with `{_DOWNLOAD_HINT[name]}`)")
+            raise fail(f"--source {source} does not exist; pass a .whl or a source tree "
+                       f"(get a wheel with `{_DOWNLOAD_HINT[name]}`)", EXIT_BAD_INPUT)
     from lem_planner.progress import Steps
 
     try:
         with Steps(f"{name}: starting") as steps:
             snapshot = discover(name, source, step=lambda text: steps.step(f"{name}: {text}"))
     except SourceError as exc:
-        raise _fail(f"{exc}") from None
+        raise fail(str(exc), EXIT_BAD_INPUT) from None
     path = write_snapshot(snapshot, out or default_out())
     groups: dict[str, int] = {}
     for parameter in snapshot["parameters"]:
         groups[parameter["group"]] = groups.get(parameter["group"], 0) + 1
     if as_json:
-        typer.echo(json.dumps({"backend": name, "engine_version": snapshot["engine_version"],
-                               "parameters": len(snapshot["parameters"]), "groups": groups, "path": str(path)},
-                              indent=2))
+        print_json({"backend": name, "engine_version": snapshot["engine_version"],
+                    "parameters": len(snapshot["parameters"]), "groups": groups, "path": str(path)})
         return
     summary = ", ".join(f"{group} {count}" for group, count in groups.items())
     typer.echo(f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) "
@@ -99,7 +93,7 @@ def params_coverage(
     names = [backend.value] if backend else [b.value for b in Backend]
     report = {name: coverage(name) for name in names}
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        print_json(report)
         return
     for name, c in report.items():
         if c.get("error"):
