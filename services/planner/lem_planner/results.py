@@ -90,8 +90,8 @@ def _record(run: Run) -> RunRecord:
     ttfts, latencies, itls = ttft_values(batches), [b.latency_s for b in batches], _per_batch_itl(batches)
     imported = (run.imported or {}).get("tokens_per_s")
     shares = analysis.get("reason_share") or {}
-    checks = analysis.get("checks") if m else None
-    stored = {name: getattr(m, name) if m else None for name in _STORED}
+    checks = analysis.get("checks")
+    stored: dict[str, Any] = {name: getattr(m, name) if m else None for name in _STORED}
     adjusted, output_tokens = stored["energy_adjusted_j"], stored["output_tokens"]
     return RunRecord(
         campaign_id=campaign.id, campaign_name=campaign.name, campaign_source=campaign.source,
@@ -116,12 +116,12 @@ def _record(run: Run) -> RunRecord:
         itl_p50_s=_percentile(itls, 50), itl_p90_s=_percentile(itls, 90), itl_p99_s=_percentile(itls, 99),
         gpu_utilisation_mean_pct=analysis.get("utilization_mean_pct"),
         sm_clock_ratio=analysis.get("sm_clock_ratio"),
-        throttle_shares={f"throttle_share_{label}": shares.get(label) for label in shares},
+        throttle_shares={f"throttle_share_{label}": share for label, share in shares.items()},
         thermal_throttling=analysis.get("thermal_throttling"), power_brake=analysis.get("power_brake"),
         checks=checks,
         failed_checks="; ".join(f"{c['name']}: {c['status']}" for c in checks or []
                                 if c["status"] in ("fail", "warning")) or None,
-        phase_split=analysis.get("phase_split") if m else None, flops=analysis.get("flops") if m else None,
+        phase_split=analysis.get("phase_split"), flops=analysis.get("flops"),
         **_phase_columns(analysis.get("phase_split"), analysis.get("flops")),
         **_environment_columns((run.environment.data if run.environment else None) or {}),
     )
@@ -165,7 +165,7 @@ def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:
     a text saying why NVML was unavailable (then the GPU columns are empty)."""
     gpus = env.get("gpus")
     gpu = gpus[0] if isinstance(gpus, list) and gpus else {}
-    packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    packages: dict[str, Any] = env["packages"] if isinstance(env.get("packages"), dict) else {}
     return {
         "env_gpu_name": gpu.get("name"), "env_driver_version": gpu.get("driver_version"),
         "env_cuda_version": gpu.get("cuda_driver_version"), "env_power_limit_w": gpu.get("power_limit_w"),
