@@ -187,14 +187,14 @@ def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -
     from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 
     deadline = time.monotonic() + timeout
-    progress = nullcontext() if quiet else Progress(
+    progress = None if quiet else Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=out, transient=False)
-    with progress:
-        bar = None if quiet else progress.add_task("runs", total=total)
+    with progress or nullcontext():
+        bar = None if progress is None else progress.add_task("runs", total=total)
         while True:
             status, counts = campaign_progress(campaign_id)
-            if bar is not None:
+            if progress is not None and bar is not None:
                 finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
                 detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                 progress.update(bar, completed=finished, description=f"campaign {campaign_id}: {detail}")
