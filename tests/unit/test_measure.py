@@ -70,3 +70,15 @@ def test_static_cache_generates_the_forced_length_like_the_dynamic_one(runtime: 
         {**base.model_dump(mode="json"), "pytorch": {"generation": {"cache_implementation": "static"}}})
     dynamic_m, static_m = runtime.measure(base), runtime.measure(static)
     assert [b.output_tokens for b in static_m.batches] == [b.output_tokens for b in dynamic_m.batches] == [8, 8]
+
+
+def test_only_an_adapter_that_counts_flops_is_given_profiler_flops(runtime: MeasurementRuntime) -> None:
+    from lem_shared.runtime.adapter import FlopCounter
+    from lem_shared.runtime.measure import EngineError
+    from lem_worker_vllm.adapter import VllmAdapter
+
+    assert isinstance(runtime.adapter, FlopCounter)
+    flops = experiment(profiler="flops", warmup_min=0, warmup_max=1, min_window_s=0)
+    # refused before anything loads, naming the field and the fix
+    with pytest.raises(EngineError, match="measurement.profiler: flops, but the VllmAdapter .*set profiler: off"):
+        MeasurementRuntime(VllmAdapter("cpu")).measure(flops)

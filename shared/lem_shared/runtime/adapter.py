@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from lem_shared.config import ExperimentConfig
 
@@ -56,3 +56,12 @@ class EngineAdapter(Protocol):
 
     # Optional hooks, read with getattr by the runtime: ``model_shape()`` (the loaded model's config) and
     # ``engine_facts()`` (JSON: what the loaded engine really uses, e.g. attention backend, KV-cache size).
+    # ``count_flops`` is a capability of its own (FlopCounter below), checked with isinstance.
+
+
+@runtime_checkable
+class FlopCounter(Protocol):
+    """An adapter that can count its FLOPs (``measurement.profiler: flops``; the pytorch adapter only)."""
+
+    def count_flops(self, prompts: list[list[int]], experiment: ExperimentConfig) -> dict[str, Any]:
+        """One unmeasured generate of ``prompts`` under a FLOP counter (prefill and decode apart)."""

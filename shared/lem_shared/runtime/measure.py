@@ -11,7 +11,7 @@ from typing import Any
 from lem_shared.config import ExperimentConfig, SyntheticWorkload
 from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup, WindowEdges
 from lem_shared.model_presets import random_preset
-from lem_shared.runtime.adapter import EngineAdapter
+from lem_shared.runtime.adapter import EngineAdapter, FlopCounter
 from lem_shared.runtime.edges import EdgeMeter, nvml_edge_meter
 from lem_shared.runtime.environment import environment_snapshot
 from lem_shared.settings import get_settings
@@ -93,6 +93,9 @@ class MeasurementRuntime:
         """Deep idle (first run of a campaign on a GPU), load or reuse, warm up, idle, window, idle."""
         refuse_remote_code(experiment)
         protocol = experiment.measurement
+        if protocol.profiler == "flops" and not isinstance(self.adapter, FlopCounter):
+            raise EngineError(f"measurement.profiler: flops, but the {type(self.adapter).__name__} engine adapter "
+                              "cannot count FLOPs; set profiler: off (or use the pytorch backend)")
         on_gpu = self.adapter.device_info().gpu_uuid is not None
         # Idle spans exist to be measured by GPU telemetry; on a CPU there is nothing to measure them with.
         deep_idle = self._idle(deep_idle_s if on_gpu else 0.0)
@@ -132,8 +135,8 @@ class MeasurementRuntime:
                                     batches=prefill_timings,
                                     idle_after=self._idle(protocol.idle_gap_s if on_gpu else 0.0),
                                     edges=prefill_edges)
-        flops_counted = None
-        if protocol.profiler == "flops":  # after every window: its work is never inside one
+        flops_counted = None  # counted after every window: its work is never inside one
+        if protocol.profiler == "flops" and isinstance(self.adapter, FlopCounter):
             flops_counted = self.adapter.count_flops(batches[0], experiment)
 
         info = self.adapter.device_info()
