@@ -60,7 +60,7 @@ def main() -> None:
     os.environ["LEM_DATABASE_URL"] = args.database_url
     os.environ.setdefault("LEM_DEVICE", "cuda:0")
     from lem_planner.campaigns import create_campaign
-    from lem_planner.control import finalise_run
+    from lem_planner.finalise import finalise_run
     from lem_planner.results import run_records as records_of
     from lem_shared.config import load_plan, parse_campaign
     from lem_shared.db.migrate import upgrade
@@ -141,7 +141,7 @@ def pending_runs() -> tuple[int, list]:
 
     from lem_shared.db.models import Campaign, Experiment, Run
     from lem_shared.db.session import session_scope
-    from lem_shared.scheduling import run_request
+    from lem_shared.dispatch import run_request
 
     with session_scope() as s:
         campaign = s.scalars(select(Campaign).order_by(Campaign.id.desc())).first()
@@ -205,7 +205,7 @@ def reanalyse(database_url: str, out: Path) -> None:
     os.environ["LEM_DATABASE_URL"] = database_url
     from sqlalchemy import select, update
 
-    from lem_planner.control import energy_fields, run_facts
+    from lem_planner.finalise import energy_fields, run_facts
     from lem_shared.config import ExperimentConfig
     from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
     from lem_shared.db.session import session_scope

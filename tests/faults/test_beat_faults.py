@@ -21,7 +21,7 @@ from sqlalchemy import select, text
 
 from lem_shared.db.models import Schedule, ScheduleFiring
 from lem_shared.db.session import get_engine, session_scope
-from lem_shared.scheduling import aware
+from lem_shared.dispatch import aware
 from tests.faults.conftest import FaultStack
 from tests.integration.beats import Beats
 from tests.integration.telemetry_helpers import wait_for

@@ -18,8 +18,8 @@ from sqlalchemy import select, update
 
 from lem_shared.db.models import Campaign, Run
 from lem_shared.db.session import session_scope
+from lem_shared.dispatch import CANCEL_KEY_PREFIX, cancel_requested, redis_client
 from lem_shared.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
-from lem_shared.scheduling import CANCEL_KEY_PREFIX, cancel_requested, redis_client
 from lem_shared.settings import get_settings
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import BIN
@@ -124,7 +124,7 @@ def test_cancel_keys_of_two_databases_on_one_broker_do_not_meet(
 def test_a_campaign_that_ended_with_a_failed_run_shows_its_failures(
     fault_stack: FaultStack, broker: redis.Redis, tmp_path: Path
 ) -> None:
-    from lem_planner.control import close_campaign_if_finished
+    from lem_planner.campaigns import close_campaign_if_finished
 
     campaign_id = new_campaign(fault_stack.env, tmp_path, cycles=2)
     with session_scope() as s:
@@ -145,7 +145,8 @@ def test_a_campaign_whose_last_run_is_failed_by_reclaim_ends(
 ) -> None:
     """No finalise follows a run that reclaim fails (its worker vanished on its last attempt): the scheduler pass
     itself must end the campaign, or it stays `running` and holds its backend's queue."""
-    from lem_planner.control import scheduler_pass
+    from lem_planner.control_loop import scheduler_pass
+    from lem_planner.sender import sender
 
     campaign_id = new_campaign(fault_stack.env, tmp_path, cycles=1)
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
@@ -153,7 +154,7 @@ def test_a_campaign_whose_last_run_is_failed_by_reclaim_ends(
         s.execute(update(Run).where(Run.campaign_id == campaign_id).values(
             status="running", worker="vanished@gpu-host", attempts=get_settings().max_attempts,
             started_at=long_ago))
-    scheduler_pass()
+    scheduler_pass(sender())
     with session_scope() as s:
         run = s.scalars(select(Run).where(Run.campaign_id == campaign_id)).one()
         campaign = s.get(Campaign, campaign_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert
 
-from lem_planner.control import finalise_run
+from lem_planner.finalise import finalise_run
 from lem_shared.db.models import Campaign, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
 from tests.integration.manifest import measured_run, utc

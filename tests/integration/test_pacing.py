@@ -19,9 +19,9 @@ from sqlalchemy import select
 from lem_shared.contracts import RunRequest
 from lem_shared.db.models import Campaign, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
+from lem_shared.dispatch import redis_client
 from lem_shared.heartbeat import gpu_key, publish
 from lem_shared.runtime.worker import GpuState, pace
-from lem_shared.scheduling import redis_client
 
 GPU = "GPU-standin-thermal-0001"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, func, select
 
-from lem_planner.control import finalise_run
+from lem_planner.finalise import finalise_run
 from lem_shared.db.models import GpuSample, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_telemetry.sources import REPLAY_UUID

@@ -16,8 +16,8 @@ import pytest
 import yaml
 from sqlalchemy import delete, insert
 
-from lem_planner.control import finalise_run
 from lem_planner.export import COLUMNS
+from lem_planner.finalise import finalise_run
 from lem_shared import TOOL_VERSION
 from lem_shared.config import ExperimentConfig
 from lem_shared.contracts import run_key

@@ -32,7 +32,7 @@ from sqlalchemy import delete, insert
 from typer.testing import CliRunner
 
 from lem_planner.cli.results import results_report
-from lem_planner.control import finalise_run
+from lem_planner.finalise import finalise_run
 from lem_planner.report import render_report, swept_parameter
 from lem_planner.report_figures import pareto_front
 from lem_shared import TOOL_VERSION

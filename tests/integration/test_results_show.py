@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete
 
-from lem_planner.control import finalise_run
+from lem_planner.finalise import finalise_run
 from lem_planner.importer import import_results
 from lem_planner.results import j_per_token_text
 from lem_shared import TOOL_VERSION

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from lem_shared.db.models import Campaign, CampaignStatus, Experiment, Run, Schedule, ScheduleFiring
 from lem_shared.db.session import session_scope
-from lem_shared.scheduling import aware
+from lem_shared.dispatch import aware
 from tests.integration.beats import Beats
 from tests.integration.telemetry_helpers import wait_for
 

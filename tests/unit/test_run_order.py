@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lem_shared.scheduling import run_order
+from lem_shared.dispatch import run_order
 
 
 def test_interleaved_runs_every_experiment_once_per_cycle_in_file_order() -> None:

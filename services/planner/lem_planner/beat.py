@@ -34,7 +34,7 @@ app.conf.beat_scheduler = "lem_planner.beat:ScheduleScheduler"
 app.conf.beat_max_loop_interval = 1
 
 TICK_S = 1.0
-# pg_advisory_lock key of the one beat ("lembeat" as a number); scheduling.py's dispatch lock is another key.
+# pg_advisory_lock key of the one beat ("lembeat" as a number); dispatch.py's lock is another key.
 BEAT_LOCK_ID = 0x6C656D62
 HEARTBEAT_TTL_S = 10
 # lem-beat --standby: a beat started while another holds the lock waits for it instead of exiting.
@@ -204,7 +204,7 @@ class ScheduleScheduler(Scheduler):
 
     def _heartbeat(self) -> None:
         from lem_planner.schedules import BEAT_KEY
-        from lem_shared.scheduling import redis_client
+        from lem_shared.dispatch import redis_client
 
         try:
             if self._redis is None:

@@ -1,6 +1,6 @@
-"""Create a campaign's manifest (campaign → experiments → runs in their order), and cancel or resume one.
+"""Create a campaign's manifest (campaign → experiments → runs in their order), cancel, resume or close one.
 
-Dispatch itself is ``lem_shared.scheduling.advance``: runs are sent as workers free up, from database state.
+Dispatch itself is ``lem_shared.dispatch.advance``: runs are sent as workers free up, from database state.
 """
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from lem_shared.config import CampaignConfig, ExperimentConfig
 from lem_shared.contracts import RunRequest, run_key, sha256_of
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus, Experiment, Run, RunStatus
 from lem_shared.db.session import session_scope
-from lem_shared.heartbeat import live_workers
-from lem_shared.scheduling import (
+from lem_shared.dispatch import (
     orphaned,
     redis_client,
     request_cancel,
@@ -30,6 +29,7 @@ from lem_shared.scheduling import (
     run_request,
     wait_for_heartbeats,
 )
+from lem_shared.heartbeat import live_workers
 
 
 def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig],
@@ -128,6 +128,32 @@ def resume_campaign(campaign_id: int) -> dict[str, int]:
             s.execute(update(Campaign).where(Campaign.id == campaign_id)
                       .values(status=CampaignStatus.RUNNING, finished_at=None))
     return requeue_for_resume(campaign_id, live_workers(connection))
+
+
+def close_finished_campaigns() -> None:
+    """Close every running campaign whose runs have all ended, however they ended (a finalise closes its own;
+    a run failed or cancelled by reclaim, or by a worker's last attempt, has no finalise to do it)."""
+    with session_scope() as s:
+        unfinished = exists().where(Run.campaign_id == Campaign.id, Run.status.not_in(TERMINAL_RUN_STATUSES))
+        ended = s.scalars(select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING, ~unfinished)).all()
+    for campaign_id in ended:
+        close_campaign_if_finished(campaign_id)
+
+
+def close_campaign_if_finished(campaign_id: int) -> None:
+    """End a running campaign once all its runs have ended: cancelled if any was, done if any run is done, else
+    failed."""
+    with session_scope() as s:
+        unfinished = exists().where(Run.campaign_id == campaign_id, Run.status.not_in(TERMINAL_RUN_STATUSES))
+        done = select(func.count()).where(Run.campaign_id == campaign_id, Run.status == RunStatus.DONE)
+        cancelled = exists().where(Run.campaign_id == campaign_id, Run.status == RunStatus.CANCELLED)
+        status = (CampaignStatus.CANCELLED if s.scalar(select(cancelled)) else
+                  CampaignStatus.DONE if s.scalar(done) else CampaignStatus.FAILED)
+        s.execute(
+            update(Campaign)
+            .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING, ~unfinished)
+            .values(status=status, finished_at=datetime.now(UTC))
+        )
 
 
 def failed_runs_by_campaign() -> dict[int, int]:

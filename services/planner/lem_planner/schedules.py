@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from lem_shared.config import ConfigError, plan_text, read_campaign_file
@@ -178,13 +178,14 @@ class Timing:
     def due_by(self, next_due: datetime, now: datetime, occurrences: int, keep: int) -> DueTimes:
         """The due times from ``next_due`` up to ``now``: how many, the first, the last ``keep`` of them (to fire),
         and the one after ``now`` (None: the schedule ends)."""
-        count, first, recent = 0, next_due, deque(maxlen=max(keep, 1))
+        window = max(keep, 1)
+        count, first, recent = 0, next_due, deque[datetime](maxlen=window)
         due: datetime | None = next_due
         if self.kind == "every" and self.until is None and self.times is None:  # no stepping through a long gap
             assert self.every_s is not None
             count = int((now - next_due).total_seconds() // self.every_s) + 1
             step = timedelta(seconds=self.every_s)
-            recent.extend(next_due + step * k for k in range(max(0, count - recent.maxlen), count))
+            recent.extend(next_due + step * k for k in range(max(0, count - window), count))
             while recent and recent[-1] > now:  # float rounding at the edge
                 recent.pop()
                 count -= 1
@@ -196,7 +197,7 @@ class Timing:
             due = self.after(due, occurrences + count)
             if self.kind == "cron" and steps >= _MAX_CRON_STEPS and due is not None and due <= now:
                 # Beat was away for very long: jump to the last due times before now (their number is not known).
-                last = self._cron_prev(now, recent.maxlen)
+                last = self._cron_prev(now, window)
                 recent.clear()
                 recent.extend(last)
                 count = -1
@@ -286,7 +287,7 @@ def iso(value: datetime | None) -> str | None:
 # --- the store ------------------------------------------------------------------------------------------------
 
 def _timing_of(row: Any) -> Timing:
-    from lem_shared.scheduling import aware
+    from lem_shared.dispatch import aware
 
     return Timing(row.kind, cron=row.cron, every_s=row.every_s, start=aware(row.start_at) if row.start_at else None,
                   until=aware(row.until_at) if row.until_at else None, times=row.times, timezone=row.timezone)
@@ -368,13 +369,14 @@ def schedule_history(schedule_id: int) -> list[dict[str, Any]]:
 
 def remove_schedule(schedule_id: int) -> None:
     """Delete a schedule and its firing record (the campaigns it created stay). LookupError when unknown."""
-    from sqlalchemy import delete
+    from sqlalchemy import CursorResult, delete
 
     from lem_shared.db.models import Schedule
     from lem_shared.db.session import session_scope
 
     with session_scope() as s:
-        if s.execute(delete(Schedule).where(Schedule.id == schedule_id)).rowcount == 0:
+        deleted = cast(CursorResult[Any], s.execute(delete(Schedule).where(Schedule.id == schedule_id)))
+        if deleted.rowcount == 0:
             raise LookupError(f"no schedule {schedule_id}")
 
 
@@ -384,7 +386,7 @@ def set_paused(schedule_id: int, paused: bool, now: datetime | None = None) -> d
 
     from lem_shared.db.models import Schedule
     from lem_shared.db.session import session_scope
-    from lem_shared.scheduling import aware
+    from lem_shared.dispatch import aware
 
     now = now or datetime.now(UTC)
     with session_scope() as s:
@@ -415,7 +417,7 @@ def fire_due(app: Any, now: datetime | None = None) -> list[Fired]:
 
     from lem_shared.db.models import Schedule
     from lem_shared.db.session import session_scope
-    from lem_shared.scheduling import advance
+    from lem_shared.dispatch import advance
 
     now = now or datetime.now(UTC)
     with session_scope() as s:
@@ -452,13 +454,13 @@ def _fire_schedule(schedule_id: int, now: datetime) -> list[Fired]:
 
     from lem_shared.db.models import FiringOutcome, Schedule, ScheduleFiring
     from lem_shared.db.session import session_scope
-    from lem_shared.scheduling import aware
+    from lem_shared.dispatch import aware
 
     with session_scope() as s:
         row = s.scalars(select(Schedule).where(Schedule.id == schedule_id, Schedule.paused.is_(False),
                                                Schedule.next_due_at <= now)
                         .with_for_update(skip_locked=True)).first()
-        if row is None:  # fired meanwhile, paused, removed, or another beat holds it
+        if row is None or row.next_due_at is None:  # fired meanwhile, paused, removed, or another beat holds it
             return []
         timing = _timing_of(row)
         dues = timing.due_by(aware(row.next_due_at), now, row.occurrences, row.catch_up)
@@ -466,11 +468,11 @@ def _fire_schedule(schedule_id: int, now: datetime) -> list[Fired]:
         missed = dues.count - len(dues.recent) if dues.count >= 0 else -1
         if missed:
             many = f"{missed}" if missed > 0 else f"over {_MAX_CRON_STEPS}"
-            detail = (f"{many} due time(s) from {iso(dues.first)} on passed while no beat ran; beyond the "
+            passed = (f"{many} due time(s) from {iso(dues.first)} on passed while no beat ran; beyond the "
                       f"schedule's catch-up ({row.catch_up}: the latest are fired late), not fired")
             s.add(ScheduleFiring(schedule_id=row.id, due_at=dues.first, fired_at=now, outcome=FiringOutcome.MISSED,
-                                 overlap=row.overlap, occurrences=max(missed, 1), detail=detail))
-            fired.append(Fired(row.id, dues.first, FiringOutcome.MISSED, None, detail))
+                                 overlap=row.overlap, occurrences=max(missed, 1), detail=passed))
+            fired.append(Fired(row.id, dues.first, FiringOutcome.MISSED, None, passed))
         for due in dues.recent:
             outcome, campaign_id, detail = _create(s, row, due, now)
             late = (now - due).total_seconds()
@@ -510,13 +512,13 @@ def _record_failure(schedule_id: int, now: datetime, exc: BaseException) -> list
 
     from lem_shared.db.models import FiringOutcome, Schedule, ScheduleFiring
     from lem_shared.db.session import session_scope
-    from lem_shared.scheduling import aware
+    from lem_shared.dispatch import aware
 
     with session_scope() as s:
         row = s.scalars(select(Schedule).where(Schedule.id == schedule_id, Schedule.paused.is_(False),
                                                Schedule.next_due_at <= now)
                         .with_for_update(skip_locked=True)).first()
-        if row is None:
+        if row is None or row.next_due_at is None:  # (None never matches next_due_at <= now: this narrows the type)
             return []
         first = aware(row.next_due_at)
         detail = f"firing failed, nothing created: {_one_line(exc)}"
@@ -574,7 +576,7 @@ def beat_presence() -> dict[str, Any] | None:
     import json
     import time
 
-    from lem_shared.scheduling import redis_client
+    from lem_shared.dispatch import redis_client
 
     connection = redis_client()
     try:

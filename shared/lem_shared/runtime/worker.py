@@ -16,28 +16,29 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from lem_shared import TOOL_VERSION
 from lem_shared.celery_app import make_celery
 from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest
-from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, GpuSample, Run, RunMetrics, RunStatus
+from lem_shared.db.measurements import idle_temperature
+from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, Run, RunMetrics, RunStatus
 from lem_shared.db.session import session_scope
+from lem_shared.dispatch import advance, cancel_key, manifest_request, redis_client
 from lem_shared.environment import package_versions
 from lem_shared.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
 from lem_shared.metrics import run_metrics
 from lem_shared.params.snapshots import ENGINE_PACKAGES
 from lem_shared.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
-from lem_shared.scheduling import advance, cancel_key, deep_idle_span, manifest_request, redis_client
 from lem_shared.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -195,23 +196,6 @@ class GpuState:
     gpu_uuid: str | None = None
 
 
-def _idle_temperature(campaign_id: int, gpu_uuid: str) -> float | None:
-    """The GPU's idle temperature: the mean over its deep idle in this campaign, else the lowest of the last
-    15 minutes of telemetry."""
-    deep = deep_idle_span(campaign_id, gpu_uuid)
-    with session_scope() as s:
-        temps = GpuSample.temperature_c
-        if deep:
-            start, end = (datetime.fromtimestamp(t, UTC) for t in deep)
-            idle = s.scalar(select(func.avg(temps)).where(GpuSample.gpu_uuid == gpu_uuid,
-                                                          GpuSample.time.between(start, end)))
-            if idle is not None:
-                return float(idle)
-        since = datetime.now(UTC) - timedelta(minutes=15)
-        low = s.scalar(select(func.min(temps)).where(GpuSample.gpu_uuid == gpu_uuid, GpuSample.time >= since))
-    return float(low) if low is not None else None
-
-
 def _temperature_now(connection: redis.Redis, gpu_uuid: str) -> float | None:
     value = connection.hget(gpu_key(gpu_uuid), "temperature_c")
     return float(value) if value is not None else None
@@ -230,7 +214,7 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
     gap = request.thermal_gap
     if gap and state.last is not None:
         thermal: dict[str, Any] = {"within_c": gap["within_c"], "max_wait_s": min(gap["max_wait_s"], MAX_GAP_S)}
-        idle = _idle_temperature(request.campaign_id, state.gpu_uuid) if state.gpu_uuid else None
+        idle = idle_temperature(request.campaign_id, state.gpu_uuid) if state.gpu_uuid else None
         if idle is None or connection is None:
             thermal["note"] = "skipped: no GPU telemetry for this worker's GPU"
         else:
@@ -397,7 +381,9 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
         if run_id is not None:
             app.send_task(FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")],
                           queue=QueueName.CONTROL)
-            try:  # the next run for this GPU, without waiting for the scheduler loop (which also sends it)
+            # The next run for this GPU at once: the control loop would send it too, but up to dispatch_interval_s
+            # later, a gap on the GPU between runs that pacing (config_gap_s) is meant to set alone.
+            try:
                 advance(app, connection)
             except Exception:  # noqa: BLE001 - the run is recorded; the scheduler loop will dispatch instead
                 log.exception("dispatching the next run failed; the control worker's scheduler will retry")

@@ -135,7 +135,7 @@ def campaign_run(
     from lem_planner.campaigns import consumers_by_queue, create_campaign
     from lem_planner.sender import sender
     from lem_shared.db.models import CampaignStatus
-    from lem_shared.scheduling import advance
+    from lem_shared.dispatch import advance
 
     campaign, experiments = _load_or_exit(file)
 
@@ -152,6 +152,8 @@ def campaign_run(
                        "`lem-control` or `make up` (or pass --no-require-workers to queue the runs for later)")
 
     campaign_id, requests = create_campaign(campaign, experiments)
+    # The first runs start now, not at the control loop's next pass (and even with no control worker up yet,
+    # under --no-require-workers); the loop sends whatever this misses.
     advance(sender())
     if as_json:
         status = _follow(campaign_id, len(requests), timeout, quiet=True) if wait else None
@@ -251,7 +253,7 @@ def campaign_resume(
     from lem_planner.campaigns import campaign_status, resume_campaign
     from lem_planner.sender import sender
     from lem_shared.db.models import CampaignStatus
-    from lem_shared.scheduling import advance
+    from lem_shared.dispatch import advance
 
     try:
         requeued = resume_campaign(check_campaign_id(campaign_id))
@@ -259,7 +261,7 @@ def campaign_resume(
         raise no_campaign(campaign_id) from None
     except ValueError as exc:
         raise fail(str(exc)) from None
-    advance(sender())
+    advance(sender())  # the re-queued runs start now, as in `campaign run`
     status = campaign_status(campaign_id)
     if as_json:
         ended = (_follow(campaign_id, status["total"], timeout, quiet=True)

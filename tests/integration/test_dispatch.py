@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 
 from lem_shared.db.models import Campaign, Run, RunMetrics
 from lem_shared.db.session import session_scope
+from lem_shared.dispatch import advance, redis_client
 from lem_shared.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
-from lem_shared.scheduling import advance, redis_client
 from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 

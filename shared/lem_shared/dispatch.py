@@ -1,7 +1,11 @@
-"""Campaign scheduling, driven by database state: the run order, dispatch as workers free up, reclaiming runs
-whose worker vanished, and cancellation. Every step is idempotent, so any process may run it at any time (the
-control worker's scheduler loop every few seconds; a worker right after its run, so the next one starts without
-waiting; ``lem campaign resume`` after a crash).
+"""Campaign dispatch, driven by database state: the run order, sending runs as workers free up, reclaiming runs
+whose worker vanished, and cancellation. Every step is idempotent, so any process may run it at any time.
+
+``advance`` (sending the next runs) has four callers, each for a reason: the control worker's loop
+(``lem_planner.control_loop``, every ``dispatch_interval_s``: the one that always runs, and retries whatever the
+others missed); a GPU worker right after its run, so the next run starts without waiting up to an interval; and
+``lem campaign run``/``resume`` and a schedule's firing, so a campaign's first runs start at once, even before a
+control worker is up.
 
 A backend queue is shared by all workers of that backend (one per GPU, on any host). A run is sent only when a
 worker of its backend is free (live worker heartbeats minus runs in flight), in the campaign's order, so the
@@ -95,15 +99,6 @@ def cancel_requested(connection: redis.Redis, campaign_id: int) -> bool:
 def aware(t: datetime) -> datetime:
     """SQLite hands back naive UTC datetimes; PostgreSQL aware ones."""
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def deep_idle_span(campaign_id: int, gpu_uuid: str) -> tuple[float, float] | None:
-    """The deep-idle span measured before a campaign's first run on a GPU (whichever run of it carries it)."""
-    with session_scope() as s:
-        phases = s.scalars(select(Run.phases).where(Run.campaign_id == campaign_id, Run.gpu_uuid == gpu_uuid,
-                                                    Run.phases.is_not(None)).order_by(Run.id)).all()
-    span = next((p["deep_idle"] for p in phases if p and p.get("deep_idle")), None)
-    return (float(span[0]), float(span[1])) if span else None
 
 
 # --- the scheduler pass -------------------------------------------------------------------------------------------
