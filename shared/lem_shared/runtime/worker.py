@@ -114,7 +114,7 @@ def _span(span: tuple[float, float] | None) -> list[float] | None:
 
 def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | None = None) -> None:
     """Store the measurement, only while the claim is still the run's (else ClaimLost, nothing stored)."""
-    phases = {"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
+    phases: dict[str, Any] = {"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
               "idle_after": _span(m.idle_after), "model_load": _span(m.model_load)}
     if pause:
         phases["gap"] = pause
@@ -214,17 +214,18 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
     gap = request.thermal_gap
     if gap and state.last is not None:
         thermal: dict[str, Any] = {"within_c": gap["within_c"], "max_wait_s": min(gap["max_wait_s"], MAX_GAP_S)}
-        idle = idle_temperature(request.campaign_id, state.gpu_uuid) if state.gpu_uuid else None
-        if idle is None or connection is None:
+        uuid = state.gpu_uuid
+        idle = idle_temperature(request.campaign_id, uuid) if uuid else None
+        if idle is None or uuid is None or connection is None:
             thermal["note"] = "skipped: no GPU telemetry for this worker's GPU"
         else:
             began = time.monotonic()
-            now = _temperature_now(connection, state.gpu_uuid)  # type: ignore[arg-type]
+            now = _temperature_now(connection, uuid)
             thermal.update(idle_c=idle, start_c=now)
             while now is not None and now > idle + gap["within_c"] and time.monotonic() - began < thermal["max_wait_s"]:
                 if stop.wait(1.0):
                     break
-                now = _temperature_now(connection, state.gpu_uuid)  # type: ignore[arg-type]
+                now = _temperature_now(connection, uuid)
             thermal.update(end_c=now, waited_s=round(time.monotonic() - began, 3),
                            reached=now is not None and now <= idle + gap["within_c"])
         pause["thermal"] = thermal
@@ -342,8 +343,8 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     # What the engine host will import, read from the package metadata (importing the engine here would be slow
     # and would initialise CUDA in the worker).
     engine_package = ENGINE_PACKAGES[backend.value]
-    engine_version = package_versions(engine_package)[engine_package]
-    engine_version = None if engine_version == "not installed" else engine_version
+    installed = package_versions(engine_package)[engine_package]
+    engine_version = None if installed == "not installed" else installed
 
     def beat_now() -> None:
         try:
