@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal
@@ -182,6 +182,7 @@ class ThermalGap(_Strict):
 
 
 EngineVersion = Annotated[str, Field(pattern=r"^[0-9][A-Za-z0-9.+-]*$")]
+EngineVersions = dict[Backend, EngineVersion]  # campaign.engine_versions; validated alone first, to pick snapshots
 
 
 class CampaignConfig(_Strict):
@@ -207,7 +208,7 @@ class CampaignConfig(_Strict):
         default=False, description="a fresh engine process (model load) before every run; load time and energy "
         "are recorded separately"
     )
-    engine_versions: dict[Backend, EngineVersion] = Field(
+    engine_versions: EngineVersions = Field(
         default_factory=dict, description="per backend, the engine version its parameters are checked against "
         "(default: the version the live workers advertise, else the newest committed snapshot)",
     )
@@ -288,11 +289,11 @@ class CampaignPlan:
             for index, (values, digest, config) in enumerate(
                 zip(self.experiment_values, self.config_hashes, self.config_json, strict=True))
         )
-        compact = {"ensure_ascii": False, "separators": (",", ":"), "default": str}
-        campaign = json.dumps(self.campaign.model_dump(mode="json"), **compact)
-        skipped = json.dumps([{"point": s.point, "reason": s.reason} for s in self.skipped], **compact)
-        snapshots = json.dumps({b: {"snapshot": c.name, "note": c.note, "warning": c.warning}
-                                for b, c in self.snapshots.items()}, **compact)
+        compact = partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=str)
+        campaign = compact(self.campaign.model_dump(mode="json"))
+        skipped = compact([{"point": s.point, "reason": s.reason} for s in self.skipped])
+        snapshots = compact({b: {"snapshot": c.name, "note": c.note, "warning": c.warning}
+                             for b, c in self.snapshots.items()})
         return (f'{{"campaign":{campaign},"experiments":[{experiments}],"skipped":{skipped},'
                 f'"snapshots":{snapshots}}}')
 
@@ -455,7 +456,7 @@ def plan_campaign(raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str
     return expand_campaign(campaign, {b: c for b, c in used.items() if isinstance(c, SnapshotChoice)})
 
 
-_ENGINE_VERSIONS = TypeAdapter(CampaignConfig.model_fields["engine_versions"].annotation)
+_ENGINE_VERSIONS = TypeAdapter(EngineVersions)
 
 
 def expand_grid(campaign: CampaignConfig) -> list[ExperimentConfig]:
@@ -746,7 +747,7 @@ def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]
                 found.add(whole, canonical_json(ExperimentConfig.model_construct(**whole).model_dump(mode="json")),
                           idx, point_of)
             continue
-        if problem is not None:
+        if isinstance(problem, str):
             found.skipped.append(SkippedPoint(point_of(idx), problem))
             continue
         config = "{" + ",".join(pieces_in_key_order(fragments)) + "}"

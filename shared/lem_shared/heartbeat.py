@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from lem_shared.settings import get_settings
 
@@ -49,7 +50,7 @@ def publish(connection: redis.Redis, beats: Iterable[tuple[str, Mapping[str, Any
     pipe = connection.pipeline(transaction=False)
     ttl_ms = max(int(ttl_s * 1000), 1)
     for key, fields in beats:
-        mapping = {name: value for name, value in fields.items() if value is not None}
+        mapping: dict[FieldT, EncodableT] = {name: value for name, value in fields.items() if value is not None}
         pipe.delete(key)
         pipe.hset(key, mapping=mapping)
         pipe.pexpire(key, ttl_ms)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -74,20 +75,19 @@ def bootstrap_ci(
         raise ValueError(f"confidence must be between 0 and 1 (got {confidence})")
     sample = np.asarray([float(v) for v in values if v is not None], dtype=float)
     n = int(sample.size)
-    common = {"n": n, "resamples": resamples, "seed": seed, "confidence": confidence}
+    interval = partial(Interval, n=n, resamples=resamples, seed=seed, confidence=confidence)
     if n == 0:
-        return Interval(estimate=None, low=None, high=None, reason="no values", **common)
+        return interval(estimate=None, low=None, high=None, reason="no values")
     estimate = float(statistic(sample[np.newaxis, :], axis=1)[0])
     if n < MIN_VALUES:
-        return Interval(estimate=estimate, low=None, high=None,
-                        reason=f"fewer than {MIN_VALUES} values: no interval", **common)
+        return interval(estimate=estimate, low=None, high=None, reason=f"fewer than {MIN_VALUES} values: no interval")
     rng = np.random.default_rng(seed)
     indices = rng.integers(0, n, size=(resamples, n))
     replicates = np.asarray(statistic(sample[indices], axis=1), dtype=float)
     tail = (1 - confidence) / 2
     low, high = np.quantile(replicates, [tail, 1 - tail])
     warning = FEW_VALUES_WARNING if n < RELIABLE_VALUES else None
-    return Interval(estimate=estimate, low=float(low), high=float(high), warning=warning, **common)
+    return interval(estimate=estimate, low=float(low), high=float(high), warning=warning)
 
 
 def ci_text(metric: dict[str, Any], spec: str, scale: float = 1.0, sep: str = " ") -> str:

@@ -146,11 +146,11 @@ def choose_snapshot(backend: str, pinned: str | None, advertised: Mapping[str, s
         warning = (f"{backend}: engine_versions pins {engine} {pinned}, but live workers run {running}"
                    if others else None)
     elif advertised:
-        versions = set(advertised.values())
-        if len(versions) > 1:
+        live = set(advertised.values())
+        if len(live) > 1:
             raise SnapshotError(f"{backend}: live workers run different {engine} versions ({running}); pin the one "
                                 f"to check against with engine_versions: {{{backend}: VERSION}}, or stop the others")
-        wanted = versions.pop()
+        wanted = live.pop()
         why, warning = f"live {backend} workers run {engine} {wanted}", None
     else:
         versions = committed_versions(backend)
