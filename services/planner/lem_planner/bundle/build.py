@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -100,7 +101,7 @@ def parse_freeze(text: str) -> dict[str, tuple[str, str]]:
 
     Lines that are not ``name==version`` (editables, direct references, comments) are skipped: such a package
     cannot be matched against a requirement by version."""
-    packages = {}
+    packages: dict[str, tuple[str, str]] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line or line.startswith("-") or "==" not in line or " @ " in line:
@@ -171,7 +172,7 @@ def scratch_environment(python: str, host: dict[str, tuple[str, str]], folder: P
     site = Path(_run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      "locating the scratch site-packages").stdout.strip())
     for info in site.glob("*.dist-info"):  # the venv's own seed packages (setuptools on 3.11) give way to the host's
-        key = canonicalize_name(info.name.split("-")[0])
+        key: str = canonicalize_name(info.name.split("-")[0])
         if key in host and key not in NOT_STUBBED:
             shutil.rmtree(info)
     for key, (name, version) in host.items():
@@ -218,7 +219,7 @@ def select(resolved: list[Package], host: dict[str, tuple[str, str]], requiremen
         queue = [(Requirement(r), "requested") for r in requirements]
         while queue:
             requirement, requirer = queue.pop()
-            key = canonicalize_name(requirement.name)
+            key: str = canonicalize_name(requirement.name)
             if key in excluded_names:
                 excluded.setdefault(key, []).append(requirer)
                 continue
@@ -244,7 +245,7 @@ def select(resolved: list[Package], host: dict[str, tuple[str, str]], requiremen
         if not more_host:
             break
         use_host |= more_host
-    shadowed = {}
+    shadowed: dict[str, str] = {}
     for key in keep:
         if key in host:
             refusing = [f"{who} needs {r}" for who, r in specs.get(key, [])
@@ -318,7 +319,7 @@ def pack(tree: Path, archive: Path) -> None:
 def split(archive: Path, part_bytes: int) -> tuple[str, list[dict]]:
     """Cut the archive into parts beside it (``bundle.tar.xz.000``, ...); the whole's sha256 and each part's."""
     whole = hashlib.sha256()
-    parts = []
+    parts: list[dict[str, Any]] = []
     with archive.open("rb") as f:
         while block := f.read(part_bytes):
             whole.update(block)

@@ -22,6 +22,7 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -78,7 +79,7 @@ class _Parts:
 
     def __init__(self, paths: list[Path]) -> None:
         self._files: Iterator[Path] = iter(paths)
-        self._current = None
+        self._current: BinaryIO | None = None
         self.digest = hashlib.sha256()
 
     def read(self, size: int = -1) -> bytes:
@@ -119,6 +120,7 @@ def unpack(bundle: Path, target: Path, replace: bool = False) -> dict:
     partial.mkdir()
     try:
         stream = _Parts([bundle / part["file"] for part in manifest["archive"]["parts"]])
+        # typeshed's fileobj protocol asks for write/tell/seek too; a stream ("r|") is only ever read
         with tarfile.open(fileobj=stream, mode="r|*") as archive:  # type: ignore[call-overload]
             _extract(archive, partial)
         while stream.read():  # anything after the tar's end still counts for the whole-archive hash
