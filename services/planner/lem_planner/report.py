@@ -430,7 +430,7 @@ def _phase_bars(data: CampaignData, figure: str) -> list[PhaseBar]:
         values = {}
         for phase in ("prefill", "decode"):
             ci = bootstrap_ci([s[phase].get(figure) for s in splits])
-            values[phase] = (ci.estimate, (ci.low, ci.high) if ci.has_interval else None)
+            values[phase] = (ci.estimate, (ci.low, ci.high) if ci.low is not None and ci.high is not None else None)
         bars.append(PhaseBar(_tick_label(data, index), values["prefill"][0], values["prefill"][1],
                              values["decode"][0], values["decode"][1]))
     return bars
@@ -470,8 +470,8 @@ def _idle_active_section(data: CampaignData, figures: FigureFiles) -> str:
                  for r in runs if r["energy_j"] is not None and r["energy_adjusted_j"] is not None
                  and r["output_tokens"]]
         if split:
-            bars.append(IdleActiveBar(_tick_label(data, index), _mean(i / n for i, _, n in split),  # type: ignore[arg-type]
-                                      _mean(a / n for _, a, n in split)))  # type: ignore[arg-type]
+            bars.append(IdleActiveBar(_tick_label(data, index), sum(i / n for i, _, n in split) / len(split),
+                                      sum(a / n for _, a, n in split) / len(split)))
             baselines += [r["baseline_power_w"] for r in runs if r["baseline_power_w"] is not None]
             methods |= {r["baseline_method"] for r in runs if r["baseline_method"]}
     if not bars:

@@ -11,6 +11,7 @@ import io
 import math
 import re
 from dataclasses import dataclass, field
+from operator import methodcaller
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -112,7 +113,7 @@ class FigureFiles:
         folder.mkdir(exist_ok=True)
         written = []
         for name, content in self.files.items():
-            write_atomically(folder / name, lambda f, content=content: f.write(content))
+            write_atomically(folder / name, methodcaller("write", content))
             written.append(folder / name)
         for stale in folder.glob(f"{FIGURE_FILE_PREFIX}*"):
             if stale.suffix in (".png", ".svg") and stale.name not in self.files and stale.is_file():
@@ -224,7 +225,9 @@ def _annotate(ax: Axes, points: list[tuple[float, float, str, bool, bool]]) -> N
     """Label each (x, y, text, bold, left) point above it, to the right (to the left where ``left``); labels of
     points that fall within a label's size of one another are merged into one ("e2, e3")."""
     ax.autoscale_view()
-    where = ax.transData.transform([(p[0], p[1]) for p in points]) if points else []
+    if not points:
+        return
+    where = ax.transData.transform([(p[0], p[1]) for p in points])
     groups: list[list[int]] = []
     for i, (px, py) in enumerate(where):
         for g in groups:
@@ -340,9 +343,9 @@ def sweep_figure(points: list[Point], sweep: str | None, ylabel: str, title: str
                 no_ci = True
                 ax.plot([x], [p.mean], marker, mfc="white", color=colour, ms=6)[0].set_gid(
                     f"e{p.experiment_index}")
-        with_spread = [(x, p) for x, p in zip(xs_, mine, strict=True) if spread_label and p.spread is not None]
+        with_spread = [(x, p.spread) for x, p in zip(xs_, mine, strict=True) if spread_label and p.spread is not None]
         if with_spread:
-            ax.plot([x for x, _ in with_spread], [p.spread for _, p in with_spread], marker, mfc="white",
+            ax.plot([x for x, _ in with_spread], [spread for _, spread in with_spread], marker, mfc="white",
                     color=colour, ms=4, lw=0.9, ls="--" if numeric else "none", alpha=0.8)[0].set_gid(
                 f"spread-{i}")
         labelled += [(x, p.mean, f"e{p.experiment_index}", False, n > 1 and i < (n - 1) / 2)

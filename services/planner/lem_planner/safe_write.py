@@ -73,7 +73,7 @@ def _new_file_mode() -> int:
     return 0o666 & ~umask
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write`` with a binary file that becomes ``path`` only once it is complete and on disk."""
     target = check_target(path)
     try:
