@@ -97,7 +97,7 @@ def _cuda_version(encoded: int) -> str:
 
 
 def _one_gpu(nvml: ModuleType, handle: Any, driver: str, cuda_driver: str) -> dict[str, Any]:
-    from lem_shared.nvml_power import supported_power_fields
+    from lem_shared.device.nvml import supported_power_fields
 
     limits = _read(nvml, "nvmlDeviceGetPowerManagementLimitConstraints", handle)
     ecc = _read(nvml, "nvmlDeviceGetEccMode", handle)
@@ -140,6 +140,8 @@ def _one_gpu(nvml: ModuleType, handle: Any, driver: str, cuda_driver: str) -> di
 def _gpus_or_reason(uuid: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Every NVML GPU (or only ``uuid``), or no GPUs and the reason there are none to show."""
     try:
+        # Imported here, not through lem_shared.device.nvml: this record reads dozens of descriptive fields, each
+        # "unavailable: <reason>" on its own (``_read``), from whichever pynvml is importable now.
         import pynvml as nvml
     except ImportError:
         return [], unavailable("nvidia-ml-py is not installed")

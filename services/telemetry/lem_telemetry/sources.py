@@ -1,7 +1,7 @@
 """Where telemetry readings come from: NVML, a replayed NVML trace standing in for a GPU, and the host.
 
 No database or Celery code here: this module also runs on GPU boxes that have only pynvml, psutil and
-pydantic installed.
+pydantic installed. NVML is read through ``lem_shared.device.nvml``.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import psutil
-import pynvml
 
-from lem_shared.nvml_power import POWER_FIELDS, read_power_fields, supported_power_fields
+from lem_shared.device import nvml
+from lem_shared.device.nvml import POWER_FIELDS, read_power_fields, supported_power_fields
 
 REPLAY_UUID = "GPU-replay-h200-0000"
 
@@ -101,21 +101,6 @@ class _Device:
     power_fields: tuple[str, ...] = ()  # the instantaneous power fields this GPU answers (probed at open)
 
 
-# NVML errors that mean the GPU (or the driver) is gone rather than one field being unsupported.
-_GONE = frozenset(
-    getattr(pynvml, name)
-    for name in (
-        "NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_GPU_NOT_FOUND", "NVML_ERROR_UNINITIALIZED",
-        "NVML_ERROR_DRIVER_NOT_LOADED", "NVML_ERROR_LIB_RM_VERSION_MISMATCH", "NVML_ERROR_RESET_REQUIRED",
-    )
-    if hasattr(pynvml, name)
-)  # fmt: skip
-
-
-def _gone(error: pynvml.NVMLError) -> bool:
-    return getattr(error, "value", None) in _GONE
-
-
 def _or_none(read: Callable[..., T], *args: Any) -> T | None:
     """The value, or None when NVML says this field cannot be read (NOT_SUPPORTED, NO_PERMISSION, ...).
 
@@ -123,26 +108,10 @@ def _or_none(read: Callable[..., T], *args: Any) -> T | None:
     """
     try:
         return read(*args)
-    except pynvml.NVMLError as error:
-        if _gone(error):
+    except nvml.NVMLError as error:
+        if nvml.is_gone(error):
             raise GpuUnavailable(str(error)) from error
         return None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _clock_event_reasons(handle: Any) -> int:
-    # "Clocks event reasons" is the newer name of "clocks throttle reasons"; older bindings or drivers only
-    # have the old one (a driver without the symbol answers FUNCTION_NOT_FOUND).
-    get_reasons = getattr(pynvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
-    if get_reasons is not None:
-        try:
-            return int(get_reasons(handle))
-        except pynvml.NVMLError_FunctionNotFound:
-            pass
-    return int(pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle))
 
 
 class NvmlSource:
@@ -157,23 +126,22 @@ class NvmlSource:
         self.unavailable_at_open: list[tuple[int, str]] = []
 
     def open(self) -> None:
-        """Initialise NVML and enumerate the GPUs; raises pynvml.NVMLError when NVML is unavailable.
+        """Initialise NVML and enumerate the GPUs; raises NVMLError when NVML is unavailable.
 
         A GPU that cannot be enumerated (lost already) is skipped and listed in ``unavailable_at_open``.
         """
-        pynvml.nvmlInit()
+        nvml.init()
         try:
-            count = pynvml.nvmlDeviceGetCount()
-        except pynvml.NVMLError:
-            pynvml.nvmlShutdown()
+            count = nvml.device_count()
+        except nvml.NVMLError:
+            nvml.shutdown()
             raise
         devices, unavailable = [], []
         for index in range(count):
             try:
-                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-                devices.append(_Device(index, _text(pynvml.nvmlDeviceGetUUID(handle)), handle,
-                                       supported_power_fields(handle)))
-            except pynvml.NVMLError as error:
+                handle = nvml.handle_by_index(index)
+                devices.append(_Device(index, nvml.uuid_of(handle), handle, supported_power_fields(handle)))
+            except nvml.NVMLError as error:
                 unavailable.append((index, str(error)))
         self._devices = devices
         self.unavailable_at_open = unavailable
@@ -207,9 +175,9 @@ class NvmlSource:
     def recover(self, position: int) -> None:
         device = self._devices[position]
         try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(device.uuid)
-            index = int(pynvml.nvmlDeviceGetIndex(handle))
-        except pynvml.NVMLError as error:
+            handle = nvml.handle_by_uuid(device.uuid)
+            index = nvml.index_of(handle)
+        except nvml.NVMLError as error:
             raise GpuUnavailable(str(error)) from error
         self._devices[position] = _Device(index, device.uuid, handle, device.power_fields)
         self._read_device(self._devices[position])  # raises GpuUnavailable while it is still gone
@@ -218,7 +186,7 @@ class NvmlSource:
         if self._initialised:
             self._devices = []
             self._initialised = False
-            _or_none(pynvml.nvmlShutdown)
+            _or_none(nvml.shutdown)
 
     def measure_energy_read_cost(self, n: int = 20, position: int = 0) -> float:
         """Seconds per nvmlDeviceGetTotalEnergyConsumption call on one GPU (about 4 ms on an H200)."""
@@ -227,7 +195,7 @@ class NvmlSource:
         handle = self._devices[position].handle
         started = time.perf_counter()
         for _ in range(n):
-            pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
+            nvml.energy_mj(handle)
         return (time.perf_counter() - started) / n
 
     def measure_read_cost(self, n: int = 200, position: int = 0) -> dict[str, float]:
@@ -238,7 +206,7 @@ class NvmlSource:
         costs: dict[str, float] = {}
         started = time.perf_counter()
         for _ in range(n):
-            pynvml.nvmlDeviceGetPowerUsage(device.handle)
+            nvml.power_usage_mw(device.handle)
         costs["power_usage"] = (time.perf_counter() - started) / n
         if device.power_fields:
             started = time.perf_counter()
@@ -249,19 +217,19 @@ class NvmlSource:
 
     @staticmethod
     def _read_energy(device: _Device) -> int | None:
-        return _or_none(pynvml.nvmlDeviceGetTotalEnergyConsumption, device.handle)
+        return _or_none(nvml.energy_mj, device.handle)
 
     def _read_device(self, device: _Device) -> GpuReading:
         """The cheap fields; the energy counter (milliseconds a read) is read apart, on its own cadence."""
         handle = device.handle
-        power_mw = _or_none(pynvml.nvmlDeviceGetPowerUsage, handle)
+        power_mw = _or_none(nvml.power_usage_mw, handle)
         instant = _or_none(read_power_fields, handle, device.power_fields) or {}
         # Stamped when the power reads return: NVML serialises calls, so they may have waited (up to ~4 ms) behind
         # an energy-counter read of another thread; the values are the ones current at their return.
         t = time.time()
-        temperature = _or_none(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
-        memory = _or_none(pynvml.nvmlDeviceGetMemoryInfo, handle)
-        utilization = _or_none(pynvml.nvmlDeviceGetUtilizationRates, handle)
+        temperature = _or_none(nvml.temperature_c, handle)
+        memory_used = _or_none(nvml.memory_used_bytes, handle)
+        utilization = _or_none(nvml.utilization, handle)
         return GpuReading(
             gpu_uuid=device.uuid,
             gpu_index=device.index,
@@ -269,10 +237,10 @@ class NvmlSource:
             power_w=None if power_mw is None else power_mw / 1000.0,
             energy_mj=None,
             temperature_c=None if temperature is None else float(temperature),
-            sm_clock_mhz=_or_none(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_SM),
-            mem_clock_mhz=_or_none(pynvml.nvmlDeviceGetClockInfo, handle, pynvml.NVML_CLOCK_MEM),
-            clock_event_reasons=_or_none(_clock_event_reasons, handle),
-            memory_used_bytes=None if memory is None else int(memory.used),
+            sm_clock_mhz=_or_none(nvml.sm_clock_mhz, handle),
+            mem_clock_mhz=_or_none(nvml.mem_clock_mhz, handle),
+            clock_event_reasons=_or_none(nvml.clock_event_reasons, handle),
+            memory_used_bytes=memory_used,
             utilization_gpu=None if utilization is None else int(utilization.gpu),
             utilization_memory=None if utilization is None else int(utilization.memory),
             **instant,
@@ -417,17 +385,17 @@ def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
     ValueError: that is a configuration mistake, not a host without a GPU.
     """
     if spec == "nvml":
-        nvml = NvmlSource()
+        source = NvmlSource()
         try:
-            nvml.open()
-        except pynvml.NVMLError as error:
+            source.open()
+        except nvml.NVMLError as error:
             return None, f"NVML is unavailable: {error}"
-        if not nvml.gpu_uuids:
-            lost = "; ".join(f"GPU index {index}: {reason}" for index, reason in nvml.unavailable_at_open)
-            nvml.close()
+        if not source.gpu_uuids:
+            lost = "; ".join(f"GPU index {index}: {reason}" for index, reason in source.unavailable_at_open)
+            source.close()
             return None, (f"NVML found no readable GPU on this host ({lost})" if lost
                           else "NVML found no GPU on this host")
-        return nvml, None
+        return source, None
     if spec.startswith("replay:"):
         replay = ReplaySource(spec.removeprefix("replay:"))
         try:

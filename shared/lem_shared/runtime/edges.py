@@ -30,26 +30,23 @@ class NvmlReader:
     """The GPUs of this host through NVML, by UUID (the key telemetry stores samples under)."""
 
     def __init__(self, gpu_uuids: list[str]):
-        import pynvml
+        from lem_shared.device import nvml  # pynvml only where a run has GPUs
 
-        from lem_shared.nvml_power import supported_power_fields
-
-        self._nvml = pynvml
-        pynvml.nvmlInit()
-        self._handles = {uuid: pynvml.nvmlDeviceGetHandleByUUID(uuid) for uuid in gpu_uuids}
-        self._instant = {uuid: "power_instant_w" in supported_power_fields(handle)
+        self._nvml = nvml
+        nvml.init()
+        self._handles = {uuid: nvml.handle_by_uuid(uuid) for uuid in gpu_uuids}
+        self._instant = {uuid: "power_instant_w" in nvml.supported_power_fields(handle)
                          for uuid, handle in self._handles.items()}
 
     def read(self, gpu_uuid: str) -> GpuEdge:
-        from lem_shared.nvml_power import read_power_fields
-
         handle = self._handles[gpu_uuid]
-        energy = self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle)
-        power = read_power_fields(handle, ("power_instant_w",))["power_instant_w"] if self._instant[gpu_uuid] else None
-        return GpuEdge(energy_mj=int(energy), power_instant_w=power)
+        energy = self._nvml.energy_mj(handle)
+        power = (self._nvml.read_power_fields(handle, ("power_instant_w",))["power_instant_w"]
+                 if self._instant[gpu_uuid] else None)
+        return GpuEdge(energy_mj=energy, power_instant_w=power)
 
     def close(self) -> None:
-        self._nvml.nvmlShutdown()
+        self._nvml.shutdown()
 
 
 class EdgeMeter:

@@ -129,17 +129,13 @@ def nvml_memory_used(gpu_uuid: str | None) -> int | None:
     if gpu_uuid is None:
         return None
     try:
-        import pynvml
-    except ImportError:
+        from lem_shared.device import nvml
+    except ImportError:  # no pynvml on this host
         return None
     try:
-        pynvml.nvmlInit()
-        try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu_uuid)
-            return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
-        finally:
-            pynvml.nvmlShutdown()
-    except pynvml.NVMLError:
+        with nvml.session():
+            return nvml.memory_used_bytes(nvml.handle_by_uuid(gpu_uuid))
+    except nvml.NVMLError:
         return None
 
 

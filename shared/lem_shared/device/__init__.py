@@ -1,0 +1,1 @@
+"""Access to the devices a run measures (NVML for NVIDIA GPUs)."""
