@@ -186,7 +186,7 @@ def campaign_status(campaign_id: int) -> dict[str, Any]:
             .where(Run.campaign_id == campaign_id)
             .order_by(Run.position)
         ).all()
-        runs = [{
+        runs: list[dict[str, Any]] = [{
             "run_id": run.id, "position": run.position, "experiment_index": index, "backend": backend,
             "cycle": run.cycle, "status": run.status, "attempts": run.attempts, "worker": run.worker,
             "host": run.host, "gpu_uuid": run.gpu_uuid, "dispatched_at": _iso(run.dispatched_at),
@@ -199,8 +199,7 @@ def campaign_status(campaign_id: int) -> dict[str, Any]:
                   "created_at": _iso(campaign.created_at), "finished_at": _iso(campaign.finished_at)}
     counts = Counter(r["status"] for r in runs)
     finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
-    durations = [r.pop("_seconds") for r in runs]
-    durations = [d for d in durations if d is not None]
+    durations = [seconds for r in runs if (seconds := r.pop("_seconds")) is not None]
     workers = len({r["worker"] for r in runs if r["worker"]}) or 1
     remaining = len(runs) - finished - counts[RunStatus.MEASURED]
     eta = (statistics.fmean(durations) * remaining / workers) if durations and remaining else (0.0 if not

@@ -34,7 +34,8 @@ def store_environment(engine: Engine, snapshot: dict[str, Any]) -> int:
         return found
     try:
         with engine.begin() as conn:
-            return conn.execute(insert(Environment).values(hash=digest, data=snapshot)).inserted_primary_key[0]
+            return conn.execute(insert(Environment).values(hash=digest, data=snapshot)
+                                .returning(Environment.id)).scalar_one()
     except IntegrityError:  # another process inserted the same environment since we looked
         with engine.begin() as conn:
             return conn.execute(find).scalar_one()

@@ -184,9 +184,10 @@ def discover(backend: str, source: str | Path | None = None,
         if source is None:
             raise SourceError(f"{backend} discovery needs a wheel or source tree")
         step(f"parsing {source}")
-        version, files, parameters = discover_static(backend, source)
-        if version is None:
+        found, files, parameters = discover_static(backend, source)
+        if found is None:
             raise SourceError(f"no engine version in {source} (no *.dist-info/METADATA, PKG-INFO or version.py)")
+        version = found
         method = "static:" + ",".join(files)
     else:
         raise SourceError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
