@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 BACKENDS = {"pytorch": "pytorch", "vllm": "vllm", "tensorrt": "trtllm"}
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32",
@@ -70,6 +70,10 @@ def _get(d: Any, path: str) -> Any:
     return d
 
 
+@overload
+def _num(d: Any, path: str, *, required: Literal[True], where: str = "") -> float: ...
+@overload
+def _num(d: Any, path: str, *, required: bool = False, where: str = "") -> float | None: ...
 def _num(d: Any, path: str, *, required: bool = False, where: str = "") -> float | None:
     value = _get(d, path)
     if value is None:
@@ -81,6 +85,10 @@ def _num(d: Any, path: str, *, required: bool = False, where: str = "") -> float
     return float(value)
 
 
+@overload
+def _int(d: Any, path: str, *, required: Literal[True], where: str = "") -> int: ...
+@overload
+def _int(d: Any, path: str, *, required: bool = False, where: str = "") -> int | None: ...
 def _int(d: Any, path: str, *, required: bool = False, where: str = "") -> int | None:
     value = _num(d, path, required=required, where=where)
     if value is None:
@@ -90,6 +98,10 @@ def _int(d: Any, path: str, *, required: bool = False, where: str = "") -> int |
     return int(value)
 
 
+@overload
+def _str(d: Any, path: str, *, required: Literal[True], where: str = "") -> str: ...
+@overload
+def _str(d: Any, path: str, *, required: bool = False, where: str = "") -> str | None: ...
 def _str(d: Any, path: str, *, required: bool = False, where: str = "") -> str | None:
     value = _get(d, path)
     if value is None or value == "":
@@ -104,7 +116,7 @@ def _str(d: Any, path: str, *, required: bool = False, where: str = "") -> str |
 def _time(d: Any, path: str, *, where: str = "") -> datetime:
     value = _str(d, path, required=True, where=where)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # type: ignore[union-attr]
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadFile(f"field {where}{path} is not an ISO 8601 time: {value!r}") from None
     # The earlier tool wrote naive local times; they are kept as found and read as UTC.
@@ -241,13 +253,13 @@ def _process(d: Any, where: str) -> _Process:
                                                                            where=where)
     measurements = _get(d, "inference_metrics.latency_measurements")
     return _Process(
-        index=_int(d, "process_index", required=True, where=where),  # type: ignore[arg-type]
+        index=_int(d, "process_index", required=True, where=where),
         start=_time(d, "timestamps.start", where=where),
         end=_time(d, "timestamps.end", where=where),
-        input_tokens=_int(d, "inference_metrics.input_tokens", required=True, where=where),  # type: ignore[arg-type]
-        output_tokens=_int(d, "inference_metrics.output_tokens", required=True, where=where),  # type: ignore[arg-type]
-        inference_s=_num(d, "inference_metrics.inference_time_sec", required=True, where=where),  # type: ignore[arg-type]
-        total_energy_j=_num(d, "energy_metrics.total_energy_j", required=True, where=where),  # type: ignore[arg-type]
+        input_tokens=_int(d, "inference_metrics.input_tokens", required=True, where=where),
+        output_tokens=_int(d, "inference_metrics.output_tokens", required=True, where=where),
+        inference_s=_num(d, "inference_metrics.inference_time_sec", required=True, where=where),
+        total_energy_j=_num(d, "energy_metrics.total_energy_j", required=True, where=where),
         gpu_energy_j=_num(d, "energy_metrics.gpu_energy_j", where=where) or None,
         gpu_power_w=_num(d, "energy_metrics.gpu_power_w", where=where) or None,
         peak_memory_mb=peak or None,
@@ -408,8 +420,9 @@ def _environment(doc: dict[str, Any], process_docs: list[dict[str, Any]], backen
         if sep:
             packages[name] = version
     engine = {"vllm": "vllm", "trtllm": "tensorrt_llm"}.get(backend)
-    if engine and _str(doc, "backend_version"):
-        packages.setdefault(engine, _str(doc, "backend_version"))  # type: ignore[arg-type]
+    engine_version = _str(doc, "backend_version")
+    if engine and engine_version:
+        packages.setdefault(engine, engine_version)
     cuda_runtime = _str(snapshot_v2, "cuda_version") if snapshot_v2 else None
     cuda_source = _str(snapshot_v2, "cuda_version_source") if snapshot_v2 else None
     snapshot: dict[str, Any] = {"kind": "imported", "captured_at": _str(first, "collected_at")}
@@ -465,7 +478,7 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
     else:  # an aggregated file without its per-process results (the rewrite's single-process result.json)
         total_time = _num(doc, "total_inference_time_sec", required=True)
         n = _int(doc, "aggregation.num_processes") or 1
-        duration = total_time / n  # type: ignore[operator]
+        duration = total_time / n
         derived["duration_s"] = "total_inference_time_sec" + (f" / {n} processes" if n > 1 else "")
         used.append("total_inference_time_sec")
         flops = _num(doc, "total_flops")
@@ -519,13 +532,14 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
 
     # Request latencies: their per-request end-to-end latencies (3.x); none in 2.x.
     latencies = [v for p in processes for v in p.request_latencies_ms]
+    latency: tuple[float | None, float | None, float | None]
     if latencies:
         latency = (sum(latencies) / len(latencies), percentile(latencies, 50), percentile(latencies, 95))
         derived["latency_*_s"] = "per_request_latencies_ms of the processes (ms -> s)"
     elif _num(doc, "extended_metrics.request_latency.e2e_latency_mean_ms"):
         paths = [f"extended_metrics.request_latency.e2e_latency_{s}_ms" for s in ("mean", "median", "p95")]
         mean = _num(doc, paths[0])
-        latency = (mean, _num(doc, paths[1]) or mean, _num(doc, paths[2]) or mean)  # type: ignore[assignment]
+        latency = (mean, _num(doc, paths[1]) or mean, _num(doc, paths[2]) or mean)
         used += paths
     else:
         latency = (None, None, None)
@@ -533,15 +547,16 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
     latency_s = tuple(v / 1000 if v is not None else None for v in latency)
 
     ttft_samples = [v for p in processes for v in p.ttft_samples]
-    if _num(doc, "latency_stats.ttft_mean_ms") is not None:
-        ttft = _num(doc, "latency_stats.ttft_mean_ms") / 1000  # type: ignore[operator]
+    ttft_mean_ms = _num(doc, "latency_stats.ttft_mean_ms")
+    if ttft_mean_ms is not None:
+        ttft: float | None = ttft_mean_ms / 1000
         used.append("latency_stats.ttft_mean_ms")
     elif ttft_samples:
         ttft = sum(ttft_samples) / len(ttft_samples) / 1000
         derived["ttft_mean_s"] = "mean of the processes' latency_measurements.ttft_ms"
     elif any(p.ttft_ms is not None for p in processes):
         values = [p.ttft_ms for p in processes if p.ttft_ms is not None]
-        ttft = sum(values) / len(values) / 1000  # type: ignore[arg-type]
+        ttft = sum(values) / len(values) / 1000
         derived["ttft_mean_s"] = "mean of the processes' inference_metrics.time_to_first_token_ms"
     else:
         ttft = None
@@ -667,15 +682,16 @@ def _from_processes(group: list[_File]) -> _Result:
         raise BadFile(f"partial: process indices repeat ({indices})")
     if len({f.version for f in group}) > 1:
         raise BadFile(f"process files of different schema versions ({sorted({f.version for f in group})})")
-    effective = docs[0].get("effective_config") if isinstance(docs[0].get("effective_config"), dict) else {}
-    expected = _expected_processes(effective) or indices[-1] + 1  # type: ignore[arg-type]
+    stated = docs[0].get("effective_config")
+    effective = stated if isinstance(stated, dict) else {}
+    expected = _expected_processes(effective) or indices[-1] + 1
     if indices != list(range(expected)):
         missing = sorted(set(range(expected)) - set(indices))
         raise BadFile(f"partial: per-process result without its siblings (has process {indices}, expected 0.."
                       f"{expected - 1}; missing {missing})")
     order = sorted(range(len(group)), key=lambda i: processes[i].index)
     group, docs, processes = [group[i] for i in order], [docs[i] for i in order], [processes[i] for i in order]
-    doc = {k: docs[0][k] for k in ("schema_version", "experiment_id", "backend", "backend_version",
+    doc: dict[str, Any] = {k: docs[0][k] for k in ("schema_version", "experiment_id", "backend", "backend_version",
                                    "effective_config", "model_name", "config_name") if k in docs[0]}
     return _build(group, doc, processes, docs)
 
