@@ -31,7 +31,8 @@ class _FirstTokenClock(BaseStreamer):
     """Notes when generate hands over the first new token (its first ``put`` is the prompt)."""
 
     def __init__(self, device: torch.device):
-        self.device, self.puts, self.first_token_at = device, 0, None
+        self.device, self.puts = device, 0
+        self.first_token_at: float | None = None
 
     def put(self, value: torch.Tensor) -> None:
         self.puts += 1
@@ -69,7 +70,8 @@ def generate_kwargs(experiment: ExperimentConfig) -> dict[str, Any]:
 
 
 def _llama_config(preset: dict[str, Any]) -> LlamaConfig:
-    return LlamaConfig(**{k: bool(v) if k == "tie_word_embeddings" else v for k, v in preset.items()})
+    fields: dict[str, Any] = {k: bool(v) if k == "tie_word_embeddings" else v for k, v in preset.items()}
+    return LlamaConfig(**fields)
 
 
 class TransformersAdapter:
@@ -88,6 +90,7 @@ class TransformersAdapter:
 
     def _build(self, name: str, kwargs: dict[str, Any]) -> Any:
         preset = random_preset(name)
+        model: Any  # transformers types PreTrainedModel.to as a wrapped function mypy cannot call with a device
         if preset is not None:
             torch.manual_seed(0)
             with torch.device(self.device):
