@@ -212,6 +212,7 @@ def analyse_window(
     clocks = [float(s.sm_clock_mhz) for s in inside if s.sm_clock_mhz is not None]
     before = _between(samples, context.before)
     clocks_before = [float(s.sm_clock_mhz) for s in before if s.sm_clock_mhz is not None]
+    clock_mean, clock_before = _mean(clocks), _mean(clocks_before)
     util_before = [float(s.utilization_gpu) for s in before if s.utilization_gpu is not None]
     instant = [s.power_instant_w for s in inside if s.power_instant_w is not None]
     powers = instant or [s.power_w for s in inside if s.power_w is not None]
@@ -233,8 +234,8 @@ def analyse_window(
         reason_share=share, thermal_throttling=thermal_share > 0, power_brake=brake,
         max_temperature_c=max(temps) if temps else None,
         temperature_rise_c=(max(temps) - temps[0]) if temps else None,
-        sm_clock_mean_mhz=_mean(clocks), sm_clock_before_mhz=_mean(clocks_before),
-        sm_clock_ratio=(_mean(clocks) / _mean(clocks_before)) if clocks and clocks_before else None,  # type: ignore[operator]
+        sm_clock_mean_mhz=clock_mean, sm_clock_before_mhz=clock_before,
+        sm_clock_ratio=clock_mean / clock_before if clock_mean is not None and clock_before is not None else None,
         idle_before_w=_idle_power(samples, context.before), idle_after_w=_idle_power(samples, context.after),
         # NVML's utilisation is an average over up to a second, so the run's own warm-up lingers in the first
         # readings of the idle gap; another tenant keeps it up all through, hence the minimum.

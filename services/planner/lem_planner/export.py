@@ -214,10 +214,12 @@ def format_for(path: Path, fmt: str | None) -> str:
     """The format to write ``path`` in: ``fmt`` when given, else the one its suffix names; a given format that
     another known suffix contradicts (``--format csv -o runs.parquet``) is refused."""
     implied = SUFFIXES.get(path.suffix.lower())
-    if fmt is None and implied is None:
+    if fmt is not None:
+        if implied is not None and fmt != implied:
+            raise FormatError(f"--format {fmt} contradicts the file name {path.name} ({implied}); drop --format or "
+                              f"name the file .{fmt}")
+        return fmt
+    if implied is None:
         raise FormatError(f"{path}: cannot tell the format from the name; give --format csv|parquet|json or name "
                           "the file .csv, .parquet or .json")
-    if fmt is not None and implied is not None and fmt != implied:
-        raise FormatError(f"--format {fmt} contradicts the file name {path.name} ({implied}); drop --format or "
-                          f"name the file .{fmt}")
-    return fmt or implied  # type: ignore[return-value]
+    return implied

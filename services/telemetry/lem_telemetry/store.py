@@ -160,9 +160,9 @@ def write_samples(
     with engine.begin() as connection:
         if copy:
             if gpu:
-                _copy(connection, GpuSample.__table__, GPU_COLUMNS, gpu)  # type: ignore[arg-type]
+                _copy(connection, GpuSample.metadata.tables[GpuSample.__tablename__], GPU_COLUMNS, gpu)
             if host:
-                _copy(connection, HostSample.__table__, HOST_COLUMNS, host)  # type: ignore[arg-type]
+                _copy(connection, HostSample.metadata.tables[HostSample.__tablename__], HOST_COLUMNS, host)
         else:
             if gpu:
                 _executemany(connection, GpuSample, gpu)

@@ -18,20 +18,28 @@ checkpoint (``hf_quant_config.json`` or ``quantization_config``), so it is chose
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lem_shared.params.engine import EngineGroup, EngineSection
 
-ATTENTION_BACKENDS = ("TRTLLM", "FLASHINFER", "FLASHINFER_STAR_ATTENTION", "VANILLA")
-SAMPLERS = ("TRTLLMSampler", "TorchSampler", "auto")
-ALLREDUCE = ("AUTO", "NCCL", "UB", "MINLATENCY", "ONESHOT", "TWOSHOT", "LOWPRECISION", "MNNVL", "NCCL_SYMMETRIC")
-CAPACITY_POLICIES = ("MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH")
-CHUNKING_POLICIES = ("FIRST_COME_FIRST_SERVED", "EQUAL_PROGRESS")
-MOE_BACKENDS = ("CUTLASS", "CUTEDSL", "WIDEEP", "TRTLLM", "DEEPGEMM", "VANILLA", "TRITON")
+AttentionBackend = Literal["TRTLLM", "FLASHINFER", "FLASHINFER_STAR_ATTENTION", "VANILLA"]
+ATTENTION_BACKENDS = get_args(AttentionBackend)
+Sampler = Literal["TRTLLMSampler", "TorchSampler", "auto"]
+SAMPLERS = get_args(Sampler)
+AllreduceStrategy = Literal["AUTO", "NCCL", "UB", "MINLATENCY", "ONESHOT", "TWOSHOT", "LOWPRECISION", "MNNVL",
+                            "NCCL_SYMMETRIC"]
+ALLREDUCE = get_args(AllreduceStrategy)
+CapacityPolicy = Literal["MAX_UTILIZATION", "GUARANTEED_NO_EVICT", "STATIC_BATCH"]
+CAPACITY_POLICIES = get_args(CapacityPolicy)
+ChunkingPolicy = Literal["FIRST_COME_FIRST_SERVED", "EQUAL_PROGRESS"]
+CHUNKING_POLICIES = get_args(ChunkingPolicy)
+MoeBackend = Literal["CUTLASS", "CUTEDSL", "WIDEEP", "TRTLLM", "DEEPGEMM", "VANILLA", "TRITON"]
+MOE_BACKENDS = get_args(MoeBackend)
 # Speculative decoding methods the PyTorch backend runs (Medusa and Lookahead are TensorRT-engine only).
-SPECULATIVE = ("NGram", "MTP", "Eagle", "DraftTarget", "AUTO")
+SpeculativeMethod = Literal["NGram", "MTP", "Eagle", "DraftTarget", "AUTO"]
+SPECULATIVE = get_args(SpeculativeMethod)
 # Fields of KvCacheConfig the tool sets unless the experiment does.
 KV_CACHE_DEFAULTS: dict[str, Any] = {"enable_block_reuse": False}
 
@@ -73,10 +81,10 @@ class DynamicBatchOptions(_Nested):
 class SchedulerOptions(_Nested):
     """Fields of ``SchedulerConfig``."""
 
-    capacity_scheduler_policy: Literal[CAPACITY_POLICIES] | None = Field(  # type: ignore[valid-type]
+    capacity_scheduler_policy: CapacityPolicy | None = Field(
         None, description=f"how requests are admitted: {', '.join(CAPACITY_POLICIES)}",
         examples=["MAX_UTILIZATION"])
-    context_chunking_policy: Literal[CHUNKING_POLICIES] | None = Field(  # type: ignore[valid-type]
+    context_chunking_policy: ChunkingPolicy | None = Field(
         None, description=f"order of context chunks under chunked prefill: {', '.join(CHUNKING_POLICIES)}",
         examples=["EQUAL_PROGRESS"])
     dynamic_batch_config: DynamicBatchOptions | None = Field(
@@ -88,7 +96,7 @@ class SchedulerOptions(_Nested):
 class MoeOptions(_Nested):
     """Fields of ``MoeConfig`` (mixture-of-experts models only)."""
 
-    backend: Literal[MOE_BACKENDS] | None = Field(  # type: ignore[valid-type]
+    backend: MoeBackend | None = Field(
         None, description=f"MoE kernels: {', '.join(MOE_BACKENDS)}", examples=["TRTLLM"])
     max_num_tokens: int | None = Field(
         None, ge=1, description="split MoE inputs into chunks of at most this many tokens", examples=[4096])
@@ -145,7 +153,7 @@ class SparseAttentionOptions(_Nested):
 class SpeculativeOptions(_Nested):
     """A ``speculative_config``: ``decoding_type`` picks the config class (``NGramDecodingConfig``, ...)."""
 
-    decoding_type: Literal[SPECULATIVE] = Field(  # type: ignore[valid-type]
+    decoding_type: SpeculativeMethod = Field(
         description=f"speculation method: {', '.join(SPECULATIVE)}", examples=["NGram"])
     max_draft_len: int | None = Field(None, ge=1, description="draft tokens per step", examples=[4])
     speculative_model_dir: str | None = Field(
@@ -203,7 +211,7 @@ class TrtllmEngine(EngineGroup):
     attention_dp_config: AttentionDpOptions | None = Field(
         None, description="load balancing of the attention-DP scheduler",
         examples=[{"enable_balance": True, "timeout_iters": 20, "batching_wait_iters": 5}])
-    allreduce_strategy: Literal[ALLREDUCE] | None = Field(  # type: ignore[valid-type]
+    allreduce_strategy: AllreduceStrategy | None = Field(
         None, description=f"all-reduce kernels under TP: {', '.join(ALLREDUCE)}", examples=["NCCL"])
     # batching and memory
     max_batch_size: int | None = Field(None, ge=1, description="most requests scheduled in one iteration",
@@ -231,7 +239,7 @@ class TrtllmEngine(EngineGroup):
     garbage_collection_gen0_threshold: int | None = Field(
         None, ge=0, description="Python GC generation-0 threshold of the executor loop", examples=[50000])
     # kernels, graphs, compilation
-    attn_backend: Literal[ATTENTION_BACKENDS] | None = Field(  # type: ignore[valid-type]
+    attn_backend: AttentionBackend | None = Field(
         None, description=f"attention kernels: {', '.join(ATTENTION_BACKENDS)}", examples=["FLASHINFER"])
     cuda_graph_config: CudaGraphOptions | Literal[False] | None = Field(
         None, description="CUDA graphs for decode-only batches (on by default); false turns them off",
@@ -242,7 +250,7 @@ class TrtllmEngine(EngineGroup):
     enable_autotuner: bool | None = Field(None, description="autotune kernel tactics at warm-up", examples=[False])
     enable_min_latency: bool | None = Field(None, description="min-latency kernel mode (Llama 4 only)",
                                             examples=[True])
-    sampler_type: Literal[SAMPLERS] | None = Field(  # type: ignore[valid-type]
+    sampler_type: Sampler | None = Field(
         None, description=f"sampler implementation: {', '.join(SAMPLERS)}", examples=["TRTLLMSampler"])
     moe_config: MoeOptions | None = Field(None, description="mixture-of-experts kernels and chunking",
                                           examples=[{"backend": "TRTLLM", "max_num_tokens": 4096}])
