@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
+from celery.app.amqp import AMQP
 from kombu import Exchange, Queue
 
 from lem_shared.queues import QueueName
 from lem_shared.settings import Settings, get_settings
 
 
+class ShadowNamedEvents(AMQP):
+    """The ``task-sent`` event names a task by its shadow name, as the worker's ``task-received`` does.
+
+    The two events come from different processes, so Flower may get ``task-sent`` last; its event state merges
+    every field of an earlier-state event, and the task would be renamed back to ``lem.run_experiment``."""
+
+    def as_task_v2(self, task_id: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(task_id, name, *args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
+
+
 def make_celery(name: str, settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    app = Celery(name, broker=settings.broker_url, backend=settings.result_backend)
+    app = Celery(name, broker=settings.broker_url, backend=settings.result_backend, amqp=ShadowNamedEvents)
     exchange = Exchange("lem", type="direct")
     app.conf.update(
         task_queues=[Queue(q.value, exchange, routing_key=q.value) for q in QueueName],
