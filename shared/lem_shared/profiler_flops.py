@@ -28,6 +28,7 @@ Only torch is imported at module level; transformers is only used through the mo
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -94,16 +95,16 @@ def _generate(model: Any, input_ids: torch.Tensor, new_tokens: int) -> torch.Ten
 class _PhaseTotals:
     """Reads a running FLOP total at the start and end of every forward of the model."""
 
-    def __init__(self, read_total):
+    def __init__(self, read_total: Callable[[], dict[str, int]]) -> None:
         self.read_total = read_total
         self.per_forward: list[dict[str, Any]] = []
         self._start: dict[str, Any] = {}
 
-    def pre(self, module, args, kwargs):
+    def pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._start = dict(total=self.read_total(), tokens=None if ids is None else tuple(ids.shape))
 
-    def post(self, module, args, kwargs, output):
+    def post(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         end = self.read_total()
         self.per_forward.append(dict(input_shape=self._start["tokens"],
                                      by_op={k: end[k] - self._start["total"].get(k, 0) for k in end}))
