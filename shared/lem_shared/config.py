@@ -397,6 +397,7 @@ def plan_text(text: str, origin: str, advertised: Mapping[str, Mapping[str, str]
     return plan_campaign(raw, advertised)
 
 
+# a base chosen at import time (PyYAML built without libyaml has no CSafeLoader), which mypy cannot type
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """The safe subset of YAML (the C parser when PyYAML has it) that refuses a key given twice in one mapping
     (PyYAML keeps the last one silently). Keys merged in with ``<<`` may be overridden, as YAML intends."""
