@@ -88,8 +88,9 @@ flower: setup  ## Flower on http://127.0.0.1:5555 in the background (log .run/fl
 beat: migrate  ## celery beat in the foreground: fires the schedules of `lem schedule` (exactly one may run)
 	$(BIN)/lem-beat
 
-lint: setup  ## ruff check, then mypy (pydantic plugin) over every package ([tool.mypy] in pyproject.toml)
+lint: setup  ## ruff check, ruff format --check, then mypy (pydantic plugin) over every package ([tool.mypy] in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean: down

@@ -52,8 +52,15 @@ def main() -> None:
     name = f"lem_bench_{secrets.token_hex(4)}"
     database_url = make_url(args.admin_database_url).set(database=name).render_as_string(hide_password=False)
     broker, results = (f"{args.redis}/{db}" for db in args.redis_dbs)
-    env = {**os.environ, "LEM_DATABASE_URL": database_url, "LEM_DEVICE": "cpu", "LEM_BROKER_URL": broker,
-           "LEM_RESULT_BACKEND": results, "LEM_ENERGY_WAIT_S": "0", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "LEM_DATABASE_URL": database_url,
+        "LEM_DEVICE": "cpu",
+        "LEM_BROKER_URL": broker,
+        "LEM_RESULT_BACKEND": results,
+        "LEM_ENERGY_WAIT_S": "0",
+        "HF_HUB_OFFLINE": "1",
+    }
     os.environ.update(env)
     for db in args.redis_dbs:
         redis.Redis.from_url(f"{args.redis}/{db}").flushdb()
@@ -68,14 +75,25 @@ def main() -> None:
     try:
         for service in ("lem-control", "lem-worker-pytorch"):
             log = open(workdir / f"{service}.log", "w")  # noqa: SIM115 - closed with the process
-            procs.append((subprocess.Popen([str(BIN / service)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                           start_new_session=True), log))
-        campaign = {"name": "timing", "cycles": args.cycles, "structure": "interleaved",
-                    "experiment": {"model": "random:llama-tiny",
-                                   "workload": {"num_prompts": args.experiments, "input_len": 8, "output_len": 4},
-                                   "measurement": {"min_window_s": 0, "warmup_window": 2, "warmup_min": 1,
-                                                   "warmup_max": 2}},
-                    "grid": {"batch_size": list(range(1, args.experiments + 1))}}
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [str(BIN / service)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    ),
+                    log,
+                )
+            )
+        campaign = {
+            "name": "timing",
+            "cycles": args.cycles,
+            "structure": "interleaved",
+            "experiment": {
+                "model": "random:llama-tiny",
+                "workload": {"num_prompts": args.experiments, "input_len": 8, "output_len": 4},
+                "measurement": {"min_window_s": 0, "warmup_window": 2, "warmup_min": 1, "warmup_max": 2},
+            },
+            "grid": {"batch_size": list(range(1, args.experiments + 1))},
+        }
         path = workdir / "timing.yaml"
         path.write_text(yaml.safe_dump(campaign))
         deadline = time.monotonic() + 120
@@ -85,8 +103,9 @@ def main() -> None:
                 break
             time.sleep(1)
         began = time.monotonic()
-        result = subprocess.run([str(BIN / "lem"), "campaign", "run", str(path)], env=env, capture_output=True,
-                                text=True, timeout=3600)
+        result = subprocess.run(
+            [str(BIN / "lem"), "campaign", "run", str(path)], env=env, capture_output=True, text=True, timeout=3600
+        )
         elapsed = time.monotonic() - began
         if result.returncode != 0:
             sys.exit(f"campaign failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -95,21 +114,39 @@ def main() -> None:
 
         engine = create_engine(database_url)
         with engine.connect() as conn:
-            runs = conn.execute(select(Run.started_at, Run.dispatched_at, Run.finished_at, Run.worker,
-                                       Run.position, RunMetrics.model_reused)
-                                .join(RunMetrics, RunMetrics.run_id == Run.id).order_by(Run.position)).all()
+            runs = conn.execute(
+                select(
+                    Run.started_at,
+                    Run.dispatched_at,
+                    Run.finished_at,
+                    Run.worker,
+                    Run.position,
+                    RunMetrics.model_reused,
+                )
+                .join(RunMetrics, RunMetrics.run_id == Run.id)
+                .order_by(Run.position)
+            ).all()
         engine.dispose()
         latency_ms = [1000 * (r.started_at - r.dispatched_at).total_seconds() for r in runs]
-        dead_s = [(b.started_at - a.finished_at).total_seconds() for a, b in zip(runs, runs[1:], strict=False)
-                  if a.worker == b.worker and b.model_reused]
-        print(f"{len(runs)} runs ({args.experiments} experiments x {args.cycles} cycles) in {elapsed:.1f} s, "
-              f"one warm CPU worker, local Redis and PostgreSQL")
+        dead_s = [
+            (b.started_at - a.finished_at).total_seconds()
+            for a, b in zip(runs, runs[1:], strict=False)
+            if a.worker == b.worker and b.model_reused
+        ]
+        print(
+            f"{len(runs)} runs ({args.experiments} experiments x {args.cycles} cycles) in {elapsed:.1f} s, "
+            f"one warm CPU worker, local Redis and PostgreSQL"
+        )
         print("dispatch latency per run, ms:", " ".join(f"{x:.0f}" for x in latency_ms))
-        print(f"dispatch latency (dispatched -> claimed): p50 {statistics.median(latency_ms):.1f} ms, "
-              f"p99 {percentile(latency_ms, 0.99):.1f} ms, max {max(latency_ms):.1f} ms   (target p99 <= 50 ms)")
-        print(f"dead time between runs on the warm worker: median {statistics.median(dead_s) * 1000:.0f} ms, "
-              f"p90 {percentile(dead_s, 0.9) * 1000:.0f} ms, max {max(dead_s) * 1000:.0f} ms over {len(dead_s)} "
-              f"gaps   (target median <= 1 s)")
+        print(
+            f"dispatch latency (dispatched -> claimed): p50 {statistics.median(latency_ms):.1f} ms, "
+            f"p99 {percentile(latency_ms, 0.99):.1f} ms, max {max(latency_ms):.1f} ms   (target p99 <= 50 ms)"
+        )
+        print(
+            f"dead time between runs on the warm worker: median {statistics.median(dead_s) * 1000:.0f} ms, "
+            f"p90 {percentile(dead_s, 0.9) * 1000:.0f} ms, max {max(dead_s) * 1000:.0f} ms over {len(dead_s)} "
+            f"gaps   (target median <= 1 s)"
+        )
     finally:
         for proc, _ in procs:
             if proc.poll() is None:

@@ -22,11 +22,17 @@ def main() -> None:
 
     def samples(uuid: str, start: float, end: float) -> list[Sample]:
         with session_scope() as s:
-            rows = s.execute(select(GpuSample.time, GpuSample.energy_mj, GpuSample.power_w, GpuSample.power_instant_w)
-                             .where(GpuSample.gpu_uuid == uuid).order_by(GpuSample.time)).all()
+            rows = s.execute(
+                select(GpuSample.time, GpuSample.energy_mj, GpuSample.power_w, GpuSample.power_instant_w)
+                .where(GpuSample.gpu_uuid == uuid)
+                .order_by(GpuSample.time)
+            ).all()
         margin = timedelta(seconds=2).total_seconds()
-        return [Sample(aware(t).timestamp(), e, p, i) for t, e, p, i in rows
-                if start - margin <= aware(t).timestamp() <= end + margin]
+        return [
+            Sample(aware(t).timestamp(), e, p, i)
+            for t, e, p, i in rows
+            if start - margin <= aware(t).timestamp() <= end + margin
+        ]
 
     def pct(value: float | None, reference: float) -> str:
         return "-" if value is None else f"{100 * (value - reference) / reference:+.2f} %"
@@ -39,8 +45,9 @@ def main() -> None:
     for run in runs:
         phases = run.phases or {}
         assert run.window_start is not None and run.window_end is not None and run.gpu_uuid is not None
-        windows = [("full", aware(run.window_start).timestamp(), aware(run.window_end).timestamp(),
-                    phases.get("edges"))]
+        windows = [
+            ("full", aware(run.window_start).timestamp(), aware(run.window_end).timestamp(), phases.get("edges"))
+        ]
         prefill = phases.get("prefill")
         if prefill:
             windows.append(("prefill", *prefill["window"], prefill.get("edges")))
@@ -51,9 +58,11 @@ def main() -> None:
             got = samples(run.gpu_uuid, start, end)
             telemetry = counter_energy(got, start, end)[0]
             reads = f"{1e3 * edges['start']['read_s']:.1f} / {1e3 * edges['end']['read_s']:.1f}"
-            print(f"| {run.id} | {name} | {end - start:.2f} | {joules:.1f} | {pct(telemetry, joules)} | "
-                  f"{pct(power_integral(got, start, end, 'instant'), joules)} | "
-                  f"{pct(power_integral(got, start, end, 'average'), joules)} | {reads} |")
+            print(
+                f"| {run.id} | {name} | {end - start:.2f} | {joules:.1f} | {pct(telemetry, joules)} | "
+                f"{pct(power_integral(got, start, end, 'instant'), joules)} | "
+                f"{pct(power_integral(got, start, end, 'average'), joules)} | {reads} |"
+            )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,16 @@ def ratio(counted: int, analytic: int) -> float | None:
     return counted / analytic if analytic else None
 
 
-def check(model: Any, preset: dict[str, Any], batch: int, prompt_len: int, new_tokens: int, device: str,
-          methods: list[str], dtype_bytes: int) -> dict[str, Any]:
+def check(
+    model: Any,
+    preset: dict[str, Any],
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    device: str,
+    methods: list[str],
+    dtype_bytes: int,
+) -> dict[str, Any]:
     analytic = dict(
         prefill_flops=prefill_flops(preset, batch, prompt_len),
         prefill_flops_full_attention=prefill_flops(preset, batch, prompt_len, attention="full"),
@@ -62,8 +70,9 @@ def check(model: Any, preset: dict[str, Any], batch: int, prompt_len: int, new_t
         counted["ratio_prefill"] = ratio(counted["prefill_flops"], analytic["prefill_flops"])
         counted["ratio_decode"] = ratio(counted["decode_flops"], analytic["decode_flops"])
         if "prefill_flops_full_attention" in counted:
-            counted["ratio_prefill_full_attention"] = ratio(counted["prefill_flops_full_attention"],
-                                                            analytic["prefill_flops_full_attention"])
+            counted["ratio_prefill_full_attention"] = ratio(
+                counted["prefill_flops_full_attention"], analytic["prefill_flops_full_attention"]
+            )
         row[method] = counted
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -88,14 +97,21 @@ def main() -> None:
     dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
     model = build_model(preset, args.device, dtype)
     methods = ["flop_counter"] + (["profiler"] if args.profiler else [])
-    rows = [check(model, preset, b, args.prompt_len, args.new_tokens, args.device, methods,
-                  torch.finfo(dtype).bits // 8) for b in args.batch_sizes]
+    rows = [
+        check(model, preset, b, args.prompt_len, args.new_tokens, args.device, methods, torch.finfo(dtype).bits // 8)
+        for b in args.batch_sizes
+    ]
     result = dict(
-        preset=args.preset, device=args.device, dtype=str(dtype).removeprefix("torch."),
-        gpu=(torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
-             else platform.processor() or "cpu"),
-        torch=torch.__version__, transformers=transformers.__version__,
-        attn_implementation=getattr(model.config, "_attn_implementation", None), rows=rows,
+        preset=args.preset,
+        device=args.device,
+        dtype=str(dtype).removeprefix("torch."),
+        gpu=(
+            torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else platform.processor() or "cpu"
+        ),
+        torch=torch.__version__,
+        transformers=transformers.__version__,
+        attn_implementation=getattr(model.config, "_attn_implementation", None),
+        rows=rows,
     )
     text = json.dumps(result, indent=2)
     print(text)
@@ -104,8 +120,11 @@ def main() -> None:
     for row in rows:
         for method in methods:
             c = row[method]
-            print(f"b={row['batch']:<3} {method:<12} prefill counted/analytic {c['ratio_prefill']:.4f}  "
-                  f"decode {c['ratio_decode']:.4f}  forwards {c['forward_calls']}", file=sys.stderr)
+            print(
+                f"b={row['batch']:<3} {method:<12} prefill counted/analytic {c['ratio_prefill']:.4f}  "
+                f"decode {c['ratio_decode']:.4f}  forwards {c['forward_calls']}",
+                file=sys.stderr,
+            )
 
 
 if __name__ == "__main__":

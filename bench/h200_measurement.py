@@ -88,9 +88,13 @@ def main() -> None:
     try:
         for bs in args.batch_sizes:
             experiment = ExperimentConfig(
-                model=args.model, dtype="bfloat16", batch_size=bs, warmup_batches=2,
-                workload=SyntheticWorkload(num_prompts=bs * args.batches, input_len=args.input_len,
-                                           output_len=args.output_len),
+                model=args.model,
+                dtype="bfloat16",
+                batch_size=bs,
+                warmup_batches=2,
+                workload=SyntheticWorkload(
+                    num_prompts=bs * args.batches, input_len=args.input_len, output_len=args.output_len
+                ),
             )
             m = engine.measure(experiment.model_dump(mode="json"))
             time.sleep(3 * args.interval + 0.3)  # let telemetry pass the window's end
@@ -113,22 +117,28 @@ def main() -> None:
                 "model_reused": m.model_reused,
                 "energy_j": energy.energy_j,
                 "power_integral_j": energy.power_integral_j,
-                "integral_vs_counter_pct": (100 * (energy.power_integral_j - energy.energy_j) / energy.energy_j
-                                            if energy.energy_j and energy.power_integral_j else None),
+                "integral_vs_counter_pct": (
+                    100 * (energy.power_integral_j - energy.energy_j) / energy.energy_j
+                    if energy.energy_j and energy.power_integral_j
+                    else None
+                ),
                 "mean_power_w": energy.mean_power_w,
                 "j_per_token": energy.energy_j / metrics["output_tokens"] if energy.energy_j else None,
                 "samples_in_window": energy.samples_in_window,
                 "max_temp_c": max((r.temperature_c or 0) for r in inside) if inside else None,
                 "sm_clock_mhz_mean": (sum(r.sm_clock_mhz or 0 for r in inside) / len(inside)) if inside else None,
-                "clock_event_reasons_seen": sorted({r.clock_event_reasons for r in inside if r.clock_event_reasons
-                                                    is not None}),
+                "clock_event_reasons_seen": sorted(
+                    {r.clock_event_reasons for r in inside if r.clock_event_reasons is not None}
+                ),
                 "environment": m.environment,
             }
             rows.append(row)
-            print(f"bs={bs:>3}  window {row['window_s']:.2f} s  {row['tokens_per_s']:.0f} tok/s  "
-                  f"{row['energy_j']:.1f} J  {row['mean_power_w']:.0f} W  {row['j_per_token'] * 1e3:.2f} mJ/token  "
-                  f"∫P vs counter {row['integral_vs_counter_pct']:+.2f} %  samples {row['samples_in_window']}",
-                  flush=True)
+            print(
+                f"bs={bs:>3}  window {row['window_s']:.2f} s  {row['tokens_per_s']:.0f} tok/s  "
+                f"{row['energy_j']:.1f} J  {row['mean_power_w']:.0f} W  {row['j_per_token'] * 1e3:.2f} mJ/token  "
+                f"∫P vs counter {row['integral_vs_counter_pct']:+.2f} %  samples {row['samples_in_window']}",
+                flush=True,
+            )
     finally:
         engine.stop()
         sampler.stop_event.set()
@@ -150,8 +160,10 @@ def main() -> None:
         "runs": rows,
     }
     args.out.write_text(json.dumps(result, indent=2))
-    print(f"idle before runs: {idle.mean_power_w:.1f} W; telemetry {len(sampler.readings)} samples, "
-          f"{sampler.missed} ticks missed; wrote {args.out}")
+    print(
+        f"idle before runs: {idle.mean_power_w:.1f} W; telemetry {len(sampler.readings)} samples, "
+        f"{sampler.missed} ticks missed; wrote {args.out}"
+    )
 
 
 if __name__ == "__main__":

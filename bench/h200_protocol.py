@@ -41,11 +41,18 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=128)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--baseline-idle-s", type=float, default=30.0)
-    parser.add_argument("--cache-implementation", choices=["dynamic", "static"], default="dynamic",
-                        help="static: transformers compiles the decoding step (CUDA graphs)")
+    parser.add_argument(
+        "--cache-implementation",
+        choices=["dynamic", "static"],
+        default="dynamic",
+        help="static: transformers compiles the decoding step (CUDA graphs)",
+    )
     parser.add_argument("--campaign", type=Path, help="run this campaign file's experiments instead of the sweep")
-    parser.add_argument("--experiments", metavar="A:B", help="with --campaign: only experiments A..B-1 (a slice, "
-                        "to split a long campaign over several device calls)")
+    parser.add_argument(
+        "--experiments",
+        metavar="A:B",
+        help="with --campaign: only experiments A..B-1 (a slice, to split a long campaign over several device calls)",
+    )
     parser.add_argument("--budget-s", type=float, help="start no run after this many seconds (the rest: --resume)")
     parser.add_argument("--resume", action="store_true", help="run the pending runs of the database's latest campaign")
     parser.add_argument("--database-url", default="sqlite:////tmp/lem_h200.db")
@@ -73,8 +80,12 @@ def main() -> None:
     upgrade(args.database_url)
     args.out.mkdir(parents=True, exist_ok=True)
     telemetry_log = open(args.out / "telemetry.log", "a")  # noqa: SIM115 - open for the daemon's lifetime
-    telemetry = subprocess.Popen([sys.executable, "-m", "lem_telemetry.main"], stdout=telemetry_log,
-                                 stderr=subprocess.STDOUT, env=os.environ.copy())
+    telemetry = subprocess.Popen(
+        [sys.executable, "-m", "lem_telemetry.main"],
+        stdout=telemetry_log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
     time.sleep(3)  # let it log its energy-read cost and start sampling
 
     if args.resume:
@@ -85,7 +96,7 @@ def main() -> None:
             campaign, experiments = plan.campaign, plan.experiments
             if args.experiments:
                 start, _, stop = args.experiments.partition(":")
-                experiments = experiments[int(start or 0):int(stop) if stop else None]
+                experiments = experiments[int(start or 0) : int(stop) if stop else None]
         else:
             campaign, experiments = sweep(parse_campaign, args)
         campaign_id, requests = create_campaign(campaign, experiments)
@@ -96,8 +107,11 @@ def main() -> None:
     try:
         for request in requests:
             if args.budget_s is not None and time.time() - started > args.budget_s:
-                print(f"budget of {args.budget_s:.0f} s spent: {len(requests) - requests.index(request)} runs left "
-                      "pending (--resume runs them)", flush=True)
+                print(
+                    f"budget of {args.budget_s:.0f} s spent: {len(requests) - requests.index(request)} runs left "
+                    "pending (--resume runs them)",
+                    flush=True,
+                )
                 break
             backend = request.experiment["backend"]
             if backend not in engines:
@@ -106,14 +120,17 @@ def main() -> None:
             assert run_id is not None
             finalise_run(run_id, wait_s=15)
             record = next(r for r in records_of(campaign_id) if r["run_id"] == run_id)
-            print(f"{label(request.experiment):<40} cycle={request.cycle}  {record['status']:<6} "
-                  f"{_f(record['tokens_per_s'], '.0f')} tok/s  {_f(record['energy_j'], '.1f')} J  "
-                  f"{_f(record['j_per_token'] and record['j_per_token'] * 1e3, '.2f')} mJ/tok  "
-                  f"adj {_f(record['energy_adjusted_j'], '.1f')} J  mean {_f(record['mean_power_w'], '.0f')} W  "
-                  f"idle {_f(record['idle_before_w'], '.0f')}/{_f(record['idle_after_w'], '.0f')} W  "
-                  f"deep {_f(record['deep_idle_power_w'], '.0f')} W  warmup {record['warmup_iterations']}"
-                  f"{'' if record['warmup_converged'] else '(cap)'}  passes {record['passes']}  "
-                  f"verdict {record['verdict']}  {record['error'] or ''}", flush=True)
+            print(
+                f"{label(request.experiment):<40} cycle={request.cycle}  {record['status']:<6} "
+                f"{_f(record['tokens_per_s'], '.0f')} tok/s  {_f(record['energy_j'], '.1f')} J  "
+                f"{_f(record['j_per_token'] and record['j_per_token'] * 1e3, '.2f')} mJ/tok  "
+                f"adj {_f(record['energy_adjusted_j'], '.1f')} J  mean {_f(record['mean_power_w'], '.0f')} W  "
+                f"idle {_f(record['idle_before_w'], '.0f')}/{_f(record['idle_after_w'], '.0f')} W  "
+                f"deep {_f(record['deep_idle_power_w'], '.0f')} W  warmup {record['warmup_iterations']}"
+                f"{'' if record['warmup_converged'] else '(cap)'}  passes {record['passes']}  "
+                f"verdict {record['verdict']}  {record['error'] or ''}",
+                flush=True,
+            )
             if record["phase_split"] or record["flops"]:
                 print("    " + phases_line(record), flush=True)
     finally:
@@ -123,8 +140,9 @@ def main() -> None:
         telemetry.wait(30)
         telemetry_log.close()
 
-    report(campaign_id, args.out, {"command": " ".join(sys.argv), "model": args.model,
-                                   "elapsed_s": time.time() - started})
+    report(
+        campaign_id, args.out, {"command": " ".join(sys.argv), "model": args.model, "elapsed_s": time.time() - started}
+    )
 
 
 # Each backend's engine adapter, as its worker's entry module names it.
@@ -147,28 +165,38 @@ def pending_runs() -> tuple[int, list]:
         campaign = s.scalars(select(Campaign).order_by(Campaign.id.desc())).first()
         if campaign is None:
             raise SystemExit("--resume: the database holds no campaign")
-        runs = s.scalars(select(Run).where(Run.campaign_id == campaign.id, Run.status == "pending")
-                         .order_by(Run.position)).all()
+        runs = s.scalars(
+            select(Run).where(Run.campaign_id == campaign.id, Run.status == "pending").order_by(Run.position)
+        ).all()
         return campaign.id, [run_request(run, s.get(Experiment, run.experiment_id), campaign) for run in runs]
 
 
 def sweep(parse_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
     """The batch-size sweep of issue 3's protocol, with the same number of batches per pass at every size."""
-    campaign, experiments = parse_campaign({
-        "name": "h200-protocol",
-        "cycles": args.cycles,
-        "experiment": {
-            "backend": "pytorch", "model": args.model, "dtype": "bfloat16",
-            "workload": {"num_prompts": max(args.batch_sizes), "input_len": args.input_len,
-                         "output_len": args.output_len},
-            "measurement": {"baseline_idle_s": args.baseline_idle_s},
-            "pytorch": {"generation": {"cache_implementation": args.cache_implementation}},
-        },
-        "grid": {"batch_size": args.batch_sizes},
-    })
+    campaign, experiments = parse_campaign(
+        {
+            "name": "h200-protocol",
+            "cycles": args.cycles,
+            "experiment": {
+                "backend": "pytorch",
+                "model": args.model,
+                "dtype": "bfloat16",
+                "workload": {
+                    "num_prompts": max(args.batch_sizes),
+                    "input_len": args.input_len,
+                    "output_len": args.output_len,
+                },
+                "measurement": {"baseline_idle_s": args.baseline_idle_s},
+                "pytorch": {"generation": {"cache_implementation": args.cache_implementation}},
+            },
+            "grid": {"batch_size": args.batch_sizes},
+        }
+    )
     # The same number of batches per pass at every batch size (a grid would share one prompt count).
-    return campaign, [e.model_copy(update={"workload": e.workload.model_copy(
-        update={"num_prompts": e.batch_size * args.batches})}) for e in experiments]
+    return campaign, [
+        e.model_copy(update={"workload": e.workload.model_copy(update={"num_prompts": e.batch_size * args.batches})})
+        for e in experiments
+    ]
 
 
 def phases_line(record: dict) -> str:
@@ -177,10 +205,12 @@ def phases_line(record: dict) -> str:
     for phase, f in ((record["phase_split"] or {}).get("per_prompt") or {}).items():
         energy = "-" if f.get("energy_j") is None else f"{f['energy_j']:.3f}+-{f['energy_uncertainty_j']:.3f} J"
         bandwidth = (f.get("memory") or {}).get("bandwidth_utilisation")
-        parts.append(f"{phase}: {f['time_s'] * 1e3:.1f} ms {energy} {_f(f.get('tokens_per_s'), '.0f')} tok/s "
-                     f"{_f(f.get('j_per_token') and f['j_per_token'] * 1e3, '.3f')} mJ/tok "
-                     f"MFU {_f(f.get('mfu') and f['mfu'] * 100, '.1f')} %"
-                     + (f" bw {bandwidth * 100:.0f} %" if bandwidth is not None else ""))
+        parts.append(
+            f"{phase}: {f['time_s'] * 1e3:.1f} ms {energy} {_f(f.get('tokens_per_s'), '.0f')} tok/s "
+            f"{_f(f.get('j_per_token') and f['j_per_token'] * 1e3, '.3f')} mJ/tok "
+            f"MFU {_f(f.get('mfu') and f['mfu'] * 100, '.1f')} %"
+            + (f" bw {bandwidth * 100:.0f} %" if bandwidth is not None else "")
+        )
     ratio = (record["flops"] or {}).get("ratio") or {}
     if ratio:
         parts.append("counted/analytic FLOPs " + " ".join(f"{k} {v:.3f}" for k, v in ratio.items()))
@@ -238,37 +268,45 @@ def report(campaign_id: int, out: Path, meta: dict) -> None:
             continue
         jpt = [r["j_per_token"] for r in rows]
         checks = [c for r in rows for c in (r["checks"] or []) if c["status"] in ("warning", "fail")]
-        analysis_gap = [100 * (r["energy_power_integral_j"] - r["energy_j"]) / r["energy_j"] for r in rows
-                        if r["energy_power_integral_j"]]
-        summary.append({
-            "experiment": name,
-            "batch_size": rows[0]["experiment"]["batch_size"],
-            "runs": len(rows),
-            "tokens_per_s_mean": statistics.fmean(r["tokens_per_s"] for r in rows),
-            "j_per_token_mean": statistics.fmean(jpt),
-            "j_per_token_cv_pct": 100 * statistics.stdev(jpt) / statistics.fmean(jpt) if len(jpt) > 1 else None,
-            "energy_adjusted_j_per_token_mean": statistics.fmean(
-                r["energy_adjusted_j"] / r["output_tokens"] for r in rows if r["energy_adjusted_j"] is not None),
-            "integral_vs_counter_pct_mean": statistics.fmean(analysis_gap) if analysis_gap else None,
-            "mean_power_w": statistics.fmean(r["mean_power_w"] for r in rows),
-            "deep_idle_w": rows[0]["deep_idle_power_w"],
-            "idle_before_w_mean": _mean([r["idle_before_w"] for r in rows]),
-            "idle_after_w_mean": _mean([r["idle_after_w"] for r in rows]),
-            "verdicts": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("valid", "warning", "invalid")},
-            "flagged_checks": sorted({f"{c['name']}: {c['status']}" for c in checks}),
-        })
+        analysis_gap = [
+            100 * (r["energy_power_integral_j"] - r["energy_j"]) / r["energy_j"]
+            for r in rows
+            if r["energy_power_integral_j"]
+        ]
+        summary.append(
+            {
+                "experiment": name,
+                "batch_size": rows[0]["experiment"]["batch_size"],
+                "runs": len(rows),
+                "tokens_per_s_mean": statistics.fmean(r["tokens_per_s"] for r in rows),
+                "j_per_token_mean": statistics.fmean(jpt),
+                "j_per_token_cv_pct": 100 * statistics.stdev(jpt) / statistics.fmean(jpt) if len(jpt) > 1 else None,
+                "energy_adjusted_j_per_token_mean": statistics.fmean(
+                    r["energy_adjusted_j"] / r["output_tokens"] for r in rows if r["energy_adjusted_j"] is not None
+                ),
+                "integral_vs_counter_pct_mean": statistics.fmean(analysis_gap) if analysis_gap else None,
+                "mean_power_w": statistics.fmean(r["mean_power_w"] for r in rows),
+                "deep_idle_w": rows[0]["deep_idle_power_w"],
+                "idle_before_w_mean": _mean([r["idle_before_w"] for r in rows]),
+                "idle_after_w_mean": _mean([r["idle_after_w"] for r in rows]),
+                "verdicts": {v: sum(1 for r in rows if r["verdict"] == v) for v in ("valid", "warning", "invalid")},
+                "flagged_checks": sorted({f"{c['name']}: {c['status']}" for c in checks}),
+            }
+        )
     result = {"what": __doc__.splitlines()[0], **meta, "summary": summary, "runs": records}
     (out / "h200_protocol.json").write_text(json.dumps(result, indent=2, default=str))
     print()
     for s in summary:
         if not s["runs"]:
             continue
-        print(f"{s['experiment']}: {s['runs']} runs, {s['tokens_per_s_mean']:.0f} tok/s, "
-              f"{s['j_per_token_mean'] * 1e3:.2f} mJ/token (CV {_f(s['j_per_token_cv_pct'], '.2f')} %), "
-              f"adjusted {s['energy_adjusted_j_per_token_mean'] * 1e3:.2f} mJ/token, "
-              f"∫P vs counter {_f(s['integral_vs_counter_pct_mean'], '+.2f')} %, {s['mean_power_w']:.0f} W, "
-              f"deep idle {_f(s['deep_idle_w'], '.0f')} W, idle before/after {_f(s['idle_before_w_mean'], '.0f')}/"
-              f"{_f(s['idle_after_w_mean'], '.0f')} W, verdicts {s['verdicts']}, flagged {s['flagged_checks']}")
+        print(
+            f"{s['experiment']}: {s['runs']} runs, {s['tokens_per_s_mean']:.0f} tok/s, "
+            f"{s['j_per_token_mean'] * 1e3:.2f} mJ/token (CV {_f(s['j_per_token_cv_pct'], '.2f')} %), "
+            f"adjusted {s['energy_adjusted_j_per_token_mean'] * 1e3:.2f} mJ/token, "
+            f"∫P vs counter {_f(s['integral_vs_counter_pct_mean'], '+.2f')} %, {s['mean_power_w']:.0f} W, "
+            f"deep idle {_f(s['deep_idle_w'], '.0f')} W, idle before/after {_f(s['idle_before_w_mean'], '.0f')}/"
+            f"{_f(s['idle_after_w_mean'], '.0f')} W, verdicts {s['verdicts']}, flagged {s['flagged_checks']}"
+        )
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -63,32 +63,43 @@ def ci95(values: list[float]) -> float:
 def paired_ab(pairs: int, window: Callable[[], float], log, result: dict) -> None:  # noqa: ANN001
     """Telemetry's cost by paired windows: one lem-telemetry, running for A and stopped (SIGSTOP: no NVML call at
     all) for B, the order alternating AB, BA, ... so drift cancels; the loss and its 95 % interval per pair."""
-    daemon = subprocess.Popen([sys.executable, "-m", "lem_telemetry.main"], stdout=log, stderr=subprocess.STDOUT,
-                              env=os.environ.copy())
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "lem_telemetry.main"], stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+    )
     time.sleep(3)
     losses, rows = [], []
     try:
         for pair in range(pairs):
             rates = {}
-            for running in ((True, False) if pair % 2 == 0 else (False, True)):
+            for running in (True, False) if pair % 2 == 0 else (False, True):
                 daemon.send_signal(signal.SIGCONT if running else signal.SIGSTOP)
                 time.sleep(0.2)
                 rates["A" if running else "B"] = window()
             daemon.send_signal(signal.SIGCONT)
             losses.append(100 * (1 - rates["A"] / rates["B"]))
             rows.append({"pair": pair, "with_telemetry": rates["A"], "paused": rates["B"], "loss_pct": losses[-1]})
-            print(f"pair {pair:2}  telemetry {rates['A']:8.1f}  paused {rates['B']:8.1f}  loss {losses[-1]:+6.2f} %",
-                  flush=True)
+            print(
+                f"pair {pair:2}  telemetry {rates['A']:8.1f}  paused {rates['B']:8.1f}  loss {losses[-1]:+6.2f} %",
+                flush=True,
+            )
     finally:
         daemon.send_signal(signal.SIGCONT)
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
     result["paired"] = rows
-    result["paired_summary"] = {"telemetry_loss_pct": {"mean": statistics.fmean(losses), "ci95_half_width":
-                                                       ci95(losses), "median": statistics.median(losses),
-                                                       "pairs": len(losses)}}
-    print(f"telemetry at 100 ms: {statistics.fmean(losses):+.2f} % +/- {ci95(losses):.2f} % tokens/s lost "
-          f"({len(losses)} pairs)", flush=True)
+    result["paired_summary"] = {
+        "telemetry_loss_pct": {
+            "mean": statistics.fmean(losses),
+            "ci95_half_width": ci95(losses),
+            "median": statistics.median(losses),
+            "pairs": len(losses),
+        }
+    }
+    print(
+        f"telemetry at 100 ms: {statistics.fmean(losses):+.2f} % +/- {ci95(losses):.2f} % tokens/s lost "
+        f"({len(losses)} pairs)",
+        flush=True,
+    )
 
 
 def main() -> None:
@@ -100,11 +111,21 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--window-s", type=float, default=4.0)
     parser.add_argument("--harness-pairs", type=int, default=3)
-    parser.add_argument("--paired", type=int, default=0, metavar="N",
-                        help="instead of the rotation: N pairs of short windows with lem-telemetry running (A) "
-                        "and paused by SIGSTOP (B), order alternating AB/BA, one daemon for all; static cache")
-    parser.add_argument("--caches", nargs="+", choices=["dynamic", "static"], default=["dynamic", "static"],
-                        help="generate modes to measure (static: compiled decoding step)")
+    parser.add_argument(
+        "--paired",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of the rotation: N pairs of short windows with lem-telemetry running (A) "
+        "and paused by SIGSTOP (B), order alternating AB/BA, one daemon for all; static cache",
+    )
+    parser.add_argument(
+        "--caches",
+        nargs="+",
+        choices=["dynamic", "static"],
+        default=["dynamic", "static"],
+        help="generate modes to measure (static: compiled decoding step)",
+    )
     parser.add_argument("--conditions", nargs="+", choices=list(TELEMETRY), default=list(TELEMETRY)[:4])
     parser.add_argument("--database-url", default="sqlite:////tmp/lem_variance.db")
     parser.add_argument("--device", default="cuda:0")
@@ -126,9 +147,18 @@ def main() -> None:
     if args.database_url.startswith("sqlite:"):
         Path(args.database_url.removeprefix("sqlite:///")).unlink(missing_ok=True)
     upgrade(args.database_url)
-    result: dict = {"what": __doc__.splitlines()[0], "command": " ".join(sys.argv), "model": args.model,
-                    "batch_size": args.batch_size, "input_len": args.input_len, "output_len": args.output_len,
-                    "cpus": os.cpu_count(), "windows": [], "compile_s": None, "cpu_probe_ms": []}
+    result: dict = {
+        "what": __doc__.splitlines()[0],
+        "command": " ".join(sys.argv),
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
+        "cpus": os.cpu_count(),
+        "windows": [],
+        "compile_s": None,
+        "cpu_probe_ms": [],
+    }
 
     def save() -> None:
         (args.out / "h200_variance.json").write_text(json.dumps(result, indent=1))
@@ -140,20 +170,36 @@ def main() -> None:
     with torch.device(args.device):
         model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
     model.generation_config.pad_token_id = 0
-    experiment = ExperimentConfig.model_validate({
-        "model": args.model, "dtype": "bfloat16", "batch_size": args.batch_size,
-        "workload": {"num_prompts": args.batch_size * 2, "input_len": args.input_len, "output_len": args.output_len},
-        "measurement": {"min_window_s": args.window_s, "idle_gap_s": 0, "baseline_idle_s": 0},
-    })
+    experiment = ExperimentConfig.model_validate(
+        {
+            "model": args.model,
+            "dtype": "bfloat16",
+            "batch_size": args.batch_size,
+            "workload": {
+                "num_prompts": args.batch_size * 2,
+                "input_len": args.input_len,
+                "output_len": args.output_len,
+            },
+            "measurement": {"min_window_s": args.window_s, "idle_gap_s": 0, "baseline_idle_s": 0},
+        }
+    )
     prompts = synthetic_prompts(experiment.workload, config.vocab_size)
-    batches = [torch.tensor(prompts[i:i + args.batch_size], device=args.device)
-               for i in range(0, len(prompts), args.batch_size)]
+    batches = [
+        torch.tensor(prompts[i : i + args.batch_size], device=args.device)
+        for i in range(0, len(prompts), args.batch_size)
+    ]
     n = args.output_len
 
     @torch.inference_mode()
     def generate(ids: torch.Tensor, cache: str) -> int:
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, cache_implementation=cache)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            cache_implementation=cache,
+        )
         return int((out.shape[1] - ids.shape[1]) * out.shape[0])
 
     def sync() -> None:
@@ -189,8 +235,12 @@ def main() -> None:
         extra = TELEMETRY[condition]
         daemon = None
         if extra is not None:
-            daemon = subprocess.Popen([sys.executable, "-m", "lem_telemetry.main"], stdout=log,
-                                      stderr=subprocess.STDOUT, env=os.environ | extra)
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "lem_telemetry.main"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=os.environ | extra,
+            )
             time.sleep(3)  # imports, NVML, the energy-read cost probe: sampling has begun
         try:
             body()
@@ -201,10 +251,21 @@ def main() -> None:
 
     def record(rep: int, condition: str, mode: str, pinned: bool = False) -> None:
         tokens_per_s, latencies = bare_window(mode)
-        result["windows"].append({"rep": rep, "telemetry": condition, "cache": mode, "pinned": pinned,
-                                  "tokens_per_s": tokens_per_s, "latencies_s": latencies})
-        print(f"rep {rep}  {condition:24} {mode:8} pinned={pinned!s:5}  {tokens_per_s:8.1f} tok/s  "
-              f"call CV {cv_pct(latencies):5.1f} %", flush=True)
+        result["windows"].append(
+            {
+                "rep": rep,
+                "telemetry": condition,
+                "cache": mode,
+                "pinned": pinned,
+                "tokens_per_s": tokens_per_s,
+                "latencies_s": latencies,
+            }
+        )
+        print(
+            f"rep {rep}  {condition:24} {mode:8} pinned={pinned!s:5}  {tokens_per_s:8.1f} tok/s  "
+            f"call CV {cv_pct(latencies):5.1f} %",
+            flush=True,
+        )
         save()
 
     if args.paired:
@@ -214,9 +275,13 @@ def main() -> None:
     all_cpus = os.sched_getaffinity(0)
     for rep in range(args.reps):
         result["cpu_probe_ms"].append(cpu_probe())
-        print(f"rep {rep}  cpu probe: median {statistics.median(result['cpu_probe_ms'][-1]):.1f} ms, "
-              f"CV {cv_pct(result['cpu_probe_ms'][-1]):.1f} %", flush=True)
+        print(
+            f"rep {rep}  cpu probe: median {statistics.median(result['cpu_probe_ms'][-1]):.1f} ms, "
+            f"CV {cv_pct(result['cpu_probe_ms'][-1]):.1f} %",
+            flush=True,
+        )
         for condition in args.conditions:
+
             def body(condition: str = condition, rep: int = rep) -> None:
                 static_here = condition in ("none", "telemetry_default") or args.caches == ["static"]
                 if "dynamic" in args.caches:
@@ -229,6 +294,7 @@ def main() -> None:
                         record(rep, condition, "dynamic", pinned=True)
                     finally:
                         os.sched_setaffinity(0, all_cpus)
+
             with_telemetry(condition, body)
     log.close()
 
@@ -237,8 +303,10 @@ def main() -> None:
     result["harness"] = []
     try:
         for mode in [m for m in ("static", "dynamic") if m in args.caches]:
-            config_json = {**experiment.model_dump(mode="json"),
-                           "pytorch": {"generation": {"cache_implementation": mode}}}
+            config_json = {
+                **experiment.model_dump(mode="json"),
+                "pytorch": {"generation": {"cache_implementation": mode}},
+            }
             engine.measure(config_json)  # load, settle (and compile) before the first pair
             for pair in range(args.harness_pairs):
                 if pair % 2:  # alternate which goes first, so drift cancels
@@ -247,10 +315,19 @@ def main() -> None:
                 else:
                     tool = run_metrics(engine.measure(config_json))["tokens_per_s"]
                     bare, _ = bare_window(mode)
-                result["harness"].append({"cache": mode, "pair": pair, "tool_tokens_per_s": tool,
-                                          "bare_tokens_per_s": bare, "ratio": tool / bare})
-                print(f"harness {mode:8} pair {pair}: tool {tool:8.1f}  bare {bare:8.1f}  ratio {tool / bare:.4f}",
-                      flush=True)
+                result["harness"].append(
+                    {
+                        "cache": mode,
+                        "pair": pair,
+                        "tool_tokens_per_s": tool,
+                        "bare_tokens_per_s": bare,
+                        "ratio": tool / bare,
+                    }
+                )
+                print(
+                    f"harness {mode:8} pair {pair}: tool {tool:8.1f}  bare {bare:8.1f}  ratio {tool / bare:.4f}",
+                    flush=True,
+                )
                 save()
     finally:
         engine.stop()
@@ -258,27 +335,41 @@ def main() -> None:
     summary = result.get("paired_summary", {})
     for mode in ("dynamic", "static"):
         for condition in TELEMETRY:
-            rates = [w["tokens_per_s"] for w in result["windows"]
-                     if w["cache"] == mode and w["telemetry"] == condition and not w["pinned"]]
+            rates = [
+                w["tokens_per_s"]
+                for w in result["windows"]
+                if w["cache"] == mode and w["telemetry"] == condition and not w["pinned"]
+            ]
             if rates:
-                summary[f"{mode}/{condition}"] = {"mean_tokens_per_s": statistics.fmean(rates),
-                                                  "cv_between_windows_pct": cv_pct(rates), "windows": len(rates)}
+                summary[f"{mode}/{condition}"] = {
+                    "mean_tokens_per_s": statistics.fmean(rates),
+                    "cv_between_windows_pct": cv_pct(rates),
+                    "windows": len(rates),
+                }
     pinned = [w["tokens_per_s"] for w in result["windows"] if w["pinned"]]
     if pinned:
-        summary["dynamic/none/pinned"] = {"mean_tokens_per_s": statistics.fmean(pinned),
-                                          "cv_between_windows_pct": cv_pct(pinned), "windows": len(pinned)}
+        summary["dynamic/none/pinned"] = {
+            "mean_tokens_per_s": statistics.fmean(pinned),
+            "cv_between_windows_pct": cv_pct(pinned),
+            "windows": len(pinned),
+        }
     for mode in args.caches:
         if f"{mode}/none" not in summary:
             continue
         base = summary[f"{mode}/none"]["mean_tokens_per_s"]
         for condition in TELEMETRY:
             if f"{mode}/{condition}" in summary and condition != "none":
-                summary[f"{mode}/{condition}"]["loss_vs_none_pct"] = \
-                    100 * (1 - summary[f"{mode}/{condition}"]["mean_tokens_per_s"] / base)
+                summary[f"{mode}/{condition}"]["loss_vs_none_pct"] = 100 * (
+                    1 - summary[f"{mode}/{condition}"]["mean_tokens_per_s"] / base
+                )
     for mode in args.caches:
         ratios = [h["ratio"] for h in result["harness"] if h["cache"] == mode]
-        summary[f"harness_ratio/{mode}"] = {"median": statistics.median(ratios), "mean": statistics.fmean(ratios),
-                                            "ci95_half_width": ci95(ratios), "all": ratios}
+        summary[f"harness_ratio/{mode}"] = {
+            "median": statistics.median(ratios),
+            "mean": statistics.fmean(ratios),
+            "ci95_half_width": ci95(ratios),
+            "all": ratios,
+        }
     result["summary"] = summary
     save()
     print(json.dumps(summary, indent=1))

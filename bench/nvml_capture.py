@@ -21,8 +21,7 @@ class Capture:
         self.interval_s = interval_s
         self.readings: list[GpuReading] = []
         self._lock, self._stop = threading.Lock(), threading.Event()
-        self.sampler = GpuSampler(self.source, self._emit, self._stop, energy_interval_s=energy_interval_s,
-                                  retry_s=5.0)
+        self.sampler = GpuSampler(self.source, self._emit, self._stop, energy_interval_s=energy_interval_s, retry_s=5.0)
         self._thread: threading.Thread | None = None
         self.ticks = self.missed = 0
 
@@ -60,14 +59,24 @@ class Capture:
             if r.t < t_min:
                 continue
             record: dict[str, Any] = {"t": r.t}
-            for key, value in (("power_mw", r.power_w), ("power_instant_mw", r.power_instant_w),
-                               ("power_memory_mw", r.power_memory_w), ("power_module_mw", r.power_module_w)):
+            for key, value in (
+                ("power_mw", r.power_w),
+                ("power_instant_mw", r.power_instant_w),
+                ("power_memory_mw", r.power_memory_w),
+                ("power_module_mw", r.power_module_w),
+            ):
                 if value is not None:
                     record[key] = round(value * 1000)
-            for key, value in (("energy_mj", r.energy_mj), ("temp_c", r.temperature_c), ("sm_mhz", r.sm_clock_mhz),
-                               ("mem_mhz", r.mem_clock_mhz), ("reasons", r.clock_event_reasons),
-                               ("mem_used_b", r.memory_used_bytes), ("util_gpu", r.utilization_gpu),
-                               ("util_mem", r.utilization_memory)):
+            for key, value in (
+                ("energy_mj", r.energy_mj),
+                ("temp_c", r.temperature_c),
+                ("sm_mhz", r.sm_clock_mhz),
+                ("mem_mhz", r.mem_clock_mhz),
+                ("reasons", r.clock_event_reasons),
+                ("mem_used_b", r.memory_used_bytes),
+                ("util_gpu", r.utilization_gpu),
+                ("util_mem", r.utilization_memory),
+            ):
                 if value is not None:
                     record[key] = value
             out.append(record)

@@ -65,19 +65,25 @@ def main() -> None:
         kind = re.sub(r"\d+", "N", skipped["reason"])
         reasons[kind] = reasons.get(kind, 0) + 1
 
-    print(f"grid {os.path.relpath(args.grid, REPO)}: {points:,} points -> {len(printed['experiments']):,} "
-          f"experiments, {len(printed['skipped']):,} skipped; JSON {len(done.stdout) / 1e6:.1f} MB")
+    print(
+        f"grid {os.path.relpath(args.grid, REPO)}: {points:,} points -> {len(printed['experiments']):,} "
+        f"experiments, {len(printed['skipped']):,} skipped; JSON {len(done.stdout) / 1e6:.1f} MB"
+    )
     for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
         print(f"  {count:>7,} skipped: {reason}")
-    print(f"machine: {os.cpu_count()} CPUs, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}, "
-          f"Python {sys.version.split()[0]}")
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}, "
+        f"Python {sys.version.split()[0]}"
+    )
     print(summary("lem campaign plan --json (subprocess, total)", whole))
     print(summary("  of which start-up: lem --help", start_up))
     print(summary("load_plan in process (read, expand, validate)", in_process))
     print(summary("CampaignPlan.to_json in process", to_json))
     verdict = "meets" if statistics.median(in_process) <= 2.0 else "misses"
-    print(f"expansion and validation {verdict} the <= 2 s target in process; the command as a whole takes "
-          f"{statistics.median(whole):.2f} s, {statistics.median(start_up):.2f} s of it before planning starts")
+    print(
+        f"expansion and validation {verdict} the <= 2 s target in process; the command as a whole takes "
+        f"{statistics.median(whole):.2f} s, {statistics.median(start_up):.2f} s of it before planning starts"
+    )
 
 
 if __name__ == "__main__":

@@ -43,8 +43,13 @@ def load_main() -> None:
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     adapter = TransformersAdapter(device="cuda:0")
     experiment = ExperimentConfig.model_validate(
-        {"model": "random:llama-1b", "backend": "pytorch", "batch_size": 8,
-         "workload": {"kind": "synthetic", "input_len": 128, "output_len": 64, "num_prompts": 8}})
+        {
+            "model": "random:llama-1b",
+            "backend": "pytorch",
+            "batch_size": 8,
+            "workload": {"kind": "synthetic", "input_len": 128, "output_len": 64, "num_prompts": 8},
+        }
+    )
     adapter.load(experiment)
     prompts = [[11 + (i * 7 + j) % 1000 for j in range(128)] for i in range(8)]
     for _ in range(3):
@@ -80,8 +85,9 @@ def _series(readings: list[dict[str, Any]]) -> dict[str, list[tuple[float, float
     average = [(r["t"], r["power_mw"] / 1000) for r in readings if "power_mw" in r]
     instant = [(r["t"], r["power_instant_mw"] / 1000) for r in readings if "power_instant_mw" in r]
     counter = _changes([(r["t"], float(r["energy_mj"])) for r in readings if "energy_mj" in r])
-    counter_power = [(t1, (e1 - e0) / (t1 - t0) / 1000)
-                     for (t0, e0), (t1, e1) in zip(counter, counter[1:], strict=False) if t1 > t0]
+    counter_power = [
+        (t1, (e1 - e0) / (t1 - t0) / 1000) for (t0, e0), (t1, e1) in zip(counter, counter[1:], strict=False) if t1 > t0
+    ]
     return {"counter": counter_power, "instant": instant, "average": average, "_counter_raw": counter}
 
 
@@ -91,12 +97,17 @@ def _cadence(points: list[tuple[float, float]]) -> dict[str, float] | None:
     if len(gaps) < 3:
         return None
     pick = lambda q: gaps[min(int(q * len(gaps)), len(gaps) - 1)]  # noqa: E731
-    return {"median_ms": round(statistics.median(gaps) * 1e3, 1), "p10_ms": round(pick(0.1) * 1e3, 1),
-            "p90_ms": round(pick(0.9) * 1e3, 1), "changes": len(changed)}
+    return {
+        "median_ms": round(statistics.median(gaps) * 1e3, 1),
+        "p10_ms": round(pick(0.1) * 1e3, 1),
+        "p90_ms": round(pick(0.9) * 1e3, 1),
+        "changes": len(changed),
+    }
 
 
-def _step(points: list[tuple[float, float]], t_step: float, before: tuple[float, float],
-          after: tuple[float, float]) -> dict[str, float] | None:
+def _step(
+    points: list[tuple[float, float]], t_step: float, before: tuple[float, float], after: tuple[float, float]
+) -> dict[str, float] | None:
     """Lag to 10 % and 10-90 % transition time of ``points`` at a step at ``t_step`` (rising or falling)."""
     low = [v for t, v in points if before[0] <= t <= before[1]]
     high = [v for t, v in points if after[0] <= t <= after[1]]
@@ -115,8 +126,12 @@ def _step(points: list[tuple[float, float]], t_step: float, before: tuple[float,
                 break
     if len(crossed) < 2:
         return None
-    return {"from_w": round(v0, 1), "to_w": round(v1, 1), "lag_10pct_ms": round((crossed[0.1] - t_step) * 1e3, 1),
-            "transition_10_90_ms": round((crossed[0.9] - crossed[0.1]) * 1e3, 1)}
+    return {
+        "from_w": round(v0, 1),
+        "to_w": round(v1, 1),
+        "lag_10pct_ms": round((crossed[0.1] - t_step) * 1e3, 1),
+        "transition_10_90_ms": round((crossed[0.9] - crossed[0.1]) * 1e3, 1),
+    }
 
 
 def _windows(samples: list[Any], spans: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
@@ -126,8 +141,10 @@ def _windows(samples: list[Any], spans: list[dict[str, Any]], t0: float, t1: flo
     edges = [edge for span in spans for edge in (span["start"], span["end"])]
     out: dict[str, Any] = {}
     for length in (5.0, 10.0):
-        rows: dict[str, dict[str, list[float]]] = {"steady": {"instant": [], "average": []},
-                                                   "step": {"instant": [], "average": []}}
+        rows: dict[str, dict[str, list[float]]] = {
+            "steady": {"instant": [], "average": []},
+            "step": {"instant": [], "average": []},
+        }
         start = t0
         while start + length <= t1:
             end = start + length
@@ -140,11 +157,21 @@ def _windows(samples: list[Any], spans: list[dict[str, Any]], t0: float, t1: flo
                         rows[kind][source].append(100 * (integral - counter) / counter)
             start += 0.5
         out[f"{length:g}s"] = {
-            kind: {source: ({"windows": len(v), "median_pct": round(statistics.median(v), 3),
-                             "median_abs_pct": round(statistics.median(abs(x) for x in v), 3),
-                             "max_abs_pct": round(max(abs(x) for x in v), 3)} if v else None)
-                   for source, v in by_source.items()}
-            for kind, by_source in rows.items()}
+            kind: {
+                source: (
+                    {
+                        "windows": len(v),
+                        "median_pct": round(statistics.median(v), 3),
+                        "median_abs_pct": round(statistics.median(abs(x) for x in v), 3),
+                        "max_abs_pct": round(max(abs(x) for x in v), 3),
+                    }
+                    if v
+                    else None
+                )
+                for source, v in by_source.items()
+            }
+            for kind, by_source in rows.items()
+        }
     return out
 
 
@@ -164,8 +191,9 @@ def main() -> None:
     from bench.nvml_capture import Capture
 
     args.out.mkdir(parents=True, exist_ok=True)
-    load = subprocess.Popen([sys.executable, __file__, "--load"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
+    load = subprocess.Popen(
+        [sys.executable, __file__, "--load"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert load.stdin is not None and load.stdout is not None
     if not json.loads(load.stdout.readline()).get("ready"):
         raise SystemExit("the load process did not get ready")
@@ -197,11 +225,17 @@ def main() -> None:
             out.write(json.dumps({"name": span["kind"], "start": span["start"], "end": span["end"]}) + "\n")
 
     result = {
-        "host": platform.node(), "gpu": capture.source.gpu_uuids[0], "interval_s": args.interval_s,
-        "phases": [list(p) for p in PHASES], "spans": spans, "began": began, "finished": finished,
+        "host": platform.node(),
+        "gpu": capture.source.gpu_uuids[0],
+        "interval_s": args.interval_s,
+        "phases": [list(p) for p in PHASES],
+        "spans": spans,
+        "began": began,
+        "finished": finished,
         "power_readings": capture.source.power_readings(),
         "read_cost_ms": {k: round(v * 1e3, 4) for k, v in costs.items()},
-        "ticks": capture.ticks, "missed_ticks": capture.missed,
+        "ticks": capture.ticks,
+        "missed_ticks": capture.missed,
         **analyse(records, spans, began, finished),
     }
     (args.out / "power_response.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -212,8 +246,10 @@ def reanalyse(folder: Path) -> None:
     """The analysis of a recorded run again, from its trace and marks (the run's own figures kept)."""
     result = json.loads((folder / "power_response.json").read_text())
     records = [json.loads(line) for line in (folder / "power_response_trace.jsonl").read_text().splitlines()]
-    spans = [{"kind": m["name"], "start": m["start"], "end": m["end"]} for m in
-             map(json.loads, (folder / "power_response_marks.jsonl").read_text().splitlines())]
+    spans = [
+        {"kind": m["name"], "start": m["start"], "end": m["end"]}
+        for m in map(json.loads, (folder / "power_response_marks.jsonl").read_text().splitlines())
+    ]
     began = result.get("began", records[0]["t"])
     finished = result.get("finished", records[-1]["t"])
     result.update(analyse(records, spans, began, finished))
@@ -228,8 +264,9 @@ def report(result: dict[str, Any]) -> None:
     print(json.dumps(result["windows"], indent=1))
 
 
-def analyse(records: list[dict[str, Any]], spans: list[dict[str, Any]], began: float,
-            finished: float) -> dict[str, Any]:
+def analyse(
+    records: list[dict[str, Any]], spans: list[dict[str, Any]], began: float, finished: float
+) -> dict[str, Any]:
     """Cadences, step responses and window disagreements of a recorded trace."""
     from lem_shared.energy import Sample
 
@@ -237,16 +274,31 @@ def analyse(records: list[dict[str, Any]], spans: list[dict[str, Any]], began: f
     steps = {}
     for span in spans:
         s, e = span["start"], span["end"]
-        for edge, t, before, after in (("rise", s, (s - 4, s - 0.2), (s + 3, e - 0.2)),
-                                       ("fall", e, (s + 3, e - 0.2), (e + 4, e + 6))):
-            steps[f"{span['kind']}_{edge}"] = {name: _step(points, t, before, after)
-                                               for name, points in series.items() if not name.startswith("_")}
-    samples = [Sample(r["t"], r.get("energy_mj"), r["power_mw"] / 1000 if "power_mw" in r else None,
-                      r["power_instant_mw"] / 1000 if "power_instant_mw" in r else None) for r in records]
+        for edge, t, before, after in (
+            ("rise", s, (s - 4, s - 0.2), (s + 3, e - 0.2)),
+            ("fall", e, (s + 3, e - 0.2), (e + 4, e + 6)),
+        ):
+            steps[f"{span['kind']}_{edge}"] = {
+                name: _step(points, t, before, after) for name, points in series.items() if not name.startswith("_")
+            }
+    samples = [
+        Sample(
+            r["t"],
+            r.get("energy_mj"),
+            r["power_mw"] / 1000 if "power_mw" in r else None,
+            r["power_instant_mw"] / 1000 if "power_instant_mw" in r else None,
+        )
+        for r in records
+    ]
     return {
-        "cadence": {name: _cadence(points) for name, points in
-                    (("counter", series["_counter_raw"]), ("instant", series["instant"]),
-                     ("average", series["average"]))},
+        "cadence": {
+            name: _cadence(points)
+            for name, points in (
+                ("counter", series["_counter_raw"]),
+                ("instant", series["instant"]),
+                ("average", series["average"]),
+            )
+        },
         "steps": steps,
         "windows": _windows(samples, spans, began + 0.5, finished - 0.5),
     }

@@ -56,9 +56,22 @@ def _batches(total: int, start: float) -> list[tuple[list[GpuReading], list[Host
         for tick in range(int(FLUSH_S / INTERVAL_S)):
             now = t + tick * INTERVAL_S
             for index, uuid in enumerate(uuids):
-                readings.append(GpuReading(uuid, index, now + index * 1e-5, rng.uniform(75, 700), None,
-                                           rng.uniform(30, 80), 1980, 3201, rng.choice((0, 1, 4)),
-                                           rng.randrange(2**30, 2**37), rng.randrange(101), rng.randrange(101)))
+                readings.append(
+                    GpuReading(
+                        uuid,
+                        index,
+                        now + index * 1e-5,
+                        rng.uniform(75, 700),
+                        None,
+                        rng.uniform(30, 80),
+                        1980,
+                        3201,
+                        rng.choice((0, 1, 4)),
+                        rng.randrange(2**30, 2**37),
+                        rng.randrange(101),
+                        rng.randrange(101),
+                    )
+                )
             if tick % int(ENERGY_INTERVAL_S / INTERVAL_S) == 0:
                 for index, uuid in enumerate(uuids):
                     energy[index] += rng.randrange(5_000, 70_000)
@@ -147,8 +160,11 @@ def main(argv: list[str] | None = None) -> int:
             assert _count(sqlite_engine) == args.samples
         sqlite_engine.dispose()
         for name, values in rates.items():
-            figures[name] = {"samples_per_s_median": round(statistics.median(values)),
-                             "samples_per_s_best": round(max(values)), "runs": [round(v) for v in values]}
+            figures[name] = {
+                "samples_per_s_median": round(statistics.median(values)),
+                "samples_per_s_best": round(max(values)),
+                "runs": [round(v) for v in values],
+            }
     finally:
         engine.dispose()
         admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
@@ -164,8 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([".venv/bin/python bench/telemetry_ingest.py", *(sys.argv[1:] if argv is None else argv)]),
         "samples_per_method": args.samples,
         "batch": {"gpu_rows": BATCH, "host_rows": 1, "shape": "10 ms x 8 GPUs + counter rows every 100 ms, 1 s flush"},
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "postgresql": server,
-                    "platform": platform.platform(), "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "postgresql": server,
+            "platform": platform.platform(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        },
         "figures": figures,
         "target_samples_per_s": 20_000,
     }

@@ -79,12 +79,21 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     if not ordered:
         return {}
     pick = lambda q: ordered[min(int(q * len(ordered)), len(ordered) - 1)]  # noqa: E731
-    return {"p50_ms": round(pick(0.5) * 1e3, 3), "p99_ms": round(pick(0.99) * 1e3, 3),
-            "max_ms": round(ordered[-1] * 1e3, 3)}
+    return {
+        "p50_ms": round(pick(0.5) * 1e3, 3),
+        "p99_ms": round(pick(0.99) * 1e3, 3),
+        "max_ms": round(ordered[-1] * 1e3, 3),
+    }
 
 
-def _summarise(readings: list[GpuReading], tick_costs: list[float], ticks: int, missed: int, seconds: float,
-               energy_costs: list[float | None] | None) -> dict[str, Any]:
+def _summarise(
+    readings: list[GpuReading],
+    tick_costs: list[float],
+    ticks: int,
+    missed: int,
+    seconds: float,
+    energy_costs: list[float | None] | None,
+) -> dict[str, Any]:
     uuids = sorted({r.gpu_uuid for r in readings})
     per_gpu = {}
     for uuid in uuids:
@@ -101,12 +110,16 @@ def _summarise(readings: list[GpuReading], tick_costs: list[float], ticks: int, 
             "power_w_range": [min(r.power_w for r in fast), max(r.power_w for r in fast)] if fast else None,
         }
     return {
-        "seconds": round(seconds, 2), "ticks": ticks, "missed_ticks": missed,
+        "seconds": round(seconds, 2),
+        "ticks": ticks,
+        "missed_ticks": missed,
         "tick_read_time": _percentiles(tick_costs),
-        "energy_read_cost_ms": None if energy_costs is None else [None if c is None else round(c * 1e3, 3)
-                                                                   for c in energy_costs],
-        "gpus": per_gpu if len(per_gpu) <= 2 else {"first": per_gpu[uuids[0]], "last": per_gpu[uuids[-1]],
-                                                    "count": len(per_gpu)},
+        "energy_read_cost_ms": None
+        if energy_costs is None
+        else [None if c is None else round(c * 1e3, 3) for c in energy_costs],
+        "gpus": per_gpu
+        if len(per_gpu) <= 2
+        else {"first": per_gpu[uuids[0]], "last": per_gpu[uuids[-1]], "count": len(per_gpu)},
     }
 
 
@@ -128,6 +141,7 @@ def threaded(source: Any, seconds: float, load_s: float) -> dict[str, Any]:
 
     load = None
     if load_s > 0:
+
         def start_load() -> None:
             nonlocal load
             load = subprocess.Popen([sys.executable, "-c", LOAD.format(seconds=load_s)])
@@ -155,8 +169,22 @@ def inline(source: Any, seconds: float) -> dict[str, Any]:
             readings.append(source.read_gpu(position))
             before = time.time()
             value = source.read_energy(position)
-            readings.append(GpuReading(source.gpus[position][1], position, (before + time.time()) / 2, None, value,
-                                       None, None, None, None, None, None, None))
+            readings.append(
+                GpuReading(
+                    source.gpus[position][1],
+                    position,
+                    (before + time.time()) / 2,
+                    None,
+                    value,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
         costs.append(time.perf_counter() - started)
 
     threading.Timer(seconds, stop.set).start()
@@ -179,7 +207,8 @@ def main() -> int:
     handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     result = {
         "what": "bench/telemetry_sampler_gpu.py: NvmlSource + GpuSampler at 10 ms, counter every 100 ms",
-        "gpu": pynvml.nvmlDeviceGetName(handle), "driver": pynvml.nvmlSystemGetDriverVersion(),
+        "gpu": pynvml.nvmlDeviceGetName(handle),
+        "driver": pynvml.nvmlSystemGetDriverVersion(),
         "gpus": source.gpus,
         "threaded": threaded(source, args.seconds, args.load_s),
         "threaded_x8": threaded(Replicated(source, 8), args.seconds, 0.0),

@@ -27,9 +27,15 @@ ADAPTER = "lem_worker_vllm.adapter:VllmAdapter"
 
 def experiment_for(args: argparse.Namespace, batch_size: int) -> dict[str, Any]:
     return {
-        "backend": "vllm", "model": args.model, "dtype": "bfloat16", "batch_size": batch_size,
-        "workload": {"num_prompts": batch_size * args.batches, "input_len": args.input_len,
-                     "output_len": args.output_len},
+        "backend": "vllm",
+        "model": args.model,
+        "dtype": "bfloat16",
+        "batch_size": batch_size,
+        "workload": {
+            "num_prompts": batch_size * args.batches,
+            "input_len": args.input_len,
+            "output_len": args.output_len,
+        },
         "measurement": {"min_window_s": args.window_s, "idle_gap_s": 0, "baseline_idle_s": 0},
         "vllm": {"engine": {"gpu_memory_utilization": args.gpu_memory_utilization}},
     }
@@ -56,8 +62,10 @@ def bare_main(conn: Any) -> None:
             llm = LLM(**engine_kwargs(experiment, path))
         params = SamplingParams(**sampling_kwargs(experiment))
         prompts = synthetic_prompts(experiment.workload, int(llm.llm_engine.model_config.get_vocab_size()))
-        batches = [[TokensPrompt(prompt_token_ids=p) for p in prompts[i:i + experiment.batch_size]]
-                   for i in range(0, len(prompts), experiment.batch_size)]
+        batches = [
+            [TokensPrompt(prompt_token_ids=p) for p in prompts[i : i + experiment.batch_size]]
+            for i in range(0, len(prompts), experiment.batch_size)
+        ]
         for batch in batches * 2:  # warm-up, as the adapter side's minimum
             llm.generate(batch, params, use_tqdm=False)
         tokens, passes, started = 0, 0, time.perf_counter()
@@ -99,7 +107,7 @@ def main() -> None:
             experiment = experiment_for(args, batch_size)
             for pair in range(args.pairs):
                 figures = {}
-                for side in (("bare", "adapter") if pair % 2 == 0 else ("adapter", "bare")):
+                for side in ("bare", "adapter") if pair % 2 == 0 else ("adapter", "bare"):
                     if side == "bare":
                         parent.send(experiment)
                         answer = parent.recv()
@@ -109,12 +117,20 @@ def main() -> None:
                         tokens = sum(b.output_tokens for b in m.batches)
                         figures["adapter"] = tokens / (m.window_end - m.window_start)
                         figures["adapter_warmup_batches"] = m.warmup.iterations
-                row = {"batch_size": batch_size, "pair": pair, "order": "AB" if pair % 2 == 0 else "BA",
-                       "bare_tokens_per_s": figures["bare"], "adapter_tokens_per_s": figures["adapter"],
-                       "ratio": figures["adapter"] / figures["bare"]}
+                row = {
+                    "batch_size": batch_size,
+                    "pair": pair,
+                    "order": "AB" if pair % 2 == 0 else "BA",
+                    "bare_tokens_per_s": figures["bare"],
+                    "adapter_tokens_per_s": figures["adapter"],
+                    "ratio": figures["adapter"] / figures["bare"],
+                }
                 rows.append(row)
-                print(f"bs={batch_size:>3} pair {pair} {row['order']}: bare {row['bare_tokens_per_s']:.0f} tok/s, "
-                      f"adapter {row['adapter_tokens_per_s']:.0f} tok/s, ratio {row['ratio']:.3f}", flush=True)
+                print(
+                    f"bs={batch_size:>3} pair {pair} {row['order']}: bare {row['bare_tokens_per_s']:.0f} tok/s, "
+                    f"adapter {row['adapter_tokens_per_s']:.0f} tok/s, ratio {row['ratio']:.3f}",
+                    flush=True,
+                )
     finally:
         parent.send(None)
         bare.join(60)
@@ -122,14 +138,31 @@ def main() -> None:
     summary = []
     for batch_size in args.batch_sizes:
         ratios = [r["ratio"] for r in rows if r["batch_size"] == batch_size]
-        summary.append({"batch_size": batch_size, "pairs": len(ratios), "ratio_mean": statistics.fmean(ratios),
-                        "ratio_min": min(ratios), "ratio_max": max(ratios),
-                        "ratio_stdev": statistics.stdev(ratios) if len(ratios) > 1 else None})
-        print(f"bs={batch_size}: adapter/bare {summary[-1]['ratio_mean']:.3f} "
-              f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)")
-    (args.out / "vllm_overhead.json").write_text(json.dumps(
-        {"what": __doc__.splitlines()[0], "args": vars(args) | {"out": str(args.out)}, "summary": summary,
-         "pairs": rows}, indent=2))
+        summary.append(
+            {
+                "batch_size": batch_size,
+                "pairs": len(ratios),
+                "ratio_mean": statistics.fmean(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "ratio_stdev": statistics.stdev(ratios) if len(ratios) > 1 else None,
+            }
+        )
+        print(
+            f"bs={batch_size}: adapter/bare {summary[-1]['ratio_mean']:.3f} "
+            f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} pairs)"
+        )
+    (args.out / "vllm_overhead.json").write_text(
+        json.dumps(
+            {
+                "what": __doc__.splitlines()[0],
+                "args": vars(args) | {"out": str(args.out)},
+                "summary": summary,
+                "pairs": rows,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

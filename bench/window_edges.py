@@ -84,9 +84,19 @@ def main() -> None:
         measured = zeus.end_window("w", sync_execution=False)
         closed = meter.close_window()
         ours, _ = edge_energy(WindowEdges(start=opened, end=closed).model_dump(mode="json"), uuid)
-        windows.append({"load": load, "length_s": length, "repeat": repeat, "start": opened.t, "end": closed.t,
-                        "zeus_j": measured.gpu_energy[0], "zeus_s": measured.time, "edges_j": ours,
-                        "read_ms": [round(opened.read_s * 1e3, 2), round(closed.read_s * 1e3, 2)]})
+        windows.append(
+            {
+                "load": load,
+                "length_s": length,
+                "repeat": repeat,
+                "start": opened.t,
+                "end": closed.t,
+                "zeus_j": measured.gpu_energy[0],
+                "zeus_s": measured.time,
+                "edges_j": ours,
+                "read_ms": [round(opened.read_s * 1e3, 2), round(closed.read_s * 1e3, 2)],
+            }
+        )
         print(f"{load:6} {length:4.0f} s  zeus {measured.gpu_energy[0]:9.1f} J  edges {ours:9.1f} J", flush=True)
 
     burn(3.0)  # clocks and temperature up, as after a warm-up
@@ -95,8 +105,9 @@ def main() -> None:
         for repeat in range(args.repeats if length < 10 else max(2, args.repeats - 1)):
             window("step", length, repeat, work=True)
             time.sleep(args.gap_s)
-    total = sum(length * (args.repeats if length < 10 else max(2, args.repeats - 1)) + 0.5
-                for length in args.lengths) + 4
+    total = (
+        sum(length * (args.repeats if length < 10 else max(2, args.repeats - 1)) + 0.5 for length in args.lengths) + 4
+    )
     background = subprocess.Popen([sys.executable, "-c", BURN, str(total)], stdout=subprocess.PIPE, text=True)
     assert background.stdout is not None
     background.stdout.readline()  # CUDA up and burning: then 3 s for power and clocks to settle
@@ -123,25 +134,39 @@ def main() -> None:
     for load in ("step", "steady"):
         for length in args.lengths:
             rows = [w for w in windows if w["load"] == load and w["length_s"] == length]
-            row: dict[str, Any] = {"load": load, "length_s": length, "windows": len(rows),
-                                   "zeus_j_mean": round(statistics.fmean(w["zeus_j"] for w in rows), 1)}
+            row: dict[str, Any] = {
+                "load": load,
+                "length_s": length,
+                "windows": len(rows),
+                "zeus_j_mean": round(statistics.fmean(w["zeus_j"] for w in rows), 1),
+            }
             for key in ("edges", "telemetry", "integral_instant", "integral_average"):
                 values = [w[f"{key}_vs_zeus_pct"] for w in rows if w[f"{key}_vs_zeus_pct"] is not None]
-                row[f"{key}_vs_zeus_pct"] = ([round(min(values), 3), round(max(values), 3)] if values else None)
+                row[f"{key}_vs_zeus_pct"] = [round(min(values), 3), round(max(values), 3)] if values else None
             summary.append(row)
     reads = [ms for w in windows for ms in w["read_ms"]]
-    result = {"gpu": uuid, "telemetry_interval_s": 0.1, "windows": windows, "summary": summary,
-              "edge_read_ms": {"median": statistics.median(reads), "max": max(reads)},
-              "telemetry_ticks": capture.ticks, "telemetry_missed": capture.missed}
+    result = {
+        "gpu": uuid,
+        "telemetry_interval_s": 0.1,
+        "windows": windows,
+        "summary": summary,
+        "edge_read_ms": {"median": statistics.median(reads), "max": max(reads)},
+        "telemetry_ticks": capture.ticks,
+        "telemetry_missed": capture.missed,
+    }
     (args.out / "window_edges.json").write_text(json.dumps(result, indent=2) + "\n")
-    print("| load | window | n | Zeus J (mean) | edge reads vs Zeus | telemetry interpolation vs Zeus "
-          "| ∫P instant vs Zeus | ∫P average vs Zeus |")
+    print(
+        "| load | window | n | Zeus J (mean) | edge reads vs Zeus | telemetry interpolation vs Zeus "
+        "| ∫P instant vs Zeus | ∫P average vs Zeus |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     fmt = lambda r: "n/a" if r is None else f"{r[0]:+.2f} … {r[1]:+.2f} %"  # noqa: E731
     for row in summary:
-        print(f"| {row['load']} | {row['length_s']:g} s | {row['windows']} | {row['zeus_j_mean']} | "
-              f"{fmt(row['edges_vs_zeus_pct'])} | {fmt(row['telemetry_vs_zeus_pct'])} | "
-              f"{fmt(row['integral_instant_vs_zeus_pct'])} | {fmt(row['integral_average_vs_zeus_pct'])} |")
+        print(
+            f"| {row['load']} | {row['length_s']:g} s | {row['windows']} | {row['zeus_j_mean']} | "
+            f"{fmt(row['edges_vs_zeus_pct'])} | {fmt(row['telemetry_vs_zeus_pct'])} | "
+            f"{fmt(row['integral_instant_vs_zeus_pct'])} | {fmt(row['integral_average_vs_zeus_pct'])} |"
+        )
     reads_ms = result["edge_read_ms"]
     print(f"edge read cost: median {reads_ms['median']:.2f} ms, max {reads_ms['max']:.2f} ms")
 

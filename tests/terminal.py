@@ -7,8 +7,9 @@ import pty
 import subprocess
 
 
-def stderr_on_a_terminal(command: list[str], env: dict[str, str] | None = None,
-                         timeout: float = 120) -> tuple[int, str, str]:
+def stderr_on_a_terminal(
+    command: list[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[int, str, str]:
     """(exit status, stdout, everything written to the terminal, escape sequences included)."""
     master, slave = pty.openpty()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=slave)

@@ -168,8 +168,9 @@ def edges_tolerance_pct(duration_s: float, limits: Thresholds) -> float:
     return max(1.0, counter_steps_pct(duration_s, limits))
 
 
-def integral_tolerance_pct(source: str | None, interval_s: float | None, duration_s: float,
-                           limits: Thresholds) -> float:
+def integral_tolerance_pct(
+    source: str | None, interval_s: float | None, duration_s: float, limits: Thresholds
+) -> float:
     """How far ∫P dt may sit from the counter, for the power reading it used and how often it was sampled."""
     fine = source == "instant" and interval_s is not None and interval_s <= limits.fine_sampling_s
     base = limits.max_disagreement_instant_pct if fine else limits.max_disagreement_pct
@@ -202,8 +203,10 @@ def analyse_window(
     expected = max(1, round(duration / interval)) if interval and duration > 0 else 0
 
     reasons = [s.clock_event_reasons for s in inside if s.clock_event_reasons is not None]
-    share = {label: (sum(1 for r in reasons if r & bit) / len(reasons) if reasons else 0.0)
-             for bit, label in CLOCK_EVENT_REASONS.items()}
+    share = {
+        label: (sum(1 for r in reasons if r & bit) / len(reasons) if reasons else 0.0)
+        for bit, label in CLOCK_EVENT_REASONS.items()
+    }
     share["none"] = sum(1 for r in reasons if r == 0) / len(reasons) if reasons else 0.0
     thermal_share = sum(1 for r in reasons if r & THERMAL) / len(reasons) if reasons else 0.0
     brake = any(r & POWER_BRAKE for r in reasons)
@@ -217,33 +220,49 @@ def analyse_window(
     instant = [s.power_instant_w for s in inside if s.power_instant_w is not None]
     powers = instant or [s.power_w for s in inside if s.power_w is not None]
     figure = edge_energy_j if edge_energy_j is not None else energy.energy_j
-    disagreement = (100 * (energy.power_integral_j - figure) / figure
-                    if figure and energy.power_integral_j is not None else None)
-    edges_disagreement = (100 * (energy.energy_j - edge_energy_j) / edge_energy_j
-                          if edge_energy_j and energy.energy_j is not None else None)
+    disagreement = (
+        100 * (energy.power_integral_j - figure) / figure if figure and energy.power_integral_j is not None else None
+    )
+    edges_disagreement = (
+        100 * (energy.energy_j - edge_energy_j) / edge_energy_j
+        if edge_energy_j and energy.energy_j is not None
+        else None
+    )
 
     result = WindowAnalysis(
-        name=name, start=start, end=end, duration_s=duration,
-        energy_counter_j=energy.energy_j, energy_integral_j=energy.power_integral_j,
+        name=name,
+        start=start,
+        end=end,
+        duration_s=duration,
+        energy_counter_j=energy.energy_j,
+        energy_integral_j=energy.power_integral_j,
         disagreement_pct=disagreement,
         mean_power_w=figure / duration if figure is not None and duration > 0 else energy.mean_power_w,
         peak_power_w=max(powers) if powers else None,
-        samples=len(fast_inside), expected_samples=expected,
+        samples=len(fast_inside),
+        expected_samples=expected,
         coverage=min(1.0, len(fast_inside) / expected) if expected else None,
-        counter_updates=energy.counter_updates, counter_resets=energy.counter_resets,
-        reason_share=share, thermal_throttling=thermal_share > 0, power_brake=brake,
+        counter_updates=energy.counter_updates,
+        counter_resets=energy.counter_resets,
+        reason_share=share,
+        thermal_throttling=thermal_share > 0,
+        power_brake=brake,
         max_temperature_c=max(temps) if temps else None,
         temperature_rise_c=(max(temps) - temps[0]) if temps else None,
-        sm_clock_mean_mhz=clock_mean, sm_clock_before_mhz=clock_before,
+        sm_clock_mean_mhz=clock_mean,
+        sm_clock_before_mhz=clock_before,
         sm_clock_ratio=clock_mean / clock_before if clock_mean is not None and clock_before is not None else None,
-        idle_before_w=_idle_power(samples, context.before), idle_after_w=_idle_power(samples, context.after),
+        idle_before_w=_idle_power(samples, context.before),
+        idle_after_w=_idle_power(samples, context.after),
         # NVML's utilisation is an average over up to a second, so the run's own warm-up lingers in the first
         # readings of the idle gap; another tenant keeps it up all through, hence the minimum.
         utilization_before_pct=min(util_before) if util_before else None,
         utilization_mean_pct=_mean([float(s.utilization_gpu) for s in inside if s.utilization_gpu is not None]),
-        energy_edges_j=edge_energy_j, edges_disagreement_pct=edges_disagreement,
-        power_source=energy.power_source if energy.power_integral_j is not None else ("instant" if instant else
-                                                                                      "average" if powers else None),
+        energy_edges_j=edge_energy_j,
+        edges_disagreement_pct=edges_disagreement,
+        power_source=energy.power_source
+        if energy.power_integral_j is not None
+        else ("instant" if instant else "average" if powers else None),
     )
     result.checks = _checks(result, context, limits, thermal_share, energy.note, edge_note, interval)
     result.verdict = verdict_of(result.checks)
@@ -257,10 +276,20 @@ def verdict_of(checks: list[Check]) -> str:
 
 
 # The checks of analyse_window that need GPU telemetry: without it they are reported as not applicable.
-ENERGY_CHECKS = ("energy_counter", "edges_vs_telemetry", "counter_updates", "sample_coverage", "counter_vs_integral",
-                 "thermal_throttling",
-                 "hw_power_brake", "sm_clock_drop", "temperature_drift", "baseline_drift", "gpu_busy_before",
-                 "counter_reset")
+ENERGY_CHECKS = (
+    "energy_counter",
+    "edges_vs_telemetry",
+    "counter_updates",
+    "sample_coverage",
+    "counter_vs_integral",
+    "thermal_throttling",
+    "hw_power_brake",
+    "sm_clock_drop",
+    "temperature_drift",
+    "baseline_drift",
+    "gpu_busy_before",
+    "counter_reset",
+)
 NO_TELEMETRY = "n/a: no GPU telemetry"
 
 
@@ -273,8 +302,7 @@ def warmup_check(ctx: RunContext) -> Check:
     limit = f" vs {ctx.warmup_cv_threshold:g}" if ctx.warmup_cv_threshold is not None else ""
     figures = f" ({cv}{limit})" if cv else ""
     if not ctx.warmup_converged:
-        return Check("warmup_converged", "warning",
-                     f"warm-up hit its cap{batches} before latencies settled{figures}")
+        return Check("warmup_converged", "warning", f"warm-up hit its cap{batches} before latencies settled{figures}")
     return Check("warmup_converged", "pass", f"warm-up converged{batches}{figures}")
 
 
@@ -283,8 +311,9 @@ def window_check(duration_s: float, limits: Thresholds, *, energy_counter: bool)
     if energy_counter and duration_s < 1.0:
         return Check("window_duration", "fail", f"{duration_s:.2f} s: under 1 s the counter's 100 ms steps dominate")
     if duration_s < limits.min_window_s:
-        return Check("window_duration", "warning",
-                     f"{duration_s:.2f} s is shorter than the {limits.min_window_s:g} s minimum")
+        return Check(
+            "window_duration", "warning", f"{duration_s:.2f} s is shorter than the {limits.min_window_s:g} s minimum"
+        )
     return Check("window_duration", "pass", f"{duration_s:.2f} s (minimum {limits.min_window_s:g} s)")
 
 
@@ -294,35 +323,61 @@ def run_checks(facts: RunFacts | None, limits: Thresholds) -> list[Check]:
         return [Check(name, "skipped", "no batch timings recorded") for name in ("tokens_counted", "latency_spread")]
     checks: list[Check] = []
     if facts.output_tokens != facts.expected_output_tokens or facts.batches != facts.expected_batches:
-        checks.append(Check("tokens_counted", "fail",
-                            f"{facts.output_tokens} tokens in {facts.batches} batches, expected "
-                            f"{facts.expected_output_tokens} in {facts.expected_batches}"))
+        checks.append(
+            Check(
+                "tokens_counted",
+                "fail",
+                f"{facts.output_tokens} tokens in {facts.batches} batches, expected "
+                f"{facts.expected_output_tokens} in {facts.expected_batches}",
+            )
+        )
     else:
-        checks.append(Check("tokens_counted", "pass",
-                            f"{facts.output_tokens} tokens in {facts.batches} batches, as the workload asks"))
+        checks.append(
+            Check(
+                "tokens_counted",
+                "pass",
+                f"{facts.output_tokens} tokens in {facts.batches} batches, as the workload asks",
+            )
+        )
     latencies = [x for x in facts.batch_latencies_s if x > 0]
     if len(latencies) < 2 or facts.batch_shapes > 1:
-        why = ("batches of different sizes" if facts.batch_shapes > 1
-               else f"{len(latencies)} batch in the window")
+        why = "batches of different sizes" if facts.batch_shapes > 1 else f"{len(latencies)} batch in the window"
         checks.append(Check("latency_spread", "skipped", f"no spread to compare ({why})"))
     else:
         cv = statistics.stdev(latencies) / statistics.fmean(latencies)
         status = "warning" if cv > limits.max_latency_cv else "pass"
-        checks.append(Check("latency_spread", status,
-                            f"batch latency CV {cv:.3f} over {len(latencies)} batches "
-                            f"({'above' if status == 'warning' else 'within'} {limits.max_latency_cv:g})"))
+        checks.append(
+            Check(
+                "latency_spread",
+                status,
+                f"batch latency CV {cv:.3f} over {len(latencies)} batches "
+                f"({'above' if status == 'warning' else 'within'} {limits.max_latency_cv:g})",
+            )
+        )
     return checks
 
 
-def checks_without_telemetry(duration_s: float, facts: RunFacts | None, context: RunContext,
-                             limits: Thresholds) -> list[Check]:
+def checks_without_telemetry(
+    duration_s: float, facts: RunFacts | None, context: RunContext, limits: Thresholds
+) -> list[Check]:
     """A run without GPU telemetry (a CPU run): warm-up, window length and the run checks; energy checks n/a."""
-    return [warmup_check(context), window_check(duration_s, limits, energy_counter=False), *run_checks(facts, limits),
-            *(Check(name, "skipped", NO_TELEMETRY) for name in ENERGY_CHECKS)]
+    return [
+        warmup_check(context),
+        window_check(duration_s, limits, energy_counter=False),
+        *run_checks(facts, limits),
+        *(Check(name, "skipped", NO_TELEMETRY) for name in ENERGY_CHECKS),
+    ]
 
 
-def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_share: float,
-            energy_note: str | None, edge_note: str | None, interval_s: float | None = None) -> list[Check]:
+def _checks(
+    a: WindowAnalysis,
+    ctx: RunContext,
+    limits: Thresholds,
+    thermal_share: float,
+    energy_note: str | None,
+    edge_note: str | None,
+    interval_s: float | None = None,
+) -> list[Check]:
     checks: list[Check] = []
 
     def add(name: str, status: str, message: str) -> None:
@@ -337,30 +392,45 @@ def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_shar
 
     tolerance = edges_tolerance_pct(a.duration_s, limits)
     if a.edges_disagreement_pct is None:
-        add("edges_vs_telemetry", "skipped",
-            edge_note or ("no edge reads" if a.energy_edges_j is None else "no telemetry counter over the window"))
+        add(
+            "edges_vs_telemetry",
+            "skipped",
+            edge_note or ("no edge reads" if a.energy_edges_j is None else "no telemetry counter over the window"),
+        )
     elif abs(a.edges_disagreement_pct) > tolerance:
-        add("edges_vs_telemetry", "warning",
+        add(
+            "edges_vs_telemetry",
+            "warning",
             f"telemetry's counter differs from the edge reads by {a.edges_disagreement_pct:+.2f} % (more than "
-            f"{tolerance:.1f} % for a {a.duration_s:.1f} s window: wrong GPU, clock skew or lost samples?)")
+            f"{tolerance:.1f} % for a {a.duration_s:.1f} s window: wrong GPU, clock skew or lost samples?)",
+        )
     else:
-        add("edges_vs_telemetry", "pass",
+        add(
+            "edges_vs_telemetry",
+            "pass",
             f"telemetry's counter within {a.edges_disagreement_pct:+.2f} % of the edge reads "
-            f"(tolerance {tolerance:.1f} %)")
+            f"(tolerance {tolerance:.1f} %)",
+        )
 
     checks.append(window_check(a.duration_s, limits, energy_counter=True))
 
     if a.counter_updates < limits.min_counter_updates:
-        add("counter_updates", "fail" if a.energy_j is not None else "skipped",
-            f"{a.counter_updates} counter updates (< {limits.min_counter_updates}): quantisation error over 10 %")
+        add(
+            "counter_updates",
+            "fail" if a.energy_j is not None else "skipped",
+            f"{a.counter_updates} counter updates (< {limits.min_counter_updates}): quantisation error over 10 %",
+        )
     else:
         add("counter_updates", "pass", f"{a.counter_updates} counter updates")
 
     if a.coverage is None:
         add("sample_coverage", "skipped", "no sampling interval known")
     elif a.coverage < limits.min_coverage:
-        add("sample_coverage", "warning",
-            f"{a.samples} of {a.expected_samples} expected samples ({100 * a.coverage:.1f} %)")
+        add(
+            "sample_coverage",
+            "warning",
+            f"{a.samples} of {a.expected_samples} expected samples ({100 * a.coverage:.1f} %)",
+        )
     else:
         add("sample_coverage", "pass", f"{a.samples} of {a.expected_samples} expected samples")
 
@@ -370,12 +440,18 @@ def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_shar
     if a.disagreement_pct is None:
         add("counter_vs_integral", "skipped", "no power integral or counter figure to compare")
     elif abs(a.disagreement_pct) > allowed:
-        add("counter_vs_integral", "warning",
+        add(
+            "counter_vs_integral",
+            "warning",
             f"∫P dt ({power}) differs from the counter by {a.disagreement_pct:+.2f} %, over {allowed:.1f} % "
-            "(power ramps or bursts between samples; the counter is the figure)")
+            "(power ramps or bursts between samples; the counter is the figure)",
+        )
     else:
-        add("counter_vs_integral", "pass",
-            f"∫P dt ({power}) within {a.disagreement_pct:+.2f} % of the counter (tolerance {allowed:.1f} %)")
+        add(
+            "counter_vs_integral",
+            "pass",
+            f"∫P dt ({power}) within {a.disagreement_pct:+.2f} % of the counter (tolerance {allowed:.1f} %)",
+        )
 
     if thermal_share > limits.max_thermal_share:
         add("thermal_throttling", "warning", f"thermal clock events in {100 * thermal_share:.1f} % of the window")
@@ -390,9 +466,12 @@ def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_shar
     if a.sm_clock_ratio is None:
         add("sm_clock_drop", "skipped", "no SM clock readings before the window")
     elif a.sm_clock_ratio < limits.min_sm_clock_ratio:
-        add("sm_clock_drop", "warning",
+        add(
+            "sm_clock_drop",
+            "warning",
             f"SM clock {a.sm_clock_mean_mhz:.0f} MHz in the window, {100 * a.sm_clock_ratio:.0f} % of "
-            f"{a.sm_clock_before_mhz:.0f} MHz before it")
+            f"{a.sm_clock_before_mhz:.0f} MHz before it",
+        )
     else:
         add("sm_clock_drop", "pass", f"SM clock at {100 * a.sm_clock_ratio:.0f} % of its pre-window value")
 
@@ -408,14 +487,20 @@ def _checks(a: WindowAnalysis, ctx: RunContext, limits: Thresholds, thermal_shar
     else:
         drift = (a.idle_after_w - a.idle_before_w) / a.idle_before_w
         status = "warning" if abs(drift) > limits.max_baseline_drift else "pass"
-        add("baseline_drift", status,
-            f"idle {a.idle_before_w:.1f} W before, {a.idle_after_w:.1f} W after ({100 * drift:+.1f} %)")
+        add(
+            "baseline_drift",
+            status,
+            f"idle {a.idle_before_w:.1f} W before, {a.idle_after_w:.1f} W after ({100 * drift:+.1f} %)",
+        )
 
     if a.utilization_before_pct is None:
         add("gpu_busy_before", "skipped", "no utilisation readings just before the window")
     elif a.utilization_before_pct > limits.max_busy_utilization_pct:
-        add("gpu_busy_before", "fail",
-            f"GPU {a.utilization_before_pct:.0f} % busy while this run was idle: another process is using it")
+        add(
+            "gpu_busy_before",
+            "fail",
+            f"GPU {a.utilization_before_pct:.0f} % busy while this run was idle: another process is using it",
+        )
     else:
         add("gpu_busy_before", "pass", f"GPU {a.utilization_before_pct:.0f} % busy before the window")
 

@@ -52,8 +52,10 @@ def _scalars(value: Any, budget: int) -> Iterator[tuple[list[Any], Any]]:
         path, item = stack.pop()
         seen += 1
         if seen > budget:
-            raise TooManyValues(f"holds more than {budget:,} values once YAML aliases are expanded; write the "
-                                "values out or split the campaign")
+            raise TooManyValues(
+                f"holds more than {budget:,} values once YAML aliases are expanded; write the "
+                "values out or split the campaign"
+            )
         if isinstance(item, dict):
             stack.extend((path + [key], inner) for key, inner in reversed(item.items()))
         elif isinstance(item, list | tuple):

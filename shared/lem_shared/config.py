@@ -57,39 +57,64 @@ class SyntheticWorkload(_Strict):
 
     kind: Literal["synthetic"] = "synthetic"
     num_prompts: int = Field(default=16, ge=1, le=MAX_PROMPTS, description=f"prompts, 1 to {MAX_PROMPTS:,}")
-    input_len: int = Field(default=64, ge=1, le=MAX_TOKENS_PER_PROMPT,
-                           description=f"prompt tokens, 1 to {MAX_TOKENS_PER_PROMPT:,}")
-    output_len: int = Field(default=32, ge=1, le=MAX_TOKENS_PER_PROMPT,
-                            description=f"generated tokens (forced), 1 to {MAX_TOKENS_PER_PROMPT:,}")
-    seed: int = Field(default=0, ge=INT64_MIN, le=INT64_MAX,
-                      description=f"of the random token ids; an int64 ({INT64_MIN:,} to {INT64_MAX:,})")
+    input_len: int = Field(
+        default=64, ge=1, le=MAX_TOKENS_PER_PROMPT, description=f"prompt tokens, 1 to {MAX_TOKENS_PER_PROMPT:,}"
+    )
+    output_len: int = Field(
+        default=32,
+        ge=1,
+        le=MAX_TOKENS_PER_PROMPT,
+        description=f"generated tokens (forced), 1 to {MAX_TOKENS_PER_PROMPT:,}",
+    )
+    seed: int = Field(
+        default=0,
+        ge=INT64_MIN,
+        le=INT64_MAX,
+        description=f"of the random token ids; an int64 ({INT64_MIN:,} to {INT64_MAX:,})",
+    )
 
 
 class MeasurementProtocol(_Strict):
     """How a run is measured (DESIGN §6): warm-up to convergence, a long enough window, idle baselines."""
 
-    warmup_window: int = Field(default=5, ge=2, le=1000,
-                               description="k: the CV is taken over the last k warm-up latencies (2 to 1,000)")
-    warmup_cv: float = Field(default=0.05, gt=0, le=10, description="warm-up ends when that CV is below this "
-                             "(above 0, at most 10)")
-    warmup_min: int = Field(default=3, ge=0, le=10_000, description="at least this many warm-up batches (0 to "
-                            "10,000)")
-    warmup_max: int = Field(default=50, ge=1, le=10_000, description="at most this many; reaching it is recorded "
-                            "(1 to 10,000)")
-    min_window_s: float = Field(default=10.0, ge=0, le=MAX_SECONDS, description="the workload repeats until the "
-                                f"window lasts this (0 to {MAX_SECONDS:,} s)")
-    idle_gap_s: float = Field(default=2.0, ge=0, le=MAX_SECONDS, description="idle just before and after the "
-                              f"window (GPU only; 0 to {MAX_SECONDS:,} s)")
+    warmup_window: int = Field(
+        default=5, ge=2, le=1000, description="k: the CV is taken over the last k warm-up latencies (2 to 1,000)"
+    )
+    warmup_cv: float = Field(
+        default=0.05, gt=0, le=10, description="warm-up ends when that CV is below this (above 0, at most 10)"
+    )
+    warmup_min: int = Field(default=3, ge=0, le=10_000, description="at least this many warm-up batches (0 to 10,000)")
+    warmup_max: int = Field(
+        default=50, ge=1, le=10_000, description="at most this many; reaching it is recorded (1 to 10,000)"
+    )
+    min_window_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description=f"the workload repeats until the window lasts this (0 to {MAX_SECONDS:,} s)",
+    )
+    idle_gap_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description=f"idle just before and after the window (GPU only; 0 to {MAX_SECONDS:,} s)",
+    )
     baseline_idle_s: float = Field(
-        default=30.0, ge=0, le=MAX_SECONDS, description="idle before a campaign's first run on a GPU: the "
-        f"deep-idle baseline (0 to {MAX_SECONDS:,} s)"
+        default=30.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description=f"idle before a campaign's first run on a GPU: the deep-idle baseline (0 to {MAX_SECONDS:,} s)",
     )
     phase_split: bool = Field(
-        default=False, description="also measure a prefill-only window (one new token per prompt) after the full "
-        "one: prefill and decode get time, energy, tokens/s, J/token and FLOPs apart (decode = full - prefill)")
+        default=False,
+        description="also measure a prefill-only window (one new token per prompt) after the full "
+        "one: prefill and decode get time, energy, tokens/s, J/token and FLOPs apart (decode = full - prefill)",
+    )
     profiler: Literal["off", "flops"] = Field(
-        default="off", description="flops: one extra, unmeasured generate under torch's FLOP counter after the "
-        "windows, stored beside the analytic FLOPs (pytorch only)")
+        default="off",
+        description="flops: one extra, unmeasured generate under torch's FLOP counter after the "
+        "windows, stored beside the analytic FLOPs (pytorch only)",
+    )
 
     @field_validator("profiler", mode="before")
     @classmethod
@@ -109,8 +134,12 @@ class ExperimentConfig(_Strict):
     backend: Backend = Backend.PYTORCH
     model: str = Field(default="random:llama-tiny", min_length=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    batch_size: int = Field(default=1, ge=1, le=MAX_PROMPTS,
-                            description=f"prompts per engine call, 1 to {MAX_PROMPTS:,} (and <= workload.num_prompts)")
+    batch_size: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_PROMPTS,
+        description=f"prompts per engine call, 1 to {MAX_PROMPTS:,} (and <= workload.num_prompts)",
+    )
     workload: SyntheticWorkload = SyntheticWorkload()
     measurement: MeasurementProtocol = MeasurementProtocol()
     pytorch: PytorchOptions = PytorchOptions()
@@ -132,11 +161,14 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"the {name} section applies to backend {name} only (this is {self.backend.value})")
         getattr(self, self.backend.value).check(self)
         if self.measurement.profiler != "off" and self.backend != Backend.PYTORCH:
-            raise ValueError(f"measurement.profiler: counts FLOPs with torch inside the pytorch backend only "
-                             f"(this is {self.backend.value}); set it to off")
+            raise ValueError(
+                f"measurement.profiler: counts FLOPs with torch inside the pytorch backend only "
+                f"(this is {self.backend.value}); set it to off"
+            )
         if self.measurement.phase_split and self.workload.output_len < 2:
-            raise ValueError("measurement.phase_split: needs workload.output_len >= 2 (decode is the tokens after "
-                             "the first)")
+            raise ValueError(
+                "measurement.phase_split: needs workload.output_len >= 2 (decode is the tokens after the first)"
+            )
         tokens = self.workload.num_prompts * (self.workload.input_len + self.workload.output_len)
         if tokens > MAX_WORKLOAD_TOKENS:
             raise ValueError(
@@ -165,8 +197,14 @@ class ExperimentConfig(_Strict):
     def engine_key(self) -> str:
         """Equal for two experiments that can share one loaded engine: same backend, model, dtype and the
         section's load-time arguments (model loading, engine construction, compile)."""
-        return sha256_of({"backend": self.backend.value, "model": self.model, "dtype": self.dtype,
-                          "load": self.section().load_arguments()})
+        return sha256_of(
+            {
+                "backend": self.backend.value,
+                "model": self.model,
+                "dtype": self.dtype,
+                "load": self.section().load_arguments(),
+            }
+        )
 
 
 _SECTION_NAMES = tuple(backend.value for backend in Backend)
@@ -175,10 +213,18 @@ _SECTION_NAMES = tuple(backend.value for backend in Backend)
 class ThermalGap(_Strict):
     """Before each run, wait until the GPU is back within ``within_c`` of its idle temperature (from telemetry)."""
 
-    within_c: float = Field(default=5.0, gt=0, le=100, description="degrees C above the GPU's idle temperature "
-                            "allowed (above 0, at most 100)")
-    max_wait_s: float = Field(default=300.0, ge=0, le=MAX_SECONDS, description="wait at most this long, then run "
-                              f"(recorded; 0 to {MAX_SECONDS:,} s)")
+    within_c: float = Field(
+        default=5.0,
+        gt=0,
+        le=100,
+        description="degrees C above the GPU's idle temperature allowed (above 0, at most 100)",
+    )
+    max_wait_s: float = Field(
+        default=300.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description=f"wait at most this long, then run (recorded; 0 to {MAX_SECONDS:,} s)",
+    )
 
 
 EngineVersion = Annotated[str, Field(pattern=r"^[0-9][A-Za-z0-9.+-]*$")]
@@ -197,25 +243,41 @@ class CampaignConfig(_Strict):
         description="run order: interleaved (every experiment once per cycle), shuffled (each cycle in a seeded "
         "random order) or grouped (all cycles of one experiment, then the next)",
     )
-    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX, description="seed of the shuffled order; "
-                             f"chosen and recorded if unset (an int64: {INT64_MIN:,} to {INT64_MAX:,})")
-    config_gap_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="pause on a GPU between two runs of "
-                                f"one cycle (0 to {MAX_SECONDS:,} s)")
-    cycle_gap_s: float = Field(default=0.0, ge=0, le=MAX_SECONDS, description="pause on a GPU when a new cycle "
-                               f"starts (0 to {MAX_SECONDS:,} s)")
+    seed: int | None = Field(
+        default=None,
+        ge=INT64_MIN,
+        le=INT64_MAX,
+        description="seed of the shuffled order; "
+        f"chosen and recorded if unset (an int64: {INT64_MIN:,} to {INT64_MAX:,})",
+    )
+    config_gap_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description=f"pause on a GPU between two runs of one cycle (0 to {MAX_SECONDS:,} s)",
+    )
+    cycle_gap_s: float = Field(
+        default=0.0,
+        ge=0,
+        le=MAX_SECONDS,
+        description=f"pause on a GPU when a new cycle starts (0 to {MAX_SECONDS:,} s)",
+    )
     thermal_gap: ThermalGap | None = None
     force_cold_start: bool = Field(
-        default=False, description="a fresh engine process (model load) before every run; load time and energy "
-        "are recorded separately"
+        default=False,
+        description="a fresh engine process (model load) before every run; load time and energy "
+        "are recorded separately",
     )
     engine_versions: EngineVersions = Field(
-        default_factory=dict, description="per backend, the engine version its parameters are checked against "
+        default_factory=dict,
+        description="per backend, the engine version its parameters are checked against "
         "(default: the version the live workers advertise, else the newest committed snapshot)",
     )
     experiment: ExperimentConfig = ExperimentConfig()
     grid: dict[str, list[FiniteJson]] = Field(default_factory=dict, description="axes shared by every backend")
     backends: dict[Backend, dict[str, list[FiniteJson]]] = Field(
-        default_factory=dict, description="per backend, its own axes; the product of grid x these axes is taken "
+        default_factory=dict,
+        description="per backend, its own axes; the product of grid x these axes is taken "
         "once per backend named here (none: once, for the base experiment's backend)",
     )
     include: list[dict[str, FiniteJson]] = Field(
@@ -287,15 +349,16 @@ class CampaignPlan:
             f'{{"index":{index},"backend":{backend_json[values["backend"]]},"config_hash":"{digest}",'
             f'"config":{config}}}'
             for index, (values, digest, config) in enumerate(
-                zip(self.experiment_values, self.config_hashes, self.config_json, strict=True))
+                zip(self.experiment_values, self.config_hashes, self.config_json, strict=True)
+            )
         )
         compact = partial(json.dumps, ensure_ascii=False, separators=(",", ":"), default=str)
         campaign = compact(self.campaign.model_dump(mode="json"))
         skipped = compact([{"point": s.point, "reason": s.reason} for s in self.skipped])
-        snapshots = compact({b: {"snapshot": c.name, "note": c.note, "warning": c.warning}
-                             for b, c in self.snapshots.items()})
-        return (f'{{"campaign":{campaign},"experiments":[{experiments}],"skipped":{skipped},'
-                f'"snapshots":{snapshots}}}')
+        snapshots = compact(
+            {b: {"snapshot": c.name, "note": c.note, "warning": c.warning} for b, c in self.snapshots.items()}
+        )
+        return f'{{"campaign":{campaign},"experiments":[{experiments}],"skipped":{skipped},"snapshots":{snapshots}}}'
 
 
 def load_campaign(path: str | Path) -> tuple[CampaignConfig, list[ExperimentConfig]]:
@@ -311,8 +374,13 @@ def load_plan(path: str | Path, advertised: Mapping[str, Mapping[str, str]] | No
     return plan_text(read_campaign_file(path), str(path), advertised)
 
 
-_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def read_campaign_file(path: str | Path) -> str:
@@ -344,8 +412,12 @@ def read_campaign_file(path: str | Path) -> str:
     finally:
         os.close(fd)
     if size > limit:
-        raise ConfigError([f"{path}: {max(size, info.st_size):,} bytes, over the limit of {limit:,}; a campaign "
-                           "file is a few KiB (raise LEM_MAX_CAMPAIGN_FILE_BYTES if it must be larger)"])
+        raise ConfigError(
+            [
+                f"{path}: {max(size, info.st_size):,} bytes, over the limit of {limit:,}; a campaign "
+                "file is a few KiB (raise LEM_MAX_CAMPAIGN_FILE_BYTES if it must be larger)"
+            ]
+        )
     return decode_campaign_text(b"".join(chunks), str(path))
 
 
@@ -367,8 +439,12 @@ def decode_campaign_text(data: bytes, origin: str) -> str:
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-        raise ConfigError([f"{origin}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column "
-                           f"{column}: Latin-1 or another encoding?); save it as UTF-8"]) from None
+        raise ConfigError(
+            [
+                f"{origin}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}, column "
+                f"{column}: Latin-1 or another encoding?); save it as UTF-8"
+            ]
+        ) from None
 
 
 def _looks_like_utf16(data: bytes) -> bool:
@@ -410,8 +486,11 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
             key = self.construct_object(key_node)
             if key in first_line:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {first_line[key]}); give each key once",
-                    key_node.start_mark)
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first at line {first_line[key]}); give each key once",
+                    key_node.start_mark,
+                )
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
@@ -439,8 +518,9 @@ def plan_campaign(raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str
     choices: dict[str, SnapshotChoice | SnapshotError] = {}
     for backend in Backend:
         try:
-            choices[backend.value] = choose_snapshot(backend.value, pinned.get(backend),
-                                                     (advertised or {}).get(backend.value, {}))
+            choices[backend.value] = choose_snapshot(
+                backend.value, pinned.get(backend), (advertised or {}).get(backend.value, {})
+            )
         except SnapshotError as exc:
             choices[backend.value] = exc
     errors = {b: str(c) for b, c in choices.items() if isinstance(c, SnapshotError)}
@@ -498,8 +578,12 @@ def expand_campaign(campaign: CampaignConfig, snapshots: Mapping[str, SnapshotCh
         raise ConfigError([head, *shown, *more])
     runs, max_runs = len(found.values) * campaign.cycles, get_settings().max_runs
     if runs > max_runs:
-        raise ConfigError([f"cycles: {len(found.values):,} experiments x {campaign.cycles:,} cycles = {runs:,} runs, "
-                           f"over the limit of {max_runs:,}; lower cycles or the grid, or raise LEM_MAX_RUNS"])
+        raise ConfigError(
+            [
+                f"cycles: {len(found.values):,} experiments x {campaign.cycles:,} cycles = {runs:,} runs, "
+                f"over the limit of {max_runs:,}; lower cycles or the grid, or raise LEM_MAX_RUNS"
+            ]
+        )
     return CampaignPlan(campaign, found.hashes, found.configs, found.skipped, found.values, snapshots)
 
 
@@ -512,8 +596,12 @@ def _check_point_count(groups: list[tuple[str, list[tuple[str, list[Any]]]]], in
         return
     parts = [f"{backend}: {' x '.join(str(len(values)) for _, values in axes) or '1'}" for backend, axes in groups]
     parts += [f"include: {includes}"] if includes else []
-    raise ConfigError([f"grid: {total:,} points ({', '.join(parts)}), over the limit of {limit:,}; split the "
-                       "campaign or raise LEM_MAX_GRID_POINTS"])
+    raise ConfigError(
+        [
+            f"grid: {total:,} points ({', '.join(parts)}), over the limit of {limit:,}; split the "
+            "campaign or raise LEM_MAX_GRID_POINTS"
+        ]
+    )
 
 
 def _structural_problems(campaign: CampaignConfig) -> list[str]:
@@ -521,8 +609,11 @@ def _structural_problems(campaign: CampaignConfig) -> list[str]:
     problems: list[str] = []
 
     def check(where: str, keys: list[str]) -> None:
-        problems.extend(f"{where}.{key}: unknown parameter; {_closest(key)}"
-                        for key in keys if not _is_field(ExperimentConfig, key.split(".")))
+        problems.extend(
+            f"{where}.{key}: unknown parameter; {_closest(key)}"
+            for key in keys
+            if not _is_field(ExperimentConfig, key.split("."))
+        )
 
     def check_axes(where: str, axes: dict[str, list[Any]]) -> None:
         check(where, list(axes))
@@ -572,8 +663,13 @@ class _Found:
         self.skipped: list[SkippedPoint] = []
         self.index_of: dict[str, int] = {}
 
-    def add(self, values: dict[str, Any], config: str, idx: tuple[int, ...],
-            point_of: Callable[[tuple[int, ...]], dict[str, Any]]) -> None:
+    def add(
+        self,
+        values: dict[str, Any],
+        config: str,
+        idx: tuple[int, ...],
+        point_of: Callable[[tuple[int, ...]], dict[str, Any]],
+    ) -> None:
         """Keep an experiment (``config``: its canonical JSON), or skip it as a duplicate of the first."""
         digest = hashlib.sha256(config.encode()).hexdigest()
         first = self.index_of.setdefault(digest, len(self.values))
@@ -586,7 +682,8 @@ class _Found:
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
-    name: field.annotation for name, field in ExperimentConfig.model_fields.items()
+    name: field.annotation
+    for name, field in ExperimentConfig.model_fields.items()
     if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 }
 _MISSING = object()
@@ -610,8 +707,9 @@ def _field_validators(model: type[BaseModel]) -> dict[str, SchemaValidator] | No
     validators = {}
     for name, field in schema["schema"]["fields"].items():
         inner = field["schema"]
-        validators[name] = SchemaValidator(inner["schema"] if inner["type"] == "default" else inner,
-                                           schema.get("config"))
+        validators[name] = SchemaValidator(
+            inner["schema"] if inner["type"] == "default" else inner, schema.get("config")
+        )
     return validators
 
 
@@ -643,8 +741,14 @@ def _validate_whole(config: dict[str, Any], context: dict[str, Any]) -> dict[str
         return "; ".join(describe_errors(exc, ExperimentConfig))
 
 
-def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]],
-            rules: list[tuple[int, dict[str, Any]]], found: _Found, context: dict[str, Any]) -> None:
+def _expand(
+    base: dict[str, Any],
+    backend: Any,
+    axes: list[tuple[str, list[Any]]],
+    rules: list[tuple[int, dict[str, Any]]],
+    found: _Found,
+    context: dict[str, Any],
+) -> None:
     """Add the points of one backend's product to ``found`` (sections checked against the snapshots ``context``
     names).
 
@@ -745,8 +849,12 @@ def _expand(base: dict[str, Any], backend: Any, axes: list[tuple[str, list[Any]]
             if isinstance(whole, str):
                 found.skipped.append(SkippedPoint(point_of(idx), whole))
             else:
-                found.add(whole, canonical_json(ExperimentConfig.model_construct(**whole).model_dump(mode="json")),
-                          idx, point_of)
+                found.add(
+                    whole,
+                    canonical_json(ExperimentConfig.model_construct(**whole).model_dump(mode="json")),
+                    idx,
+                    point_of,
+                )
             continue
         if isinstance(problem, str):
             found.skipped.append(SkippedPoint(point_of(idx), problem))
@@ -778,8 +886,12 @@ def _rules_for(rules: list[tuple[int, dict[str, Any]]], keys: list[str], start: 
     return active
 
 
-def _matching_rule(rules: list[_Rule], values: list[list[Any]], idx: tuple[int, ...],
-                   full_config: Callable[[tuple[int, ...]], dict[str, Any]]) -> int | None:
+def _matching_rule(
+    rules: list[_Rule],
+    values: list[list[Any]],
+    idx: tuple[int, ...],
+    full_config: Callable[[tuple[int, ...]], dict[str, Any]],
+) -> int | None:
     for index, on_axis, on_mapping in rules:
         if all(values[i][idx[i]] == expected for i, expected in on_axis):
             config = full_config(idx) if on_mapping else {}
@@ -886,12 +998,19 @@ def describe_errors(exc: ValidationError, model: type[BaseModel]) -> list[str]:
             allowed = _allowed_keys(model, loc[:-1]) or []
             hint = did_you_mean(str(loc[-1]), allowed) if loc else ""
             if not hint and allowed:
-                hint = (f"allowed: {', '.join(allowed)}" if len(allowed) <= _MAX_LISTED
-                        else f"nothing close among its {len(allowed)} keys")
+                hint = (
+                    f"allowed: {', '.join(allowed)}"
+                    if len(allowed) <= _MAX_LISTED
+                    else f"nothing close among its {len(allowed)} keys"
+                )
             reason = "unknown key" + (f"; {hint}" if hint else "")
         elif kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-            op, bound = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
-                         "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}[kind]
+            op, bound = {
+                "greater_than_equal": (">=", "ge"),
+                "greater_than": (">", "gt"),
+                "less_than_equal": ("<=", "le"),
+                "less_than": ("<", "lt"),
+            }[kind]
             reason = f"must be {op} {ctx[bound]}"
         elif kind in ("literal_error", "enum"):
             reason = f"must be one of {ctx['expected']}"

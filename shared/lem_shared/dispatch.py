@@ -72,6 +72,7 @@ def redis_client(url: str | None = None) -> redis.Redis:
 
 # --- cancellation -------------------------------------------------------------------------------------------------
 
+
 @lru_cache
 def _database_identity(url: str) -> str:
     engine = engine_for(url)
@@ -79,7 +80,8 @@ def _database_identity(url: str) -> str:
         return f"file/{engine.url.database}"
     with engine.connect() as connection:  # the cluster's own identifier, whatever address reaches it
         cluster, database = connection.execute(
-            text("select (select system_identifier from pg_control_system()), current_database()")).one()
+            text("select (select system_identifier from pg_control_system()), current_database()")
+        ).one()
     return f"{cluster}/{database}"
 
 
@@ -103,6 +105,7 @@ def aware(t: datetime) -> datetime:
 
 # --- the scheduler pass -------------------------------------------------------------------------------------------
 
+
 def _lock(s: Session) -> None:
     if s.get_bind().dialect.name == "postgresql":
         s.execute(select(func.pg_advisory_xact_lock(_ADVISORY_LOCK_ID)))
@@ -111,10 +114,18 @@ def _lock(s: Session) -> None:
 def run_request(run: Run, experiment: Experiment, campaign: Campaign) -> RunRequest:
     """The message for one run: its experiment and how the worker paces the GPU before it (campaign settings)."""
     spec = campaign.spec
-    return RunRequest(run_key=run.run_key, run_id=run.id, campaign_id=run.campaign_id, cycle=run.cycle,
-                      experiment=experiment.config, position=run.position,
-                      config_gap_s=spec.get("config_gap_s", 0.0), cycle_gap_s=spec.get("cycle_gap_s", 0.0),
-                      thermal_gap=spec.get("thermal_gap"), cold_start=bool(spec.get("force_cold_start")))
+    return RunRequest(
+        run_key=run.run_key,
+        run_id=run.id,
+        campaign_id=run.campaign_id,
+        cycle=run.cycle,
+        experiment=experiment.config,
+        position=run.position,
+        config_gap_s=spec.get("config_gap_s", 0.0),
+        cycle_gap_s=spec.get("cycle_gap_s", 0.0),
+        thermal_gap=spec.get("thermal_gap"),
+        cold_start=bool(spec.get("force_cold_start")),
+    )
 
 
 def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunRequest]:
@@ -130,12 +141,14 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
     with session_scope() as s:
         _lock(s)
         running = select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING)
-        in_flight = dict(s.execute(
-            select(Experiment.backend, func.count())
-            .join(Run, Run.experiment_id == Experiment.id)
-            .where(Run.status.in_(IN_FLIGHT_RUN_STATUSES), Run.campaign_id.in_(running))
-            .group_by(Experiment.backend)
-        ).all())
+        in_flight = dict(
+            s.execute(
+                select(Experiment.backend, func.count())
+                .join(Run, Run.experiment_id == Experiment.id)
+                .where(Run.status.in_(IN_FLIGHT_RUN_STATUSES), Run.campaign_id.in_(running))
+                .group_by(Experiment.backend)
+            ).all()
+        )
         for backend, workers in workers_by_backend.items():
             free = workers - in_flight.get(backend, 0)
             if free <= 0:
@@ -144,15 +157,22 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
                 select(Run, Experiment, Campaign)
                 .join(Experiment, Run.experiment_id == Experiment.id)
                 .join(Campaign, Run.campaign_id == Campaign.id)
-                .where(Run.status == RunStatus.PENDING, Campaign.status == CampaignStatus.RUNNING,
-                       Experiment.backend == backend)
+                .where(
+                    Run.status == RunStatus.PENDING,
+                    Campaign.status == CampaignStatus.RUNNING,
+                    Experiment.backend == backend,
+                )
                 .order_by(Run.campaign_id, Run.position)
                 .limit(free)
             ).all()
             for run, experiment, campaign in rows:
                 run.status, run.dispatched_at = RunStatus.DISPATCHED, now
-                to_send.append((run_request(run, experiment, campaign),
-                                f"run {campaign.name}#{campaign.id}/experiment {experiment.index}/cycle {run.cycle}"))
+                to_send.append(
+                    (
+                        run_request(run, experiment, campaign),
+                        f"run {campaign.name}#{campaign.id}/experiment {experiment.index}/cycle {run.cycle}",
+                    )
+                )
     sent: list[RunRequest] = []
     try:
         for request, name in to_send:
@@ -162,16 +182,24 @@ def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunReque
         unsent = [r.run_id for r, _ in to_send if r not in sent]
         if unsent:  # the broker went away mid-way: those go back to pending, the next pass sends them
             with session_scope() as s:
-                s.execute(update(Run).where(Run.id.in_(unsent), Run.status == RunStatus.DISPATCHED)
-                          .values(status=RunStatus.PENDING, dispatched_at=None))
+                s.execute(
+                    update(Run)
+                    .where(Run.id.in_(unsent), Run.status == RunStatus.DISPATCHED)
+                    .values(status=RunStatus.PENDING, dispatched_at=None)
+                )
     return sent
 
 
 def send_run(app: Celery, request: RunRequest, name: str) -> None:
     """The run key is the task id, so Flower, the broker and the database name a run the same way; `name` (the
     task's shadow name, which Flower and the worker's log show instead of lem.run_experiment) is for people."""
-    app.send_task(RUN_TASK, args=[request.model_dump(mode="json")], task_id=request.run_key,
-                  queue=queue_for(request.experiment["backend"]).value, shadow=name)
+    app.send_task(
+        RUN_TASK,
+        args=[request.model_dump(mode="json")],
+        task_id=request.run_key,
+        queue=queue_for(request.experiment["backend"]).value,
+        shadow=name,
+    )
 
 
 def broker_up_s(connection: redis.Redis) -> float:
@@ -194,8 +222,11 @@ def orphaned(run: Run, alive: Mapping[str, Mapping[str, Any]], now: datetime) ->
     started = aware(run.started_at) if run.started_at else now
     beat = alive.get(run.worker or "")
     if beat is None:
-        return None if now - started < timedelta(seconds=ttl) else \
-            f"worker {run.worker} vanished (no heartbeat for {ttl:.0f} s)"
+        return (
+            None
+            if now - started < timedelta(seconds=ttl)
+            else f"worker {run.worker} vanished (no heartbeat for {ttl:.0f} s)"
+        )
     # Heartbeat and started_at come from the worker's own clock: a beat older than the claim proves nothing.
     if beat.get("run_key") == run.run_key or float(beat.get("time", 0)) <= started.timestamp():
         return None
@@ -215,8 +246,15 @@ def reclaim(connection: redis.Redis | None = None) -> list[str]:
     changes = []
     with session_scope() as s:
         _lock(s)
-        running = s.execute(select(Run, Campaign.status).join(Campaign, Run.campaign_id == Campaign.id)
-                            .where(Run.status == RunStatus.RUNNING)).all() if heartbeats_complete else []
+        running = (
+            s.execute(
+                select(Run, Campaign.status)
+                .join(Campaign, Run.campaign_id == Campaign.id)
+                .where(Run.status == RunStatus.RUNNING)
+            ).all()
+            if heartbeats_complete
+            else []
+        )
         for run, campaign_status in running:
             reason = orphaned(run, alive, now)
             if reason is None:
@@ -226,8 +264,11 @@ def reclaim(connection: redis.Redis | None = None) -> list[str]:
                 run.status, run.error, run.finished_at = RunStatus.CANCELLED, f"cancelled by the user; {lost}", now
                 changes.append(f"run {run.id} cancelled: {lost}")
             elif run.attempts >= settings.max_attempts:
-                run.status, run.error, run.finished_at = RunStatus.FAILED, f"{lost}; gave up after " \
-                    f"{run.attempts} attempts", now
+                run.status, run.error, run.finished_at = (
+                    RunStatus.FAILED,
+                    f"{lost}; gave up after {run.attempts} attempts",
+                    now,
+                )
                 changes.append(f"run {run.id} failed: {lost}")
             else:
                 run.status, run.worker, run.error = RunStatus.PENDING, None, lost
@@ -257,8 +298,7 @@ def requeue_for_resume(campaign_id: int, alive: Mapping[str, Mapping[str, Any]])
     now = datetime.now(UTC)
     with session_scope() as s:
         _lock(s)
-        for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id,
-                                               Run.status.in_(IN_FLIGHT_RUN_STATUSES))):
+        for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status.in_(IN_FLIGHT_RUN_STATUSES))):
             reason = orphaned(run, alive, now) if run.status == RunStatus.RUNNING else None
             if run.status == RunStatus.RUNNING and reason is None:
                 continue  # still being measured
@@ -272,6 +312,10 @@ def requeue_for_resume(campaign_id: int, alive: Mapping[str, Mapping[str, Any]])
 def manifest_request(run_key: str) -> RunRequest | None:
     """The message the manifest makes for this run key (what a worker measures), or None for an unknown key."""
     with session_scope() as s:
-        row = s.execute(select(Run, Experiment, Campaign).join(Experiment, Run.experiment_id == Experiment.id)
-                        .join(Campaign, Run.campaign_id == Campaign.id).where(Run.run_key == run_key)).one_or_none()
+        row = s.execute(
+            select(Run, Experiment, Campaign)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .join(Campaign, Run.campaign_id == Campaign.id)
+            .where(Run.run_key == run_key)
+        ).one_or_none()
         return run_request(*row) if row else None

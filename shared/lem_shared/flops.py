@@ -91,8 +91,9 @@ GPU_PEAKS: dict[str, dict[str, float | str]] = {
     # Same datasheet, H200 NVL: BF16 1,671 TFLOPS with sparsity (835 dense), 4.8 TB/s.
     "NVIDIA H200 NVL": dict(bf16_tflops=835.0, mem_tb_s=4.8, source="NVIDIA H200 Tensor Core GPU datasheet (NVL)"),
     # NVIDIA H100 Tensor Core GPU datasheet, H100 SXM: BF16 1,979 TFLOPS with sparsity (989 dense), 3.35 TB/s.
-    "NVIDIA H100 80GB HBM3": dict(bf16_tflops=989.0, mem_tb_s=3.35,
-                                  source="NVIDIA H100 Tensor Core GPU datasheet (SXM)"),
+    "NVIDIA H100 80GB HBM3": dict(
+        bf16_tflops=989.0, mem_tb_s=3.35, source="NVIDIA H100 Tensor Core GPU datasheet (SXM)"
+    ),
     # Same datasheet, H100 PCIe: BF16 1,513 TFLOPS with sparsity (756 dense), 2 TB/s.
     "NVIDIA H100 PCIe": dict(bf16_tflops=756.0, mem_tb_s=2.0, source="NVIDIA H100 Tensor Core GPU datasheet (PCIe)"),
     # Same datasheet, H100 NVL: BF16 1,671 TFLOPS with sparsity (835 dense), 3.9 TB/s.
@@ -165,8 +166,9 @@ def _pairs(prompt_len: int, attention: str) -> int:
     raise ValueError(f"attention must be one of {ATTENTION_CONVENTIONS}, not {attention!r}")
 
 
-def prefill_flops(config: Mapping[str, Any] | Any, batch: int, prompt_len: int, *, attention: str = "causal",
-                  logits: str = "last") -> int:
+def prefill_flops(
+    config: Mapping[str, Any] | Any, batch: int, prompt_len: int, *, attention: str = "causal", logits: str = "last"
+) -> int:
     """FLOPs of the prefill forward: ``b * (L*P*C_lin + 4*L*H*dh*A(P) + 2*d*V*R)``.
 
     ``attention="causal"``: ``A = P*(P+1)/2`` (exact causal sum; flash-style kernels with ``is_causal``).
@@ -177,9 +179,11 @@ def prefill_flops(config: Mapping[str, Any] | Any, batch: int, prompt_len: int, 
         raise ValueError(f"logits must be one of {LOGITS_CONVENTIONS}, not {logits!r}")
     s = shape(config)
     rows = 1 if logits == "last" else prompt_len
-    per_seq = (s["layers"] * prompt_len * linear_flops_per_token_layer(config)
-               + 4 * s["layers"] * s["heads"] * s["head_dim"] * _pairs(prompt_len, attention)
-               + 2 * s["d"] * s["vocab"] * rows)
+    per_seq = (
+        s["layers"] * prompt_len * linear_flops_per_token_layer(config)
+        + 4 * s["layers"] * s["heads"] * s["head_dim"] * _pairs(prompt_len, attention)
+        + 2 * s["d"] * s["vocab"] * rows
+    )
     return batch * per_seq
 
 
@@ -191,21 +195,25 @@ def decode_flops(config: Mapping[str, Any] | Any, batch: int, prompt_len: int, n
     s = shape(config)
     steps = max(new_tokens - 1, 0)
     keys = steps * prompt_len + new_tokens * steps // 2  # sum_{j=1}^{N-1} (P + j)
-    per_seq = (steps * (s["layers"] * linear_flops_per_token_layer(config) + 2 * s["d"] * s["vocab"])
-               + 4 * s["layers"] * s["heads"] * s["head_dim"] * keys)
+    per_seq = (
+        steps * (s["layers"] * linear_flops_per_token_layer(config) + 2 * s["d"] * s["vocab"])
+        + 4 * s["layers"] * s["heads"] * s["head_dim"] * keys
+    )
     return batch * per_seq
 
 
-def generate_flops(config: Mapping[str, Any] | Any, batch: int, prompt_len: int, new_tokens: int, *,
-                   attention: str = "causal") -> dict[str, int]:
+def generate_flops(
+    config: Mapping[str, Any] | Any, batch: int, prompt_len: int, new_tokens: int, *, attention: str = "causal"
+) -> dict[str, int]:
     """Prefill, decode and total FLOPs of ``generate(max_new_tokens=new_tokens)``."""
     pre = prefill_flops(config, batch, prompt_len, attention=attention)
     dec = decode_flops(config, batch, prompt_len, new_tokens)
     return dict(prefill_flops=pre, decode_flops=dec, total_flops=pre + dec)
 
 
-def decode_bytes(config: Mapping[str, Any] | Any, batch: int, prompt_len: int, new_tokens: int,
-                 dtype_bytes: int | float = 2) -> int:
+def decode_bytes(
+    config: Mapping[str, Any] | Any, batch: int, prompt_len: int, new_tokens: int, dtype_bytes: int | float = 2
+) -> int:
     """Bytes moved to and from memory by the decode steps: weights once a step, the KV cache read and the new KV."""
     s = shape(config)
     steps = max(new_tokens - 1, 0)
@@ -229,8 +237,9 @@ def gpu_peak(gpu_name: str | None) -> dict[str, float | str] | None:
     return None
 
 
-def efficiency(flops: float, seconds: float, energy_j: float | None, gpu_name: str | None, *,
-               dtype: str | None = None) -> dict[str, float | str | None]:
+def efficiency(
+    flops: float, seconds: float, energy_j: float | None, gpu_name: str | None, *, dtype: str | None = None
+) -> dict[str, float | str | None]:
     """Achieved TFLOP/s, MFU against the dense BF16/FP16 peak, and J per TFLOP.
 
     ``mfu`` is None with ``mfu_reason`` when the GPU is not in ``GPU_PEAKS`` or ``dtype`` (when given) is not
@@ -238,7 +247,11 @@ def efficiency(flops: float, seconds: float, energy_j: float | None, gpu_name: s
     """
     achieved = flops / seconds / 1e12 if seconds > 0 else None
     out: dict[str, float | str | None] = dict(
-        tflops=flops / 1e12, achieved_tflops=achieved, peak_tflops=None, mfu=None, mfu_reason=None,
+        tflops=flops / 1e12,
+        achieved_tflops=achieved,
+        peak_tflops=None,
+        mfu=None,
+        mfu_reason=None,
         j_per_tflop=energy_j / (flops / 1e12) if energy_j is not None and flops > 0 else None,
     )
     peak = gpu_peak(gpu_name)
@@ -258,7 +271,8 @@ def bandwidth_efficiency(nbytes: float, seconds: float, gpu_name: str | None) ->
     """Achieved memory bandwidth (TB/s) and its share of the GPU's peak (None with a reason when unknown)."""
     achieved = nbytes / seconds / 1e12 if seconds > 0 else None
     out: dict[str, float | str | None] = dict(
-        achieved_tb_s=achieved, peak_tb_s=None, bandwidth_utilisation=None, bandwidth_reason=None)
+        achieved_tb_s=achieved, peak_tb_s=None, bandwidth_utilisation=None, bandwidth_reason=None
+    )
     peak = gpu_peak(gpu_name)
     if achieved is None:
         out["bandwidth_reason"] = "no duration"

@@ -100,13 +100,21 @@ def read_heartbeats(redis_url: str, now: float | None = None) -> list[dict[str, 
 
 # --- worker heartbeats -----------------------------------------------------------------------------------------
 
-def publish_worker_beat(connection: redis.Redis, name: str, backend: str, run_key: str | None,
-                        engine_version: str | None = None) -> None:
+
+def publish_worker_beat(
+    connection: redis.Redis, name: str, backend: str, run_key: str | None, engine_version: str | None = None
+) -> None:
     """``engine_version``: the version of the backend's engine package the worker runs (plan-time checks use
     its parameter snapshot)."""
     settings = get_settings()
-    beat = {"name": name, "backend": backend, "host": socket.gethostname(), "run_key": run_key or "",
-            "engine_version": engine_version or "", "time": time.time()}
+    beat = {
+        "name": name,
+        "backend": backend,
+        "host": socket.gethostname(),
+        "run_key": run_key or "",
+        "engine_version": engine_version or "",
+        "time": time.time(),
+    }
     connection.set(WORKER_KEY_PREFIX + name, json.dumps(beat), px=int(settings.worker_heartbeat_ttl_s * 1000))
 
 

@@ -42,9 +42,11 @@ def kv_cache_figures(batches: Iterable[TimedBatch]) -> dict[str, Any]:
     peaks = [b.kv_cache_usage_peak for b in batches if b.kv_cache_usage_peak is not None]
     means = [b.kv_cache_usage_mean for b in batches if b.kv_cache_usage_mean is not None]
     preemptions = [b.preemptions for b in batches if b.preemptions is not None]
-    return {"kv_cache_usage_peak": max(peaks) if peaks else None,
-            "kv_cache_usage_mean": sum(means) / len(means) if means else None,
-            "preemptions": sum(preemptions) if preemptions else None}
+    return {
+        "kv_cache_usage_peak": max(peaks) if peaks else None,
+        "kv_cache_usage_mean": sum(means) / len(means) if means else None,
+        "preemptions": sum(preemptions) if preemptions else None,
+    }
 
 
 def run_metrics(m: Measurement) -> dict[str, Any]:

@@ -87,9 +87,14 @@ def _generate(model: Any, input_ids: torch.Tensor, new_tokens: int) -> torch.Ten
         pad = model.generation_config.eos_token_id
     if isinstance(pad, list):
         pad = pad[0]
-    return model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
-                          max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                          pad_token_id=0 if pad is None else pad)
+    return model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0 if pad is None else pad,
+    )
 
 
 class _PhaseTotals:
@@ -106,8 +111,9 @@ class _PhaseTotals:
 
     def post(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         end = self.read_total()
-        self.per_forward.append(dict(input_shape=self._start["tokens"],
-                                     by_op={k: end[k] - self._start["total"].get(k, 0) for k in end}))
+        self.per_forward.append(
+            dict(input_shape=self._start["tokens"], by_op={k: end[k] - self._start["total"].get(k, 0) for k in end})
+        )
 
 
 def _split(per_forward: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str, int]]:
@@ -120,8 +126,10 @@ def _split(per_forward: list[dict[str, Any]]) -> tuple[dict[str, int], dict[str,
 
 
 def _with_hooks(model: Any, totals: _PhaseTotals, run):
-    handles = [model.register_forward_pre_hook(totals.pre, with_kwargs=True),
-               model.register_forward_hook(totals.post, with_kwargs=True)]
+    handles = [
+        model.register_forward_pre_hook(totals.pre, with_kwargs=True),
+        model.register_forward_hook(totals.post, with_kwargs=True),
+    ]
     try:
         return run()
     finally:
@@ -150,9 +158,14 @@ def _count_flop_counter(model: Any, input_ids: torch.Tensor, new_tokens: int) ->
         return counted
 
     return dict(
-        method="flop_counter", prefill_flops=phase(prefill_ops, False), decode_flops=phase(decode_ops, False),
-        prefill_flops_full_attention=phase(prefill_ops, True), decode_flops_full_attention=phase(decode_ops, True),
-        prefill_by_op=prefill_ops, decode_by_op=decode_ops, forward_calls=len(totals.per_forward),
+        method="flop_counter",
+        prefill_flops=phase(prefill_ops, False),
+        decode_flops=phase(decode_ops, False),
+        prefill_flops_full_attention=phase(prefill_ops, True),
+        decode_flops_full_attention=phase(decode_ops, True),
+        prefill_by_op=prefill_ops,
+        decode_by_op=decode_ops,
+        forward_calls=len(totals.per_forward),
         generated_tokens=int(sequences.shape[1] - input_ids.shape[1]),
     )
 
@@ -174,12 +187,15 @@ def _count_profiler(model: Any, input_ids: torch.Tensor, new_tokens: int) -> dic
             ranges[-1].__exit__(None, None, None)
 
     totals = Ranges(dict)
-    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True,
-                                         with_flops=True) as prof:
+    with (
+        torch.inference_mode(),
+        profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof,
+    ):
         sequences = _with_hooks(model, totals, lambda: _generate(model, input_ids, new_tokens))
     events = list(prof.events())
-    windows = [(e.name, e.time_range.start, e.time_range.end) for e in events if e.name in ("lem_prefill",
-                                                                                         "lem_decode")]
+    windows = [
+        (e.name, e.time_range.start, e.time_range.end) for e in events if e.name in ("lem_prefill", "lem_decode")
+    ]
     by_phase: dict[str, dict[str, int]] = {"lem_prefill": defaultdict(int), "lem_decode": defaultdict(int)}
     for event in events:
         flops = int(getattr(event, "flops", 0) or 0)
@@ -191,8 +207,12 @@ def _count_profiler(model: Any, input_ids: torch.Tensor, new_tokens: int) -> dic
                 break
     prefill_ops, decode_ops = dict(by_phase["lem_prefill"]), dict(by_phase["lem_decode"])
     return dict(
-        method="profiler", prefill_flops=sum(prefill_ops.values()), decode_flops=sum(decode_ops.values()),
-        prefill_by_op=prefill_ops, decode_by_op=decode_ops, forward_calls=len(totals.per_forward),
+        method="profiler",
+        prefill_flops=sum(prefill_ops.values()),
+        decode_flops=sum(decode_ops.values()),
+        prefill_by_op=prefill_ops,
+        decode_by_op=decode_ops,
+        forward_calls=len(totals.per_forward),
         generated_tokens=int(sequences.shape[1] - input_ids.shape[1]),
     )
 

@@ -26,8 +26,9 @@ class Column:
 def _f(unit: str, meaning: str, *, shown: bool = False, type_: str | None = None) -> Any:
     """An exported column; ``shown``: also in ``lem results show --json``; ``type_`` where the annotation does not
     say it (timestamps held as ISO 8601 text)."""
-    return field(default=None, metadata={"unit": unit, "meaning": meaning, "column": True, "shown": shown,
-                                         "type": type_})
+    return field(
+        default=None, metadata={"unit": unit, "meaning": meaning, "column": True, "shown": shown, "type": type_}
+    )
 
 
 def _shown(meaning: str, as_: str | None = None) -> Any:
@@ -40,21 +41,40 @@ def _group(columns: list[Column]) -> Any:
     return field(default_factory=dict, metadata={"columns": columns, "column": False, "shown": False})
 
 
-_THROTTLE = [Column(f"throttle_share_{label}", "fraction", FLOAT, f"share of the window's samples with NVML's "
-                    f"{label} clock event reason set") for label in [*CLOCK_EVENT_REASONS.values(), "none"]]
+_THROTTLE = [
+    Column(
+        f"throttle_share_{label}",
+        "fraction",
+        FLOAT,
+        f"share of the window's samples with NVML's {label} clock event reason set",
+    )
+    for label in [*CLOCK_EVENT_REASONS.values(), "none"]
+]
 PHASES = {"prefill": "prompt tokens, and the first new token", "decode": "the new tokens after the first"}
-PHASE_COLUMNS = [column for phase, tokens in PHASES.items() for column in (
-    Column(f"{phase}_time_s", "s", FLOAT, f"{phase} time per prompt (measurement.phase_split; by difference for "
-           "decode)"),
-    Column(f"{phase}_energy_j", "J", FLOAT, f"{phase} energy per prompt (decode = full - prefill window, per prompt)"),
-    Column(f"{phase}_energy_uncertainty_j", "J", FLOAT, f"uncertainty of {phase}_energy_j (see lem_shared/phases.py)"),
-    Column(f"{phase}_tokens_per_s", "token/s", FLOAT, f"{phase} throughput: {tokens} per second"),
-    Column(f"{phase}_j_per_token", "J/token", FLOAT, f"{phase} energy per token ({tokens})"),
-    Column(f"{phase}_tflops", "TFLOP", FLOAT, f"analytic {phase} FLOPs per prompt (lem_shared/flops.py), in 1e12"),
-    Column(f"{phase}_achieved_tflops", "TFLOP/s", FLOAT, f"{phase} FLOPs over {phase} time"),
-    Column(f"{phase}_mfu", "fraction", FLOAT, f"{phase} model FLOPs utilisation against the GPU's dense BF16 peak"),
-    Column(f"{phase}_j_per_tflop", "J/TFLOP", FLOAT, f"{phase} energy per 1e12 analytic FLOPs"),
-)]
+PHASE_COLUMNS = [
+    column
+    for phase, tokens in PHASES.items()
+    for column in (
+        Column(
+            f"{phase}_time_s",
+            "s",
+            FLOAT,
+            f"{phase} time per prompt (measurement.phase_split; by difference for decode)",
+        ),
+        Column(
+            f"{phase}_energy_j", "J", FLOAT, f"{phase} energy per prompt (decode = full - prefill window, per prompt)"
+        ),
+        Column(
+            f"{phase}_energy_uncertainty_j", "J", FLOAT, f"uncertainty of {phase}_energy_j (see lem_shared/phases.py)"
+        ),
+        Column(f"{phase}_tokens_per_s", "token/s", FLOAT, f"{phase} throughput: {tokens} per second"),
+        Column(f"{phase}_j_per_token", "J/token", FLOAT, f"{phase} energy per token ({tokens})"),
+        Column(f"{phase}_tflops", "TFLOP", FLOAT, f"analytic {phase} FLOPs per prompt (lem_shared/flops.py), in 1e12"),
+        Column(f"{phase}_achieved_tflops", "TFLOP/s", FLOAT, f"{phase} FLOPs over {phase} time"),
+        Column(f"{phase}_mfu", "fraction", FLOAT, f"{phase} model FLOPs utilisation against the GPU's dense BF16 peak"),
+        Column(f"{phase}_j_per_tflop", "J/TFLOP", FLOAT, f"{phase} energy per 1e12 analytic FLOPs"),
+    )
+]
 
 
 @dataclass(frozen=True)
@@ -82,19 +102,25 @@ class RunRecord:
     error: str | None = _f("", "why the run failed, when it did", shown=True)
     energy_j: float | None = _f("J", "GPU energy in the measurement window (NVML's total-energy counter)", shown=True)
     energy_power_integral_j: float | None = _f(
-        "J", "the same window's energy from integrating the power samples (a check)", shown=True)
+        "J", "the same window's energy from integrating the power samples (a check)", shown=True
+    )
     energy_adjusted_j: float | None = _f(
-        "J", "energy_j minus baseline_power_w x window length: what the workload added", shown=True)
+        "J", "energy_j minus baseline_power_w x window length: what the workload added", shown=True
+    )
     energy_source: str | None = _f(
-        "", "where energy_j came from (counter, power integral; imported:gpu for the earlier tool's GPU-only "
+        "",
+        "where energy_j came from (counter, power integral; imported:gpu for the earlier tool's GPU-only "
         "figures, imported:gpu+cpu+ram for CodeCarbon's total, imported:unnamed where its file does not say)",
-        shown=True)
+        shown=True,
+    )
     energy_note: str | None = _shown("why energy_j is missing, or the energy checks that failed")
     baseline_power_w: float | None = _f("W", "the idle power subtracted for energy_adjusted_j", shown=True)
     baseline_method: str | None = _f(
-        "", "which idle baseline: deep idle before the campaign, or the run's own idle gaps", shown=True)
+        "", "which idle baseline: deep idle before the campaign, or the run's own idle gaps", shown=True
+    )
     deep_idle_power_w: float | None = _f(
-        "W", "the GPU's idle power measured before the campaign's first run on it", shown=True)
+        "W", "the GPU's idle power measured before the campaign's first run on it", shown=True
+    )
     idle_before_w: float | None = _f("W", "mean power in the idle gap just before the window", shown=True)
     idle_after_w: float | None = _f("W", "mean power in the idle gap just after the window", shown=True)
     j_per_token: float | None = _f("J/token", "energy_j over output tokens", shown=True)
@@ -110,46 +136,68 @@ class RunRecord:
     output_tokens: int | None = _f("tokens", "tokens generated in the window", shown=True)
     tokens_per_s: float | None = _f("token/s", "output tokens over the window's length", shown=True)
     imported_throughput: dict[str, Any] | None = _shown(
-        "imported runs: the earlier tool's own tokens/s, {field, value, counts}", as_="imported_tokens_per_s")
+        "imported runs: the earlier tool's own tokens/s, {field, value, counts}", as_="imported_tokens_per_s"
+    )
     imported_tokens_per_s: float | None = _f(
-        "token/s", "imported runs: the earlier tool's own headline throughput (its avg_tokens_per_second), which "
-        "counts the tokens imported_tokens_per_s_counts names; tokens_per_s is ours")
+        "token/s",
+        "imported runs: the earlier tool's own headline throughput (its avg_tokens_per_second), which "
+        "counts the tokens imported_tokens_per_s_counts names; tokens_per_s is ours",
+    )
     imported_tokens_per_s_counts: str | None = _f(
-        "", "the tokens imported_tokens_per_s counts: input + output tokens (the rewrite's result.json) or output "
-        "tokens (v2/v3), per second of the earlier tool's inference time")
+        "",
+        "the tokens imported_tokens_per_s counts: input + output tokens (the rewrite's result.json) or output "
+        "tokens (v2/v3), per second of the earlier tool's inference time",
+    )
     requests_per_s: float | None = _f("prompt/s", "prompts over the window's length")
     effective_batch_size: float | None = _f("prompts", "mean prompts per generate call in the window")
     ttft_mean_s: float | None = _f(
-        "s", "time to first token: mean over the window's requests where the engine reports each request's (vLLM), "
-        "else over its batches (a batch's first token)", shown=True)
+        "s",
+        "time to first token: mean over the window's requests where the engine reports each request's (vLLM), "
+        "else over its batches (a batch's first token)",
+        shown=True,
+    )
     ttft_p50_s: float | None = _f("s", "time to first token: median over requests (vLLM) or batches", shown=True)
     ttft_p90_s: float | None = _f(
-        "s", "time to first token: 90th percentile over requests (vLLM) or batches", shown=True)
+        "s", "time to first token: 90th percentile over requests (vLLM) or batches", shown=True
+    )
     ttft_p99_s: float | None = _f(
-        "s", "time to first token: 99th percentile over requests (vLLM) or batches", shown=True)
+        "s", "time to first token: 99th percentile over requests (vLLM) or batches", shown=True
+    )
     itl_mean_s: float | None = _f(
-        "s", "inter-token latency: (batch latency - TTFT) / (tokens per sequence - 1), mean", shown=True)
+        "s", "inter-token latency: (batch latency - TTFT) / (tokens per sequence - 1), mean", shown=True
+    )
     itl_p50_s: float | None = _f("s", "inter-token latency: median over batches")
     itl_p90_s: float | None = _f("s", "inter-token latency: 90th percentile over batches")
     itl_p99_s: float | None = _f("s", "inter-token latency: 99th percentile over batches")
     latency_mean_s: float | None = _f(
-        "s", "end-to-end latency of a generate call (every prompt of a batch finishes with it), mean over batches",
-        shown=True)
+        "s",
+        "end-to-end latency of a generate call (every prompt of a batch finishes with it), mean over batches",
+        shown=True,
+    )
     latency_p50_s: float | None = _f("s", "end-to-end latency: median over batches", shown=True)
     latency_p90_s: float | None = _f(
-        "s", "end-to-end latency: 90th percentile over batches (empty for imported runs)", shown=True)
+        "s", "end-to-end latency: 90th percentile over batches (empty for imported runs)", shown=True
+    )
     latency_p99_s: float | None = _f(
-        "s", "end-to-end latency: 99th percentile over batches (empty for imported runs)", shown=True)
+        "s", "end-to-end latency: 99th percentile over batches (empty for imported runs)", shown=True
+    )
     kv_cache_usage_peak: float | None = _f(
-        "fraction", "highest share of the engine's KV-cache blocks in use at an engine step of the window (vLLM's "
-        "scheduler stats; empty for engines that do not report it)", shown=True)
+        "fraction",
+        "highest share of the engine's KV-cache blocks in use at an engine step of the window (vLLM's "
+        "scheduler stats; empty for engines that do not report it)",
+        shown=True,
+    )
     kv_cache_usage_mean: float | None = _f(
-        "fraction", "KV-cache share in use, mean over the window's engine steps (the mean of each batch's mean)",
-        shown=True)
+        "fraction",
+        "KV-cache share in use, mean over the window's engine steps (the mean of each batch's mean)",
+        shown=True,
+    )
     preemptions: int | None = _f(
-        "requests", "requests the engine preempted in the window (KV cache full; vLLM)", shown=True)
+        "requests", "requests the engine preempted in the window (KV cache full; vLLM)", shown=True
+    )
     peak_memory_bytes: int | None = _f(
-        "B", "peak device memory (CUDA: torch's max allocated; CPU: process peak RSS)", shown=True)
+        "B", "peak device memory (CUDA: torch's max allocated; CPU: process peak RSS)", shown=True
+    )
     peak_memory_kind: str | None = _f("", "what peak_memory_bytes measures", shown=True)
     gpu_utilisation_mean_pct: float | None = _f("%", "NVML GPU utilisation averaged over the window")
     sm_clock_ratio: float | None = _f("", "mean SM clock in the window over the clock just before it")
@@ -163,10 +211,10 @@ class RunRecord:
     flops: dict[str, Any] | None = _shown("counted against analytic FLOPs (profiler: flops)")
     phase_figures: dict[str, float | None] = _group(PHASE_COLUMNS)
     decode_bandwidth_tb_s: float | None = _f(
-        "TB/s", "decode's achieved memory bandwidth (weights + KV cache read per step)")
+        "TB/s", "decode's achieved memory bandwidth (weights + KV cache read per step)"
+    )
     decode_bandwidth_utilisation: float | None = _f("fraction", "decode_bandwidth_tb_s over the GPU's peak")
-    flops_counted_ratio_prefill: float | None = _f(
-        "", "profiler: flops: counted / analytic prefill FLOPs (one batch)")
+    flops_counted_ratio_prefill: float | None = _f("", "profiler: flops: counted / analytic prefill FLOPs (one batch)")
     flops_counted_ratio_decode: float | None = _f("", "profiler: flops: counted / analytic decode FLOPs (one batch)")
     model_load_s: float | None = _f("s", "time to load the model (0 when the engine was reused)", shown=True)
     model_reused: bool | None = _f("", "true when the loaded engine of an earlier run was reused", shown=True)
@@ -176,9 +224,11 @@ class RunRecord:
     warmup_final_cv: float | None = _shown("coefficient of variation of the last warm-up latencies")
     passes: int | None = _f("", "passes over the workload in the window", shown=True)
     window_start: str | None = _f(
-        "UTC", "measurement window start (CSV and JSON: ISO 8601 text)", shown=True, type_=TIMESTAMP)
+        "UTC", "measurement window start (CSV and JSON: ISO 8601 text)", shown=True, type_=TIMESTAMP
+    )
     window_end: str | None = _f(
-        "UTC", "measurement window end (CSV and JSON: ISO 8601 text)", shown=True, type_=TIMESTAMP)
+        "UTC", "measurement window end (CSV and JSON: ISO 8601 text)", shown=True, type_=TIMESTAMP
+    )
     worker: str | None = _f("", "the Celery worker that measured the run", shown=True)
     host: str | None = _f("", "host name of the worker", shown=True)
     device: str | None = _f("", "cuda:N or cpu", shown=True)
@@ -190,8 +240,10 @@ class RunRecord:
     env_torch_version: str | None = _f("", "torch version of the worker")
     env_engine_versions: str | None = _f("", "engine package versions of the worker (JSON)")
     env_engine_facts: str | None = _f(
-        "", "what the loaded engine used (JSON; vLLM: version, compilation and CUDA-graph mode, KV-cache blocks and "
-        "tokens, gpu_memory_utilization, the FlashInfer-sampler switch)")
+        "",
+        "what the loaded engine used (JSON; vLLM: version, compilation and CUDA-graph mode, KV-cache blocks and "
+        "tokens, gpu_memory_utilization, the FlashInfer-sampler switch)",
+    )
     env_hostname: str | None = _f("", "host the environment was read on")
     env_cpu: str | None = _f("", "host CPU model")
 
@@ -227,10 +279,12 @@ def _run_columns() -> list[Column]:
         if "columns" in f.metadata:
             columns.extend(f.metadata["columns"])
         elif f.metadata["column"]:
-            columns.append(Column(f.name, f.metadata["unit"], f.metadata["type"] or _column_type(hints[f.name]),
-                                  f.metadata["meaning"]))
+            columns.append(
+                Column(
+                    f.name, f.metadata["unit"], f.metadata["type"] or _column_type(hints[f.name]), f.metadata["meaning"]
+                )
+            )
     return columns
 
 
 RUN_COLUMNS = _run_columns()
-

@@ -38,14 +38,18 @@ def read_trace(path: str | Path) -> list[TelemetrySample]:
     samples = []
     for number, r in _lines(path):
         try:
-            samples.append(TelemetrySample(
-                t=float(r["t"]),
-                power_w=r["power_mw"] / 1000 if r.get("power_mw") is not None else None,
-                energy_mj=int(r["energy_mj"]) if r.get("energy_mj") is not None else None,
-                temperature_c=r.get("temp_c"), sm_clock_mhz=r.get("sm_mhz"),
-                clock_event_reasons=r.get("reasons"), utilization_gpu=r.get("util_gpu"),
-                power_instant_w=r["power_instant_mw"] / 1000 if r.get("power_instant_mw") is not None else None,
-            ))
+            samples.append(
+                TelemetrySample(
+                    t=float(r["t"]),
+                    power_w=r["power_mw"] / 1000 if r.get("power_mw") is not None else None,
+                    energy_mj=int(r["energy_mj"]) if r.get("energy_mj") is not None else None,
+                    temperature_c=r.get("temp_c"),
+                    sm_clock_mhz=r.get("sm_mhz"),
+                    clock_event_reasons=r.get("reasons"),
+                    utilization_gpu=r.get("util_gpu"),
+                    power_instant_w=r["power_instant_mw"] / 1000 if r.get("power_instant_mw") is not None else None,
+                )
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise TraceError(f"{path}:{number}: bad or missing field {exc}") from None
     if not samples:
@@ -61,10 +65,11 @@ def read_windows(path: str | Path) -> list[tuple[str, float, float]]:
         try:
             name, start, end = str(r["name"]), float(r["start"]), float(r["end"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise TraceError(f"{path}:{number}: bad or missing field {exc}: a windows file has one "
-                             f'{{"name": ..., "start": unix_s, "end": unix_s}} a line'
-                             + (' (this looks like a marks file, {"t", "mark"} a line)' if "mark" in r else "")
-                             ) from None
+            raise TraceError(
+                f"{path}:{number}: bad or missing field {exc}: a windows file has one "
+                f'{{"name": ..., "start": unix_s, "end": unix_s}} a line'
+                + (' (this looks like a marks file, {"t", "mark"} a line)' if "mark" in r else "")
+            ) from None
         if end <= start:
             raise TraceError(f"{path}:{number}: end must be after start")
         windows.append((name, start, end))

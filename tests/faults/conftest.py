@@ -39,8 +39,23 @@ class PrivateRedis:
     def start(self) -> None:
         log = open(self.root / "redis.log", "a")  # noqa: SIM115 - the server's lifetime
         self.process = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.root)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "redis-server",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.root),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -65,7 +80,6 @@ class PrivateRedis:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-
 @dataclass
 class FaultStack:
     redis: PrivateRedis
@@ -79,8 +93,9 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
     if shutil.which("redis-server") is None:
         pytest.fail("redis-server is not installed: the fault-injection tests need a private Redis")
     if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"initdb is not installed at {PG_BIN} (set LEM_TEST_PG_BIN): the fault tests need a private "
-                    "PostgreSQL")
+        pytest.fail(
+            f"initdb is not installed at {PG_BIN} (set LEM_TEST_PG_BIN): the fault tests need a private PostgreSQL"
+        )
     if os.geteuid() == 0 and (shutil.which("runuser") is None or not user_exists("postgres")):
         pytest.fail("running as root without runuser and a 'postgres' user: initdb refuses to run as root")
     server, broker = PrivatePostgres(), PrivateRedis()

@@ -46,12 +46,38 @@ def beats(fault_stack: FaultStack, tmp_path: Path) -> Iterator[Beats]:
 def add_schedule(stack: FaultStack, tmp_path: Path, times: int) -> tuple[int, list[datetime]]:
     """A schedule every EVERY_S, ``times`` times, catching up every due time a beat missed; its id and due times."""
     path = tmp_path / f"beat-fault-{time.monotonic_ns()}.yaml"
-    path.write_text(yaml.safe_dump({"name": path.stem, "cycles": 1, "experiment": {
-        "backend": "vllm", "model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 16,
-                                                                     "output_len": 8}}}))
-    result = subprocess.run([str(BIN / "lem"), "schedule", "add", str(path), "--every", f"{EVERY_S}s", "--times",
-                             str(times), "--catch-up", str(times), "--json"], env=stack.env, capture_output=True,
-                            text=True, timeout=120)
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": path.stem,
+                "cycles": 1,
+                "experiment": {
+                    "backend": "vllm",
+                    "model": "random:llama-tiny",
+                    "workload": {"num_prompts": 2, "input_len": 16, "output_len": 8},
+                },
+            }
+        )
+    )
+    result = subprocess.run(
+        [
+            str(BIN / "lem"),
+            "schedule",
+            "add",
+            str(path),
+            "--every",
+            f"{EVERY_S}s",
+            "--times",
+            str(times),
+            "--catch-up",
+            str(times),
+            "--json",
+        ],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     schedule_id = json.loads(result.stdout)["id"]
     with session_scope() as s:
@@ -63,8 +89,14 @@ def add_schedule(stack: FaultStack, tmp_path: Path, times: int) -> tuple[int, li
 
 def due_times(schedule_id: int) -> list[datetime]:
     with session_scope() as s:
-        return [aware(d) for d in s.scalars(select(ScheduleFiring.due_at).where(
-            ScheduleFiring.schedule_id == schedule_id).order_by(ScheduleFiring.due_at))]
+        return [
+            aware(d)
+            for d in s.scalars(
+                select(ScheduleFiring.due_at)
+                .where(ScheduleFiring.schedule_id == schedule_id)
+                .order_by(ScheduleFiring.due_at)
+            )
+        ]
 
 
 def finished(schedule_id: int) -> bool:
@@ -78,9 +110,15 @@ def lock_holders() -> list[str]:
     from lem_planner.beat import BEAT_LOCK_ID
 
     with get_engine().connect() as c:
-        return list(c.scalars(text(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :k AND l.granted"), {"k": BEAT_LOCK_ID}))
+        return list(
+            c.scalars(
+                text(
+                    "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :k AND l.granted"
+                ),
+                {"k": BEAT_LOCK_ID},
+            )
+        )
 
 
 def database_outage(stack: FaultStack) -> None:
@@ -91,17 +129,21 @@ def database_outage(stack: FaultStack) -> None:
 
 
 def test_after_a_database_outage_the_beat_takes_its_lock_again_and_a_second_beat_is_refused(
-        fault_stack: FaultStack, beats: Beats, tmp_path: Path) -> None:
+    fault_stack: FaultStack, beats: Beats, tmp_path: Path
+) -> None:
     schedule_id, expected = add_schedule(fault_stack, tmp_path, times=14)
     first = beats.start("beat-1")
     wait_for(lambda: len(due_times(schedule_id)) >= 2, 60, "two firings by the first beat", poll=0.5)
 
     database_outage(fault_stack)
-    wait_for(lambda: lock_holders() == [f"lem-beat pid {first.pid} on {os.uname().nodename}"[:63]], 30,
-             "the first beat holding its lock again", poll=0.5)
+    wait_for(
+        lambda: lock_holders() == [f"lem-beat pid {first.pid} on {os.uname().nodename}"[:63]],
+        30,
+        "the first beat holding its lock again",
+        poll=0.5,
+    )
 
-    second = subprocess.run([str(BIN / "lem-beat")], env=fault_stack.env, capture_output=True, text=True,
-                            timeout=60)
+    second = subprocess.run([str(BIN / "lem-beat")], env=fault_stack.env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 1, second.stdout + second.stderr
     assert "another beat is running (lem-beat pid " in second.stderr and "Traceback" not in second.stderr
 
@@ -111,7 +153,8 @@ def test_after_a_database_outage_the_beat_takes_its_lock_again_and_a_second_beat
 
 
 def test_two_beats_through_a_database_outage_one_fires_and_the_standby_takes_over(
-        fault_stack: FaultStack, beats: Beats, tmp_path: Path) -> None:
+    fault_stack: FaultStack, beats: Beats, tmp_path: Path
+) -> None:
     schedule_id, expected = add_schedule(fault_stack, tmp_path, times=40)
     beats.start("beat-1")
     wait_for(lambda: len(due_times(schedule_id)) >= 2, 60, "two firings by the first beat", poll=0.5)
@@ -127,7 +170,7 @@ def test_two_beats_through_a_database_outage_one_fires_and_the_standby_takes_ove
     holders = lock_holders()
     assert len(holders) == 1, holders
     firing = [name for name in marks if beats.fired(name, schedule_id, since=marks[name])]
-    assert len(firing) == 1, {name: beats.log(name)[marks[name]:][-2000:] for name in marks}
+    assert len(firing) == 1, {name: beats.log(name)[marks[name] :][-2000:] for name in marks}
     holder = firing[0]
     assert holders == [f"lem-beat pid {beats.procs[holder][0].pid} on {os.uname().nodename}"[:63]]
     other = next(name for name in marks if name != holder)

@@ -83,8 +83,13 @@ def test_cancel_says_what_it_stopped_and_ends_a_run_nobody_measures(
     campaign_id = new_campaign(fault_stack.env, tmp_path, cycles=3)
     with session_scope() as s:  # what a worker killed long ago leaves: its run running, its heartbeat gone
         first = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id, Run.position == 0))
-        s.execute(update(Run).where(Run.id == first).values(
-            status="running", worker="ghost@nowhere", attempts=1, started_at=datetime.now(UTC) - timedelta(hours=1)))
+        s.execute(
+            update(Run)
+            .where(Run.id == first)
+            .values(
+                status="running", worker="ghost@nowhere", attempts=1, started_at=datetime.now(UTC) - timedelta(hours=1)
+            )
+        )
     cancelled = lem(fault_stack.env, "campaign", "cancel", str(campaign_id))
     assert cancelled.returncode == 0, cancelled.stderr
     assert "being stopped" not in cancelled.stdout
@@ -104,8 +109,13 @@ def test_cancel_keys_of_two_databases_on_one_broker_do_not_meet(
     ours = new_campaign(fault_stack.env, tmp_path, cycles=1)
     with session_scope() as s:  # a run a live worker is measuring, so the cancel sets the key its worker polls
         run = s.scalars(select(Run).where(Run.campaign_id == ours)).one()
-        s.execute(update(Run).where(Run.id == run.id).values(status="running", worker="busy@here", attempts=1,
-                                                             started_at=datetime.now(UTC) - timedelta(seconds=5)))
+        s.execute(
+            update(Run)
+            .where(Run.id == run.id)
+            .values(
+                status="running", worker="busy@here", attempts=1, started_at=datetime.now(UTC) - timedelta(seconds=5)
+            )
+        )
         run_key = run.run_key
     publish_worker_beat(broker, "busy@here", "pytorch", run_key)
     cancelled = lem(fault_stack.env, "campaign", "cancel", str(ours))
@@ -151,9 +161,13 @@ def test_a_campaign_whose_last_run_is_failed_by_reclaim_ends(
     campaign_id = new_campaign(fault_stack.env, tmp_path, cycles=1)
     long_ago = datetime.now(UTC) - timedelta(minutes=5)
     with session_scope() as s:
-        s.execute(update(Run).where(Run.campaign_id == campaign_id).values(
-            status="running", worker="vanished@gpu-host", attempts=get_settings().max_attempts,
-            started_at=long_ago))
+        s.execute(
+            update(Run)
+            .where(Run.campaign_id == campaign_id)
+            .values(
+                status="running", worker="vanished@gpu-host", attempts=get_settings().max_attempts, started_at=long_ago
+            )
+        )
     scheduler_pass(sender())
     with session_scope() as s:
         run = s.scalars(select(Run).where(Run.campaign_id == campaign_id)).one()

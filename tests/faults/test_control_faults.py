@@ -29,8 +29,9 @@ ENERGY_WAIT_S = 10
 
 @pytest.fixture
 def control(fault_stack: FaultStack, tmp_path: Path) -> Iterator[Workers]:
-    workers = Workers({**fault_stack.env, "LEM_ENERGY_WAIT_S": str(ENERGY_WAIT_S), "LEM_DISPATCH_INTERVAL_S": "1"},
-                      tmp_path)
+    workers = Workers(
+        {**fault_stack.env, "LEM_ENERGY_WAIT_S": str(ENERGY_WAIT_S), "LEM_DISPATCH_INTERVAL_S": "1"}, tmp_path
+    )
     workers.start("control", "lem-control")
     try:
         workers.wait_ready(make_celery("lem-tests"), ["control"])
@@ -59,7 +60,8 @@ def finalisations(log: str) -> int:
 
 
 def test_control_worker_survives_a_broker_restart_with_a_finalise_in_flight(
-        fault_stack: FaultStack, control: Workers) -> None:
+    fault_stack: FaultStack, control: Workers
+) -> None:
     """Both threads busy finalising (each waits for telemetry) and a duplicate of each queued behind them, when the
     broker is killed: the control worker stays up, reconnects, and each run is finalised once."""
     runs = [measured_run((time.time() - 5, time.time() - 1), f"GPU-fault-no-telemetry-{i}")[0] for i in range(2)]
@@ -75,8 +77,12 @@ def test_control_worker_survives_a_broker_restart_with_a_finalise_in_flight(
     assert process.poll() is None, "control exited on the broker loss:\n" + control.log("control")[-3000:]
     fault_stack.redis.start()
 
-    wait_for(lambda: all(status_of(r) == "done" for r in runs) or process.poll() is not None,
-             ENERGY_WAIT_S + 30, "the runs finalised (or the control worker gone)", poll=0.5)
+    wait_for(
+        lambda: all(status_of(r) == "done" for r in runs) or process.poll() is not None,
+        ENERGY_WAIT_S + 30,
+        "the runs finalised (or the control worker gone)",
+        poll=0.5,
+    )
     assert process.poll() is None, f"control exited ({process.returncode}):\n" + control.log("control")[-3000:]
     assert [status_of(r) for r in runs] == ["done", "done"]
     with session_scope() as s:
@@ -92,15 +98,15 @@ def test_control_worker_survives_a_broker_restart_with_a_finalise_in_flight(
 
 
 def test_a_measured_run_whose_finalise_was_lost_is_finalised_again_once(
-        fault_stack: FaultStack, control: Workers) -> None:
+    fault_stack: FaultStack, control: Workers
+) -> None:
     """No finalise message at all (the broker lost it): the scheduler pass re-sends one every second while the
     run is measured; however many arrive while the first waits for telemetry, the run is finalised once."""
     run_id, _ = measured_run((time.time() - 300, time.time() - 290), "GPU-fault-lost-finalise")
     with session_scope() as s:
         s.execute(update(Run).where(Run.id == run_id).values(finished_at=datetime.now(UTC) - timedelta(hours=1)))
 
-    wait_for(lambda: status_of(run_id) == "done", ENERGY_WAIT_S + 30, "the lost finalise re-sent and done",
-             poll=0.5)
+    wait_for(lambda: status_of(run_id) == "done", ENERGY_WAIT_S + 30, "the lost finalise re-sent and done", poll=0.5)
     time.sleep(3)  # re-sent duplicates still queued are taken and found finalised
     log = control.log("control")
     assert control.procs["control"][0].poll() is None, log[-3000:]

@@ -24,8 +24,12 @@ from tests.integration.lem_in_process import lem_in_process
 
 BIN = Path(sys.executable).parent
 TINY = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 16, "output_len": 8}}
-COMMANDS = [("campaign", "plan"), ("campaign", "validate"), ("campaign", "run", "--no-wait"),
-            ("schedule", "add", "--every", "1h")]
+COMMANDS = [
+    ("campaign", "plan"),
+    ("campaign", "validate"),
+    ("campaign", "run", "--no-wait"),
+    ("schedule", "add", "--every", "1h"),
+]
 
 
 def command(words: tuple[str, ...], file: Path) -> list[str]:
@@ -59,14 +63,19 @@ def write(tmp_path: Path, name: str, spec: dict) -> Path:
     return path
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ({"config_gap_s": float("inf")}, "config_gap_s: must be a finite number (got inf)"),
-    ({"thermal_gap": {"within_c": float("nan")}}, "thermal_gap.within_c: must be a finite number (got nan)"),
-    ({"seed": 2**63}, "seed: must be <= 9223372036854775807 (got 9223372036854775808)"),
-    ({"grid": {"measurement.min_window_s": [1, float("inf")]}}, "grid.measurement.min_window_s[1]: must be a "
-     "finite number"),
-    ({"cycle_gap_s": 1e10}, "cycle_gap_s: must be <= 86400"),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"config_gap_s": float("inf")}, "config_gap_s: must be a finite number (got inf)"),
+        ({"thermal_gap": {"within_c": float("nan")}}, "thermal_gap.within_c: must be a finite number (got nan)"),
+        ({"seed": 2**63}, "seed: must be <= 9223372036854775807 (got 9223372036854775808)"),
+        (
+            {"grid": {"measurement.min_window_s": [1, float("inf")]}},
+            "grid.measurement.min_window_s[1]: must be a finite number",
+        ),
+        ({"cycle_gap_s": 1e10}, "cycle_gap_s: must be <= 86400"),
+    ],
+)
 def test_values_that_used_to_fail_in_run_are_refused_by_every_command(
     fault_stack: FaultStack, tmp_path: Path, spec: dict, expected: str
 ) -> None:
@@ -80,8 +89,7 @@ def test_duplicate_keys_are_refused_naming_the_key_and_line(fault_stack: FaultSt
     file = tmp_path / "dup.yaml"
     file.write_text("name: dup\ncycles: 1\ncycles: 2\n")
     for words in COMMANDS:
-        refused(fault_stack, words, file, "not valid YAML (line 3, column 1): duplicate key 'cycles' (first at "
-                                          "line 2)")
+        refused(fault_stack, words, file, "not valid YAML (line 3, column 1): duplicate key 'cycles' (first at line 2)")
 
 
 def test_files_that_are_not_regular_utf8_text_are_refused_without_reading_them(
@@ -98,10 +106,13 @@ def test_files_that_are_not_regular_utf8_text_are_refused_without_reading_them(
     big = tmp_path / "big.yaml"
     big.write_text("name: big\n" + "#" * (2 * 1024 * 1024) + "\n")
     cases = [
-        (fifo, "not a regular file (a FIFO)"), (zero, "not a regular file (a character device)"),
-        (tmp_path, "not a regular file (a directory)"), (tmp_path / "missing.yaml", "no such file"),
+        (fifo, "not a regular file (a FIFO)"),
+        (zero, "not a regular file (a character device)"),
+        (tmp_path, "not a regular file (a directory)"),
+        (tmp_path / "missing.yaml", "no such file"),
         (utf16, "not UTF-8 text (it looks like UTF-16); save it as UTF-8"),
-        (latin1, "not UTF-8 text (byte 0xe9 at line 1, column 10"), (blob, "not "),
+        (latin1, "not UTF-8 text (byte 0xe9 at line 1, column 10"),
+        (blob, "not "),
         (big, f"{big.stat().st_size:,} bytes, over the limit of 1,048,576"),
     ]
     for file, expected in cases:
@@ -112,20 +123,33 @@ def test_files_that_are_not_regular_utf8_text_are_refused_without_reading_them(
     assert rows(fault_stack, Campaign) == 0 and rows(fault_stack, Schedule) == 0
 
 
-def test_a_billion_point_grid_and_a_million_runs_are_refused_at_once(fault_stack: FaultStack,
-                                                                       tmp_path: Path) -> None:
-    grid = write(tmp_path, "billion", {"grid": {"workload.seed": list(range(1000)),
-                                                "measurement.warmup_window": list(range(2, 1002)),
-                                                "measurement.warmup_max": list(range(1, 1001))}})
+def test_a_billion_point_grid_and_a_million_runs_are_refused_at_once(fault_stack: FaultStack, tmp_path: Path) -> None:
+    grid = write(
+        tmp_path,
+        "billion",
+        {
+            "grid": {
+                "workload.seed": list(range(1000)),
+                "measurement.warmup_window": list(range(2, 1002)),
+                "measurement.warmup_max": list(range(1, 1001)),
+            }
+        },
+    )
     runs = write(tmp_path, "million", {"cycles": 1000, "grid": {"workload.seed": list(range(1000))}})
     prompts = write(tmp_path, "prompts", {"experiment": {**TINY, "workload": {"num_prompts": 10**12}}})
     for words in COMMANDS:
         start = time.monotonic()
-        refused(fault_stack, words, grid, "grid: 1,000,000,000 points (pytorch: 1000 x 1000 x 1000), over the "
-                                          "limit of 1,000,000; split the campaign or raise LEM_MAX_GRID_POINTS")
+        refused(
+            fault_stack,
+            words,
+            grid,
+            "grid: 1,000,000,000 points (pytorch: 1000 x 1000 x 1000), over the "
+            "limit of 1,000,000; split the campaign or raise LEM_MAX_GRID_POINTS",
+        )
         assert time.monotonic() - start < 30
-        refused(fault_stack, words, runs, "1,000 experiments x 1,000 cycles = 1,000,000 runs, over the limit of "
-                                          "100,000")
+        refused(
+            fault_stack, words, runs, "1,000 experiments x 1,000 cycles = 1,000,000 runs, over the limit of 100,000"
+        )
         refused(fault_stack, words, prompts, "experiment.workload.num_prompts: must be <= 1000000")
     assert rows(fault_stack, Campaign) == 0 and rows(fault_stack, Schedule) == 0
 
@@ -138,17 +162,29 @@ def test_a_schedule_whose_firing_raises_is_recorded_once_not_retried_every_tick(
     engine = create_engine(fault_stack.env["LEM_DATABASE_URL"])
     now = datetime.now(UTC)
     with Session(engine) as s, s.begin():
-        row = Schedule(name="broken", source_path="/dev/null", campaign_text="name: broken\n", spec_hash="0" * 64,
-                       kind="every", every_s=0.0, timezone="UTC", start_at=now - timedelta(hours=1),
-                       overlap="queue", catch_up=1, paused=False, next_due_at=now - timedelta(seconds=1),
-                       occurrences=0)
+        row = Schedule(
+            name="broken",
+            source_path="/dev/null",
+            campaign_text="name: broken\n",
+            spec_hash="0" * 64,
+            kind="every",
+            every_s=0.0,
+            timezone="UTC",
+            start_at=now - timedelta(hours=1),
+            overlap="queue",
+            catch_up=1,
+            paused=False,
+            next_due_at=now - timedelta(seconds=1),
+            occurrences=0,
+        )
         s.add(row)
         s.flush()
         schedule_id = row.id
     log_path = tmp_path / "beat.log"
     with open(log_path, "w") as log:
-        beat = subprocess.Popen([str(BIN / "lem-beat")], env=fault_stack.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        beat = subprocess.Popen(
+            [str(BIN / "lem-beat")], env=fault_stack.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             time.sleep(12)
         finally:

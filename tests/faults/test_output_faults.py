@@ -45,11 +45,17 @@ def lem(fault_stack: FaultStack) -> Lem:
     """`lem` as a process of its own, for a command that must run under a file-size limit (the other tests run
     it in this process: what they check is what it prints and exits with)."""
 
-    def run(*args: str, env: dict[str, str] | None = None, max_file_bytes: int | None = None,
-            timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "lem"), *args], env=env or fault_stack.env, capture_output=True,
-                              text=True, timeout=timeout,
-                              preexec_fn=_limit_file_size(max_file_bytes) if max_file_bytes else None)
+    def run(
+        *args: str, env: dict[str, str] | None = None, max_file_bytes: int | None = None, timeout: float = 180
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "lem"), *args],
+            env=env or fault_stack.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            preexec_fn=_limit_file_size(max_file_bytes) if max_file_bytes else None,
+        )
 
     return run
 
@@ -80,9 +86,9 @@ def _one_clear_line(result: subprocess.CompletedProcess[str], code: int, *words:
 
 # --- item 4: a failed write destroys nothing ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
-def test_a_failed_export_leaves_the_existing_file_intact(lem: Lem, campaign_id: int, tmp_path: Path,
-                                                         fmt: str) -> None:
+def test_a_failed_export_leaves_the_existing_file_intact(lem: Lem, campaign_id: int, tmp_path: Path, fmt: str) -> None:
     target = tmp_path / f"runs.{fmt}"
     target.write_text(PRECIOUS)
     result = lem("results", "export", str(campaign_id), "--format", fmt, "-o", str(target), max_file_bytes=2048)
@@ -116,10 +122,11 @@ def full_device(tmp_path: Path) -> Path:
     return node
 
 
-@pytest.mark.parametrize("command", [["export", "--format", "csv"], ["export", "--format", "parquet"],
-                                     ["export", "--format", "json"], ["report"]])
-def test_a_device_is_refused_and_left_a_device(campaign_id: int, full_device: Path,
-                                               command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["export", "--format", "csv"], ["export", "--format", "parquet"], ["export", "--format", "json"], ["report"]],
+)
+def test_a_device_is_refused_and_left_a_device(campaign_id: int, full_device: Path, command: list[str]) -> None:
     before = os.stat(full_device)
     result = lem_in_process("results", command[0], str(campaign_id), *command[1:], "-o", str(full_device))
     _one_clear_line(result, 2, str(full_device), "not a regular file")
@@ -128,8 +135,7 @@ def test_a_device_is_refused_and_left_a_device(campaign_id: int, full_device: Pa
 
 
 @pytest.mark.parametrize("command", [["export"], ["report"]])
-def test_a_fifo_or_a_folder_is_refused_and_left_as_it_is(campaign_id: int, tmp_path: Path,
-                                                         command: list[str]) -> None:
+def test_a_fifo_or_a_folder_is_refused_and_left_as_it_is(campaign_id: int, tmp_path: Path, command: list[str]) -> None:
     fifo = tmp_path / "pipe.html"
     os.mkfifo(fifo)
     _one_clear_line(lem_in_process("results", command[0], str(campaign_id), "-o", str(fifo)), 2, str(fifo))
@@ -143,43 +149,58 @@ def test_a_fifo_or_a_folder_is_refused_and_left_as_it_is(campaign_id: int, tmp_p
 
 
 @pytest.mark.parametrize("command", [["export"], ["report"]])
-def test_export_and_report_both_refuse_a_missing_parent_folder(campaign_id: int, tmp_path: Path,
-                                                               command: list[str]) -> None:
+def test_export_and_report_both_refuse_a_missing_parent_folder(
+    campaign_id: int, tmp_path: Path, command: list[str]
+) -> None:
     missing = tmp_path / "no" / "such" / "folder" / "out.csv"
-    _one_clear_line(lem_in_process("results", command[0], str(campaign_id), "-o", str(missing)), 2,
-                    str(missing.parent), "does not exist")
+    _one_clear_line(
+        lem_in_process("results", command[0], str(campaign_id), "-o", str(missing)),
+        2,
+        str(missing.parent),
+        "does not exist",
+    )
     assert not (tmp_path / "no").exists()  # nothing created
     a_file = tmp_path / "plain-file"
     a_file.write_text(PRECIOUS)
-    _one_clear_line(lem_in_process("results", command[0], str(campaign_id), "-o", str(a_file / "out.csv")), 2,
-                    str(a_file), "not a folder")
+    _one_clear_line(
+        lem_in_process("results", command[0], str(campaign_id), "-o", str(a_file / "out.csv")),
+        2,
+        str(a_file),
+        "not a folder",
+    )
     assert a_file.read_text() == PRECIOUS
 
 
 # --- item 9: ids past PostgreSQL's integer, write errors, deep JSON ------------------------------------------------
 
-@pytest.mark.parametrize("args", [
-    ["results", "show", BEYOND_INT],
-    ["results", "show", "0"],
-    ["results", "export", BEYOND_INT, "-o", "{tmp}/x.csv"],
-    ["results", "report", BEYOND_INT, "-o", "{tmp}/x.html"],
-    ["results", "compare", BEYOND_INT, "1"],
-    ["results", "compare", "1", f"{BEYOND_INT}:0"],
-    ["results", "compare", f"1:{BEYOND_INT}", "1:0"],
-    ["campaign", "status", BEYOND_INT],
-    ["campaign", "resume", BEYOND_INT, "--no-wait"],
-    ["campaign", "cancel", BEYOND_INT],
-])
-def test_an_id_past_the_database_integer_is_one_line_and_exit_2(campaign_id: int, tmp_path: Path,
-                                                                args: list[str]) -> None:
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["results", "show", BEYOND_INT],
+        ["results", "show", "0"],
+        ["results", "export", BEYOND_INT, "-o", "{tmp}/x.csv"],
+        ["results", "report", BEYOND_INT, "-o", "{tmp}/x.html"],
+        ["results", "compare", BEYOND_INT, "1"],
+        ["results", "compare", "1", f"{BEYOND_INT}:0"],
+        ["results", "compare", f"1:{BEYOND_INT}", "1:0"],
+        ["campaign", "status", BEYOND_INT],
+        ["campaign", "resume", BEYOND_INT, "--no-wait"],
+        ["campaign", "cancel", BEYOND_INT],
+    ],
+)
+def test_an_id_past_the_database_integer_is_one_line_and_exit_2(
+    campaign_id: int, tmp_path: Path, args: list[str]
+) -> None:
     result = lem_in_process(*(a.replace("{tmp}", str(tmp_path)) for a in args))
     line = _one_clear_line(result, 2)
     assert "campaign" in line or "experiment" in line, line
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_json_file_nested_too_deeply_is_skipped_and_the_rest_imported(fault_stack: FaultStack,
-                                                                         tmp_path: Path) -> None:
+def test_a_json_file_nested_too_deeply_is_skipped_and_the_rest_imported(
+    fault_stack: FaultStack, tmp_path: Path
+) -> None:
     folder = tmp_path / "deep-results"
     shutil.copytree(LEGACY / "v3" / "aggregated", folder)
     (folder / "exp_20260301_000000.json").unlink()  # the unsupported one: leaves one good file
@@ -207,27 +228,39 @@ def test_a_json_file_nested_too_deeply_is_skipped_and_the_rest_imported(fault_st
 SECRET = "S3cret"
 
 
-@pytest.mark.parametrize("args", [
-    ["campaign", "list"],
-    ["campaign", "run", "{tmp}/c.yaml"],
-    ["campaign", "status", "1"],
-    ["campaign", "cancel", "1"],
-    ["campaign", "resume", "1", "--no-wait"],
-    ["results", "show", "1"],
-    ["results", "export", "1", "-o", "{tmp}/x.csv"],
-    ["results", "report", "1", "-o", "{tmp}/x.html"],
-    ["results", "compare", "1", "2"],
-    ["results", "import", "{tmp}"],
-    ["doctor"],
-    ["doctor", "--json"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["campaign", "list"],
+        ["campaign", "run", "{tmp}/c.yaml"],
+        ["campaign", "status", "1"],
+        ["campaign", "cancel", "1"],
+        ["campaign", "resume", "1", "--no-wait"],
+        ["results", "show", "1"],
+        ["results", "export", "1", "-o", "{tmp}/x.csv"],
+        ["results", "report", "1", "-o", "{tmp}/x.html"],
+        ["results", "compare", "1", "2"],
+        ["results", "import", "{tmp}"],
+        ["doctor"],
+        ["doctor", "--json"],
+    ],
+)
 def test_outage_errors_never_print_the_password(args: list[str], tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("name: t\ncycles: 1\nexperiment: {model: 'random:llama-tiny'}\n")
     (tmp_path / "a.json").write_text(json.dumps({"schema_version": "2.0.0", "experiment_id": "x"}))
-    env = {**os.environ, "LEM_DATABASE_URL": f"postgresql+psycopg://lem:{SECRET}@127.0.0.1:1/x",
-           "LEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:1/0", "LEM_RESULT_BACKEND": f"redis://:{SECRET}@127.0.0.1:1/1"}
-    result = subprocess.run([str(BIN / "lem"), *(a.replace("{tmp}", str(tmp_path)) for a in args)], env=env,
-                            capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "LEM_DATABASE_URL": f"postgresql+psycopg://lem:{SECRET}@127.0.0.1:1/x",
+        "LEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:1/0",
+        "LEM_RESULT_BACKEND": f"redis://:{SECRET}@127.0.0.1:1/1",
+    }
+    result = subprocess.run(
+        [str(BIN / "lem"), *(a.replace("{tmp}", str(tmp_path)) for a in args)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     text = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in text, text
     assert SECRET not in text, text
@@ -236,13 +269,16 @@ def test_outage_errors_never_print_the_password(args: list[str], tmp_path: Path)
 
 @pytest.mark.parametrize("entry_point", ["lem-control", "lem-telemetry", "lem-beat"])
 def test_service_startup_logs_never_print_the_password(entry_point: str, tmp_path: Path) -> None:
-    env = {**os.environ, "LEM_DATABASE_URL": f"postgresql+psycopg://lem:{SECRET}@127.0.0.1:1/x",
-           "LEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:1/0", "LEM_RESULT_BACKEND": f"redis://:{SECRET}@127.0.0.1:1/1",
-           "LEM_TELEMETRY_BUFFER_DIR": str(tmp_path / "buffer")}
+    env = {
+        **os.environ,
+        "LEM_DATABASE_URL": f"postgresql+psycopg://lem:{SECRET}@127.0.0.1:1/x",
+        "LEM_BROKER_URL": f"redis://:{SECRET}@127.0.0.1:1/0",
+        "LEM_RESULT_BACKEND": f"redis://:{SECRET}@127.0.0.1:1/1",
+        "LEM_TELEMETRY_BUFFER_DIR": str(tmp_path / "buffer"),
+    }
     log = tmp_path / "log"
     with log.open("w") as f:
-        process = subprocess.Popen([str(BIN / entry_point)], env=env, stdout=f, stderr=subprocess.STDOUT,
-                                   cwd=tmp_path)
+        process = subprocess.Popen([str(BIN / entry_point)], env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path)
         try:
             deadline = 60.0
             while deadline > 0 and "127.0.0.1:1" not in log.read_text(errors="replace"):

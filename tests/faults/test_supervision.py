@@ -17,8 +17,13 @@ SERVICES = Path(__file__).resolve().parents[2] / "scripts" / "services.sh"
 def test_an_exiting_process_is_restarted_and_term_stops_supervisor_and_process(tmp_path: Path) -> None:
     starts = tmp_path / "starts"
     env = {**os.environ, "LEM_RESTART_DELAY_S": "0.2"}
-    crashing = subprocess.Popen([str(SERVICES), "supervise", "crasher", "sh", "-c", f"echo $$ >> {starts}; exit 3"],
-                                env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    crashing = subprocess.Popen(
+        [str(SERVICES), "supervise", "crasher", "sh", "-c", f"echo $$ >> {starts}; exit 3"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_for(lambda: starts.exists() and len(starts.read_text().split()) >= 3, 30, "three starts")
     finally:
@@ -27,8 +32,11 @@ def test_an_exiting_process_is_restarted_and_term_stops_supervisor_and_process(t
     assert "supervise: crasher exited with status 3; starting it again" in err
 
     pids = tmp_path / "pids"
-    lasting = subprocess.Popen([str(SERVICES), "supervise", "sleeper", "sh", "-c", f"echo $$ >> {pids}; exec sleep 60"],
-                               env=env, start_new_session=True)
+    lasting = subprocess.Popen(
+        [str(SERVICES), "supervise", "sleeper", "sh", "-c", f"echo $$ >> {pids}; exec sleep 60"],
+        env=env,
+        start_new_session=True,
+    )
     child = int(wait_for(lambda: pids.exists() and pids.read_text().split(), 30, "the process started")[0])
     time.sleep(0.5)
     lasting.send_signal(signal.SIGTERM)

@@ -26,8 +26,11 @@ from tests.integration.conftest import BIN
 from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 
-RUN = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 32, "output_len": 48},
-       "measurement": {"min_window_s": 1.0, "warmup_min": 2, "warmup_max": 3}}
+RUN = {
+    "model": "random:llama-tiny",
+    "workload": {"num_prompts": 2, "input_len": 32, "output_len": 48},
+    "measurement": {"min_window_s": 1.0, "warmup_min": 2, "warmup_max": 3},
+}
 
 
 def long_run(window_s: float) -> dict:
@@ -56,8 +59,6 @@ def start_campaign(stack: FaultStack, tmp_path: Path, name: str, **spec: object)
     assert started.returncode == 0, started.stderr
     with session_scope() as s:
         return int(s.scalar(select(Campaign.id).order_by(Campaign.id.desc()).limit(1)))
-
-
 
 
 def start_workers(stack: FaultStack, *names: str, control: bool = True, **settings: str) -> None:
@@ -90,8 +91,9 @@ def test_a_worker_restarted_under_its_own_name_gets_its_stale_run_requeued(stack
     # name never goes silent. Not longer than that needs: the control worker reclaims nothing until the broker has
     # been up one lifetime, and this module's broker is new (90 s here kept the requeue waiting 75 s).
     start_workers(stack, "pytorch-r", worker_heartbeat_ttl_s="30")
-    victim = wait_for(lambda: next((r for r in runs_of(campaign_id) if r.status == "running"), None), 120,
-                      "the run to start")
+    victim = wait_for(
+        lambda: next((r for r in runs_of(campaign_id) if r.status == "running"), None), 120, "the run to start"
+    )
     kill_group(stack, "pytorch-r")
     start_workers(stack, "pytorch-r", control=False, worker_heartbeat_ttl_s="30")  # back, same hostname
 
@@ -129,8 +131,9 @@ def test_postgres_stopped_mid_measurement_the_run_still_ends_once(stack: FaultSt
     campaign_id = start_campaign(stack, tmp_path, "pg-outage", cycles=2, experiment=long_run(2))
     start_workers(stack, "pytorch-p")
     # The second run finds its model loaded: its 2 s window closes well inside the outage.
-    second = wait_for(lambda: (r := runs_of(campaign_id)[1]).status == "running" and r, 180,
-                      "the second run to start", poll=0.01)
+    second = wait_for(
+        lambda: (r := runs_of(campaign_id)[1]).status == "running" and r, 180, "the second run to start", poll=0.01
+    )
     get_engine().dispose()
     stack.postgres.stop()
 
@@ -152,8 +155,9 @@ def test_postgres_stopped_mid_measurement_the_run_still_ends_once(stack: FaultSt
 def test_redis_restarted_mid_measurement_the_run_is_measured_once(stack: FaultStack, tmp_path: Path) -> None:
     campaign_id = start_campaign(stack, tmp_path, "redis-restart", cycles=1, experiment=long_run(25))
     start_workers(stack, "pytorch-a", "pytorch-b")
-    running = wait_for(lambda: next((r for r in runs_of(campaign_id) if r.status == "running"), None), 120,
-                       "the run to start")
+    running = wait_for(
+        lambda: next((r for r in runs_of(campaign_id) if r.status == "running"), None), 120, "the run to start"
+    )
     time.sleep(2)
     stack.redis.kill()  # every heartbeat vanishes with it
     time.sleep(1)
@@ -169,27 +173,32 @@ def test_redis_restarted_mid_measurement_the_run_is_measured_once(stack: FaultSt
     assert run.run_key not in stack.workers.log(other)  # the other worker was never sent it
 
 
-def test_a_task_forged_on_the_broker_is_refused_and_the_manifest_is_measured(
-    stack: FaultStack, tmp_path: Path
-) -> None:
+def test_a_task_forged_on_the_broker_is_refused_and_the_manifest_is_measured(stack: FaultStack, tmp_path: Path) -> None:
     # `campaign run` sends a run for every live worker: the earlier tests' workers, stopped, keep a heartbeat for
     # one lifetime, and the genuine message would then be queued ahead of the forged one
     wait_for(lambda: not live_workers(redis_client()), 60, "the stopped workers' heartbeats to expire")
     campaign_id = start_campaign(stack, tmp_path, "forged", cycles=1)
     with session_scope() as s:
         run, experiment, campaign = s.execute(
-            select(Run, Experiment, Campaign).join(Experiment, Run.experiment_id == Experiment.id)
-            .join(Campaign, Run.campaign_id == Campaign.id).where(Run.campaign_id == campaign_id)).one()
+            select(Run, Experiment, Campaign)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .join(Campaign, Run.campaign_id == Campaign.id)
+            .where(Run.campaign_id == campaign_id)
+        ).one()
         genuine = run_request(run, experiment, campaign)
     forged_experiment = {**genuine.experiment, "workload": {**genuine.experiment["workload"], "output_len": 7}}
     forged = genuine.model_copy(update={"experiment": forged_experiment})
     app = make_celery("lem-fault-tests")
-    app.send_task(RUN_TASK, args=[forged.model_dump(mode="json")], task_id=genuine.run_key,
-                  queue=QueueName.PYTORCH.value)
+    app.send_task(
+        RUN_TASK, args=[forged.model_dump(mode="json")], task_id=genuine.run_key, queue=QueueName.PYTORCH.value
+    )
     start_workers(stack, "pytorch-f", control=False)  # no control worker yet: only the forged task is queued
 
-    wait_for(lambda: "does not match the manifest" in (runs_of(campaign_id)[0].error or ""), 60,
-             "the worker to refuse the forged task")
+    wait_for(
+        lambda: "does not match the manifest" in (runs_of(campaign_id)[0].error or ""),
+        60,
+        "the worker to refuse the forged task",
+    )
     assert runs_of(campaign_id)[0].status == "pending"
 
     start_workers(stack, control=True)  # the scheduler sends the genuine message

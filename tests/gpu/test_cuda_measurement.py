@@ -35,8 +35,12 @@ def test_engine_host_window_energy_on_the_gpu() -> None:
     sampler.start()
     engine = EngineHost("lem_worker_pytorch.adapter:TransformersAdapter", "cuda:0", timeout_s=600)
     try:
-        experiment = ExperimentConfig(model="random:llama-1b", dtype="bfloat16", batch_size=16,
-                                      workload=SyntheticWorkload(num_prompts=64, input_len=128, output_len=128))
+        experiment = ExperimentConfig(
+            model="random:llama-1b",
+            dtype="bfloat16",
+            batch_size=16,
+            workload=SyntheticWorkload(num_prompts=64, input_len=128, output_len=128),
+        )
         m = engine.measure(experiment.model_dump(mode="json"))
         time.sleep(0.5)
     finally:

@@ -19,8 +19,9 @@ class Beats:
 
     def start(self, name: str, *argv: str) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed in stop
-        proc = subprocess.Popen([str(BIN / "lem-beat"), *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(BIN / "lem-beat"), *argv], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = (proc, log)
         return proc
 

@@ -87,8 +87,16 @@ class Workers:
 
     def start(self, name: str, *argv: str) -> None:
         log = open(self.log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed when the process is stopped
-        self.procs[name] = (subprocess.Popen([str(BIN / argv[0]), *argv[1:]], env=self.env, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True), log)
+        self.procs[name] = (
+            subprocess.Popen(
+                [str(BIN / argv[0]), *argv[1:]],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            ),
+            log,
+        )
 
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text()
@@ -147,7 +155,6 @@ def lem(stack_env: dict[str, str]):  # noqa: ANN201
     """Run the real `lem` command line against the test stack."""
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "lem"), *args], env=stack_env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run([str(BIN / "lem"), *args], env=stack_env, capture_output=True, text=True, timeout=timeout)
 
     return run

@@ -17,28 +17,58 @@ def utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def measured_run(window: tuple[float, float], gpu_uuid: str, output_tokens: int = 1,
-                 phases: dict | None = None) -> tuple[int, int]:
+def measured_run(
+    window: tuple[float, float], gpu_uuid: str, output_tokens: int = 1, phases: dict | None = None
+) -> tuple[int, int]:
     """(run id, campaign id) of a new one-run campaign whose run was measured over ``window`` on ``gpu_uuid``."""
     with session_scope() as s:
         campaign = Campaign(name="measured-run", spec={}, spec_hash="0" * 64)
         s.add(campaign)
         s.flush()
         config = ExperimentConfig().model_dump(mode="json")
-        experiment = Experiment(campaign_id=campaign.id, index=0, backend="pytorch", config=config,
-                                config_hash="0" * 64)
+        experiment = Experiment(
+            campaign_id=campaign.id, index=0, backend="pytorch", config=config, config_hash="0" * 64
+        )
         s.add(experiment)
         s.flush()
-        run = Run(run_key=run_key(campaign.id, {}, 0), campaign_id=campaign.id, experiment_id=experiment.id,
-                  cycle=0, status="measured", attempts=1, device="cuda:0", gpu_uuid=gpu_uuid, phases=phases,
-                  window_start=utc(window[0]), window_end=utc(window[1]))
+        run = Run(
+            run_key=run_key(campaign.id, {}, 0),
+            campaign_id=campaign.id,
+            experiment_id=experiment.id,
+            cycle=0,
+            status="measured",
+            attempts=1,
+            device="cuda:0",
+            gpu_uuid=gpu_uuid,
+            phases=phases,
+            window_start=utc(window[0]),
+            window_end=utc(window[1]),
+        )
         s.add(run)
         s.flush()
-        s.add(RunMetrics(run_id=run.id, requests=1, input_tokens=1, output_tokens=output_tokens, duration_s=1,
-                         tokens_per_s=1, requests_per_s=1, latency_mean_s=1, latency_p50_s=1, latency_p95_s=1,
-                         ttft_mean_s=None, peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0,
-                         model_reused=False, warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01,
-                         passes=1))
+        s.add(
+            RunMetrics(
+                run_id=run.id,
+                requests=1,
+                input_tokens=1,
+                output_tokens=output_tokens,
+                duration_s=1,
+                tokens_per_s=1,
+                requests_per_s=1,
+                latency_mean_s=1,
+                latency_p50_s=1,
+                latency_p95_s=1,
+                ttft_mean_s=None,
+                peak_memory_bytes=None,
+                peak_memory_kind="none",
+                model_load_s=0,
+                model_reused=False,
+                warmup_iterations=5,
+                warmup_converged=True,
+                warmup_final_cv=0.01,
+                passes=1,
+            )
+        )
         return run.id, campaign.id
 
 

@@ -84,8 +84,11 @@ def start_daemon(database_url: str, source: str, tmp_path: Path, name: str = "te
     daemon = Daemon(env, tmp_path / f"{name}.log", tmp_path)
     # Ready once it says what it samples (its signal handlers are set before that): a SIGTERM sent while it is
     # still importing would kill it before it can flush.
-    wait_for(lambda: not daemon.alive() or any(marker in daemon.log() for marker in READY_MARKERS), 60,
-             "lem-telemetry to start sampling")
+    wait_for(
+        lambda: not daemon.alive() or any(marker in daemon.log() for marker in READY_MARKERS),
+        60,
+        "lem-telemetry to start sampling",
+    )
     return daemon
 
 

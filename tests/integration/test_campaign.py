@@ -20,8 +20,11 @@ from lem_shared.queues import RUN_TASK, QueueName
 SMALL = {
     "name": "two-batch-sizes",
     "cycles": 1,
-    "experiment": {"model": "random:llama-tiny", "workload": {"num_prompts": 4, "input_len": 16, "output_len": 8},
-                   "measurement": {"min_window_s": 0.2}},
+    "experiment": {
+        "model": "random:llama-tiny",
+        "workload": {"num_prompts": 4, "input_len": 16, "output_len": 8},
+        "measurement": {"min_window_s": 0.2},
+    },
     "grid": {"batch_size": [1, 2]},
 }
 
@@ -78,8 +81,7 @@ def test_campaign_runs_end_to_end_and_lands_in_postgres(finished_campaign: int) 
             assert f"vs {0.05:g}" in checks["warmup_converged"]["message"]
             assert checks["latency_spread"]["status"] in ("pass", "warning")
             assert "batch latency CV" in checks["latency_spread"]["message"]
-            assert all(checks[n]["status"] == "skipped" and checks[n]["message"] == NO_TELEMETRY
-                       for n in ENERGY_CHECKS)
+            assert all(checks[n]["status"] == "skipped" and checks[n]["message"] == NO_TELEMETRY for n in ENERGY_CHECKS)
             statuses = {c["status"] for c in checks.values()}
             assert m.verdict == ("warning" if "warning" in statuses else "valid")
 
@@ -102,8 +104,13 @@ def test_redelivered_task_for_a_finished_run_does_nothing(finished_campaign: int
         run = s.scalars(select(Run).where(Run.campaign_id == finished_campaign).order_by(Run.id)).first()
         assert run is not None
         timings_before = s.scalar(select(func.count()).where(BatchTimingRow.run_id == run.id))
-        message = RunRequest(run_key=run.run_key, run_id=run.id, campaign_id=run.campaign_id, cycle=run.cycle,
-                             experiment=run.experiment.config).model_dump(mode="json")
+        message = RunRequest(
+            run_key=run.run_key,
+            run_id=run.id,
+            campaign_id=run.campaign_id,
+            cycle=run.cycle,
+            experiment=run.experiment.config,
+        ).model_dump(mode="json")
     # The same message again, as the broker would redeliver it after a lost acknowledgement.
     reply = celery_app.send_task(RUN_TASK, args=[message], queue=QueueName.PYTORCH.value, task_id=str(uuid.uuid4()))
     assert reply.get(timeout=60) == {"run_key": message["run_key"], "status": "duplicate"}
@@ -114,9 +121,16 @@ def test_redelivered_task_for_a_finished_run_does_nothing(finished_campaign: int
 
 
 def test_worker_answers_ping_during_a_run(workers, lem, celery_app, tmp_path: Path) -> None:  # noqa: ANN001
-    slow = {**SMALL, "name": "slow", "grid": {},
-            "experiment": {**SMALL["experiment"], "workload": {"num_prompts": 2, "input_len": 128, "output_len": 96},
-                           "measurement": {"min_window_s": 0.2, "warmup_max": 4}}}
+    slow = {
+        **SMALL,
+        "name": "slow",
+        "grid": {},
+        "experiment": {
+            **SMALL["experiment"],
+            "workload": {"num_prompts": 2, "input_len": 128, "output_len": 96},
+            "measurement": {"min_window_s": 0.2, "warmup_max": 4},
+        },
+    }
     started = lem("campaign", "run", str(write(tmp_path, slow)), "--no-wait")
     assert started.returncode == 0, started.stderr
     campaign_id = max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout))
@@ -128,8 +142,9 @@ def test_worker_answers_ping_during_a_run(workers, lem, celery_app, tmp_path: Pa
             break
         time.sleep(0.1)
     assert status == "running"
-    replies = celery_app.control.ping(destination=[r for r in _worker_names(celery_app) if r.startswith("pytorch@")],
-                                      timeout=2.0)
+    replies = celery_app.control.ping(
+        destination=[r for r in _worker_names(celery_app) if r.startswith("pytorch@")], timeout=2.0
+    )
     assert replies and all(list(r.values())[0] == {"ok": "pong"} for r in replies)
     with session_scope() as s:
         assert s.scalar(select(Run.status).where(Run.campaign_id == campaign_id)) == "running"
@@ -152,10 +167,17 @@ def _wait_finished(campaign_id: int, timeout: float = 120) -> str:
 
 
 def test_engine_failure_fails_the_run_with_its_reason_and_the_worker_carries_on(
-    workers, lem, celery_app, tmp_path: Path  # noqa: ANN001
+    workers,
+    lem,
+    celery_app,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
-    broken = {**SMALL, "name": "missing-model", "grid": {},
-              "experiment": {**SMALL["experiment"], "model": "lem-tests/no-such-model"}}
+    broken = {
+        **SMALL,
+        "name": "missing-model",
+        "grid": {},
+        "experiment": {**SMALL["experiment"], "model": "lem-tests/no-such-model"},
+    }
     result = lem("campaign", "run", str(write(tmp_path, broken)), "--wait")
     assert result.returncode == 1
     assert "ended failed" in result.stderr and "Traceback" not in result.stderr + result.stdout
@@ -180,7 +202,11 @@ def test_engine_failure_fails_the_run_with_its_reason_and_the_worker_carries_on(
     ],
 )
 def test_bad_campaign_is_rejected_before_anything_is_written(
-    stack_env, lem, tmp_path: Path, spec: dict, expected: str  # noqa: ANN001
+    stack_env,
+    lem,
+    tmp_path: Path,
+    spec: dict,
+    expected: str,  # noqa: ANN001
 ) -> None:
     before = campaign_count()
     result = lem("campaign", "run", str(write(tmp_path, spec)), "--wait")

@@ -25,9 +25,13 @@ def test_validate_json_is_a_dict_and_a_bad_file_still_exits_2_on_stderr(lem, tmp
     assert (summary["campaign"], summary["experiments"], summary["cycles"], summary["runs"]) == ("j", 2, 2, 4)
     assert len(summary["labels"]) == 2
 
-    for text, says in [("grid: {batchsize: [1]}", "grid.batchsize: unknown parameter; did you mean batch_size"),
-                       ("experiment: {pytorch: {generation: {top_kk: 1}}}",
-                        "experiment.pytorch.generation.top_kk: unknown key; did you mean top_k")]:
+    for text, says in [
+        ("grid: {batchsize: [1]}", "grid.batchsize: unknown parameter; did you mean batch_size"),
+        (
+            "experiment: {pytorch: {generation: {top_kk: 1}}}",
+            "experiment.pytorch.generation.top_kk: unknown key; did you mean top_k",
+        ),
+    ]:
         bad = tmp_path / "bad.yaml"
         bad.write_text(f"name: j\n{text}\n")
         refused = lem("campaign", "validate", str(bad), "--json")
@@ -41,8 +45,7 @@ def test_db_upgrade_without_a_server_names_the_fix(lem, stack_env: dict[str, str
     from tests.integration.conftest import BIN
 
     env = {**stack_env, "LEM_DATABASE_URL": "postgresql+psycopg://lem:secret@127.0.0.1:1/nothing"}
-    result = subprocess.run([str(BIN / "lem"), "db", "upgrade"], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([str(BIN / "lem"), "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -58,8 +61,10 @@ def test_db_upgrade_json(lem) -> None:  # noqa: ANN001
 
 # No vllm worker runs in the tests: a vllm campaign stays running with its runs pending, so `campaign run`,
 # `resume` and `cancel` are seen on a live campaign without any compute.
-VLLM_CAMPAIGN = ("name: json-vllm\ncycles: 2\nexperiment: {backend: vllm, model: random:llama-tiny, "
-                 "workload: {num_prompts: 2, input_len: 8, output_len: 4}}\ngrid: {batch_size: [1, 2]}\n")
+VLLM_CAMPAIGN = (
+    "name: json-vllm\ncycles: 2\nexperiment: {backend: vllm, model: random:llama-tiny, "
+    "workload: {num_prompts: 2, input_len: 8, output_len: 4}}\ngrid: {batch_size: [1, 2]}\n"
+)
 
 
 def _one_line_error(result, code: int, says: str) -> None:  # noqa: ANN001
@@ -85,28 +90,46 @@ def test_campaign_run_resume_cancel_json(lem, tmp_path: Path) -> None:  # noqa: 
     run = json.loads(started.stdout)
     campaign_id = run["campaign_id"]
     assert isinstance(campaign_id, int)
-    assert (run["name"], run["status"], run["experiments"], run["cycles"], run["runs"]) == ("json-vllm", "running",
-                                                                                           2, 2, 4)
+    assert (run["name"], run["status"], run["experiments"], run["cycles"], run["runs"]) == (
+        "json-vllm",
+        "running",
+        2,
+        2,
+        4,
+    )
     assert run["counts"] == {"pending": 4}
 
     resumed = lem("campaign", "resume", str(campaign_id), "--no-wait", "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     assert (summary["campaign_id"], summary["status"], summary["finished"], summary["total"]) == (
-        campaign_id, "running", 0, 4)
+        campaign_id,
+        "running",
+        0,
+        4,
+    )
     assert set(summary["requeued"]) >= {"dispatched", "running"}
 
     cancelled = lem("campaign", "cancel", str(campaign_id), "--json")
     assert cancelled.returncode == 0, cancelled.stderr
-    assert json.loads(cancelled.stdout) == {"campaign_id": campaign_id, "cancelled": True, "queued": 4,
-                                            "stopping": 0, "orphaned": 0, "already": None}
+    assert json.loads(cancelled.stdout) == {
+        "campaign_id": campaign_id,
+        "cancelled": True,
+        "queued": 4,
+        "stopping": 0,
+        "orphaned": 0,
+        "already": None,
+    }
     again = json.loads(lem("campaign", "cancel", str(campaign_id), "--json").stdout)
     assert again["cancelled"] is False and again["already"] == "cancelled"
 
     _one_line_error(lem("campaign", "resume", str(campaign_id), "--no-wait", "--json"), 1, "was cancelled")
     for command in (("cancel",), ("resume", "--no-wait"), ("status",)):  # an id that names nothing: exit 2
-        _one_line_error(lem("campaign", command[0], "2147483647", *command[1:], "--json"), 2,
-                        "no campaign 2147483647; `lem campaign list` shows the ones there are")
+        _one_line_error(
+            lem("campaign", command[0], "2147483647", *command[1:], "--json"),
+            2,
+            "no campaign 2147483647; `lem campaign list` shows the ones there are",
+        )
     _one_line_error(lem("campaign", "cancel", "0", "--json"), 2, "no campaign 0")
 
 
@@ -146,16 +169,22 @@ def test_params_discover_json_writes_to_the_user_cache(stack_env: dict[str, str]
 
     source = Path(__file__).resolve().parents[1] / "data" / "params" / "trtllm_src"
     env = {**stack_env, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run([str(BIN / "lem"), "params", "discover", "trtllm", "--source", str(source), "--json"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [str(BIN / "lem"), "params", "discover", "trtllm", "--source", str(source), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     path = tmp_path / "cache" / "lem" / "snapshots" / "trtllm-0.0.2.json"
     assert summary["path"] == str(path) and path.is_file()
     assert (summary["backend"], summary["engine_version"]) == ("trtllm", "0.0.2")
     assert summary["parameters"] == sum(summary["groups"].values()) == len(json.loads(path.read_text())["parameters"])
-    missing = subprocess.run([str(BIN / "lem"), "params", "discover", "vllm", "--json"], env=env,
-                             capture_output=True, text=True, timeout=120)
+    missing = subprocess.run(
+        [str(BIN / "lem"), "params", "discover", "vllm", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
     _one_line_error(missing, 2, "vllm discovery needs --source PATH")
 
 

@@ -35,8 +35,16 @@ def tables(url: str) -> set[str]:
 def test_schema_downgrades_to_base_and_upgrades_again(scratch_database: str) -> None:
     config = alembic_config(scratch_database)
     command.upgrade(config, "head")
-    assert {"campaigns", "experiments", "runs", "run_metrics", "batch_timings", "gpu_samples", "host_samples",
-            "environments"} <= tables(scratch_database)
+    assert {
+        "campaigns",
+        "experiments",
+        "runs",
+        "run_metrics",
+        "batch_timings",
+        "gpu_samples",
+        "host_samples",
+        "environments",
+    } <= tables(scratch_database)
     command.downgrade(config, "base")
     assert tables(scratch_database) == {"alembic_version"}
     command.upgrade(config, "head")
@@ -119,8 +127,9 @@ def test_data_written_at_the_first_revision_survives_head_and_back(scratch_datab
         with engine.connect() as connection:
             for table in tables_at_first:
                 assert {c.name for c in after.tables[table.name].columns} == {c.name for c in table.columns}
-                assert _dump(connection, after.tables[table.name], [c.name for c in table.columns]) == \
-                    before[table.name], table.name
+                assert (
+                    _dump(connection, after.tables[table.name], [c.name for c in table.columns]) == before[table.name]
+                ), table.name
     finally:
         engine.dispose()
 

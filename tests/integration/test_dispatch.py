@@ -20,8 +20,11 @@ from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 
 # Each run lasts a few seconds on a CPU: long enough to be caught mid-run, short enough for CI.
-RUN = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 32, "output_len": 48},
-       "measurement": {"min_window_s": 1.0, "warmup_min": 2, "warmup_max": 3}}
+RUN = {
+    "model": "random:llama-tiny",
+    "workload": {"num_prompts": 2, "input_len": 32, "output_len": 48},
+    "measurement": {"min_window_s": 1.0, "warmup_min": 2, "warmup_max": 3},
+}
 
 
 def campaign_file(tmp_path: Path, name: str, **spec: object) -> Path:
@@ -34,10 +37,11 @@ def latest_campaign(lem) -> int:  # noqa: ANN001
     return max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout))
 
 
-
-
 def test_worker_killed_mid_run_its_run_is_requeued_and_every_run_is_done_once(
-    workers, lem, celery_app, tmp_path: Path  # noqa: ANN001
+    workers,
+    lem,
+    celery_app,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     workers.start("pytorch-a", "lem-worker-pytorch", "--hostname", "pytorch-a@%h")
     workers.start("pytorch-b", "lem-worker-pytorch", "--hostname", "pytorch-b@%h")
@@ -50,14 +54,20 @@ def test_worker_killed_mid_run_its_run_is_requeued_and_every_run_is_done_once(
 
 def killed_one_of_two(workers, lem, tmp_path: Path) -> None:  # noqa: ANN001
     ours = ("pytorch-a@", "pytorch-b@")
-    path = campaign_file(tmp_path, "kill-one", cycles=3, structure="interleaved",
-                         grid={"workload.output_len": [40, 48]})
+    path = campaign_file(
+        tmp_path, "kill-one", cycles=3, structure="interleaved", grid={"workload.output_len": [40, 48]}
+    )
     started = lem("campaign", "run", str(path), "--no-wait")
     assert started.returncode == 0, started.stderr
     campaign_id = latest_campaign(lem)
 
-    victim = wait_for(lambda: next((r for r in runs_of(campaign_id) if r.status == "running"
-                                    and (r.worker or "").startswith(ours)), None), 120, "a run on pytorch-a or -b")
+    victim = wait_for(
+        lambda: next(
+            (r for r in runs_of(campaign_id) if r.status == "running" and (r.worker or "").startswith(ours)), None
+        ),
+        120,
+        "a run on pytorch-a or -b",
+    )
     name = victim.worker.split("@")[0]
     os.killpg(workers.procs[name][0].pid, signal.SIGKILL)  # the worker and its engine host, no goodbye
 
@@ -97,7 +107,9 @@ def test_cancel_stops_the_running_run_before_its_window_ends(workers, lem, tmp_p
 
 
 def test_resume_sends_lost_runs_again_and_never_reruns_finished_ones(
-    workers, lem, tmp_path: Path  # noqa: ANN001
+    workers,
+    lem,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     done = lem("campaign", "run", str(campaign_file(tmp_path, "resume-me", cycles=2)))
     assert done.returncode == 0, done.stderr
@@ -118,10 +130,12 @@ def test_resume_sends_lost_runs_again_and_never_reruns_finished_ones(
 
 
 def test_each_backend_gets_its_own_queue_and_missing_backends_are_named(
-    workers, lem, celery_app, tmp_path: Path  # noqa: ANN001
+    workers,
+    lem,
+    celery_app,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
-    path = campaign_file(tmp_path, "three-backends", cycles=1,
-                         backends={"pytorch": {}, "vllm": {}, "trtllm": {}})
+    path = campaign_file(tmp_path, "three-backends", cycles=1, backends={"pytorch": {}, "vllm": {}, "trtllm": {}})
     refused = lem("campaign", "run", str(path))
     assert refused.returncode == 1
     assert "no live worker for backend(s) trtllm, vllm" in refused.stderr
@@ -134,11 +148,15 @@ def test_each_backend_gets_its_own_queue_and_missing_backends_are_named(
     with session_scope() as s:
         from lem_shared.db.models import Experiment
 
-        for run, backend in s.execute(select(Run, Experiment.backend).join(Experiment)
-                                      .where(Run.campaign_id == campaign_id)):
+        for run, backend in s.execute(
+            select(Run, Experiment.backend).join(Experiment).where(Run.campaign_id == campaign_id)
+        ):
             by_backend[backend] = run.run_key
-    wait_for(lambda: next(r for r in runs_of(campaign_id) if r.run_key == by_backend["pytorch"]).status == "done",
-             120, "the pytorch run")
+    wait_for(
+        lambda: next(r for r in runs_of(campaign_id) if r.run_key == by_backend["pytorch"]).status == "done",
+        120,
+        "the pytorch run",
+    )
     # No vllm or trtllm worker: their runs wait, pending, instead of sitting in a queue nobody reads.
     assert {r.status for r in runs_of(campaign_id) if r.run_key != by_backend["pytorch"]} == {"pending"}
 

@@ -25,11 +25,22 @@ def _checks(result: subprocess.CompletedProcess[str]) -> tuple[dict, dict[str, d
 def test_doctor_reports_broker_database_and_the_telemetry_heartbeat(
     stack_env: dict[str, str], lem: Lem, h200_trace_dir: Path, tmp_path: Path
 ) -> None:
-    daemon = start_daemon(stack_env["LEM_DATABASE_URL"], f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
-                          tmp_path, broker_url=stack_env["LEM_BROKER_URL"], telemetry_heartbeat_s=0.2)
+    daemon = start_daemon(
+        stack_env["LEM_DATABASE_URL"],
+        f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
+        tmp_path,
+        broker_url=stack_env["LEM_BROKER_URL"],
+        telemetry_heartbeat_s=0.2,
+    )
     try:
-        wait_for(lambda: any(b.get("gpu_uuid") == REPLAY_UUID for b in read_heartbeats(stack_env["LEM_BROKER_URL"]))
-                 or not daemon.alive(), 15, "the telemetry heartbeat")
+        wait_for(
+            lambda: (
+                any(b.get("gpu_uuid") == REPLAY_UUID for b in read_heartbeats(stack_env["LEM_BROKER_URL"]))
+                or not daemon.alive()
+            ),
+            15,
+            "the telemetry heartbeat",
+        )
         assert daemon.alive(), daemon.log()
         result = lem("doctor", "--json", timeout=60)
     finally:
@@ -79,8 +90,7 @@ def test_a_broker_that_is_down_fails_the_probe_within_its_timeout() -> None:
             assert took < 3.0, (says, took)  # one attempt of BROKER_TIMEOUT_S: no retries with back-off
 
 
-def test_doctor_with_the_broker_down_exits_1_and_stderr_stays_empty_off_a_terminal(
-        stack_env: dict[str, str]) -> None:
+def test_doctor_with_the_broker_down_exits_1_and_stderr_stays_empty_off_a_terminal(stack_env: dict[str, str]) -> None:
     import socket
 
     with socket.socket() as closed:
@@ -98,8 +108,7 @@ def test_doctor_with_the_broker_down_exits_1_and_stderr_stays_empty_off_a_termin
 def test_doctor_on_a_terminal_shows_each_check_as_it_completes_on_stderr_only(stack_env: dict[str, str]) -> None:
     from tests.terminal import stderr_on_a_terminal
 
-    _, stdout, shown = stderr_on_a_terminal([str(Path(sys.executable).with_name("lem")), "doctor", "--json"],
-                                            stack_env)
+    _, stdout, shown = stderr_on_a_terminal([str(Path(sys.executable).with_name("lem")), "doctor", "--json"], stack_env)
     payload = json.loads(stdout)  # stdout is the JSON and nothing else
     positions = [shown.find(f"{check['name']}: ") for check in payload["checks"]]
     assert all(p >= 0 for p in positions), shown[-3000:]

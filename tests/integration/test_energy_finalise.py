@@ -20,19 +20,30 @@ from tests.integration.manifest import measured_run, utc
 REPLAY_UUID = "GPU-replay-h200-finalise-test"
 
 
-
-
 @pytest.fixture
 def replayed_trace(stack_env, h200_trace_dir: Path):  # noqa: ANN001, ANN201
     rows = []
     with open(h200_trace_dir / "h200_nvml_trace.jsonl") as f:
         for line in f:
             r = json.loads(line)
-            rows.append({"host": "h200-replay", "gpu_uuid": REPLAY_UUID, "gpu_index": 0, "time": utc(r["t"]),
-                         "source": "nvml-replay", "power_w": r["power_mw"] / 1000, "energy_mj": r["energy_mj"],
-                         "temperature_c": r["temp_c"], "sm_clock_mhz": r["sm_mhz"], "mem_clock_mhz": r["mem_mhz"],
-                         "clock_event_reasons": r["reasons"], "memory_used_bytes": r["mem_used_b"],
-                         "utilization_gpu": r["util_gpu"], "utilization_memory": r["util_mem"]})
+            rows.append(
+                {
+                    "host": "h200-replay",
+                    "gpu_uuid": REPLAY_UUID,
+                    "gpu_index": 0,
+                    "time": utc(r["t"]),
+                    "source": "nvml-replay",
+                    "power_w": r["power_mw"] / 1000,
+                    "energy_mj": r["energy_mj"],
+                    "temperature_c": r["temp_c"],
+                    "sm_clock_mhz": r["sm_mhz"],
+                    "mem_clock_mhz": r["mem_mhz"],
+                    "clock_event_reasons": r["reasons"],
+                    "memory_used_bytes": r["mem_used_b"],
+                    "utilization_gpu": r["util_gpu"],
+                    "utilization_memory": r["util_mem"],
+                }
+            )
     with session_scope() as s:
         s.execute(insert(GpuSample), rows)
     marks = {}
@@ -45,13 +56,14 @@ def replayed_trace(stack_env, h200_trace_dir: Path):  # noqa: ANN001, ANN201
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPLAY_UUID))
 
 
-
-
 def test_finalise_attaches_counter_energy_of_the_window_and_closes_the_campaign(replayed_trace: dict) -> None:
     # decode at batch 1 of a random-initialised 0.85 B Llama on the H200: 1143.8 J by the counter, 256 tokens.
     start, end = replayed_trace["decode_bs1_start"], replayed_trace["decode_bs1_end"]
-    phases = {"deep_idle": [replayed_trace["idle_start"], replayed_trace["idle_end"]],
-              "idle_before": [start - 2.5, start - 0.5], "idle_after": [end + 0.5, end + 2.5]}
+    phases = {
+        "deep_idle": [replayed_trace["idle_start"], replayed_trace["idle_end"]],
+        "idle_before": [start - 2.5, start - 0.5],
+        "idle_after": [end + 0.5, end + 2.5],
+    }
     run_id, campaign_id = measured_run((start, end), REPLAY_UUID, output_tokens=256, phases=phases)
     assert finalise_run(run_id, wait_s=0) == "finalised"
     with session_scope() as s:
@@ -114,12 +126,15 @@ def _counter_at(t: float, trace_dir: Path) -> int:
 
 
 def _edges(start: float, end: float, start_mj: int, end_mj: int, uuid: str = REPLAY_UUID) -> dict:
-    return {"start": {"t": start, "read_s": 0.004, "gpus": {uuid: {"energy_mj": start_mj, "power_instant_w": None}}},
-            "end": {"t": end, "read_s": 0.004, "gpus": {uuid: {"energy_mj": end_mj, "power_instant_w": None}}}}
+    return {
+        "start": {"t": start, "read_s": 0.004, "gpus": {uuid: {"energy_mj": start_mj, "power_instant_w": None}}},
+        "end": {"t": end, "read_s": 0.004, "gpus": {uuid: {"energy_mj": end_mj, "power_instant_w": None}}},
+    }
 
 
-def test_the_edge_reads_are_the_energy_and_telemetry_is_the_cross_check(replayed_trace: dict,
-                                                                         h200_trace_dir: Path) -> None:
+def test_the_edge_reads_are_the_energy_and_telemetry_is_the_cross_check(
+    replayed_trace: dict, h200_trace_dir: Path
+) -> None:
     # A 2 s window at the start of the batch-16 decode: the edge reads are the counter at those instants.
     start = replayed_trace["decode_bs16_start"]
     end = start + 2.0
@@ -138,8 +153,12 @@ def test_the_edge_reads_are_the_energy_and_telemetry_is_the_cross_check(replayed
         assert metrics.analysis["energy_counter_j"] == pytest.approx(metrics.energy_j, rel=0.10)
 
     # Edge reads that do not match the samples (another GPU's counter, a skewed clock): flagged, never hidden.
-    off = _edges(start, end, exact["start"]["gpus"][REPLAY_UUID]["energy_mj"],
-                 exact["start"]["gpus"][REPLAY_UUID]["energy_mj"] + int(1.5 * edges_mj))
+    off = _edges(
+        start,
+        end,
+        exact["start"]["gpus"][REPLAY_UUID]["energy_mj"],
+        exact["start"]["gpus"][REPLAY_UUID]["energy_mj"] + int(1.5 * edges_mj),
+    )
     run_id, _ = measured_run((start, end), REPLAY_UUID, output_tokens=64, phases={"edges": off})
     assert finalise_run(run_id, wait_s=0) == "finalised"
     with session_scope() as s:
@@ -156,5 +175,8 @@ def test_the_edge_reads_are_the_energy_and_telemetry_is_the_cross_check(replayed
         assert metrics is not None and metrics.analysis is not None
         assert metrics.energy_source == "nvml_energy_counter"
         checks = {c["name"]: c for c in metrics.analysis["checks"]}
-        assert checks["edges_vs_telemetry"] == {"name": "edges_vs_telemetry", "status": "skipped",
-                                                "message": "no counter reads at the window's edges"}
+        assert checks["edges_vs_telemetry"] == {
+            "name": "edges_vs_telemetry",
+            "status": "skipped",
+            "message": "no counter reads at the window's edges",
+        }

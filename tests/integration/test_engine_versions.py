@@ -21,7 +21,8 @@ experiment:
 
 
 def test_a_real_worker_advertises_its_engine_version_and_the_plan_uses_it(  # noqa: ANN001
-        workers, lem, tmp_path: Path) -> None:
+    workers, lem, tmp_path: Path
+) -> None:
     installed = version("transformers")
     beats = [b for b in live_workers(redis_client()).values() if b["backend"] == "pytorch"]
     assert beats and {b["engine_version"] for b in beats} == {installed}
@@ -29,14 +30,18 @@ def test_a_real_worker_advertises_its_engine_version_and_the_plan_uses_it(  # no
     file.write_text("name: pt\nexperiment: {backend: pytorch}\n")
     result = lem("campaign", "plan", str(file))
     assert result.returncode == 0, result.stderr
-    assert f"pytorch: checked against snapshot pytorch-{installed} (live pytorch workers run transformers " \
-           f"{installed})" in result.stderr
+    assert (
+        f"pytorch: checked against snapshot pytorch-{installed} (live pytorch workers run transformers "
+        f"{installed})" in result.stderr
+    )
     file.write_text("name: pt\nengine_versions: {pytorch: 5.17.0}\nexperiment: {backend: pytorch}\n")
     result = lem("campaign", "plan", str(file))
     assert result.returncode == 0, result.stderr
     assert "checked against snapshot pytorch-5.17.0 (pinned by engine_versions.pytorch: 5.17.0)" in result.stderr
-    assert f"engine_versions pins transformers 5.17.0, but live workers run {beats[0]['name']}: {installed}" \
-           in " ".join(result.stderr.split())
+    assert (
+        f"engine_versions pins transformers 5.17.0, but live workers run {beats[0]['name']}: {installed}"
+        in " ".join(result.stderr.split())
+    )
 
 
 def test_the_vllm_version_live_workers_advertise_picks_the_snapshot(lem, tmp_path: Path) -> None:  # noqa: ANN001
@@ -59,7 +64,8 @@ def test_the_vllm_version_live_workers_advertise_picks_the_snapshot(lem, tmp_pat
             publish_worker_beat(connection, name, "vllm", None, engine_version)
         result = lem("campaign", "plan", str(file))
         assert result.returncode == 2
-        assert "live workers run different vLLM versions (vllm-a@test: 0.26.0, vllm-b@test: 0.33.0)" \
-               in " ".join(result.stderr.split())
+        assert "live workers run different vLLM versions (vllm-a@test: 0.26.0, vllm-b@test: 0.33.0)" in " ".join(
+            result.stderr.split()
+        )
     finally:
         connection.delete(*(WORKER_KEY_PREFIX + name for name in names))

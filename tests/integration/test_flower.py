@@ -72,8 +72,10 @@ def _poll(check: Callable[[], Any], what: str, flower: Flower, timeout: float) -
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"Flower did not show {what} within {timeout:.0f} s; last answer: {value!r}\n"
-                                 f"Flower's log:\n{flower.tail()}")
+            raise AssertionError(
+                f"Flower did not show {what} within {timeout:.0f} s; last answer: {value!r}\n"
+                f"Flower's log:\n{flower.tail()}"
+            )
         time.sleep(0.5)
 
 
@@ -89,7 +91,10 @@ def flower(stack_env: dict[str, str], workers, tmp_path: Path) -> Iterator[Flowe
     log = open(log_path, "w")  # noqa: SIM115 - closed in the finaliser
     proc = subprocess.Popen(
         [str(BIN / "lem-flower"), "--address=127.0.0.1", f"--port={port}"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     handle = Flower(f"http://127.0.0.1:{port}", auth, log_path)
     try:
@@ -136,8 +141,11 @@ def _kinds(names: set[str]) -> set[str]:
 def _succeeded(flower: Flower, task_ids: set[str]) -> dict[str, dict] | None:
     """Flower's tasks of those ids, once all of them have reached SUCCESS."""
     status, body = flower.get("/api/tasks")
-    done = {task_id: t for task_id, t in body.items() if task_id in task_ids and t.get("state") == "SUCCESS"} \
-        if status == 200 else {}
+    done = (
+        {task_id: t for task_id, t in body.items() if task_id in task_ids and t.get("state") == "SUCCESS"}
+        if status == 200
+        else {}
+    )
     return done if set(done) == task_ids else None
 
 
@@ -149,7 +157,10 @@ def _succeeded_named(flower: Flower, task_name: str, count: int) -> dict[str, di
 
 
 def test_flower_api_needs_credentials_and_shows_the_campaigns_workers_and_tasks(
-    flower: Flower, workers, lem: Lem, tmp_path: Path  # noqa: ANN001
+    flower: Flower,
+    workers,
+    lem: Lem,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     assert flower.get("/api/workers", auth=False)[0] == 401
     assert flower.get("/api/tasks", auth=False)[0] == 401
@@ -160,22 +171,28 @@ def test_flower_api_needs_credentials_and_shows_the_campaigns_workers_and_tasks(
 
     # Wait until Flower's event consumer is live (the workers' heartbeats reach it): events sent before that
     # would never reach it, and the test would depend on a race.
-    _poll(lambda: _kinds(_alive_workers(flower)) >= {"pytorch", "control"}, "the workers' heartbeats", flower,
-          timeout=20)
+    _poll(
+        lambda: _kinds(_alive_workers(flower)) >= {"pytorch", "control"}, "the workers' heartbeats", flower, timeout=20
+    )
 
     spec = tmp_path / "campaign.yaml"
     spec.write_text(yaml.safe_dump(TINY))
     result = lem("campaign", "run", str(spec), "--timeout", "60", timeout=90)
     assert result.returncode == 0, result.stdout + result.stderr + workers.log("pytorch")[-3000:]
-    campaign_id = max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout)
-                      if c["name"] == TINY["name"])
+    campaign_id = max(
+        c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout) if c["name"] == TINY["name"]
+    )
     records = json.loads(lem("results", "show", str(campaign_id), "--json").stdout)
     run_keys = {r["run_key"] for r in records}
     task_names = {r["run_key"]: f"run {TINY['name']}#{campaign_id}/experiment 0/cycle {r['cycle']}" for r in records}
     assert len(run_keys) == TINY["cycles"] and all(r["status"] == "done" for r in records)
 
-    names = _poll(lambda: (w := _listed_workers(flower)) and _kinds(w) >= {"pytorch", "control"} and w,
-                  "a pytorch@ and a control@ worker", flower, timeout=20)
+    names = _poll(
+        lambda: (w := _listed_workers(flower)) and _kinds(w) >= {"pytorch", "control"} and w,
+        "a pytorch@ and a control@ worker",
+        flower,
+        timeout=20,
+    )
     pytorch = next(n for n in names if n.startswith("pytorch@"))
 
     # This Flower started before the campaign and saw only its tasks: one lem.run_experiment per run, its task id
@@ -185,8 +202,12 @@ def test_flower_api_needs_credentials_and_shows_the_campaigns_workers_and_tasks(
     for task_id, task in runs.items():
         assert task["name"] == task_names[task_id] and task["worker"] == pytorch, task
     assert flower.get(f"/api/tasks?taskname={RUN_TASK}")[1] == {}  # the shadow name replaces the task's name
-    finalised = _poll(lambda: _succeeded_named(flower, FINALISE_TASK, len(run_keys)),
-                      f"{FINALISE_TASK} tasks in state SUCCESS", flower, timeout=20)
+    finalised = _poll(
+        lambda: _succeeded_named(flower, FINALISE_TASK, len(run_keys)),
+        f"{FINALISE_TASK} tasks in state SUCCESS",
+        flower,
+        timeout=20,
+    )
     assert len(finalised) == len(run_keys), finalised
     for task in finalised.values():
         assert task["state"] == "SUCCESS" and task["worker"].startswith("control@"), task

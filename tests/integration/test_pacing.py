@@ -27,8 +27,7 @@ GPU = "GPU-standin-thermal-0001"
 
 
 def request(campaign_id: int, cycle: int, **schedule: object) -> RunRequest:
-    return RunRequest(run_key="0" * 64, run_id=1, campaign_id=campaign_id, cycle=cycle, experiment={},
-                      **schedule)  # type: ignore[arg-type]
+    return RunRequest(run_key="0" * 64, run_id=1, campaign_id=campaign_id, cycle=cycle, experiment={}, **schedule)  # type: ignore[arg-type]
 
 
 def test_config_and_cycle_gaps_apply_only_between_runs_of_one_campaign(stack_env) -> None:  # noqa: ANN001
@@ -46,8 +45,19 @@ def test_config_and_cycle_gaps_apply_only_between_runs_of_one_campaign(stack_env
 def test_thermal_gap_waits_until_the_gpu_is_near_its_idle_temperature(stack_env) -> None:  # noqa: ANN001
     now = datetime.now(UTC)
     with session_scope() as s:
-        s.add_all([GpuSample(host="standin", gpu_uuid=GPU, gpu_index=0, time=now - timedelta(seconds=60 - i),
-                             source="standin", temperature_c=31.0 + (i % 2)) for i in range(10)])  # idle ~31.5 C
+        s.add_all(
+            [
+                GpuSample(
+                    host="standin",
+                    gpu_uuid=GPU,
+                    gpu_index=0,
+                    time=now - timedelta(seconds=60 - i),
+                    source="standin",
+                    temperature_c=31.0 + (i % 2),
+                )
+                for i in range(10)
+            ]
+        )  # idle ~31.5 C
     connection = redis_client()
 
     def heartbeat(temperature: float) -> None:
@@ -58,8 +68,9 @@ def test_thermal_gap_waits_until_the_gpu_is_near_its_idle_temperature(stack_env)
     cooling.start()
     try:
         state = GpuState(last=(999, 0), gpu_uuid=GPU)
-        paused = pace(request(999, 0, thermal_gap={"within_c": 5.0, "max_wait_s": 30.0}), state, connection,
-                      threading.Event())
+        paused = pace(
+            request(999, 0, thermal_gap={"within_c": 5.0, "max_wait_s": 30.0}), state, connection, threading.Event()
+        )
     finally:
         cooling.cancel()
         connection.delete(gpu_key(GPU))
@@ -74,8 +85,9 @@ def test_thermal_gap_gives_up_at_its_cap_and_says_so(stack_env) -> None:  # noqa
     publish(connection, [(gpu_key(GPU), {"time": time.time(), "temperature_c": 80.0})], ttl_s=30)
     try:
         state = GpuState(last=(999, 0), gpu_uuid=GPU)
-        thermal = pace(request(999, 1, thermal_gap={"within_c": 2.0, "max_wait_s": 1.0}), state, connection,
-                       threading.Event())["thermal"]
+        thermal = pace(
+            request(999, 1, thermal_gap={"within_c": 2.0, "max_wait_s": 1.0}), state, connection, threading.Event()
+        )["thermal"]
     finally:
         connection.delete(gpu_key(GPU))
     assert not thermal["reached"] and 1.0 <= thermal["waited_s"] < 3 and thermal["end_c"] == 80.0
@@ -83,19 +95,32 @@ def test_thermal_gap_gives_up_at_its_cap_and_says_so(stack_env) -> None:  # noqa
 
 def test_force_cold_start_loads_the_model_for_every_run(workers, lem, tmp_path: Path) -> None:  # noqa: ANN001
     path = tmp_path / "cold.yaml"
-    path.write_text(yaml.safe_dump({
-        "name": "cold", "cycles": 2, "force_cold_start": True, "cycle_gap_s": 0.5,
-        "experiment": {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
-                       "measurement": {"min_window_s": 0, "warmup_min": 1, "warmup_max": 2}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cold",
+                "cycles": 2,
+                "force_cold_start": True,
+                "cycle_gap_s": 0.5,
+                "experiment": {
+                    "model": "random:llama-tiny",
+                    "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
+                    "measurement": {"min_window_s": 0, "warmup_min": 1, "warmup_max": 2},
+                },
+            }
+        )
+    )
     result = lem("campaign", "run", str(path))
     assert result.returncode == 0, result.stderr
     campaign_id = max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout))
     with session_scope() as s:
         assert s.scalar(select(Campaign.status).where(Campaign.id == campaign_id)) == "done"
-        rows = s.execute(select(Run.phases, RunMetrics.model_reused, RunMetrics.model_load_s)
-                         .join(RunMetrics, RunMetrics.run_id == Run.id)
-                         .where(Run.campaign_id == campaign_id).order_by(Run.position)).all()
+        rows = s.execute(
+            select(Run.phases, RunMetrics.model_reused, RunMetrics.model_load_s)
+            .join(RunMetrics, RunMetrics.run_id == Run.id)
+            .where(Run.campaign_id == campaign_id)
+            .order_by(Run.position)
+        ).all()
     assert [reused for _, reused, _ in rows] == [False, False]  # a fresh engine process each time
     for phases, _, load_s in rows:
         start, end = phases["model_load"]

@@ -22,9 +22,12 @@ def test_every_cpu_capable_pytorch_parameter_runs_for_real(workers, lem) -> None
     listed = json.loads(lem("campaign", "list", "--json").stdout)
     campaign_id = max(c["id"] for c in listed if c["name"] == "audit-pytorch-cpu")
     with session_scope() as s:
-        rows = s.execute(select(Run, Experiment, RunMetrics).join(Experiment, Run.experiment_id == Experiment.id)
-                         .outerjoin(RunMetrics, RunMetrics.run_id == Run.id)
-                         .where(Run.campaign_id == campaign_id)).all()
+        rows = s.execute(
+            select(Run, Experiment, RunMetrics)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .outerjoin(RunMetrics, RunMetrics.run_id == Run.id)
+            .where(Run.campaign_id == campaign_id)
+        ).all()
         failed = {json.dumps(e.config["pytorch"]): r.error for r, e, _ in rows if r.status != "done"}
         assert failed == {}
         assert sorted(e.config_hash for _, e, _ in rows) == sorted(plan.config_hashes)

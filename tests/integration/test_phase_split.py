@@ -17,9 +17,12 @@ from lem_shared.db.session import session_scope
 SPLIT = {
     "name": "phase-split-cpu",
     "cycles": 1,
-    "experiment": {"model": "random:llama-tiny", "batch_size": 2,
-                   "workload": {"num_prompts": 2, "input_len": 64, "output_len": 16},
-                   "measurement": {"min_window_s": 1, "warmup_max": 4, "phase_split": True, "profiler": "flops"}},
+    "experiment": {
+        "model": "random:llama-tiny",
+        "batch_size": 2,
+        "workload": {"num_prompts": 2, "input_len": 64, "output_len": 16},
+        "measurement": {"min_window_s": 1, "warmup_max": 4, "phase_split": True, "profiler": "flops"},
+    },
 }
 
 
@@ -28,8 +31,9 @@ def test_phase_split_and_counted_flops_reach_the_results(workers, lem, tmp_path:
     spec.write_text(yaml.safe_dump(SPLIT))
     result = lem("campaign", "run", str(spec), "--wait")
     assert result.returncode == 0, result.stdout + result.stderr + workers.log("pytorch")[-3000:]
-    campaign_id = max(c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout)
-                      if c["name"] == "phase-split-cpu")
+    campaign_id = max(
+        c["id"] for c in json.loads(lem("campaign", "list", "--json").stdout) if c["name"] == "phase-split-cpu"
+    )
     [record] = json.loads(lem("results", "show", str(campaign_id), "--json").stdout)
     split = record["phase_split"]
     prefill, decode = split["per_prompt"]["prefill"], split["per_prompt"]["decode"]

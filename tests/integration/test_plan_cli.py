@@ -27,17 +27,24 @@ def test_plan_json_lists_experiments_per_backend_and_skipped_points(lem, tmp_pat
     plan = json.loads(result.stdout)
     assert plan["campaign"]["name"] == "plan-cli"
     cache = [e["config"]["pytorch"]["generation"].get("cache_implementation") for e in plan["experiments"]]
-    assert [(e["index"], e["backend"], e["config"]["batch_size"], c) for e, c in zip(plan["experiments"], cache,
-                                                                                     strict=True)] == [
-        (0, "pytorch", 1, "dynamic"), (1, "pytorch", 1, "static"), (2, "pytorch", 4, "dynamic"),
-        (3, "pytorch", 4, "static"), (4, "vllm", 1, None), (5, "trtllm", 2, None),
+    assert [
+        (e["index"], e["backend"], e["config"]["batch_size"], c)
+        for e, c in zip(plan["experiments"], cache, strict=True)
+    ] == [
+        (0, "pytorch", 1, "dynamic"),
+        (1, "pytorch", 1, "static"),
+        (2, "pytorch", 4, "dynamic"),
+        (3, "pytorch", 4, "static"),
+        (4, "vllm", 1, None),
+        (5, "trtllm", 2, None),
     ]
     for e in plan["experiments"]:
         canonical = json.dumps(e["config"], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert e["config_hash"] == hashlib.sha256(canonical.encode()).hexdigest()
     axis = "pytorch.generation.cache_implementation"
-    skipped = {(s["point"]["backend"], s["point"]["batch_size"], s["point"][axis]): s["reason"]
-               for s in plan["skipped"]}
+    skipped = {
+        (s["point"]["backend"], s["point"]["batch_size"], s["point"][axis]): s["reason"] for s in plan["skipped"]
+    }
     assert len(skipped) == 7
     assert skipped[("vllm", 1, "static")] == "the pytorch section applies to backend pytorch only (this is vllm)"
     assert skipped[("vllm", 4, None)] == "excluded by exclude[0]"

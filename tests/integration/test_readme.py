@@ -50,11 +50,23 @@ RUN_ANYWAY = ("lem schedule list",)  # run although a NOT_RUN key covers them
 
 # Values for the README's placeholders: parsing needs a value of the right type; runs get real ones.
 PLACEHOLDERS = {
-    "FILE": "configs/campaigns/default.yaml", "FILE.csv": "{tmp}/runs.csv", "FILE.parquet": "{tmp}/runs.parquet",
-    "FILE.json": "{tmp}/runs.json", "report.html": "{tmp}/report.html",
-    "DIR": "{legacy}", "T.jsonl": "tests/data/h200/h200_nvml_trace.jsonl",
-    "W.jsonl": "tests/data/h200/h200_nvml_windows.jsonl", "ID": "{id}", "CAMPAIGN_ID": "{id}", "A": "{id}",
-    "B": "{id}", "N": "200", "S": "0", "F": "csv", "BACKEND": "pytorch", "ISO-TIME": "2099-01-01T00:00",
+    "FILE": "configs/campaigns/default.yaml",
+    "FILE.csv": "{tmp}/runs.csv",
+    "FILE.parquet": "{tmp}/runs.parquet",
+    "FILE.json": "{tmp}/runs.json",
+    "report.html": "{tmp}/report.html",
+    "DIR": "{legacy}",
+    "T.jsonl": "tests/data/h200/h200_nvml_trace.jsonl",
+    "W.jsonl": "tests/data/h200/h200_nvml_windows.jsonl",
+    "ID": "{id}",
+    "CAMPAIGN_ID": "{id}",
+    "A": "{id}",
+    "B": "{id}",
+    "N": "200",
+    "S": "0",
+    "F": "csv",
+    "BACKEND": "pytorch",
+    "ISO-TIME": "2099-01-01T00:00",
 }
 EXIT_STATUS = {"lem results import": 1, "lem doctor": None}  # the fixture holds bad files; no workers run here
 
@@ -70,7 +82,7 @@ class Command:
         return shlex.split(self.text)
 
     def starts_with(self, prefix: str) -> bool:
-        return self.words()[:len(prefix.split())] == prefix.split()
+        return self.words()[: len(prefix.split())] == prefix.split()
 
 
 def _split_comment(line: str) -> tuple[str, str]:
@@ -81,7 +93,7 @@ def _split_comment(line: str) -> tuple[str, str]:
         elif char in "'\"":
             quote = char
         elif char == "#" and (i == 0 or line[i - 1].isspace()):
-            return line[:i].rstrip(), line[i + 1:].strip()
+            return line[:i].rstrip(), line[i + 1 :].strip()
     return line.rstrip(), ""
 
 
@@ -163,8 +175,9 @@ def resolve(words: list[str]) -> tuple[list[str], Any, list[str]]:
     while hasattr(command, "commands") and rest and not rest[0].startswith(("-", "[")):
         sub = command.commands.get(rest[0])
         if sub is None:
-            pytest.fail(f"`lem {' '.join(path)}` has no subcommand {rest[0]!r} "
-                        f"(it has {', '.join(sorted(command.commands))})")
+            pytest.fail(
+                f"`lem {' '.join(path)}` has no subcommand {rest[0]!r} (it has {', '.join(sorted(command.commands))})"
+            )
         path.append(rest.pop(0))
         command = sub
     return path, command, rest
@@ -202,7 +215,7 @@ def lem_variants(command: Command) -> Iterator[list[str]]:
     `docker compose run ... control lem ...` as the lem command inside it."""
     words = command.words()
     if words[0] == "docker":
-        words = words[words.index("lem"):]
+        words = words[words.index("lem") :]
     parts = [list(group) for is_bar, group in itertools.groupby(words, lambda w: w == "|") if not is_bar]
     lead, _, _ = resolve(parts[0])
     for part in parts:
@@ -256,26 +269,32 @@ def _check(command: Command) -> None:
             path, leaf, rest = resolve(variant)
             known = _option_names(leaf)
             for option in _options_named(rest, command.comment):
-                assert option in known, (f"README line {command.line}: `lem {' '.join(path)}` has no option "
-                                         f"{option} (it has {', '.join(sorted(known))})")
+                assert option in known, (
+                    f"README line {command.line}: `lem {' '.join(path)}` has no option "
+                    f"{option} (it has {', '.join(sorted(known))})"
+                )
             if not command.inline and not hasattr(leaf, "commands"):
                 values = {"tmp": "/tmp", "legacy": "tests/data/legacy_results", "id": "1"}
                 args = [fill(w, values) for w in rest]
                 try:
                     leaf.make_context(" ".join(["lem", *path]), args)
                 except TyperException as exc:
-                    pytest.fail(f"README line {command.line}: `lem {' '.join(path)} {' '.join(args)}` does not "
-                                f"parse: {exc.format_message()}")
+                    pytest.fail(
+                        f"README line {command.line}: `lem {' '.join(path)} {' '.join(args)}` does not "
+                        f"parse: {exc.format_message()}"
+                    )
     elif head == "make":
         makefile = _makefile()
         for word in words[1:]:
             if "=" in word:
                 variable = word.split("=")[0]
-                assert re.search(rf"\$[({{]{variable}[)}}]|^{variable}\s*[?:]?=", makefile, re.M), \
+                assert re.search(rf"\$[({{]{variable}[)}}]|^{variable}\s*[?:]?=", makefile, re.M), (
                     f"README line {command.line}: the Makefile does not read {variable}"
+                )
             else:
-                assert re.search(rf"^{re.escape(word)}:", makefile, re.M), \
+                assert re.search(rf"^{re.escape(word)}:", makefile, re.M), (
                     f"README line {command.line}: the Makefile has no target {word}"
+                )
     elif head.startswith("lem-"):
         assert (BIN / head).exists(), f"README line {command.line}: {head} is not an installed entry point"
     elif head == "docker":
@@ -285,13 +304,15 @@ def _check(command: Command) -> None:
             if flag == "--profile":
                 assert value in profiles, f"README line {command.line}: compose.yaml has no profile {value}"
         if "run" in words:
-            service = next(w for w in words[words.index("run") + 1:] if not w.startswith("-") and ":" not in w)
+            service = next(w for w in words[words.index("run") + 1 :] if not w.startswith("-") and ":" not in w)
             assert service in compose["services"], f"README line {command.line}: no compose service {service}"
     elif head in ("python3", ".venv/bin/python", "cp", "export"):
         pass  # their paths are checked above; what they do needs the GPU host or changes the checkout
     else:
-        pytest.fail(f"README line {command.line}: `{command.text}`: a kind of command this test does not know; "
-                    "teach it here, or add it to NOT_RUN with the reason")
+        pytest.fail(
+            f"README line {command.line}: `{command.text}`: a kind of command this test does not know; "
+            "teach it here, or add it to NOT_RUN with the reason"
+        )
 
 
 def test_every_readme_command_names_what_exists() -> None:
@@ -311,23 +332,30 @@ def test_every_path_in_the_readme_exists() -> None:
 
 
 def test_the_checks_fail_on_a_renamed_option_subcommand_target_or_file() -> None:
-    for text, says in [("lem results show ID --experimentz", "has no option --experimentz"),
-                       ("lem results shw ID", "has no subcommand 'shw'"),
-                       ("lem campaign plan FILE --limit x", "does not parse"),
-                       ("make campain", "no target campain"),
-                       ("lem campaign validate configs/campaigns/no-such.yaml", "which does not exist"),
-                       ("make up LEM_NO_SUCH_VARIABLE=1", "does not read LEM_NO_SUCH_VARIABLE"),
-                       ("docker compose --profile vlm up", "no profile vlm"),
-                       ("lem-worker-vlm --hostname x", "not an installed entry point"),
-                       ("kubectl apply -f x", "a kind of command this test does not know")]:
+    for text, says in [
+        ("lem results show ID --experimentz", "has no option --experimentz"),
+        ("lem results shw ID", "has no subcommand 'shw'"),
+        ("lem campaign plan FILE --limit x", "does not parse"),
+        ("make campain", "no target campain"),
+        ("lem campaign validate configs/campaigns/no-such.yaml", "which does not exist"),
+        ("make up LEM_NO_SUCH_VARIABLE=1", "does not read LEM_NO_SUCH_VARIABLE"),
+        ("docker compose --profile vlm up", "no profile vlm"),
+        ("lem-worker-vlm --hostname x", "not an installed entry point"),
+        ("kubectl apply -f x", "a kind of command this test does not know"),
+    ]:
         with pytest.raises((AssertionError, pytest.fail.Exception), match=re.escape(says)):
             _check(Command(0, text, "", False))
 
 
 def _runs() -> list[Command]:
     """The lem commands of the code blocks that run here."""
-    return [c for c in readme_commands() if not c.inline and c.starts_with("lem")
-            and (c.text.startswith(RUN_ANYWAY) or not any(c.starts_with(p) for p in NOT_RUN))]
+    return [
+        c
+        for c in readme_commands()
+        if not c.inline
+        and c.starts_with("lem")
+        and (c.text.startswith(RUN_ANYWAY) or not any(c.starts_with(p) for p in NOT_RUN))
+    ]
 
 
 def test_readme_commands_run(stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -356,7 +384,8 @@ def test_readme_commands_run(stack_env: dict[str, str], tmp_path: Path, monkeypa
             result = runner.invoke(cli, args)
             expected = next((code for prefix, code in EXIT_STATUS.items() if command.starts_with(prefix)), 0)
             assert expected is None or result.exit_code == expected, (
-                f"README line {command.line}: `lem {' '.join(args)}` exited {result.exit_code}:\n{result.output}")
+                f"README line {command.line}: `lem {' '.join(args)}` exited {result.exit_code}:\n{result.output}"
+            )
             assert not result.exception or isinstance(result.exception, SystemExit), result.exception
             assert result.stdout.strip(), f"`lem {' '.join(args)}` printed nothing"
             ran.append(" ".join(args[:2]))
@@ -384,8 +413,9 @@ def _campaign_files() -> list[str]:
 
 
 @pytest.mark.parametrize("where", ["yaml", "files"])
-def test_readme_campaigns_validate(where: str, stack_env: dict[str, str], tmp_path: Path,
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_campaigns_validate(
+    where: str, stack_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(REPO)
     runner = CliRunner()
     if where == "yaml":

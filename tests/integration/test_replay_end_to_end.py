@@ -21,10 +21,14 @@ from lem_telemetry.sources import REPLAY_UUID
 from tests.integration.manifest import measured_run
 from tests.integration.telemetry_helpers import start_daemon, wait_for
 
-README_COUNTER_J = {"idle": 1158.3, "decode_bs1": 1143.8, "decode_bs16": 1287.7, "decode_bs64": 1761.0,
-                    "matmul_burn": 8260.5, "cooldown": 1807.9}
-
-
+README_COUNTER_J = {
+    "idle": 1158.3,
+    "decode_bs1": 1143.8,
+    "decode_bs16": 1287.7,
+    "decode_bs64": 1761.0,
+    "matmul_burn": 8260.5,
+    "cooldown": 1807.9,
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +37,26 @@ def replayed(stack_env: dict[str, str], h200_trace_dir: Path, tmp_path_factory: 
     with session_scope() as s:
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPLAY_UUID))
     trace = [json.loads(line) for line in (h200_trace_dir / "h200_nvml_trace.jsonl").read_text().splitlines()]
-    daemon = start_daemon(stack_env["LEM_DATABASE_URL"], f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
-                          tmp_path_factory.mktemp("replay"), telemetry_interval_s=0.02,
-                          telemetry_energy_interval_s=0.02)
+    daemon = start_daemon(
+        stack_env["LEM_DATABASE_URL"],
+        f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
+        tmp_path_factory.mktemp("replay"),
+        telemetry_interval_s=0.02,
+        telemetry_energy_interval_s=0.02,
+    )
     duration = trace[-1]["t"] - trace[0]["t"]
     try:
+
         def first_sample() -> datetime | None:
             with session_scope() as s:
                 return s.scalar(select(func.min(GpuSample.time)).where(GpuSample.gpu_uuid == REPLAY_UUID))
 
         wait_for(lambda: first_sample() is not None, 30, "the first replayed sample")
-        wait_for(lambda: not daemon.alive() or _latest() > first_sample().timestamp() + duration + 1,  # type: ignore[union-attr]
-                 duration + 60, "the whole trace to replay")
+        wait_for(
+            lambda: not daemon.alive() or _latest() > first_sample().timestamp() + duration + 1,  # type: ignore[union-attr]
+            duration + 60,
+            "the whole trace to replay",
+        )
     finally:
         assert daemon.stop() == 0, daemon.log()
     offset = _replay_offset(trace)
@@ -66,8 +78,11 @@ def _replay_offset(trace: list[dict]) -> float:
         if after["energy_mj"] != before["energy_mj"]:
             first_seen.setdefault(after["energy_mj"], after["t"])
     with session_scope() as s:
-        rows = s.execute(select(GpuSample.time, GpuSample.energy_mj).where(
-            GpuSample.gpu_uuid == REPLAY_UUID, GpuSample.energy_mj.is_not(None)).order_by(GpuSample.time)).all()
+        rows = s.execute(
+            select(GpuSample.time, GpuSample.energy_mj)
+            .where(GpuSample.gpu_uuid == REPLAY_UUID, GpuSample.energy_mj.is_not(None))
+            .order_by(GpuSample.time)
+        ).all()
     offsets, previous = [], None
     for time, energy in rows:
         if energy != previous and energy in first_seen:

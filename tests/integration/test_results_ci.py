@@ -11,8 +11,11 @@ import yaml
 THREE_CYCLES = {
     "name": "three-cycles-ci",
     "cycles": 3,
-    "experiment": {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
-                   "measurement": {"min_window_s": 0, "warmup_max": 3}},
+    "experiment": {
+        "model": "random:llama-tiny",
+        "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
+        "measurement": {"min_window_s": 0, "warmup_max": 3},
+    },
 }
 
 

@@ -28,8 +28,11 @@ from tests.integration.manifest import utc
 SWEEP = {
     "name": "export-sweep",
     "cycles": 3,
-    "experiment": {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
-                   "measurement": {"min_window_s": 0, "warmup_max": 3}},
+    "experiment": {
+        "model": "random:llama-tiny",
+        "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
+        "measurement": {"min_window_s": 0, "warmup_max": 3},
+    },
     "grid": {"batch_size": [1, 2]},
 }
 READERS = {"csv": pd.read_csv, "parquet": pd.read_parquet, "json": pd.read_json}
@@ -51,42 +54,95 @@ def campaign_id(workers, lem, tmp_path_factory) -> int:  # noqa: ANN001
 def gpu_campaign_id(stack_env, h200_trace_dir: Path) -> Iterator[int]:  # noqa: ANN001
     """Batch 1, 16 and 64 of the trace's decode phases, each phase cut into two windows (cycles 0 and 1)."""
     trace = [json.loads(line) for line in (h200_trace_dir / "h200_nvml_trace.jsonl").read_text().splitlines()]
-    marks = {m["mark"].split(":")[0]: m["t"] for m in map(
-        json.loads, (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines())}
+    marks = {
+        m["mark"].split(":")[0]: m["t"]
+        for m in map(json.loads, (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines())
+    }
     with session_scope() as s:
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == GPU_UUID))
-        s.execute(insert(GpuSample), [
-            {"host": "h200-replay", "gpu_uuid": GPU_UUID, "gpu_index": 0, "time": utc(r["t"]),
-             "source": "nvml-replay", "power_w": r["power_mw"] / 1000, "energy_mj": r["energy_mj"],
-             "temperature_c": r["temp_c"], "sm_clock_mhz": r["sm_mhz"], "mem_clock_mhz": r["mem_mhz"],
-             "clock_event_reasons": r["reasons"], "memory_used_bytes": r["mem_used_b"],
-             "utilization_gpu": r["util_gpu"], "utilization_memory": r["util_mem"]} for r in trace])
+        s.execute(
+            insert(GpuSample),
+            [
+                {
+                    "host": "h200-replay",
+                    "gpu_uuid": GPU_UUID,
+                    "gpu_index": 0,
+                    "time": utc(r["t"]),
+                    "source": "nvml-replay",
+                    "power_w": r["power_mw"] / 1000,
+                    "energy_mj": r["energy_mj"],
+                    "temperature_c": r["temp_c"],
+                    "sm_clock_mhz": r["sm_mhz"],
+                    "mem_clock_mhz": r["mem_mhz"],
+                    "clock_event_reasons": r["reasons"],
+                    "memory_used_bytes": r["mem_used_b"],
+                    "utilization_gpu": r["util_gpu"],
+                    "utilization_memory": r["util_mem"],
+                }
+                for r in trace
+            ],
+        )
         campaign = Campaign(name="export-h200-trace", spec={"cycles": 2}, spec_hash="3" * 64)
         s.add(campaign)
         s.flush()
         run_ids = []
         for index, (batch_size, (phase, tokens)) in enumerate(GPU_PHASES.items()):
-            config = ExperimentConfig(batch_size=batch_size, workload={"num_prompts": 64},
-                                      measurement={"min_window_s": 1.0}).model_dump(mode="json")
-            experiment = Experiment(campaign_id=campaign.id, index=index, backend="pytorch", config=config,
-                                    config_hash=f"{index + 100:064d}")
+            config = ExperimentConfig(
+                batch_size=batch_size, workload={"num_prompts": 64}, measurement={"min_window_s": 1.0}
+            ).model_dump(mode="json")
+            experiment = Experiment(
+                campaign_id=campaign.id,
+                index=index,
+                backend="pytorch",
+                config=config,
+                config_hash=f"{index + 100:064d}",
+            )
             s.add(experiment)
             s.flush()
             start, end = marks[f"{phase}_start"], marks[f"{phase}_end"]
             for cycle in range(2):
                 t0, t1 = start + cycle * (end - start) / 2, start + (cycle + 1) * (end - start) / 2
-                run = Run(run_key=run_key(campaign.id, config, cycle), campaign_id=campaign.id,
-                          experiment_id=experiment.id, cycle=cycle, position=0, status="measured", attempts=1,
-                          device="cuda:0", host="h200-replay", gpu_uuid=GPU_UUID, window_start=utc(t0),
-                          window_end=utc(t1), schema_version=SCHEMA_VERSION, tool_version=TOOL_VERSION)
+                run = Run(
+                    run_key=run_key(campaign.id, config, cycle),
+                    campaign_id=campaign.id,
+                    experiment_id=experiment.id,
+                    cycle=cycle,
+                    position=0,
+                    status="measured",
+                    attempts=1,
+                    device="cuda:0",
+                    host="h200-replay",
+                    gpu_uuid=GPU_UUID,
+                    window_start=utc(t0),
+                    window_end=utc(t1),
+                    schema_version=SCHEMA_VERSION,
+                    tool_version=TOOL_VERSION,
+                )
                 s.add(run)
                 s.flush()
-                s.add(RunMetrics(run_id=run.id, requests=batch_size, input_tokens=64 * batch_size,
-                                 output_tokens=tokens // 2, duration_s=t1 - t0, tokens_per_s=tokens / 2 / (t1 - t0),
-                                 requests_per_s=batch_size / (t1 - t0), latency_mean_s=t1 - t0,
-                                 latency_p50_s=t1 - t0, latency_p95_s=t1 - t0, ttft_mean_s=0.02,
-                                 peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0, model_reused=True,
-                                 warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01, passes=1))
+                s.add(
+                    RunMetrics(
+                        run_id=run.id,
+                        requests=batch_size,
+                        input_tokens=64 * batch_size,
+                        output_tokens=tokens // 2,
+                        duration_s=t1 - t0,
+                        tokens_per_s=tokens / 2 / (t1 - t0),
+                        requests_per_s=batch_size / (t1 - t0),
+                        latency_mean_s=t1 - t0,
+                        latency_p50_s=t1 - t0,
+                        latency_p95_s=t1 - t0,
+                        ttft_mean_s=0.02,
+                        peak_memory_bytes=None,
+                        peak_memory_kind="none",
+                        model_load_s=0,
+                        model_reused=True,
+                        warmup_iterations=5,
+                        warmup_converged=True,
+                        warmup_final_cv=0.01,
+                        passes=1,
+                    )
+                )
                 run_ids.append(run.id)
         campaign_id = campaign.id
     for run_id in run_ids:
@@ -99,15 +155,16 @@ def gpu_campaign_id(stack_env, h200_trace_dir: Path) -> Iterator[int]:  # noqa: 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "json"])
 def test_run_level_export_reads_back_with_pandas_and_every_column_is_documented(
-        lem, campaign_id: int, tmp_path: Path, fmt: str) -> None:  # noqa: ANN001
+    lem, campaign_id: int, tmp_path: Path, fmt: str
+) -> None:  # noqa: ANN001
     path = tmp_path / f"runs.{fmt}"
     result = lem("results", "export", str(campaign_id), "--format", fmt, "-o", str(path))
     assert result.returncode == 0, result.stderr
     assert f"6 run rows of campaign {campaign_id}" in result.stdout
     frame = READERS[fmt](path)
     documented = [c.name for c in COLUMNS["run"]]
-    assert list(frame.columns[:len(documented)]) == documented
-    assert all(name.startswith("config.") for name in frame.columns[len(documented):])
+    assert list(frame.columns[: len(documented)]) == documented
+    assert all(name.startswith("config.") for name in frame.columns[len(documented) :])
     assert len(frame) == 6 and set(frame["status"]) == {"done"} and set(frame["cycle"]) == {0, 1, 2}
     assert sorted(frame["batch_size"].tolist()) == [1, 1, 1, 2, 2, 2]
     assert (frame["tokens_per_s"] > 0).all() and (frame["output_tokens"] > 0).all()
@@ -122,7 +179,7 @@ def test_experiment_level_export_has_means_and_bootstrap_intervals(lem, campaign
     path = tmp_path / "experiments.csv"
     assert lem("results", "export", str(campaign_id), "--level", "experiment", "-o", str(path)).returncode == 0
     frame = pd.read_csv(path)
-    assert list(frame.columns[:len(COLUMNS["experiment"])]) == [c.name for c in COLUMNS["experiment"]]
+    assert list(frame.columns[: len(COLUMNS["experiment"])]) == [c.name for c in COLUMNS["experiment"]]
     assert frame["runs_done"].tolist() == [3, 3] and frame["tokens_per_s_n"].tolist() == [3, 3]
     assert (frame["tokens_per_s_ci_low"] <= frame["tokens_per_s_mean"]).all()
     assert (frame["tokens_per_s_mean"] <= frame["tokens_per_s_ci_high"]).all()
@@ -130,8 +187,12 @@ def test_experiment_level_export_has_means_and_bootstrap_intervals(lem, campaign
 
 def test_columns_lists_name_unit_and_meaning(lem) -> None:  # noqa: ANN001
     columns = json.loads(lem("results", "columns", "--json").stdout)
-    assert {"name": "j_per_token", "unit": "J/token", "type": "float",
-            "meaning": "energy_j over output tokens"} in columns
+    assert {
+        "name": "j_per_token",
+        "unit": "J/token",
+        "type": "float",
+        "meaning": "energy_j over output tokens",
+    } in columns
     assert all(c["meaning"] for c in columns)
 
 
@@ -145,8 +206,9 @@ def test_compare_two_experiments_and_a_campaign_with_itself(lem, campaign_id: in
     assert rows[0]["diff_pct"] is None and rows[0]["ci_overlap"] is None  # no energy on a CPU
 
     same = json.loads(lem("results", "compare", str(campaign_id), str(campaign_id), "--json").stdout)
-    assert same["unpaired"] == [] and same["notes"] == {cpu: ["no energy figures (no NVML)"]
-                                                         for cpu in (f"{campaign_id}:0", f"{campaign_id}:1")}
+    assert same["unpaired"] == [] and same["notes"] == {
+        cpu: ["no energy figures (no NVML)"] for cpu in (f"{campaign_id}:0", f"{campaign_id}:1")
+    }
     same = same["rows"]
     assert {r["paired"] for r in same} == {"same config"} and len(same) == 10
     assert all(r["diff_pct"] == 0 and r["ci_overlap"] for r in same if r["metric"] == "tokens_per_s")
@@ -168,7 +230,8 @@ def test_bad_sides_and_campaigns_get_one_line_and_exit_2(lem, campaign_id: int, 
 
 @pytest.mark.parametrize("level", ["run", "experiment"])
 def test_cpu_and_gpu_parquet_exports_have_one_schema_and_concatenate(
-        lem, campaign_id: int, gpu_campaign_id: int, tmp_path: Path, level: str) -> None:  # noqa: ANN001
+    lem, campaign_id: int, gpu_campaign_id: int, tmp_path: Path, level: str
+) -> None:  # noqa: ANN001
     paths = {}
     for name, cid in (("cpu", campaign_id), ("gpu", gpu_campaign_id)):
         paths[name] = tmp_path / f"{name}.parquet"  # no --format: the suffix says parquet
@@ -184,8 +247,8 @@ def test_cpu_and_gpu_parquet_exports_have_one_schema_and_concatenate(
     assert cpu.field(energy).metadata[b"unit"] == b"J"
     assert all(cpu.field(name).metadata[b"unit"] == c.unit.encode() for name, c in documented.items())
     energies = both.column(energy).to_pylist()
-    assert all(e is None for e in energies[:len(energies) // 2 if level == "run" else 2])
-    assert all(e and e > 0 for e in energies[6 if level == "run" else 2:])
+    assert all(e is None for e in energies[: len(energies) // 2 if level == "run" else 2])
+    assert all(e and e > 0 for e in energies[6 if level == "run" else 2 :])
     if level == "run":
         assert cpu.field("window_start").type == pa.timestamp("us", tz="UTC")
         assert cpu.field("window_end").type == pa.timestamp("us", tz="UTC")
@@ -211,10 +274,12 @@ def test_config_columns_hold_every_experiment_field_once(lem, campaign_id: int, 
     assert (frame["latency_p90_s"] <= frame["latency_p99_s"]).all()
 
 
-def test_format_comes_from_the_suffix_and_a_contradiction_is_refused(
-        lem, campaign_id: int, tmp_path: Path) -> None:  # noqa: ANN001
-    for suffix, check in ((".json", lambda p: json.loads(p.read_text())),
-                          (".parquet", pq.read_schema), (".csv", pd.read_csv)):
+def test_format_comes_from_the_suffix_and_a_contradiction_is_refused(lem, campaign_id: int, tmp_path: Path) -> None:  # noqa: ANN001
+    for suffix, check in (
+        (".json", lambda p: json.loads(p.read_text())),
+        (".parquet", pq.read_schema),
+        (".csv", pd.read_csv),
+    ):
         path = tmp_path / f"runs{suffix}"
         assert lem("results", "export", str(campaign_id), "-o", str(path)).returncode == 0
         check(path)
@@ -224,12 +289,14 @@ def test_format_comes_from_the_suffix_and_a_contradiction_is_refused(
     assert not contradicted.exists() and len(result.stderr.strip().splitlines()) == 1
     result = lem("results", "export", str(campaign_id), "-o", str(tmp_path / "runs"))
     assert result.returncode == 2 and "--format csv|parquet|json" in result.stderr
-    assert lem("results", "export", str(campaign_id), "--format", "csv", "-o", str(tmp_path / "runs.txt")) \
-        .returncode == 0
+    assert (
+        lem("results", "export", str(campaign_id), "--format", "csv", "-o", str(tmp_path / "runs.txt")).returncode == 0
+    )
 
 
 def test_compare_names_unpaired_experiments_and_warns_under_3_cycles(
-        lem, campaign_id: int, gpu_campaign_id: int) -> None:  # noqa: ANN001
+    lem, campaign_id: int, gpu_campaign_id: int
+) -> None:  # noqa: ANN001
     compared = json.loads(lem("results", "compare", str(campaign_id), str(gpu_campaign_id), "--json").stdout)
     assert compared["unpaired"] == [f"{gpu_campaign_id}:2"]
     assert len(compared["rows"]) == 2 * 5 and {r["paired"] for r in compared["rows"]} == {"by position"}

@@ -79,8 +79,9 @@ def test_import_maps_v2_v3_results_and_skips_bad_files(stack_env, legacy: Path) 
         assert campaign.source == "imported" and campaign.imported_from == str(legacy.resolve())
         assert campaign.status == "done" and campaign.name == "imported-old-results"
         assert campaign.spec["imported"] is True
-        experiments = {(e.config["model"], e.config["llenergymeasure"].get("config_name")): e
-                       for e in campaign.experiments}
+        experiments = {
+            (e.config["model"], e.config["llenergymeasure"].get("config_name")): e for e in campaign.experiments
+        }
     # The two v2 runs of one config share an experiment (cycles 0 and 1); four experiments in all.
     assert len(experiments) == 4
     assert experiments[("gpt2", "gpt2_bs8")].backend == "pytorch"
@@ -178,12 +179,16 @@ def test_bad_files_leave_nothing_and_reimport_is_idempotent(stack_env, legacy: P
     (legacy / "v2/aggregated/exp_20260106_100000.json").write_text(json.dumps(extra))
     third = import_results(legacy)
     assert third.imported == [("v2/aggregated/exp_20260106_100000.json", first.campaign_id, 1)]
-    assert sorted(r.cycle for r in _runs_of(first.campaign_id).values()
-                  if r.imported["experiment_id"].startswith("exp_20260106")) == [0, 1, 2]
+    assert sorted(
+        r.cycle for r in _runs_of(first.campaign_id).values() if r.imported["experiment_id"].startswith("exp_20260106")
+    ) == [0, 1, 2]
 
 
-def test_cli_prints_one_line_per_skipped_file_and_exits_2_without_a_directory(stack_env, legacy: Path,  # noqa: ANN001
-                                                                            tmp_path: Path) -> None:
+def test_cli_prints_one_line_per_skipped_file_and_exits_2_without_a_directory(
+    stack_env,
+    legacy: Path,  # noqa: ANN001
+    tmp_path: Path,
+) -> None:
     app = typer.Typer()
     app.command()(results_import)
     runner = CliRunner()
@@ -218,8 +223,11 @@ def test_the_earlier_tools_environment_reaches_environments_and_the_export(stack
     # The shape of a native run's snapshot, so everything that reads environments reads these too.
     gpu = v3_data["gpus"][0]
     assert v3_data["kind"] == "imported" and v3_data["hash"] == v3.hash
-    assert (gpu["name"], gpu["driver_version"], gpu["cuda_driver_version"]) == ("NVIDIA H100 80GB HBM3",
-                                                                               "550.90.07", "12.4")
+    assert (gpu["name"], gpu["driver_version"], gpu["cuda_driver_version"]) == (
+        "NVIDIA H100 80GB HBM3",
+        "550.90.07",
+        "12.4",
+    )
     assert gpu["power_limit_w"] == 700.0 and gpu["memory_total_bytes"] == round(81559.0 * 1024 * 1024)
     assert v3_data["cpu_model"] == "Intel(R) Xeon(R) Platinum 8480+"
     assert v3_data["cpu_governors"] == {"performance": None}  # one governor for the host, count not recorded
@@ -231,9 +239,13 @@ def test_the_earlier_tools_environment_reaches_environments_and_the_export(stack
 
     rows = {r["run_id"]: r for r in run_rows(report.campaign_id)}
     row = rows[runs["exp_20260201_140000"].id]
-    assert (row["env_gpu_name"], row["env_driver_version"], row["env_cuda_version"], row["env_power_limit_w"],
-            row["env_cpu"]) == ("NVIDIA H100 80GB HBM3", "550.90.07", "12.4", 700.0,
-                                "Intel(R) Xeon(R) Platinum 8480+")
+    assert (
+        row["env_gpu_name"],
+        row["env_driver_version"],
+        row["env_cuda_version"],
+        row["env_power_limit_w"],
+        row["env_cpu"],
+    ) == ("NVIDIA H100 80GB HBM3", "550.90.07", "12.4", 700.0, "Intel(R) Xeon(R) Platinum 8480+")
     assert json.loads(row["env_engine_versions"]) == {"vllm": "0.6.3"}
     row = rows[runs["gpt2_20260313_101500"].id]
     assert row["env_gpu_name"] == "NVIDIA A100-PCIE-40GB" and row["env_torch_version"] == "2.5.1"
@@ -275,8 +287,10 @@ def test_energy_is_labelled_by_the_sources_the_file_names(stack_env, legacy: Pat
     (elsewhere / "result.json").write_text(json.dumps(rewrite))
     assert import_results(elsewhere).runs == 2
     with session_scope() as s:
-        found = {r.imported["experiment_id"]: s.get(RunMetrics, r.id).energy_source
-                 for r in s.scalars(select(Run).where(Run.imported["directory"].as_string() == str(elsewhere)))}
+        found = {
+            r.imported["experiment_id"]: s.get(RunMetrics, r.id).energy_source
+            for r in s.scalars(select(Run).where(Run.imported["directory"].as_string() == str(elsewhere)))
+        }
     assert found == {"exp_20260106_110000": "imported:gpu+cpu+ram", "gpt2_20260313_120000": "imported:unnamed"}
 
 
@@ -287,8 +301,11 @@ def test_the_files_own_tokens_per_s_is_kept_beside_ours_and_says_what_it_counts(
     rewrite = records[runs["gpt2_20260313_101500"].id]
     # Ours: output tokens over the window (320 in 3.1 s); theirs: input + output (960 in 3.1 s).
     assert rewrite["tokens_per_s"] == pytest.approx(320 / 3.1)
-    assert rewrite["imported_tokens_per_s"] == {"field": "avg_tokens_per_second", "value": 309.677,
-                                                "counts": "input + output tokens"}
+    assert rewrite["imported_tokens_per_s"] == {
+        "field": "avg_tokens_per_second",
+        "value": 309.677,
+        "counts": "input + output tokens",
+    }
     v3 = records[runs["exp_20260201_140000"].id]
     assert v3["imported_tokens_per_s"]["counts"] == "output tokens"
     assert v3["imported_tokens_per_s"]["value"] == pytest.approx(v3["tokens_per_s"], rel=1e-3)

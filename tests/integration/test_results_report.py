@@ -57,35 +57,78 @@ SLICES = 6  # windows per decode phase: pytorch, vllm, pytorch, ... (3 cycles ea
 
 
 def _config(backend: str, batch_size: int, phase_split: bool = False) -> dict:
-    return ExperimentConfig(backend=backend, batch_size=batch_size,
-                            workload={"num_prompts": 128, "input_len": 64, "output_len": 32},
-                            measurement={"min_window_s": 1.0, "phase_split": phase_split}).model_dump(mode="json")
+    return ExperimentConfig(
+        backend=backend,
+        batch_size=batch_size,
+        workload={"num_prompts": 128, "input_len": 64, "output_len": 32},
+        measurement={"min_window_s": 1.0, "phase_split": phase_split},
+    ).model_dump(mode="json")
 
 
 def _experiment(s, campaign_id: int, index: int, config: dict) -> Experiment:  # noqa: ANN001
-    experiment = Experiment(campaign_id=campaign_id, index=index, backend=config["backend"], config=config,
-                            config_hash=f"{index:064d}")
+    experiment = Experiment(
+        campaign_id=campaign_id, index=index, backend=config["backend"], config=config, config_hash=f"{index:064d}"
+    )
     s.add(experiment)
     s.flush()
     return experiment
 
 
-def _measured(s, experiment: Experiment, cycle: int, window: tuple[float, float] | None, tokens: int,  # noqa: ANN001
-              batch_size: int, gpu_uuid: str | None, device: str, phases: dict | None = None) -> int:
+def _measured(
+    s,
+    experiment: Experiment,
+    cycle: int,
+    window: tuple[float, float] | None,
+    tokens: int,  # noqa: ANN001
+    batch_size: int,
+    gpu_uuid: str | None,
+    device: str,
+    phases: dict | None = None,
+) -> int:
     """A run left as a worker leaves it (status measured, metrics without energy); its id."""
-    run = Run(run_key=run_key(experiment.campaign_id, experiment.config, cycle), campaign_id=experiment.campaign_id,
-              experiment_id=experiment.id, cycle=cycle, position=0, status="measured", attempts=1, device=device,
-              host="h200-replay" if gpu_uuid else "cpu-host", gpu_uuid=gpu_uuid, phases=phases,
-              window_start=utc(window[0]) if window else None, window_end=utc(window[1]) if window else None,
-              schema_version=SCHEMA_VERSION, tool_version=TOOL_VERSION)
+    run = Run(
+        run_key=run_key(experiment.campaign_id, experiment.config, cycle),
+        campaign_id=experiment.campaign_id,
+        experiment_id=experiment.id,
+        cycle=cycle,
+        position=0,
+        status="measured",
+        attempts=1,
+        device=device,
+        host="h200-replay" if gpu_uuid else "cpu-host",
+        gpu_uuid=gpu_uuid,
+        phases=phases,
+        window_start=utc(window[0]) if window else None,
+        window_end=utc(window[1]) if window else None,
+        schema_version=SCHEMA_VERSION,
+        tool_version=TOOL_VERSION,
+    )
     s.add(run)
     s.flush()
     duration = window[1] - window[0] if window else 1.0
-    s.add(RunMetrics(run_id=run.id, requests=batch_size, input_tokens=64 * batch_size, output_tokens=tokens,
-                     duration_s=duration, tokens_per_s=tokens / duration, requests_per_s=batch_size / duration,
-                     latency_mean_s=duration, latency_p50_s=duration, latency_p95_s=duration, ttft_mean_s=0.02,
-                     peak_memory_bytes=None, peak_memory_kind="none", model_load_s=0, model_reused=True,
-                     warmup_iterations=5, warmup_converged=True, warmup_final_cv=0.01, passes=1))
+    s.add(
+        RunMetrics(
+            run_id=run.id,
+            requests=batch_size,
+            input_tokens=64 * batch_size,
+            output_tokens=tokens,
+            duration_s=duration,
+            tokens_per_s=tokens / duration,
+            requests_per_s=batch_size / duration,
+            latency_mean_s=duration,
+            latency_p50_s=duration,
+            latency_p95_s=duration,
+            ttft_mean_s=0.02,
+            peak_memory_bytes=None,
+            peak_memory_kind="none",
+            model_load_s=0,
+            model_reused=True,
+            warmup_iterations=5,
+            warmup_converged=True,
+            warmup_final_cv=0.01,
+            passes=1,
+        )
+    )
     return run.id
 
 
@@ -99,11 +142,24 @@ def gpu_campaign(stack_env, h200_trace_dir: Path) -> Iterator[dict]:  # noqa: AN
     rows = []
     for line in (h200_trace_dir / "h200_nvml_trace.jsonl").read_text().splitlines():
         r = json.loads(line)
-        rows.append({"host": "h200-replay", "gpu_uuid": REPORT_UUID, "gpu_index": 0, "time": utc(r["t"]),
-                     "source": "nvml-replay", "power_w": r["power_mw"] / 1000, "energy_mj": r["energy_mj"],
-                     "temperature_c": r["temp_c"], "sm_clock_mhz": r["sm_mhz"], "mem_clock_mhz": r["mem_mhz"],
-                     "clock_event_reasons": r["reasons"], "memory_used_bytes": r["mem_used_b"],
-                     "utilization_gpu": r["util_gpu"], "utilization_memory": r["util_mem"]})
+        rows.append(
+            {
+                "host": "h200-replay",
+                "gpu_uuid": REPORT_UUID,
+                "gpu_index": 0,
+                "time": utc(r["t"]),
+                "source": "nvml-replay",
+                "power_w": r["power_mw"] / 1000,
+                "energy_mj": r["energy_mj"],
+                "temperature_c": r["temp_c"],
+                "sm_clock_mhz": r["sm_mhz"],
+                "mem_clock_mhz": r["mem_mhz"],
+                "clock_event_reasons": r["reasons"],
+                "memory_used_bytes": r["mem_used_b"],
+                "utilization_gpu": r["util_gpu"],
+                "utilization_memory": r["util_mem"],
+            }
+        )
     marks = {}
     for line in (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines():
         m = json.loads(line)
@@ -111,8 +167,9 @@ def gpu_campaign(stack_env, h200_trace_dir: Path) -> Iterator[dict]:  # noqa: AN
     with session_scope() as s:
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == REPORT_UUID))
         s.execute(insert(GpuSample), rows)
-        campaign = Campaign(name="report-h200-trace", spec={"cycles": 3, "structure": "interleaved"},
-                            spec_hash="1" * 64)
+        campaign = Campaign(
+            name="report-h200-trace", spec={"cycles": 3, "structure": "interleaved"}, spec_hash="1" * 64
+        )
         s.add(campaign)
         s.flush()
         campaign_id = campaign.id
@@ -120,19 +177,44 @@ def gpu_campaign(stack_env, h200_trace_dir: Path) -> Iterator[dict]:  # noqa: AN
         index = 0
         deep_idle = {"deep_idle": [marks["idle_start"], marks["idle_end"]]}
         for batch_size, (phase, tokens) in PHASES.items():
-            experiments = [_experiment(s, campaign_id, index + k, _config(backend, batch_size))
-                           for k, backend in enumerate(("pytorch", "vllm"))]
+            experiments = [
+                _experiment(s, campaign_id, index + k, _config(backend, batch_size))
+                for k, backend in enumerate(("pytorch", "vllm"))
+            ]
             index += 2
             start, end = marks[f"{phase}_start"], marks[f"{phase}_end"]
             step = (end - start) / SLICES
             for k in range(SLICES):
                 window = (start + k * step, start + (k + 1) * step)
-                run_ids.append(_measured(s, experiments[k % 2], k // 2, window, tokens // SLICES, batch_size,
-                                         REPORT_UUID, "cuda:0", deep_idle if not run_ids else None))
+                run_ids.append(
+                    _measured(
+                        s,
+                        experiments[k % 2],
+                        k // 2,
+                        window,
+                        tokens // SLICES,
+                        batch_size,
+                        REPORT_UUID,
+                        "cuda:0",
+                        deep_idle if not run_ids else None,
+                    )
+                )
         failed = _experiment(s, campaign_id, index, _config("vllm", 128))
-        s.add(Run(run_key=run_key(campaign_id, failed.config, 0), campaign_id=campaign_id, experiment_id=failed.id,
-                  cycle=0, status="failed", attempts=3, device="cuda:0", gpu_uuid=REPORT_UUID,
-                  error="CUDA out of memory", schema_version=SCHEMA_VERSION, tool_version=TOOL_VERSION))
+        s.add(
+            Run(
+                run_key=run_key(campaign_id, failed.config, 0),
+                campaign_id=campaign_id,
+                experiment_id=failed.id,
+                cycle=0,
+                status="failed",
+                attempts=3,
+                device="cuda:0",
+                gpu_uuid=REPORT_UUID,
+                error="CUDA out of memory",
+                schema_version=SCHEMA_VERSION,
+                tool_version=TOOL_VERSION,
+            )
+        )
     for run_id in run_ids:
         assert finalise_run(run_id, wait_s=0) == "finalised"
     yield {"campaign_id": campaign_id, "run_ids": run_ids, "experiments": index + 1}
@@ -158,15 +240,22 @@ def cpu_campaign(stack_env) -> Iterator[int]:  # noqa: ANN001
             experiment = _experiment(s, campaign_id, index, _config("pytorch", batch_size))
             for cycle in range(CPU_CYCLES):
                 t = 1_800_000_000 + 1000 * index + 100 * cycle
-                length = 40 / batch_size ** 0.8 + 0.1 * cycle
+                length = 40 / batch_size**0.8 + 0.1 * cycle
                 run_id = _measured(s, experiment, cycle, (t, t + length), 128 * 32, batch_size, None, "cpu")
                 batches = 128 // batch_size  # the 128 prompts of _config, one batch after another
                 latencies = [length / batches * (0.97 + 0.06 * (k % 2)) for k in range(batches)]
                 for k, latency in enumerate(latencies):
-                    s.add(BatchTimingRow(run_id=run_id, batch_index=k, batch_size=batch_size,
-                                         input_tokens=64 * batch_size, output_tokens=32 * batch_size,
-                                         latency_s=latency, ttft_s=0.01 * batch_size ** 0.5 * (1 + 0.1 * (k % 4))
-                                         + 0.002 * cycle))
+                    s.add(
+                        BatchTimingRow(
+                            run_id=run_id,
+                            batch_index=k,
+                            batch_size=batch_size,
+                            input_tokens=64 * batch_size,
+                            output_tokens=32 * batch_size,
+                            latency_s=latency,
+                            ttft_s=0.01 * batch_size**0.5 * (1 + 0.1 * (k % 4)) + 0.002 * cycle,
+                        )
+                    )
                 metrics = s.get(RunMetrics, run_id)
                 metrics.latency_mean_s = metrics.latency_p50_s = sum(latencies) / batches
                 run_ids.append(run_id)
@@ -176,17 +265,29 @@ def cpu_campaign(stack_env) -> Iterator[int]:  # noqa: ANN001
     _delete_campaign(campaign_id)
 
 
-def _phase_campaign(name: str, windows: list[tuple[tuple[float, float], tuple[float, float]]],
-                    gpu_uuid: str | None) -> tuple[int, list[int]]:
+def _phase_campaign(
+    name: str, windows: list[tuple[tuple[float, float], tuple[float, float]]], gpu_uuid: str | None
+) -> tuple[int, list[int]]:
     """One phase-split experiment (batch 16), a done run per (full window, prefill-only window) pair."""
     with session_scope() as s:
         campaign = Campaign(name=name, spec={"cycles": len(windows)}, spec_hash="3" * 64)
         s.add(campaign)
         s.flush()
         experiment = _experiment(s, campaign.id, 0, _config("pytorch", 16, phase_split=True))
-        run_ids = [_measured(s, experiment, cycle, full, 16 * 32, 16, gpu_uuid, "cuda:0" if gpu_uuid else "cpu",
-                             {"prefill": {"window": list(prefill), "prompts": 16}})
-                   for cycle, (full, prefill) in enumerate(windows)]
+        run_ids = [
+            _measured(
+                s,
+                experiment,
+                cycle,
+                full,
+                16 * 32,
+                16,
+                gpu_uuid,
+                "cuda:0" if gpu_uuid else "cpu",
+                {"prefill": {"window": list(prefill), "prompts": 16}},
+            )
+            for cycle, (full, prefill) in enumerate(windows)
+        ]
         campaign_id = campaign.id
     for run_id in run_ids:
         assert finalise_run(run_id, wait_s=0) == "finalised"
@@ -197,12 +298,16 @@ def _phase_campaign(name: str, windows: list[tuple[tuple[float, float], tuple[fl
 def phase_campaigns(gpu_campaign: dict, h200_trace_dir: Path) -> Iterator[dict[str, int]]:
     """The trace's samples are gpu_campaign's; the full windows in its batch-16 decode, the prefill-only windows
     in its batch-64 decode (more power for a shorter time, as a prefill)."""
-    marks = {json.loads(line)["mark"].split(":")[0]: json.loads(line)["t"]
-             for line in (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines()}
+    marks = {
+        json.loads(line)["mark"].split(":")[0]: json.loads(line)["t"]
+        for line in (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines()
+    }
     bs16, bs64 = marks["decode_bs16_start"], marks["decode_bs64_start"]
-    gpu_id, _ = _phase_campaign("report-phase-split-h200", [((bs16 + 4 * c, bs16 + 4 * c + 3.5),
-                                                            (bs64 + 2 * c + 1, bs64 + 2 * c + 2)) for c in range(2)],
-                                REPORT_UUID)
+    gpu_id, _ = _phase_campaign(
+        "report-phase-split-h200",
+        [((bs16 + 4 * c, bs16 + 4 * c + 3.5), (bs64 + 2 * c + 1, bs64 + 2 * c + 2)) for c in range(2)],
+        REPORT_UUID,
+    )
     t = 1_800_001_000
     cpu_id, _ = _phase_campaign("report-phase-split-cpu", [((t, t + 3), (t + 4, t + 4.5))], None)
     yield {"gpu": gpu_id, "cpu": cpu_id}
@@ -212,15 +317,28 @@ def phase_campaigns(gpu_campaign: dict, h200_trace_dir: Path) -> Iterator[dict[s
 
 # --- Chromium and the DOM ----------------------------------------------------------------------------------------
 
+
 def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     if not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         pytest.fail(f"headless Chromium is needed at {CHROMIUM}: `apt-get install chromium` (CI installs it)")
     binary = CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
     profile = tmp_path / "chromium-profile"
     profile.mkdir(exist_ok=True)
-    command = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+    command = [
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -330,6 +448,7 @@ def _self_contained(page: str) -> None:
 
 # --- tests ---------------------------------------------------------------------------------------------------------
 
+
 def test_report_of_a_gpu_campaign_has_every_plot(gpu_campaign: dict, tmp_path: Path) -> None:
     campaign_id, run_ids = gpu_campaign["campaign_id"], gpu_campaign["run_ids"]
     page = render_report(campaign_id, tmp_path / "report.html")
@@ -371,9 +490,11 @@ def test_report_of_a_gpu_campaign_has_every_plot(gpu_campaign: dict, tmp_path: P
     assert "throughput [tokens/s]" in " ".join(by_throughput["text"])
 
     # Throughput, TTFT and latency against batch_size for the 6 measured experiments.
-    for figure_id, key, axis in (("plot-throughput", "tput", "output tokens per second [tokens/s]"),
-                                 ("plot-ttft", "ttft", "time to first token [s]"),
-                                 ("plot-latency", "lat", "per-request latency [s]")):
+    for figure_id, key, axis in (
+        ("plot-throughput", "tput", "output tokens per second [tokens/s]"),
+        ("plot-ttft", "ttft", "time to first token [s]"),
+        ("plot-latency", "lat", "per-request latency [s]"),
+    ):
         figure = dom.figures[figure_id]
         assert _points(figure, key) == {f"{key}-e{i}" for i in range(6)}, figure_id
         assert axis in " ".join(figure["text"]) and "batch_size" in " ".join(figure["text"])
@@ -385,8 +506,16 @@ def test_report_of_a_gpu_campaign_has_every_plot(gpu_campaign: dict, tmp_path: P
     assert 'data-note="phases"' in dumped  # no run measured a phase split
 
     files = _figure_files(page, dom)
-    assert set(files) == {"plot-timeline-0", "plot-throughput", "plot-ttft", "plot-latency", "plot-j-per-token",
-                          "plot-pareto-throughput", "plot-pareto", "plot-idle-active"}
+    assert set(files) == {
+        "plot-timeline-0",
+        "plot-throughput",
+        "plot-ttft",
+        "plot-latency",
+        "plot-j-per-token",
+        "plot-pareto-throughput",
+        "plot-pareto",
+        "plot-idle-active",
+    }
     assert "energy per output token [J/token]" in _svg_text(files["plot-pareto-throughput"])
 
     # The validity table: every run with its verdict and the checks that warned or failed.
@@ -398,8 +527,7 @@ def test_report_of_a_gpu_campaign_has_every_plot(gpu_campaign: dict, tmp_path: P
     assert ink > 0.05 and colours > 3000, f"the screenshot looks blank where the plots are ({ink:.1%}, {colours})"
 
 
-def test_report_of_a_cpu_campaign_has_throughput_ttft_and_latency_figures(cpu_campaign: int,
-                                                                         tmp_path: Path) -> None:
+def test_report_of_a_cpu_campaign_has_throughput_ttft_and_latency_figures(cpu_campaign: int, tmp_path: Path) -> None:
     page = render_report(cpu_campaign, tmp_path / "cpu.html")
     _self_contained(page.read_text())
     dom, dumped, shot = _open(tmp_path, page, "report-cpu")
@@ -407,8 +535,11 @@ def test_report_of_a_cpu_campaign_has_throughput_ttft_and_latency_figures(cpu_ca
     # What the runs measured gets its figure: tokens/s, TTFT (p50, p90 dashed) and latency (mean, p90 dashed)
     # against batch_size, one point per experiment with its CI over 3 cycles.
     assert set(dom.figures) == {"plot-throughput", "plot-ttft", "plot-latency"}
-    expected = {"tput": "output tokens per second [tokens/s]", "ttft": "time to first token [s]",
-                "lat": "per-request latency [s]"}
+    expected = {
+        "tput": "output tokens per second [tokens/s]",
+        "ttft": "time to first token [s]",
+        "lat": "per-request latency [s]",
+    }
     files = _figure_files(page, dom)
     for figure_id, figure in dom.figures.items():
         key = figure["attrs"]["data-plot"]
@@ -437,8 +568,9 @@ def test_report_of_a_cpu_campaign_has_throughput_ttft_and_latency_figures(cpu_ca
     assert ink > 0.03 and colours > 2000, f"the screenshot looks blank where the plots are ({ink:.1%}, {colours})"
 
 
-def test_report_of_a_phase_split_campaign_has_prefill_and_decode(phase_campaigns: dict[str, int],
-                                                                 tmp_path: Path) -> None:
+def test_report_of_a_phase_split_campaign_has_prefill_and_decode(
+    phase_campaigns: dict[str, int], tmp_path: Path
+) -> None:
     page = render_report(phase_campaigns["gpu"], tmp_path / "phases.html")
     dom = Dom(page.read_text())
     split = dom.figures["plot-phase-split"]
@@ -476,15 +608,18 @@ def test_cli_writes_the_report_and_refuses_an_unknown_campaign(cpu_campaign: int
     written = runner.invoke(app, [str(cpu_campaign), "-o", str(tmp_path / "r.html"), "--figures", str(elsewhere)])
     assert written.exit_code == 0, written.output
     assert {f.name for f in elsewhere.iterdir()} == {"notes.txt"} | {
-        f"plot-{n}.{ext}" for n in ("throughput", "ttft", "latency") for ext in ("png", "svg")}
-    refused = runner.invoke(app, [str(cpu_campaign), "-o", str(tmp_path / "r.html"),
-                                  "--figures", str(tmp_path / "no" / "such")])
+        f"plot-{n}.{ext}" for n in ("throughput", "ttft", "latency") for ext in ("png", "svg")
+    }
+    refused = runner.invoke(
+        app, [str(cpu_campaign), "-o", str(tmp_path / "r.html"), "--figures", str(tmp_path / "no" / "such")]
+    )
     assert refused.exit_code == 2 and "does not exist" in refused.stderr
 
     unknown = runner.invoke(app, ["999999", "--output", str(tmp_path / "x.html")])
     assert unknown.exit_code == 2 and not (tmp_path / "x.html").exists()
     assert unknown.stderr.strip().splitlines() == [
-        "error: no campaign 999999; `lem campaign list` shows the ones there are"]
+        "error: no campaign 999999; `lem campaign list` shows the ones there are"
+    ]
 
 
 def test_swept_parameter_and_pareto_front() -> None:

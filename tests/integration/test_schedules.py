@@ -24,9 +24,11 @@ from tests.integration.beats import Beats
 from tests.integration.telemetry_helpers import wait_for
 
 BIN = Path(sys.executable).parent
-TINY = {"model": "random:llama-tiny", "workload": {"num_prompts": 2, "input_len": 16, "output_len": 8},
-        "measurement": {"min_window_s": 0.5, "warmup_min": 1, "warmup_max": 2, "idle_gap_s": 0,
-                        "baseline_idle_s": 0}}
+TINY = {
+    "model": "random:llama-tiny",
+    "workload": {"num_prompts": 2, "input_len": 16, "output_len": 8},
+    "measurement": {"min_window_s": 0.5, "warmup_min": 1, "warmup_max": 2, "idle_gap_s": 0, "baseline_idle_s": 0},
+}
 
 
 def campaign_file(tmp_path: Path, backend: str = "vllm", **spec: object) -> tuple[Path, str]:
@@ -34,15 +36,17 @@ def campaign_file(tmp_path: Path, backend: str = "vllm", **spec: object) -> tupl
     running with its run pending: what a long campaign on the same GPUs looks like, without the compute."""
     name = f"sched-{secrets.token_hex(3)}"
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "cycles": 1, "experiment": {**TINY, "backend": backend},
-                                    **spec}))
+    path.write_text(yaml.safe_dump({"name": name, "cycles": 1, "experiment": {**TINY, "backend": backend}, **spec}))
     return path, name
 
 
 def firings(schedule_id: int) -> list[ScheduleFiring]:
     with session_scope() as s:
-        rows = list(s.scalars(select(ScheduleFiring).where(ScheduleFiring.schedule_id == schedule_id)
-                              .order_by(ScheduleFiring.due_at)))
+        rows = list(
+            s.scalars(
+                select(ScheduleFiring).where(ScheduleFiring.schedule_id == schedule_id).order_by(ScheduleFiring.due_at)
+            )
+        )
         s.expunge_all()
         return rows
 
@@ -64,9 +68,15 @@ def campaigns_named(name: str) -> list[Campaign]:
 
 def running_on(backend: str) -> bool:
     with session_scope() as s:
-        return s.scalar(select(Campaign.id).join(Experiment, Experiment.campaign_id == Campaign.id)
-                        .where(Campaign.status == CampaignStatus.RUNNING, Experiment.backend == backend)
-                        .limit(1)) is not None
+        return (
+            s.scalar(
+                select(Campaign.id)
+                .join(Experiment, Experiment.campaign_id == Campaign.id)
+                .where(Campaign.status == CampaignStatus.RUNNING, Experiment.backend == backend)
+                .limit(1)
+            )
+            is not None
+        )
 
 
 @pytest.fixture
@@ -105,14 +115,19 @@ def beat_heartbeat() -> dict | None:
 
 
 def test_beat_killed_and_restarted_fires_every_due_time_exactly_once(
-    stack_env: dict[str, str], lem, beats: Beats, cleanup: list[int], tmp_path: Path  # noqa: ANN001
+    stack_env: dict[str, str],
+    lem,
+    beats: Beats,
+    cleanup: list[int],
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     path, name = campaign_file(tmp_path)
     # The beat ticks before the schedule exists: its due times then run from a live beat, not from a process
     # start that a loaded machine may stretch past all of them.
     first = beats.start("beat-1")
-    wait_for(lambda: (b := beat_heartbeat()) and b["pid"] == first.pid and b["ticks"] >= 1, 60,
-             "the first beat's first tick")
+    wait_for(
+        lambda: (b := beat_heartbeat()) and b["pid"] == first.pid and b["ticks"] >= 1, 60, "the first beat's first tick"
+    )
     # every 2 s, 6 times; catch-up 6: every due time that passes while no beat runs is fired when one is back
     schedule = add(lem, str(path), "--every", "2s", "--times", "6", "--catch-up", "6")
     cleanup.append(schedule["id"])
@@ -146,8 +161,11 @@ def test_beat_killed_and_restarted_fires_every_due_time_exactly_once(
     # one more restart (a clean one): the new beat ticks and finds nothing to fire again
     beats.stop("beat-2")
     beat = beats.start("beat-3")
-    wait_for(lambda: (b := beat_heartbeat()) and b["pid"] == beat.pid and b["ticks"] >= 3, 60,
-             "three ticks of the third beat")
+    wait_for(
+        lambda: (b := beat_heartbeat()) and b["pid"] == beat.pid and b["ticks"] >= 3,
+        60,
+        "three ticks of the third beat",
+    )
     # exactly one beat: a second one is refused, naming the first
     second = subprocess.run([str(BIN / "lem-beat")], env=stack_env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 1, second.stdout + second.stderr
@@ -175,7 +193,11 @@ def test_the_first_due_time_is_the_start_even_when_storing_the_schedule_took_lon
 
 
 def test_overlap_queue_and_skip_are_recorded_per_firing(
-    stack_env: dict[str, str], lem, celery_app, cleanup: list[int], tmp_path: Path  # noqa: ANN001
+    stack_env: dict[str, str],
+    lem,
+    celery_app,
+    cleanup: list[int],
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     """Firing in process with a given time (the beat's own function), so the due times are chosen, not waited."""
     from lem_planner.campaigns import cancel_campaign
@@ -184,8 +206,7 @@ def test_overlap_queue_and_skip_are_recorded_per_firing(
     path, name = campaign_file(tmp_path)
     t0 = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     queue = add(lem, str(path), "--every", "1h", "--at", t0.isoformat(), "--catch-up", "3")
-    skip = add(lem, str(path), "--every", "1h", "--at", (t0 + timedelta(minutes=30)).isoformat(),
-               "--overlap", "skip")
+    skip = add(lem, str(path), "--every", "1h", "--at", (t0 + timedelta(minutes=30)).isoformat(), "--overlap", "skip")
     cleanup += [queue["id"], skip["id"]]
     path.write_text("name: edited\n")  # the schedules run what the file held when they were added
     first_outcome = "queued" if running_on("vllm") else "created"
@@ -193,12 +214,17 @@ def test_overlap_queue_and_skip_are_recorded_per_firing(
     fire_due(celery_app, now=t0 + timedelta(hours=2, seconds=1))
     q = firings(queue["id"])
     assert [(f.outcome, aware(f.due_at)) for f in q] == [
-        (first_outcome, t0), ("queued", t0 + timedelta(hours=1)), ("queued", t0 + timedelta(hours=2))]
+        (first_outcome, t0),
+        ("queued", t0 + timedelta(hours=1)),
+        ("queued", t0 + timedelta(hours=2)),
+    ]
     assert f"behind campaign {q[0].campaign_id} ({name}) on vllm" in q[1].detail
     s = firings(skip["id"])
     # T0+30m passed "while no beat ran" beyond catch-up 1: missed; T0+90m: skipped, the queue schedule's runs go on
     assert [(f.outcome, aware(f.due_at), f.campaign_id, f.overlap) for f in s] == [
-        ("missed", t0 + timedelta(minutes=30), None, "skip"), ("skipped", t0 + timedelta(minutes=90), None, "skip")]
+        ("missed", t0 + timedelta(minutes=30), None, "skip"),
+        ("skipped", t0 + timedelta(minutes=90), None, "skip"),
+    ]
     assert f"still running: campaign {q[0].campaign_id} ({name}) on vllm" in s[1].detail
     assert [c.name for c in campaigns_named(name)] == [name] * 3
 
@@ -211,7 +237,8 @@ def test_overlap_queue_and_skip_are_recorded_per_firing(
     # pause: nothing fires; resume: from the next due time on the grid; history through the command line
     assert lem("schedule", "pause", str(skip["id"])).returncode == 0
     assert fire_due(celery_app, now=t0 + timedelta(hours=5)) and len(firings(skip["id"])) == len(s) + (
-        first_outcome == "created")
+        first_outcome == "created"
+    )
     resumed = lem("schedule", "resume", str(skip["id"]))
     assert resumed.returncode == 0 and "resumed; next " in resumed.stdout
     history = json.loads(lem("schedule", "history", str(skip["id"]), "--json").stdout)
@@ -220,7 +247,11 @@ def test_overlap_queue_and_skip_are_recorded_per_firing(
 
 
 def test_a_queued_campaign_is_measured_after_the_one_it_queued_behind(
-    workers, celery_app, cleanup: list[int], lem, tmp_path: Path  # noqa: ANN001
+    workers,
+    celery_app,
+    cleanup: list[int],
+    lem,
+    tmp_path: Path,  # noqa: ANN001
 ) -> None:
     """Two firings at once on the one pytorch worker (one GPU): the second campaign's run starts only after the
     first campaign's run has left the worker; both are measured."""
@@ -276,12 +307,30 @@ def test_a_stored_campaign_that_no_longer_plans_is_recorded_once_as_failed(celer
     from lem_planner.schedules import fire_due
 
     t0 = (datetime.now(UTC) + timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
-    text = yaml.safe_dump({"name": f"inf-{secrets.token_hex(3)}", "cycles": 1, "config_gap_s": float("inf"),
-                           "experiment": {**TINY, "backend": "vllm"}})
+    text = yaml.safe_dump(
+        {
+            "name": f"inf-{secrets.token_hex(3)}",
+            "cycles": 1,
+            "config_gap_s": float("inf"),
+            "experiment": {**TINY, "backend": "vllm"},
+        }
+    )
     with session_scope() as s:
-        row = Schedule(name="inf", source_path=str(tmp_path / "inf.yaml"), campaign_text=text, spec_hash="0" * 64,
-                       kind="every", every_s=3600.0, timezone="UTC", start_at=t0, overlap="queue", catch_up=1,
-                       paused=False, next_due_at=t0, occurrences=0)
+        row = Schedule(
+            name="inf",
+            source_path=str(tmp_path / "inf.yaml"),
+            campaign_text=text,
+            spec_hash="0" * 64,
+            kind="every",
+            every_s=3600.0,
+            timezone="UTC",
+            start_at=t0,
+            overlap="queue",
+            catch_up=1,
+            paused=False,
+            next_due_at=t0,
+            occurrences=0,
+        )
         s.add(row)
         s.flush()
         schedule_id = row.id

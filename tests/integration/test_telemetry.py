@@ -119,8 +119,15 @@ def test_replay_source_fills_gpu_and_host_samples(
 
     with engine.connect() as connection:
         rows = connection.execute(
-            select(GpuSample.time, GpuSample.source, GpuSample.gpu_uuid, GpuSample.gpu_index, GpuSample.power_w,
-                   GpuSample.energy_mj, GpuSample.temperature_c)
+            select(
+                GpuSample.time,
+                GpuSample.source,
+                GpuSample.gpu_uuid,
+                GpuSample.gpu_index,
+                GpuSample.power_w,
+                GpuSample.energy_mj,
+                GpuSample.temperature_c,
+            )
             .where(GpuSample.time >= func.to_timestamp(sampled_from))
             .order_by(GpuSample.time)
         ).all()
@@ -207,8 +214,7 @@ def test_instantaneous_and_memory_power_are_stored_beside_the_averaged_reading(
     database_url: str, engine: Engine, h200_trace_dir: Path, tmp_path: Path
 ) -> None:
     # The 10 ms H200 recording with the field-values readings, fast and counter records apart as stored.
-    process, log_path = _start_daemon(database_url, f"replay:{h200_trace_dir / 'h200_instant_trace.jsonl'}",
-                                      tmp_path)
+    process, log_path = _start_daemon(database_url, f"replay:{h200_trace_dir / 'h200_instant_trace.jsonl'}", tmp_path)
     try:
         _wait_for(lambda: _count(engine, GpuSample) > 0 or process.poll() is not None, 10, "the first GPU samples")
         sampled_from = time.time()
@@ -218,9 +224,16 @@ def test_instantaneous_and_memory_power_are_stored_beside_the_averaged_reading(
     assert exit_code == 0, log_path.read_text()
     with engine.connect() as connection:
         rows = connection.execute(
-            select(GpuSample.power_w, GpuSample.power_instant_w, GpuSample.power_memory_w, GpuSample.power_module_w,
-                   GpuSample.energy_mj)
-            .where(GpuSample.time >= func.to_timestamp(sampled_from)).order_by(GpuSample.time)).all()
+            select(
+                GpuSample.power_w,
+                GpuSample.power_instant_w,
+                GpuSample.power_memory_w,
+                GpuSample.power_module_w,
+                GpuSample.energy_mj,
+            )
+            .where(GpuSample.time >= func.to_timestamp(sampled_from))
+            .order_by(GpuSample.time)
+        ).all()
     fast = [r for r in rows if r.power_w is not None]
     counter = [r for r in rows if r.energy_mj is not None]
     assert fast and counter

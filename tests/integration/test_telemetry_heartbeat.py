@@ -34,8 +34,15 @@ def _beats_of(daemon: Daemon) -> dict[str, dict[str, Any]]:
 
 
 def _start(database_url: str, trace: Path, tmp_path: Path, name: str) -> Daemon:
-    return start_daemon(database_url, f"replay:{trace}", tmp_path, name=name, telemetry_interval_s=0.05,
-                        telemetry_heartbeat_s=0.2, telemetry_heartbeat_ttl_s=TTL_S)
+    return start_daemon(
+        database_url,
+        f"replay:{trace}",
+        tmp_path,
+        name=name,
+        telemetry_interval_s=0.05,
+        telemetry_heartbeat_s=0.2,
+        telemetry_heartbeat_ttl_s=TTL_S,
+    )
 
 
 def test_heartbeats_while_sampling_gone_after_stop_and_expired_after_death(
@@ -76,9 +83,15 @@ def test_without_redis_it_keeps_sampling_and_says_so_once(
     with socket.socket() as probe:  # a port where nothing listens
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    daemon = start_daemon(database_url, f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}", tmp_path,
-                          broker_url=f"redis://127.0.0.1:{closed_port}/0", telemetry_interval_s=0.05,
-                          telemetry_heartbeat_s=0.2, telemetry_flush_s=0.2)
+    daemon = start_daemon(
+        database_url,
+        f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
+        tmp_path,
+        broker_url=f"redis://127.0.0.1:{closed_port}/0",
+        telemetry_interval_s=0.05,
+        telemetry_heartbeat_s=0.2,
+        telemetry_flush_s=0.2,
+    )
     engine = create_engine(database_url)
     try:
         wait_for(lambda: "Redis unreachable" in daemon.log() or not daemon.alive(), 15, "the Redis warning")

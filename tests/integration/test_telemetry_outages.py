@@ -21,7 +21,6 @@ from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, start_d
 INTERVAL_S = 0.02
 
 
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[PrivatePostgres]:
     if not (PG_BIN / "initdb").exists():
@@ -61,9 +60,10 @@ def _samples(engine: Engine) -> tuple[list[float], list[tuple[float, int]], int]
 
 def _count_after(engine: Engine, t: float) -> int:
     with engine.connect() as connection:
-        return connection.scalar(
-            select(func.count()).select_from(GpuSample).where(GpuSample.time > func.to_timestamp(t))
-        ) or 0
+        return (
+            connection.scalar(select(func.count()).select_from(GpuSample).where(GpuSample.time > func.to_timestamp(t)))
+            or 0
+        )
 
 
 def test_a_postgres_restart_while_sampling_loses_no_sample(
@@ -71,8 +71,13 @@ def test_a_postgres_restart_while_sampling_loses_no_sample(
 ) -> None:
     url = running.migrated_database("restart")
     engine = create_engine(url)
-    daemon = start_daemon(url, f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}", tmp_path,
-                          telemetry_interval_s=INTERVAL_S, telemetry_flush_s=0.2)
+    daemon = start_daemon(
+        url,
+        f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}",
+        tmp_path,
+        telemetry_interval_s=INTERVAL_S,
+        telemetry_flush_s=0.2,
+    )
     try:
         wait_for(lambda: _count_after(engine, 0) > 0 or not daemon.alive(), 15, "the first samples")
         assert daemon.alive(), daemon.log()
@@ -114,8 +119,7 @@ def test_samples_spilled_at_shutdown_are_backfilled_by_the_next_start(
     url = running.migrated_database("spill")
     source = f"replay:{h200_trace_dir / 'h200_nvml_trace.jsonl'}"
     running.stop()
-    first = start_daemon(url, source, tmp_path, name="first", telemetry_interval_s=INTERVAL_S,
-                         telemetry_flush_s=0.2)
+    first = start_daemon(url, source, tmp_path, name="first", telemetry_interval_s=INTERVAL_S, telemetry_flush_s=0.2)
     time.sleep(2.5)
     assert first.stop() == 0, first.log()
     first_stopped = time.time()
@@ -131,8 +135,7 @@ def test_samples_spilled_at_shutdown_are_backfilled_by_the_next_start(
     assert host_lines >= 1
 
     running.start()
-    second = start_daemon(url, source, tmp_path, name="second", telemetry_interval_s=INTERVAL_S,
-                          telemetry_flush_s=0.2)
+    second = start_daemon(url, source, tmp_path, name="second", telemetry_interval_s=INTERVAL_S, telemetry_flush_s=0.2)
     engine = create_engine(url)
     try:
         wait_for(lambda: not list((tmp_path / "buffer").rglob("*.jsonl")), 15, "the disk buffer to be back-filled")

@@ -30,7 +30,11 @@ from lem_shared.params.snapshots import snapshot_files
 REQUIRED = "<required>"
 FAULTS_ENV = "STAND_IN_ENGINE_FAULTS"
 SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
-    "bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "None": (type(None),),
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "None": (type(None),),
 }
 
 
@@ -93,10 +97,10 @@ def _accepts(type_text: str) -> tuple[tuple[type, ...], tuple[Any, ...]] | None:
     text = type_text.strip()
     for wrapper, extra in (("Optional[", ("None",)), ("Union[", ())):
         if text.startswith(wrapper) and text.endswith("]"):
-            return _accepts_all([*_split_top(text[len(wrapper):-1], ","), *extra])
+            return _accepts_all([*_split_top(text[len(wrapper) : -1], ","), *extra])
     if text.startswith("Literal[") and text.endswith("]"):
         try:
-            values = ast.literal_eval("[" + text[len("Literal["):-1] + "]")
+            values = ast.literal_eval("[" + text[len("Literal[") : -1] + "]")
         except (ValueError, SyntaxError):
             return None
         return (), tuple(values)
@@ -139,8 +143,10 @@ def check_kwargs(call: str, kwargs: dict[str, Any], snapshot: Snapshot, groups: 
     known = snapshot.parameters(groups)
     for name in kwargs:
         if name not in known:
-            raise TypeError(f"{call}() got an unexpected keyword argument {name!r} "
-                            f"(stand-in: not in the {'/'.join(groups)} group of the {snapshot.version} snapshot)")
+            raise TypeError(
+                f"{call}() got an unexpected keyword argument {name!r} "
+                f"(stand-in: not in the {'/'.join(groups)} group of the {snapshot.version} snapshot)"
+            )
     for name, parameter in known.items():
         if parameter.get("default") == REQUIRED and name not in kwargs:
             raise TypeError(f"{call}() missing 1 required keyword argument: {name!r}")
@@ -193,8 +199,10 @@ def read_model(model: Any, engine: str, load_format: str, skip_tokenizer_init: b
     ``load_format`` is ``dummy`` (random weights); a tokenizer unless ``skip_tokenizer_init``."""
     folder = Path(str(model))
     if not (folder / "config.json").is_file():
-        raise OSError(f"stand-in {engine}: {model!r} is not a local folder with a config.json (the stand-in loads "
-                      "local folders only; it downloads nothing)")
+        raise OSError(
+            f"stand-in {engine}: {model!r} is not a local folder with a config.json (the stand-in loads "
+            "local folders only; it downloads nothing)"
+        )
     files = {p.name for p in folder.iterdir()}
     loaded = StandInModel(
         config=json.loads((folder / "config.json").read_text()),
@@ -231,12 +239,15 @@ def check_prompt(ids: list[int], max_tokens: int, model: StandInModel, max_len: 
     if bad:
         raise ValueError(f"stand-in {engine}: token id {bad[0]} is out of vocabulary (size {model.vocab_size})")
     if len(ids) + max_tokens > max_len:
-        raise ValueError(f"stand-in {engine}: prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
-                         f"context length {max_len}")
+        raise ValueError(
+            f"stand-in {engine}: prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
+            f"context length {max_len}"
+        )
 
 
-def completion(ids: list[int], index: int, max_tokens: int, min_tokens: int, eos: int | None,
-               vocab_size: int) -> list[int]:
+def completion(
+    ids: list[int], index: int, max_tokens: int, min_tokens: int, eos: int | None, vocab_size: int
+) -> list[int]:
     """Deterministic new tokens: ``max_tokens`` of them, never ``eos``, unless ``eos`` may end the sequence (not
     ignored): then this "model" emits it right after ``min_tokens`` tokens."""
     out: list[int] = []

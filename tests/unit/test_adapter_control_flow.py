@@ -38,8 +38,9 @@ STAND_INS = Path(__file__).resolve().parents[1] / "stand_in_engines"
 STAND_IN_MODULES = ("vllm", "tensorrt_llm", "_stand_in", "stand_in_adapters")
 REAL_ENGINE = any(importlib.util.find_spec(name) is not None for name in ("vllm", "tensorrt_llm"))
 
-pytestmark = pytest.mark.skipif(REAL_ENGINE, reason="a real engine is installed here; the stand-ins would shadow it "
-                                "(tests/gpu runs the real one)")
+pytestmark = pytest.mark.skipif(
+    REAL_ENGINE, reason="a real engine is installed here; the stand-ins would shadow it (tests/gpu runs the real one)"
+)
 
 MEASUREMENT = {"warmup_window": 2, "warmup_min": 0, "warmup_max": 2, "min_window_s": 0}
 WORKLOAD = {"num_prompts": 4, "input_len": 8, "output_len": 5}
@@ -84,13 +85,29 @@ def engines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Engines
 
 
 def vllm_experiment(**section: Any) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"backend": "vllm", "model": "random:llama-tiny", "batch_size": 2,
-                                            "workload": WORKLOAD, "measurement": MEASUREMENT, "vllm": section})
+    return ExperimentConfig.model_validate(
+        {
+            "backend": "vllm",
+            "model": "random:llama-tiny",
+            "batch_size": 2,
+            "workload": WORKLOAD,
+            "measurement": MEASUREMENT,
+            "vllm": section,
+        }
+    )
 
 
 def trtllm_experiment(**section: Any) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"backend": "trtllm", "model": "random:llama-tiny", "batch_size": 2,
-                                            "workload": WORKLOAD, "measurement": MEASUREMENT, "trtllm": section})
+    return ExperimentConfig.model_validate(
+        {
+            "backend": "trtllm",
+            "model": "random:llama-tiny",
+            "batch_size": 2,
+            "workload": WORKLOAD,
+            "measurement": MEASUREMENT,
+            "trtllm": section,
+        }
+    )
 
 
 VLLM_SECTION: dict[str, Any] = {
@@ -99,14 +116,20 @@ VLLM_SECTION: dict[str, Any] = {
     "extra": {"engine.enable_sleep_mode": False, "sampling.skip_special_tokens": False},
 }
 TRTLLM_SECTION: dict[str, Any] = {
-    "engine": {"max_batch_size": 8, "max_seq_len": 64,
-               "cuda_graph_config": {"max_batch_size": 8, "enable_padding": True},
-               "scheduler_config": {"capacity_scheduler_policy": "GUARANTEED_NO_EVICT"},
-               "speculative_config": {"decoding_type": "NGram", "max_draft_len": 4, "max_matching_ngram_size": 2}},
+    "engine": {
+        "max_batch_size": 8,
+        "max_seq_len": 64,
+        "cuda_graph_config": {"max_batch_size": 8, "enable_padding": True},
+        "scheduler_config": {"capacity_scheduler_policy": "GUARANTEED_NO_EVICT"},
+        "speculative_config": {"decoding_type": "NGram", "max_draft_len": 4, "max_matching_ngram_size": 2},
+    },
     "kv_cache": {"free_gpu_memory_fraction": 0.5, "tokens_per_block": 64},
     "sampling": {"temperature": 0.8, "top_k": 20, "n": 2, "seed": 3},
-    "extra": {"engine.enable_iter_perf_stats": True, "kv_cache.event_buffer_max_size": 0,
-              "sampling.skip_special_tokens": False},
+    "extra": {
+        "engine.enable_iter_perf_stats": True,
+        "kv_cache.event_buffer_max_size": 0,
+        "sampling.skip_special_tokens": False,
+    },
 }
 
 
@@ -123,8 +146,10 @@ def first_batch(experiment: ExperimentConfig, vocab_size: int) -> list[list[int]
 
 def test_the_stand_ins_say_what_they_are_and_carry_the_snapshots_versions(engines: Engines) -> None:
     snapshots = Path(__file__).resolve().parents[2] / "shared" / "lem_shared" / "params" / "snapshots"
-    for module, prefix, backend in ((engines.vllm, "STAND-IN, not vLLM:", "vllm"),
-                                    (engines.trtllm, "STAND-IN, not TensorRT-LLM:", "trtllm")):
+    for module, prefix, backend in (
+        (engines.vllm, "STAND-IN, not vLLM:", "vllm"),
+        (engines.trtllm, "STAND-IN, not TensorRT-LLM:", "trtllm"),
+    ):
         newest = sorted(snapshots.glob(f"{backend}-*.json"))[-1]
         assert module.__version__ == json.loads(newest.read_text())["engine_version"]
         for path in Path(module.__file__).parent.rglob("*.py"):
@@ -219,8 +244,9 @@ def test_vllm_adapter_reads_a_local_models_vocabulary_from_the_engine(engines: E
 
     folder = tmp_path / "llama"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({**llama_hf_config("random:llama-tiny", "float16"),
-                                                    "vocab_size": 321}))
+    (folder / "config.json").write_text(
+        json.dumps({**llama_hf_config("random:llama-tiny", "float16"), "vocab_size": 321})
+    )
     (folder / "tokenizer.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"")
     experiment = ExperimentConfig.model_validate({"backend": "vllm", "model": str(folder), "workload": WORKLOAD})
@@ -268,17 +294,26 @@ def test_trtllm_adapter_load_generate_unload_passes_exactly_its_mapping(engines:
     (llm_kwargs,) = calls(trtllm, "LLM")
     model_dir = Path(llm_kwargs["model"])
     expected = engine_kwargs(experiment, str(model_dir))
-    nested = {"kv_cache_config": llm_args.KvCacheConfig, "cuda_graph_config": llm_args.CudaGraphConfig,
-              "scheduler_config": llm_args.SchedulerConfig, "speculative_config": llm_args.NGramDecodingConfig}
+    nested = {
+        "kv_cache_config": llm_args.KvCacheConfig,
+        "cuda_graph_config": llm_args.CudaGraphConfig,
+        "scheduler_config": llm_args.SchedulerConfig,
+        "speculative_config": llm_args.NGramDecodingConfig,
+    }
     for key, cls in nested.items():  # built into the engine's config objects, with the section's fields
         assert type(llm_kwargs[key]) is cls, key
         fields = dict(expected[key])
         fields.pop("decoding_type", None)
         assert llm_kwargs[key].fields == fields, key
-    assert llm_kwargs["kv_cache_config"].fields == {"enable_block_reuse": False, "free_gpu_memory_fraction": 0.5,
-                                                    "tokens_per_block": 64, "event_buffer_max_size": 0}
+    assert llm_kwargs["kv_cache_config"].fields == {
+        "enable_block_reuse": False,
+        "free_gpu_memory_fraction": 0.5,
+        "tokens_per_block": 64,
+        "event_buffer_max_size": 0,
+    }
     assert {k: v for k, v in llm_kwargs.items() if k not in nested} == {
-        k: v for k, v in expected.items() if k not in nested}
+        k: v for k, v in expected.items() if k not in nested
+    }
     assert llm_kwargs["enable_iter_perf_stats"] is True and llm_kwargs["return_perf_metrics"] is True
     assert llm_kwargs["load_format"] == "dummy" and llm_kwargs["skip_tokenizer_init"] is True
     assert adapter.vocab_size() == random_preset(experiment.model)["vocab_size"]
@@ -321,8 +356,9 @@ def test_trtllm_adapter_reads_a_local_models_vocabulary_from_its_config(engines:
 
     folder = tmp_path / "llama"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({**llama_hf_config("random:llama-tiny", "float16"),
-                                                    "vocab_size": 321}))
+    (folder / "config.json").write_text(
+        json.dumps({**llama_hf_config("random:llama-tiny", "float16"), "vocab_size": 321})
+    )
     (folder / "tokenizer.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"")
     experiment = ExperimentConfig.model_validate({"backend": "trtllm", "model": str(folder), "workload": WORKLOAD})
@@ -360,8 +396,9 @@ def test_trtllm_versions_report_distributions_so_a_stand_in_is_never_recorded_as
 
 
 @pytest.mark.parametrize(("backend", "section"), [("vllm", VLLM_SECTION), ("trtllm", TRTLLM_SECTION)])
-def test_the_runtime_measures_through_each_adapter_end_to_end(engines: Engines, backend: str,
-                                                              section: dict[str, Any]) -> None:
+def test_the_runtime_measures_through_each_adapter_end_to_end(
+    engines: Engines, backend: str, section: dict[str, Any]
+) -> None:
     adapter_class = {"vllm": engines.adapters.CpuVllmAdapter, "trtllm": engines.adapters.CpuTrtLlmAdapter}[backend]
     engine = {"vllm": engines.vllm, "trtllm": engines.trtllm}[backend]
     build = {"vllm": vllm_experiment, "trtllm": trtllm_experiment}[backend]
@@ -421,14 +458,16 @@ def test_an_engine_failing_in_generate_fails_the_measurement(engines: Engines, b
     runtime.adapter.unload()
 
 
-def test_a_short_generation_is_an_engine_error_not_a_measurement(engines: Engines,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_short_generation_is_an_engine_error_not_a_measurement(
+    engines: Engines, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lem_worker_vllm import adapter as vllm_adapter
 
     # As if the adapter had lost ignore_eos: the stand-in "model" then stops at EOS after min_tokens.
     original = vllm_adapter.sampling_kwargs
-    monkeypatch.setattr(vllm_adapter, "sampling_kwargs",
-                        lambda e: {**original(e), "ignore_eos": False, "min_tokens": 1})
+    monkeypatch.setattr(
+        vllm_adapter, "sampling_kwargs", lambda e: {**original(e), "ignore_eos": False, "min_tokens": 1}
+    )
     runtime = MeasurementRuntime(engines.adapters.CpuVllmAdapter("auto"))
     with pytest.raises(EngineError, match="produced 4 tokens, expected 10"):
         runtime.measure(vllm_experiment())

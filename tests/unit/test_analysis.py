@@ -24,8 +24,14 @@ from lem_shared.analysis import (
 )
 from lem_shared.trace import TraceError, read_trace, read_windows
 
-README_COUNTER_J = {"idle": 1158.3, "decode_bs1": 1143.8, "decode_bs16": 1287.7, "decode_bs64": 1761.0,
-                    "matmul_burn": 8260.5, "cooldown": 1807.9}
+README_COUNTER_J = {
+    "idle": 1158.3,
+    "decode_bs1": 1143.8,
+    "decode_bs16": 1287.7,
+    "decode_bs64": 1761.0,
+    "matmul_burn": 8260.5,
+    "cooldown": 1807.9,
+}
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +49,9 @@ def windows_file(h200_trace_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return path
 
 
-def test_every_marked_phase_matches_the_reference_within_half_a_percent(h200_trace_dir: Path,
-                                                                        windows_file: Path) -> None:
+def test_every_marked_phase_matches_the_reference_within_half_a_percent(
+    h200_trace_dir: Path, windows_file: Path
+) -> None:
     samples = read_trace(h200_trace_dir / "h200_nvml_trace.jsonl")
     for name, start, end in read_windows(windows_file):
         result = analyse_window(samples, start, end, name=name)
@@ -73,10 +80,18 @@ def test_at_least_ten_checks_each_with_status_and_message(h200_trace_dir: Path, 
 
 def steady(start: float, end: float, power_w: float = 200.0, step: float = 0.1, **fields: int) -> list[TelemetrySample]:
     n = round((end - start) / step)
-    return [TelemetrySample(t=start + i * step, power_w=power_w, energy_mj=round(power_w * (start + i * step) * 1000),
-                            temperature_c=50, sm_clock_mhz=fields.get("sm", 1980),
-                            clock_event_reasons=fields.get("reasons", 0), utilization_gpu=fields.get("util", 0))
-            for i in range(n + 1)]
+    return [
+        TelemetrySample(
+            t=start + i * step,
+            power_w=power_w,
+            energy_mj=round(power_w * (start + i * step) * 1000),
+            temperature_c=50,
+            sm_clock_mhz=fields.get("sm", 1980),
+            clock_event_reasons=fields.get("reasons", 0),
+            utilization_gpu=fields.get("util", 0),
+        )
+        for i in range(n + 1)
+    ]
 
 
 def status_of(samples: list[TelemetrySample], start: float, end: float, **kw: object) -> dict[str, str]:
@@ -140,13 +155,32 @@ def lem(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_lem_energy_analyse_prints_one_object_per_window(h200_trace_dir: Path, windows_file: Path) -> None:
-    result = lem("energy", "analyse", "--trace", str(h200_trace_dir / "h200_nvml_trace.jsonl"),
-                 "--windows", str(windows_file), "--json")
+    result = lem(
+        "energy",
+        "analyse",
+        "--trace",
+        str(h200_trace_dir / "h200_nvml_trace.jsonl"),
+        "--windows",
+        str(windows_file),
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert [r["name"] for r in rows] == list(README_COUNTER_J)
-    required = {"name", "duration_s", "energy_counter_j", "energy_integral_j", "disagreement_pct", "mean_power_w",
-                "peak_power_w", "samples", "counter_updates", "reason_share", "verdict", "checks"}
+    required = {
+        "name",
+        "duration_s",
+        "energy_counter_j",
+        "energy_integral_j",
+        "disagreement_pct",
+        "mean_power_w",
+        "peak_power_w",
+        "samples",
+        "counter_updates",
+        "reason_share",
+        "verdict",
+        "checks",
+    }
     assert all(required <= set(r) for r in rows)
 
 
@@ -167,16 +201,27 @@ def test_thresholds_are_settable() -> None:
 
 # --- Checks without GPU telemetry (CPU runs) ----------------------------------------------------------------------
 
-def facts(tokens: int = 128, expected: int = 128, latencies: tuple[float, ...] = (1.0, 1.02, 0.98, 1.01),
-          batches: int | None = None) -> RunFacts:
+
+def facts(
+    tokens: int = 128,
+    expected: int = 128,
+    latencies: tuple[float, ...] = (1.0, 1.02, 0.98, 1.01),
+    batches: int | None = None,
+) -> RunFacts:
     count = len(latencies) if batches is None else batches
-    return RunFacts(output_tokens=tokens, expected_output_tokens=expected, batches=count,
-                    expected_batches=len(latencies), batch_latencies_s=latencies)
+    return RunFacts(
+        output_tokens=tokens,
+        expected_output_tokens=expected,
+        batches=count,
+        expected_batches=len(latencies),
+        batch_latencies_s=latencies,
+    )
 
 
 def cpu_statuses(duration_s: float = 3.0, run: RunFacts | None = None, **warmup: object) -> dict[str, str]:
-    context = RunContext(**({"warmup_converged": True, "warmup_cv": 0.03, "warmup_iterations": 4,
-                             "warmup_cv_threshold": 0.05} | warmup))  # type: ignore[arg-type]
+    context = RunContext(
+        **({"warmup_converged": True, "warmup_cv": 0.03, "warmup_iterations": 4, "warmup_cv_threshold": 0.05} | warmup)
+    )  # type: ignore[arg-type]
     checks = checks_without_telemetry(duration_s, run or facts(), context, Thresholds(min_window_s=2))
     return {c.name: c.status for c in checks} | {"verdict": verdict_of(checks)}
 
@@ -186,8 +231,9 @@ def test_a_steady_cpu_run_is_valid_and_its_energy_checks_are_not_applicable() ->
     checks = checks_without_telemetry(3.0, facts(), context, Thresholds(min_window_s=2))
     assert verdict_of(checks) == "valid"
     by_name = {c.name: c for c in checks}
-    assert {by_name[n].status for n in ("warmup_converged", "window_duration", "tokens_counted",
-                                        "latency_spread")} == {"pass"}
+    assert {by_name[n].status for n in ("warmup_converged", "window_duration", "tokens_counted", "latency_spread")} == {
+        "pass"
+    }
     assert all(by_name[n].status == "skipped" and by_name[n].message == NO_TELEMETRY for n in ENERGY_CHECKS)
     assert {"energy_counter", "counter_updates", "baseline_drift"} <= set(ENERGY_CHECKS)
 
@@ -221,8 +267,14 @@ def test_a_token_or_batch_mismatch_invalidates_the_run() -> None:
 def test_latency_spread_warns_above_its_threshold_and_needs_two_batches_of_one_size() -> None:
     assert cpu_statuses(run=facts(latencies=(1.0, 1.6, 0.7, 1.2)))["latency_spread"] == "warning"
     assert cpu_statuses(run=facts(latencies=(1.0,)))["latency_spread"] == "skipped"
-    mixed = RunFacts(output_tokens=96, expected_output_tokens=96, batches=2, expected_batches=2,
-                     batch_latencies_s=(1.0, 0.5), batch_shapes=2)
+    mixed = RunFacts(
+        output_tokens=96,
+        expected_output_tokens=96,
+        batches=2,
+        expected_batches=2,
+        batch_latencies_s=(1.0, 0.5),
+        batch_shapes=2,
+    )
     assert cpu_statuses(run=mixed)["latency_spread"] == "skipped"
     spread = run_checks(facts(latencies=(1.0, 1.6, 0.7, 1.2)), Thresholds(max_latency_cv=0.5))[1]
     assert spread.status == "pass" and "0.5" in spread.message

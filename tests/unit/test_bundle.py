@@ -28,8 +28,10 @@ def make_wheel(folder: Path, name: str, version: str, requires: list[str] = (), 
     info = f"{name}-{version}.dist-info"
     entries = {f"{name}/__init__.py": f"VERSION = {version!r}\n".encode()}
     entries.update({f"{name}/{k}": v for k, v in (files or {}).items()})
-    entries[f"{info}/METADATA"] = ("Metadata-Version: 2.1\n" f"Name: {name}\nVersion: {version}\n"
-                                   + "".join(f"Requires-Dist: {r}\n" for r in requires)).encode()
+    entries[f"{info}/METADATA"] = (
+        "Metadata-Version: 2.1\n"
+        f"Name: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    ).encode()
     entries[f"{info}/WHEEL"] = b"Wheel-Version: 1.0\nGenerator: lem-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     record = []
     for path, data in entries.items():
@@ -45,13 +47,29 @@ def make_wheel(folder: Path, name: str, version: str, requires: list[str] = (), 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("index")
-    make_wheel(folder, "appkit", "1.0", ["helperlib>=1", "hostlib>=2", "heavyext", "shadowme>=2",
-                                         "extrastuff; extra == 'more'", "ancientlib; python_version < '3.0'"])
+    make_wheel(
+        folder,
+        "appkit",
+        "1.0",
+        [
+            "helperlib>=1",
+            "hostlib>=2",
+            "heavyext",
+            "shadowme>=2",
+            "extrastuff; extra == 'more'",
+            "ancientlib; python_version < '3.0'",
+        ],
+    )
     make_wheel(folder, "helperlib", "1.2", ["leaflib"], {"noise.bin": os.urandom(48_000)})
     make_wheel(folder, "leaflib", "0.1", [], {"big.bin": os.urandom(20_000)})
-    for name, version, requires in (("hostlib", "2.5", []), ("shadowme", "2.0", []),
-                                    ("heavyext", "3.0", ["heavydep"]), ("heavydep", "1.0", []),
-                                    ("extrastuff", "1.0", []), ("ancientlib", "1.0", [])):
+    for name, version, requires in (
+        ("hostlib", "2.5", []),
+        ("shadowme", "2.0", []),
+        ("heavyext", "3.0", ["heavydep"]),
+        ("heavydep", "1.0", []),
+        ("extrastuff", "1.0", []),
+        ("ancientlib", "1.0", []),
+    ):
         make_wheel(folder, name, version, requires)
     return folder
 
@@ -60,9 +78,18 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("built") / "bundle"
     lines: list[str] = []
-    manifest = build(["appkit==1.0"], Target(PYTHON_VERSION), HOST, out, exclude=["heavyext", "nothing-like-it"],
-                     prune_globs=["leaflib/big.bin"], part_mib=0.02, python=sys.executable,
-                     pip_args=["--no-index", f"--find-links={wheels}"], progress=lines.append)
+    manifest = build(
+        ["appkit==1.0"],
+        Target(PYTHON_VERSION),
+        HOST,
+        out,
+        exclude=["heavyext", "nothing-like-it"],
+        prune_globs=["leaflib/big.bin"],
+        part_mib=0.02,
+        python=sys.executable,
+        pip_args=["--no-index", f"--find-links={wheels}"],
+        progress=lines.append,
+    )
     assert any("shadows the host's shadowme" in line for line in lines)
     assert any("--exclude matched nothing: nothing-like-it" in line for line in lines)
     return out, manifest
@@ -71,8 +98,12 @@ def bundle(wheels: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 def unpack_in_fresh_python(bundle: Path, target: Path, *extra: str) -> subprocess.CompletedProcess:
     """The bundle's own unpack.py, as a host without the project runs it: isolated mode, no PYTHONPATH."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-I", str(bundle / "unpack.py"), str(bundle), "--target", str(target),
-                           *extra], capture_output=True, text=True, env=env)
+    return subprocess.run(
+        [sys.executable, "-I", str(bundle / "unpack.py"), str(bundle), "--target", str(target), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def test_the_bundle_carries_what_the_host_lacks_and_no_more(bundle: tuple[Path, dict]) -> None:
@@ -105,9 +136,12 @@ def test_unpack_with_the_standard_library_alone_installs_an_importable_tree(bund
     done = unpack_in_fresh_python(out, target)
     assert done.returncode == 0, done.stderr
     assert f"export PYTHONPATH={target}" in done.stdout
-    probe = subprocess.run([sys.executable, "-c", "import appkit, helperlib, leaflib, shadowme; "
-                            "print(appkit.VERSION, shadowme.VERSION)"],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(target)})
+    probe = subprocess.run(
+        [sys.executable, "-c", "import appkit, helperlib, leaflib, shadowme; print(appkit.VERSION, shadowme.VERSION)"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(target)},
+    )
     assert probe.stdout.split() == ["1.0", "2.0"], probe.stderr
     assert not (target / "leaflib" / "big.bin").exists() and (target / "helperlib" / "noise.bin").exists()
     assert not (target / "heavyext").exists() and not (target / "hostlib").exists()
@@ -171,8 +205,13 @@ def test_bad_input_is_refused_naming_what_to_fix(bundle, tmp_path: Path) -> None
     for glibc in ("3.1", "2.x", "2", "2.1e20", "nan"):
         with pytest.raises(BundleError, match=f"--glibc {glibc}: give the host's glibc as 2.N"):
             Target("3.12", glibc=glibc).platforms()
-    for python, mib in (("three", 47.0), ("3.12", float("inf")), ("3.12", float("nan")), ("3.12", -1.0),
-                        ("3.12", 1e20)):
+    for python, mib in (
+        ("three", 47.0),
+        ("3.12", float("inf")),
+        ("3.12", float("nan")),
+        ("3.12", -1.0),
+        ("3.12", 1e20),
+    ):
         with pytest.raises(BundleError, match="--python-version three|--part-mib"):
             build(["appkit==1.0"], Target(python), HOST, tmp_path / "never", part_mib=mib)
     assert not (tmp_path / "never").exists()
@@ -182,11 +221,33 @@ def test_bad_input_is_refused_naming_what_to_fix(bundle, tmp_path: Path) -> None
     host = tmp_path / "host.txt"
     host.write_text(HOST)
     runner = CliRunner()
-    bad = runner.invoke(cli, ["bundle", "build", "vllm=0.26", "--host-packages", str(host), "--python-version",
-                              PYTHON_VERSION, "--out", str(tmp_path / "b")])
+    bad = runner.invoke(
+        cli,
+        [
+            "bundle",
+            "build",
+            "vllm=0.26",
+            "--host-packages",
+            str(host),
+            "--python-version",
+            PYTHON_VERSION,
+            "--out",
+            str(tmp_path / "b"),
+        ],
+    )
     assert bad.exit_code == 2 and "requirement 'vllm=0.26' is not valid" in bad.output
-    missing = runner.invoke(cli, ["bundle", "build", "vllm==0.26.0", "--host-packages", str(tmp_path / "nope.txt"),
-                                  "--python-version", PYTHON_VERSION])
+    missing = runner.invoke(
+        cli,
+        [
+            "bundle",
+            "build",
+            "vllm==0.26.0",
+            "--host-packages",
+            str(tmp_path / "nope.txt"),
+            "--python-version",
+            PYTHON_VERSION,
+        ],
+    )
     assert missing.exit_code == 2 and "pip list --format=freeze" in missing.output
     assert runner.invoke(cli, ["bundle", "verify", str(out)]).exit_code == 0
     lost = runner.invoke(cli, ["bundle", "verify", str(tmp_path)])

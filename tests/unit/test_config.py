@@ -27,11 +27,14 @@ def test_default_campaign_expands_to_two_batch_sizes_and_two_cycles() -> None:
 
 
 def test_grid_is_the_product_of_its_axes_in_file_order() -> None:
-    _, experiments = parse_campaign(
-        {"name": "g", "grid": {"batch_size": [1, 2], "workload.input_len": [8, 16, 32]}}
-    )
+    _, experiments = parse_campaign({"name": "g", "grid": {"batch_size": [1, 2], "workload.input_len": [8, 16, 32]}})
     assert [(e.batch_size, e.workload.input_len) for e in experiments] == [
-        (1, 8), (1, 16), (1, 32), (2, 8), (2, 16), (2, 32),
+        (1, 8),
+        (1, 16),
+        (1, 32),
+        (2, 8),
+        (2, 16),
+        (2, 32),
     ]
 
 
@@ -49,7 +52,8 @@ def test_invalid_grid_value_is_skipped_with_the_field_and_reason() -> None:
     plan = plan_campaign({"name": "x", "grid": {"batch_size": [1, 2, 0]}})
     assert [e.batch_size for e in plan.experiments] == [1, 2]
     assert [(s.point, s.reason) for s in plan.skipped] == [
-        ({"backend": "pytorch", "batch_size": 0}, "batch_size: must be >= 1 (got 0)")]
+        ({"backend": "pytorch", "batch_size": 0}, "batch_size: must be >= 1 (got 0)")
+    ]
 
 
 def test_unknown_key_lists_the_allowed_ones() -> None:
@@ -74,8 +78,10 @@ def test_impossible_combination_is_skipped_with_the_grid_point() -> None:
     plan = plan_campaign(raw)
     assert [e.batch_size for e in plan.experiments] == [2]
     (skipped,) = plan.skipped
-    assert skipped.describe() == "point (backend='pytorch', batch_size=8): batch_size (8) must be <= " \
+    assert (
+        skipped.describe() == "point (backend='pytorch', batch_size=8): batch_size (8) must be <= "
         "workload.num_prompts (4)"
+    )
 
 
 def test_a_grid_with_no_possible_point_is_rejected() -> None:

@@ -55,6 +55,7 @@ _VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])
 
 # --- helpers ----------------------------------------------------------------------------------------------------
 
+
 def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
@@ -153,6 +154,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 # --- (a) the schema ---------------------------------------------------------------------------------------------
 
+
 def test_compose_file_is_valid_against_the_compose_specification(compose: dict[str, Any]) -> None:
     assert schema_errors(compose) == []
     assert schema_errors(interpolate(compose, env_example())) == []
@@ -178,9 +180,9 @@ def test_every_substituted_variable_is_in_env_example(compose: dict[str, Any]) -
 
 # --- (a) what the schema cannot say -----------------------------------------------------------------------------
 
+
 def test_expected_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "postgres", "migrate", "control", "telemetry", "beat", "flower",
-                             *GPU_WORKERS}
+    assert set(services) == {"redis", "postgres", "migrate", "control", "telemetry", "beat", "flower", *GPU_WORKERS}
 
 
 def test_every_long_running_service_has_a_health_check(services: dict[str, Any]) -> None:
@@ -275,8 +277,11 @@ def test_ports_are_published_on_localhost_only(services: dict[str, Any]) -> None
         for port in service.get("ports", []):
             assert isinstance(port, str) and port.startswith("127.0.0.1:"), f"{name}: {port}"
             published[name] = port
-    assert published == {"redis": "127.0.0.1:6379:6379", "postgres": "127.0.0.1:5432:5432",
-                          "flower": "127.0.0.1:5555:5555"}
+    assert published == {
+        "redis": "127.0.0.1:6379:6379",
+        "postgres": "127.0.0.1:5432:5432",
+        "flower": "127.0.0.1:5555:5555",
+    }
 
 
 def test_stop_grace_period_outlasts_the_soft_shutdown(services: dict[str, Any]) -> None:
@@ -322,18 +327,26 @@ def test_images_are_pinned(services: dict[str, Any]) -> None:
 
 # --- one worker per GPU: scripts/compose_gpus.py ------------------------------------------------------------------
 
+
 def test_one_worker_per_gpu_file(tmp_path: Path) -> None:
     out = tmp_path / "compose.gpus.yaml"
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "compose_gpus.py"), "pytorch=0,1", "vllm=2",
-                           "-o", str(out)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "compose_gpus.py"), "pytorch=0,1", "vllm=2", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     generated = load_compose(out)
     assert schema_errors(generated) == []
     assert schema_errors(interpolate(generated, env_example())) == []
     workers = {name: s for name, s in generated["services"].items() if name.startswith("worker-")}
     assert set(workers) == {"worker-pytorch-gpu0", "worker-pytorch-gpu1", "worker-vllm-gpu2", "worker-trt"}
-    for name, gpu, backend in [("worker-pytorch-gpu0", "0", "pytorch"), ("worker-pytorch-gpu1", "1", "pytorch"),
-                               ("worker-vllm-gpu2", "2", "vllm")]:
+    for name, gpu, backend in [
+        ("worker-pytorch-gpu0", "0", "pytorch"),
+        ("worker-pytorch-gpu1", "1", "pytorch"),
+        ("worker-vllm-gpu2", "2", "vllm"),
+    ]:
         service = workers[name]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "capabilities": ["gpu"], "device_ids": [gpu]}]
@@ -341,8 +354,13 @@ def test_one_worker_per_gpu_file(tmp_path: Path) -> None:
         assert service["command"][-2:] == ["--hostname", f"{node}@%h"]
         assert f"-d {node}@$$HOSTNAME" in service["healthcheck"]["test"][1]
         assert service["profiles"] == [backend]
-        stub = subprocess.run([sys.executable, "-c", _STUB_WORKER, f"lem_worker_{backend}.main", "main",
-                               *service["command"]], capture_output=True, text=True, timeout=120, cwd=REPO)
+        stub = subprocess.run(
+            [sys.executable, "-c", _STUB_WORKER, f"lem_worker_{backend}.main", "main", *service["command"]],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert stub.returncode == 0, stub.stdout + stub.stderr
         assert stub.stdout.split()[-1].startswith(f"{node}@")  # the entry point took the node name
     assert workers["worker-trt"] == load_compose()["services"]["worker-trt"]
@@ -351,12 +369,24 @@ def test_one_worker_per_gpu_file(tmp_path: Path) -> None:
     for name in ("redis", "postgres", "migrate", "control", "telemetry", "beat", "flower"):
         assert generated["services"][name] == original[name]
     # a GPU serves one worker only
-    twice = subprocess.run([sys.executable, str(REPO / "scripts" / "compose_gpus.py"), "pytorch=0", "vllm=0",
-                            "-o", str(tmp_path / "x.yaml")], capture_output=True, text=True, timeout=60)
+    twice = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "compose_gpus.py"),
+            "pytorch=0",
+            "vllm=0",
+            "-o",
+            str(tmp_path / "x.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert twice.returncode != 0 and "one worker per GPU" in twice.stderr
 
 
 # --- (b) hadolint -----------------------------------------------------------------------------------------------
+
 
 def hadolint() -> str:
     found = shutil.which("hadolint", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
@@ -375,19 +405,36 @@ def test_hadolint_is_the_pinned_release() -> None:
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_hadolint(dockerfile: Path) -> None:
     done = subprocess.run(
-        [hadolint(), "--no-color", "--failure-threshold", "info", "--disable-ignore-pragma",
-         "--trusted-registry", "docker.io", "--trusted-registry", "nvcr.io", str(dockerfile)],
-        capture_output=True, text=True, timeout=60)
+        [
+            hadolint(),
+            "--no-color",
+            "--failure-threshold",
+            "info",
+            "--disable-ignore-pragma",
+            "--trusted-registry",
+            "docker.io",
+            "--trusted-registry",
+            "nvcr.io",
+            str(dockerfile),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_there_is_a_dockerfile_per_service(services: dict[str, Any]) -> None:
     built = {Path(s["build"]["dockerfile"]).parent.name for s in services.values() if "build" in s}
-    assert built == {p.parent.name for p in DOCKERFILES} == {"planner", "telemetry", "worker-pytorch",
-                                                             "worker-vllm", "worker-trt"}
+    assert (
+        built
+        == {p.parent.name for p in DOCKERFILES}
+        == {"planner", "telemetry", "worker-pytorch", "worker-vllm", "worker-trt"}
+    )
 
 
 # --- (c) commands resolve to what the image installs --------------------------------------------------------------
+
 
 def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
@@ -407,7 +454,7 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
 def final_stage(path: Path) -> list[tuple[str, str]]:
     instructions = dockerfile_instructions(path)
     starts = [i for i, (word, _) in enumerate(instructions) if word == "FROM"]
-    return instructions[starts[-1]:]
+    return instructions[starts[-1] :]
 
 
 def installed_packages(path: Path) -> list[Path]:
@@ -444,8 +491,10 @@ def image_contents(dockerfile: Path) -> tuple[dict[str, str], set[str], set[str]
 
 def module_path(module: str) -> Path | None:
     for base in [REPO / "shared", *SERVICES_DIR.iterdir()]:
-        for candidate in (base / Path(*module.split(".")).with_suffix(".py"),
-                          base / Path(*module.split(".")) / "__init__.py"):
+        for candidate in (
+            base / Path(*module.split(".")).with_suffix(".py"),
+            base / Path(*module.split(".")) / "__init__.py",
+        ):
             if candidate.exists():
                 return candidate
     return None
@@ -454,8 +503,9 @@ def module_path(module: str) -> Path | None:
 def defines(path: Path, name: str) -> bool:
     tree = ast.parse(path.read_text())
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, ast.AnnAssign) else []
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
             return True
         if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
@@ -471,8 +521,13 @@ def check_argv(argv: list[str], dockerfile: Path, where: str) -> None:
     if program in ("python", "python3"):
         assert argv[1] == "-c", f"{where}: {argv}"
         for node in ast.walk(ast.parse(argv[2])):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module
+                else []
+            )
             for module in names:
                 top = module.split(".")[0]
                 assert top in sys.stdlib_module_names or top in modules, f"{where}: the image has no {module}"
@@ -551,8 +606,13 @@ def test_celery_worker_entry_points_accept_their_compose_arguments(name: str, se
     service = services[name]
     scripts, _, _ = image_contents(REPO / service["build"]["dockerfile"])
     module, _, function = scripts[service["command"][0]].partition(":")
-    done = subprocess.run([sys.executable, "-c", _STUB_WORKER, module, function, *service["command"]],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, "-c", _STUB_WORKER, module, function, *service["command"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     soft, _ = done.stdout.split()[-2:]
     assert float(soft) == soft_shutdown_s(service["command"])
@@ -566,6 +626,7 @@ def test_cli_entry_points_accept_their_commands(argv: list[str]) -> None:
 
 
 # --- make up: local processes by default, compose with LEM_UP=docker ----------------------------------------------
+
 
 def make_dry_run(*args: str) -> subprocess.CompletedProcess[str]:
     if not shutil.which("make"):
@@ -587,11 +648,14 @@ def test_make_up_with_docker_enables_one_profile_per_engine() -> None:
     assert "scripts/services.sh" not in done.stdout
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["PROFILES=pytorch,vllm"], "local processes run the pytorch worker only"),
-    (["LEM_UP=docker", "PROFILES=pytorch,tensorrt"], "unknown engine"),
-    (["LEM_UP=kubernetes"], "LEM_UP must be local or docker"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["PROFILES=pytorch,vllm"], "local processes run the pytorch worker only"),
+        (["LEM_UP=docker", "PROFILES=pytorch,tensorrt"], "unknown engine"),
+        (["LEM_UP=kubernetes"], "LEM_UP must be local or docker"),
+    ],
+)
 def test_make_up_refuses_what_it_cannot_start(args: list[str], message: str) -> None:
     done = make_dry_run(*args)
     assert done.returncode != 0 and message in done.stderr, done.stderr

@@ -30,6 +30,7 @@ ONE_B = LLAMA_PRESETS["llama-1b"]  # d=2048 f=8192 L=16 H=32 Hkv=8 dh=64 V=12825
 # Attention per (query, key) pair and layer: 4*H*dh = 4*4*64 = 1,024; over 4 layers 4,096.
 # LM head per row: 2*256*32000 = 16,384,000.
 
+
 def test_tiny_prefill_hand_computed():
     # Linear: 4 layers * 16 tokens * 1,581,056 = 101,187,584.
     # Causal pairs 16*17/2 = 136 -> 4,096*136 = 557,056. Full square 256 pairs -> 1,048,576.
@@ -62,6 +63,7 @@ def test_tiny_decode_bytes_hand_computed():
 # Per token and layer: Q 2*2048*2048 = 8,388,608; K and V 2*2*2048*(8*64) = 4,194,304; O 8,388,608;
 # MLP 3*2*2048*8192 = 100,663,296; C_lin = 121,634,816.
 # Attention per pair over all layers: 4*16 layers*32 heads*64 = 131,072. LM head per row: 2*2048*128256 = 525,336,576.
+
 
 def test_1b_prefill_hand_computed():
     # Linear: 16 * 2048 * 121,634,816 = 3,985,729,650,688.
@@ -98,7 +100,8 @@ def test_gqa_changes_only_the_kv_projections_and_cache():
     kv_gqa, kv_mha = 16_384 * (268_224 + 127), 65_536 * (268_224 + 127)
     weight_delta = 127 * 16 * 12_582_912 // 2
     assert decode_bytes(mha, 1, 2048, 128, 2) - decode_bytes(ONE_B, 1, 2048, 128, 2) == 2 * (
-        weight_delta + kv_mha - kv_gqa)
+        weight_delta + kv_mha - kv_gqa
+    )
 
 
 def test_decode_flops_grow_with_the_cache():
@@ -154,8 +157,16 @@ def test_bandwidth_efficiency_for_decode():
 
 
 def test_peak_table_is_dense_and_complete():
-    for name in ("NVIDIA H200", "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA A100-SXM4-80GB",
-                 "NVIDIA A100-SXM4-40GB", "NVIDIA A100 80GB PCIe", "NVIDIA L40S", "NVIDIA L4",
-                 "NVIDIA GeForce RTX 4090"):
+    for name in (
+        "NVIDIA H200",
+        "NVIDIA H100 80GB HBM3",
+        "NVIDIA H100 PCIe",
+        "NVIDIA A100-SXM4-80GB",
+        "NVIDIA A100-SXM4-40GB",
+        "NVIDIA A100 80GB PCIe",
+        "NVIDIA L40S",
+        "NVIDIA L4",
+        "NVIDIA GeForce RTX 4090",
+    ):
         peak = GPU_PEAKS[name]
         assert 100 < peak["bf16_tflops"] < 1000 and 0.2 < peak["mem_tb_s"] < 5 and peak["source"]

@@ -32,21 +32,28 @@ def test_the_login_goes_to_flower_through_the_environment(monkeypatch: pytest.Mo
 
 
 def test_without_a_login_flower_is_bound_to_localhost_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    assert flower_argv(["--address=0.0.0.0", "--port=5555"]) == ["--address=0.0.0.0", "--port=5555",
-                                                                  "--address=127.0.0.1"]
+    assert flower_argv(["--address=0.0.0.0", "--port=5555"]) == [
+        "--address=0.0.0.0",
+        "--port=5555",
+        "--address=127.0.0.1",
+    ]
     assert "without authentication, on 127.0.0.1 only" in capsys.readouterr().err
     assert "FLOWER_BASIC_AUTH" not in os.environ
 
 
-@pytest.mark.parametrize(("env", "argv", "message"), [
-    ({"LEM_FLOWER_USER": "ops"}, [], "both"),
-    ({"LEM_FLOWER_PASSWORD": "s3cret"}, [], "both"),
-    ({"LEM_FLOWER_USER": "a:b", "LEM_FLOWER_PASSWORD": "s3cret"}, [], "may not contain"),
-    ({"FLOWER_BASIC_AUTH": "ops:s3cret"}, [], "instead of Flower's basic auth"),
-    ({}, ["--basic-auth=ops:s3cret"], "instead of Flower's basic auth"),
-])
-def test_a_half_or_foreign_login_is_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: list[str],
-                                            message: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "argv", "message"),
+    [
+        ({"LEM_FLOWER_USER": "ops"}, [], "both"),
+        ({"LEM_FLOWER_PASSWORD": "s3cret"}, [], "both"),
+        ({"LEM_FLOWER_USER": "a:b", "LEM_FLOWER_PASSWORD": "s3cret"}, [], "may not contain"),
+        ({"FLOWER_BASIC_AUTH": "ops:s3cret"}, [], "instead of Flower's basic auth"),
+        ({}, ["--basic-auth=ops:s3cret"], "instead of Flower's basic auth"),
+    ],
+)
+def test_a_half_or_foreign_login_is_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], argv: list[str], message: str
+) -> None:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit) as exit_:

@@ -36,20 +36,28 @@ def skipped_of(raw: dict) -> list[tuple[dict, str]]:
 
 
 def test_product_is_taken_per_backend_with_its_own_axes() -> None:
-    plan = plan_campaign({
-        "name": "b", "grid": {"batch_size": [1, 2]},
-        "backends": {"pytorch": {"pytorch.generation.cache_implementation": ["dynamic", "static"]}, "vllm": None},
-    })
+    plan = plan_campaign(
+        {
+            "name": "b",
+            "grid": {"batch_size": [1, 2]},
+            "backends": {"pytorch": {"pytorch.generation.cache_implementation": ["dynamic", "static"]}, "vllm": None},
+        }
+    )
     assert [(e.backend.value, e.batch_size, e.pytorch.generation.cache_implementation) for e in plan.experiments] == [
-        ("pytorch", 1, "dynamic"), ("pytorch", 1, "static"), ("pytorch", 2, "dynamic"), ("pytorch", 2, "static"),
-        ("vllm", 1, None), ("vllm", 2, None),
+        ("pytorch", 1, "dynamic"),
+        ("pytorch", 1, "static"),
+        ("pytorch", 2, "dynamic"),
+        ("pytorch", 2, "static"),
+        ("vllm", 1, None),
+        ("vllm", 2, None),
     ]
     assert plan.skipped == []
 
 
 def test_without_backends_the_product_is_for_the_base_backend() -> None:
-    plan = plan_campaign({"name": "b", "experiment": {"backend": "vllm", "model": "org/m"},
-                          "grid": {"batch_size": [1, 2]}})
+    plan = plan_campaign(
+        {"name": "b", "experiment": {"backend": "vllm", "model": "org/m"}, "grid": {"batch_size": [1, 2]}}
+    )
     assert [(e.backend.value, e.batch_size) for e in plan.experiments] == [("vllm", 1), ("vllm", 2)]
 
 
@@ -58,50 +66,72 @@ def test_a_point_invalid_for_its_backend_is_skipped_with_the_validators_reason()
     raw = {"name": "b", "backends": {"pytorch": {}, "vllm": axes}}
     plan = plan_campaign(raw)
     assert [e.backend.value for e in plan.experiments] == ["pytorch", "vllm"]
-    assert skipped_of(raw) == [({"backend": "vllm", "pytorch.generation.cache_implementation": "static"},
-                                "the pytorch section applies to backend pytorch only (this is vllm)")]
+    assert skipped_of(raw) == [
+        (
+            {"backend": "vllm", "pytorch.generation.cache_implementation": "static"},
+            "the pytorch section applies to backend pytorch only (this is vllm)",
+        )
+    ]
 
 
 def test_invalid_values_and_combinations_are_skipped_with_field_reasons() -> None:
-    raw = {"name": "x", "experiment": {"workload": {"num_prompts": 4}},
-           "grid": {"batch_size": [0, 2, 8], "dtype": ["auto", "fp8"]}}
+    raw = {
+        "name": "x",
+        "experiment": {"workload": {"num_prompts": 4}},
+        "grid": {"batch_size": [0, 2, 8], "dtype": ["auto", "fp8"]},
+    }
     _, experiments = parse_campaign(raw)
     assert [(e.batch_size, e.dtype) for e in experiments] == [(2, "auto")]
     reasons = dict((tuple(p.values()), r) for p, r in skipped_of(raw))
     assert reasons[("pytorch", 0, "auto")] == "batch_size: must be >= 1 (got 0)"
     assert reasons[("pytorch", 0, "fp8")] == (  # in the model's field order
-        "dtype: must be one of 'auto', 'float32', 'float16' or 'bfloat16' (got 'fp8'); "
-        "batch_size: must be >= 1 (got 0)")
+        "dtype: must be one of 'auto', 'float32', 'float16' or 'bfloat16' (got 'fp8'); batch_size: must be >= 1 (got 0)"
+    )
     assert reasons[("pytorch", 8, "auto")] == "batch_size (8) must be <= workload.num_prompts (4)"
     assert len(reasons) == 5
 
 
 def test_exclude_drops_matching_points_and_include_adds_points() -> None:
     raw = {
-        "name": "ie", "grid": {"batch_size": [1, 2]},
+        "name": "ie",
+        "grid": {"batch_size": [1, 2]},
         "backends": {"pytorch": {}, "vllm": {}},
         "exclude": [{"backend": "vllm", "batch_size": 2}, {"dtype": "float16"}],
-        "include": [{"backend": "trtllm", "batch_size": 4}, {"backend": "vllm", "batch_size": 2},
-                    {"workload.input_len": 16}],
+        "include": [
+            {"backend": "trtllm", "batch_size": 4},
+            {"backend": "vllm", "batch_size": 2},
+            {"workload.input_len": 16},
+        ],
     }
     plan = plan_campaign(raw)
     assert [(e.backend.value, e.batch_size, e.workload.input_len) for e in plan.experiments] == [
-        ("pytorch", 1, 64), ("pytorch", 2, 64), ("vllm", 1, 64), ("trtllm", 4, 64), ("vllm", 2, 64),
+        ("pytorch", 1, 64),
+        ("pytorch", 2, 64),
+        ("vllm", 1, 64),
+        ("trtllm", 4, 64),
+        ("vllm", 2, 64),
         ("pytorch", 1, 16),
     ]
     assert skipped_of(raw) == [({"backend": "vllm", "batch_size": 2}, "excluded by exclude[0]")]
 
 
 def test_an_exclude_rule_on_a_fixed_value_drops_the_whole_backend() -> None:
-    raw = {"name": "ie", "grid": {"batch_size": [1, 2]}, "backends": {"pytorch": {}, "vllm": {}},
-           "exclude": [{"backend": "vllm"}]}
+    raw = {
+        "name": "ie",
+        "grid": {"batch_size": [1, 2]},
+        "backends": {"pytorch": {}, "vllm": {}},
+        "exclude": [{"backend": "vllm"}],
+    }
     assert {e.backend.value for e in plan_campaign(raw).experiments} == {"pytorch"}
     assert [r for _, r in skipped_of(raw)] == ["excluded by exclude[0]"] * 2
 
 
 def test_an_exclude_rule_inside_a_whole_section_axis_is_matched() -> None:
-    raw = {"name": "ie", "grid": {"workload": [{"input_len": 8}, {"input_len": 16}]},
-           "exclude": [{"workload.input_len": 16}]}
+    raw = {
+        "name": "ie",
+        "grid": {"workload": [{"input_len": 8}, {"input_len": 16}]},
+        "exclude": [{"workload.input_len": 16}],
+    }
     plan = plan_campaign(raw)
     assert [e.workload.input_len for e in plan.experiments] == [8]
     assert plan.experiments[0].workload.output_len == 32  # a whole section replaces the base one
@@ -111,23 +141,30 @@ def test_duplicates_collapse_by_config_hash_and_are_reported() -> None:
     raw = {"name": "d", "grid": {"batch_size": [2, 2, 1]}, "include": [{"batch_size": 1}]}
     plan = plan_campaign(raw)
     assert [e.batch_size for e in plan.experiments] == [2, 1]
-    assert skipped_of(raw) == [({"backend": "pytorch", "batch_size": 2}, "duplicate of experiment 0"),
-                               ({"backend": "pytorch", "batch_size": 1}, "duplicate of experiment 1")]
+    assert skipped_of(raw) == [
+        ({"backend": "pytorch", "batch_size": 2}, "duplicate of experiment 0"),
+        ({"backend": "pytorch", "batch_size": 1}, "duplicate of experiment 1"),
+    ]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [
-    ({"backends": {"vllm": {"workload.prompt_len": [1]}}}, "backends.vllm.workload.prompt_len: unknown parameter"),
-    ({"backends": {"vllm": {"batch_size": []}}}, "backends.vllm.batch_size: must list at least one value"),
-    ({"backends": {"tpu": {}}}, "backends.tpu: must be one of 'pytorch', 'vllm' or 'trtllm' (got 'tpu')"),
-    ({"backends": {"vllm": {"backend": ["pytorch"]}}}, "backends.vllm.backend: set by the backends key itself"),
-    ({"grid": {"batch_size": [1]}, "backends": {"vllm": {"batch_size": [2]}}},
-     "backends.vllm.batch_size: also a grid axis"),
-    ({"grid": {"backend": ["vllm"]}, "backends": {"vllm": {}}}, "grid.backend: not an axis when backends is given"),
-    ({"include": [{"batchsize": 1}]}, "include[0].batchsize: unknown parameter; did you mean batch_size"),
-    ({"exclude": [{}]}, "exclude[0]: must name at least one parameter"),
-    ({"exclude": [{"dtype": "auto", "kv": 1}]}, "exclude[0].kv: unknown parameter"),
-    ({"include": "batch_size=1"}, "include: Input should be a valid list"),
-])
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"backends": {"vllm": {"workload.prompt_len": [1]}}}, "backends.vllm.workload.prompt_len: unknown parameter"),
+        ({"backends": {"vllm": {"batch_size": []}}}, "backends.vllm.batch_size: must list at least one value"),
+        ({"backends": {"tpu": {}}}, "backends.tpu: must be one of 'pytorch', 'vllm' or 'trtllm' (got 'tpu')"),
+        ({"backends": {"vllm": {"backend": ["pytorch"]}}}, "backends.vllm.backend: set by the backends key itself"),
+        (
+            {"grid": {"batch_size": [1]}, "backends": {"vllm": {"batch_size": [2]}}},
+            "backends.vllm.batch_size: also a grid axis",
+        ),
+        ({"grid": {"backend": ["vllm"]}, "backends": {"vllm": {}}}, "grid.backend: not an axis when backends is given"),
+        ({"include": [{"batchsize": 1}]}, "include[0].batchsize: unknown parameter; did you mean batch_size"),
+        ({"exclude": [{}]}, "exclude[0]: must name at least one parameter"),
+        ({"exclude": [{"dtype": "auto", "kv": 1}]}, "exclude[0].kv: unknown parameter"),
+        ({"include": "batch_size=1"}, "include: Input should be a valid list"),
+    ],
+)
 def test_structural_problems_still_refuse_the_file(raw: dict, expected: str) -> None:
     problems = problems_of({"name": "s", **raw})
     assert any(p.startswith(expected) for p in problems), problems
@@ -135,9 +172,11 @@ def test_structural_problems_still_refuse_the_file(raw: dict, expected: str) -> 
 
 def test_no_valid_experiment_refuses_the_file_with_the_reasons() -> None:
     problems = problems_of({"name": "none", "grid": {"batch_size": [0, -1]}})
-    assert problems == ["grid: no valid experiment; every point is invalid or excluded (2 skipped):",
-                        "  point (backend='pytorch', batch_size=0): batch_size: must be >= 1 (got 0)",
-                        "  point (backend='pytorch', batch_size=-1): batch_size: must be >= 1 (got -1)"]
+    assert problems == [
+        "grid: no valid experiment; every point is invalid or excluded (2 skipped):",
+        "  point (backend='pytorch', batch_size=0): batch_size: must be >= 1 (got 0)",
+        "  point (backend='pytorch', batch_size=-1): batch_size: must be >= 1 (got -1)",
+    ]
 
 
 def _nested(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
@@ -209,16 +248,23 @@ def test_fast_expansion_equals_full_validation_of_every_point(raw: dict) -> None
 
 
 def test_plan_json_lists_experiments_with_hash_and_config_and_skipped_points() -> None:
-    plan = plan_campaign({"name": "j", "experiment": {"workload": {"num_prompts": 2}},
-                          "grid": {"batch_size": [1, 4]}, "backends": {"vllm": {}}})
+    plan = plan_campaign(
+        {
+            "name": "j",
+            "experiment": {"workload": {"num_prompts": 2}},
+            "grid": {"batch_size": [1, 4]},
+            "backends": {"vllm": {}},
+        }
+    )
     data = json.loads(plan.to_json())
     assert data["campaign"]["name"] == "j" and data["campaign"]["backends"] == {"vllm": {}}
     (experiment,) = data["experiments"]
     assert experiment["index"] == 0 and experiment["backend"] == "vllm"
     assert experiment["config"] == plan.experiments[0].model_dump(mode="json")
     assert experiment["config_hash"] == plan.experiments[0].config_hash()
-    assert data["skipped"] == [{"point": {"backend": "vllm", "batch_size": 4},
-                                "reason": "batch_size (4) must be <= workload.num_prompts (2)"}]
+    assert data["skipped"] == [
+        {"point": {"backend": "vllm", "batch_size": 4}, "reason": "batch_size (4) must be <= workload.num_prompts (2)"}
+    ]
 
 
 def test_benchmark_grid_has_at_least_100k_points() -> None:

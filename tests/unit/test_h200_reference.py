@@ -14,8 +14,21 @@ LEM = Path(sys.executable).with_name("lem")
 
 
 def analyse(windows: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(LEM), "energy", "analyse", "--json", "--trace", str(DATA / "h200_nvml_trace.jsonl"),
-                           "--windows", str(DATA / windows)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            str(LEM),
+            "energy",
+            "analyse",
+            "--json",
+            "--trace",
+            str(DATA / "h200_nvml_trace.jsonl"),
+            "--windows",
+            str(DATA / windows),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_listed_files_exist() -> None:

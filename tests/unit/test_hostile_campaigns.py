@@ -74,9 +74,16 @@ def merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 # --- 6: values that validate and then fail -------------------------------------------------------------------
 
-FLOAT_FIELDS = ["config_gap_s", "cycle_gap_s", "thermal_gap.within_c", "thermal_gap.max_wait_s",
-                "experiment.measurement.min_window_s", "experiment.measurement.idle_gap_s",
-                "experiment.measurement.baseline_idle_s", "experiment.measurement.warmup_cv"]
+FLOAT_FIELDS = [
+    "config_gap_s",
+    "cycle_gap_s",
+    "thermal_gap.within_c",
+    "thermal_gap.max_wait_s",
+    "experiment.measurement.min_window_s",
+    "experiment.measurement.idle_gap_s",
+    "experiment.measurement.baseline_idle_s",
+    "experiment.measurement.warmup_cv",
+]
 
 
 @pytest.mark.parametrize("field", FLOAT_FIELDS)
@@ -92,39 +99,64 @@ def test_yaml_spellings_of_inf_and_nan_are_refused(text: str) -> None:
     assert problems[0].startswith("config_gap_s: must be a finite number"), problems
 
 
-@pytest.mark.parametrize("field", ["seed", "experiment.workload.seed", "cycles", "experiment.batch_size",
-                                   "experiment.workload.num_prompts", "experiment.measurement.warmup_max"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "seed",
+        "experiment.workload.seed",
+        "cycles",
+        "experiment.batch_size",
+        "experiment.workload.num_prompts",
+        "experiment.measurement.warmup_max",
+    ],
+)
 def test_integers_beyond_int64_are_refused_naming_the_field(field: str) -> None:
     problems = problems_of(merge({"name": "i"}, nested(field, 2**63)))
     assert problems and problems[0].startswith(f"{field}: must be <= "), problems
 
 
-@pytest.mark.parametrize("raw, where", [
-    ({"grid": {"measurement.min_window_s": [10, math.inf]}}, "grid.measurement.min_window_s[1]"),
-    ({"grid": {"workload.seed": [0, 2**64]}}, "grid.workload.seed[1]"),
-    ({"backends": {"pytorch": {"workload.seed": [math.nan]}}}, "backends.pytorch.workload.seed[0]"),
-    ({"include": [{"measurement.warmup_cv": math.nan}]}, "include[0].measurement.warmup_cv"),
-    ({"exclude": [{"workload.seed": -(2**63) - 1}]}, "exclude[0].workload.seed"),
-    ({"grid": {"pytorch.extra": [{"a": {"b": [1, math.inf]}}]}},
-     "grid.pytorch.extra[0]: must be a finite number (got inf at a.b[1])"),
-])
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        ({"grid": {"measurement.min_window_s": [10, math.inf]}}, "grid.measurement.min_window_s[1]"),
+        ({"grid": {"workload.seed": [0, 2**64]}}, "grid.workload.seed[1]"),
+        ({"backends": {"pytorch": {"workload.seed": [math.nan]}}}, "backends.pytorch.workload.seed[0]"),
+        ({"include": [{"measurement.warmup_cv": math.nan}]}, "include[0].measurement.warmup_cv"),
+        ({"exclude": [{"workload.seed": -(2**63) - 1}]}, "exclude[0].workload.seed"),
+        (
+            {"grid": {"pytorch.extra": [{"a": {"b": [1, math.inf]}}]}},
+            "grid.pytorch.extra[0]: must be a finite number (got inf at a.b[1])",
+        ),
+    ],
+)
 def test_grid_include_and_exclude_values_must_be_finite_and_within_int64(raw: dict, where: str) -> None:
     """They are stored with the campaign (PostgreSQL JSON has no inf/nan; its columns no integers past int64)."""
     problems = problems_of({"name": "g", **raw})
     assert any(p.startswith(where if where.endswith(")") else f"{where}: must be ") for p in problems), problems
 
 
-@pytest.mark.parametrize("section, line", [
-    ({"pytorch": {"generation": {"do_sample": True, "temperature": math.inf}}},
-     "experiment.pytorch.generation.temperature: must be a finite number (got inf)"),
-    ({"pytorch": {"generation": {"do_sample": True, "top_k": 2**63}}},
-     "experiment.pytorch.generation.top_k: must be an integer within int64 (-9,223,372,036,854,775,808 to "
-     "9,223,372,036,854,775,807) (got 9223372036854775808)"),
-    ({"pytorch": {"extra": {"renormalize_logits": math.nan}}},
-     "experiment.pytorch.extra: renormalize_logits: must be a finite number (got nan)"),
-    ({"pytorch": {"loading": {"quantization_config": {"quant_method": "fp8", "x": math.inf}}}},
-     "experiment.pytorch.loading.quantization_config: must be a finite number (got inf at x)"),
-])
+@pytest.mark.parametrize(
+    "section, line",
+    [
+        (
+            {"pytorch": {"generation": {"do_sample": True, "temperature": math.inf}}},
+            "experiment.pytorch.generation.temperature: must be a finite number (got inf)",
+        ),
+        (
+            {"pytorch": {"generation": {"do_sample": True, "top_k": 2**63}}},
+            "experiment.pytorch.generation.top_k: must be an integer within int64 (-9,223,372,036,854,775,808 to "
+            "9,223,372,036,854,775,807) (got 9223372036854775808)",
+        ),
+        (
+            {"pytorch": {"extra": {"renormalize_logits": math.nan}}},
+            "experiment.pytorch.extra: renormalize_logits: must be a finite number (got nan)",
+        ),
+        (
+            {"pytorch": {"loading": {"quantization_config": {"quant_method": "fp8", "x": math.inf}}}},
+            "experiment.pytorch.loading.quantization_config: must be a finite number (got inf at x)",
+        ),
+    ],
+)
 def test_backend_parameter_sections_refuse_non_finite_and_out_of_int64_numbers(section: dict, line: str) -> None:
     assert line in problems_of({"name": "p", "experiment": {"backend": "pytorch", "model": "org/m", **section}})
 
@@ -140,19 +172,23 @@ def test_vllm_section_refuses_non_finite_floats() -> None:
 
 def test_duplicate_keys_are_refused_naming_the_key_and_its_lines() -> None:
     problems = text_problems("name: d\ncycles: 3\nexperiment:\n  batch_size: 1\n  batch_size: 8\n")
-    assert problems == ["c.yaml: not valid YAML (line 5, column 3): duplicate key 'batch_size' (first at line 4); "
-                        "give each key once"], problems
+    assert problems == [
+        "c.yaml: not valid YAML (line 5, column 3): duplicate key 'batch_size' (first at line 4); give each key once"
+    ], problems
     top = text_problems("name: d\ncycles: 3\ncycles: 5\n")
     assert "duplicate key 'cycles' (first at line 2)" in top[0] and "line 3" in top[0], top
 
 
 def test_yaml_merge_keys_are_not_duplicates() -> None:
-    text = ("name: m\nexperiment:\n  workload: &w {num_prompts: 4, input_len: 8}\n"
-            "include:\n  - {<<: {batch_size: 2}, batch_size: 4}\n")
+    text = (
+        "name: m\nexperiment:\n  workload: &w {num_prompts: 4, input_len: 8}\n"
+        "include:\n  - {<<: {batch_size: 2}, batch_size: 4}\n"
+    )
     assert [e.batch_size for e in plan_text(text, "c.yaml").experiments] == [1, 4]
 
 
 # --- every numeric field has a finite, documented range ------------------------------------------------------
+
 
 def _numeric_fields(model: type[BaseModel]) -> Iterator[tuple[str, Any]]:
     for name, field in model.model_fields.items():
@@ -160,8 +196,9 @@ def _numeric_fields(model: type[BaseModel]) -> Iterator[tuple[str, Any]]:
             yield name, field
 
 
-@pytest.mark.parametrize("model", [CampaignConfig, ExperimentConfig, SyntheticWorkload, MeasurementProtocol,
-                                   ThermalGap])
+@pytest.mark.parametrize(
+    "model", [CampaignConfig, ExperimentConfig, SyntheticWorkload, MeasurementProtocol, ThermalGap]
+)
 def test_every_numeric_field_has_an_upper_bound_stated_in_its_description(model: type[BaseModel]) -> None:
     fields = dict(_numeric_fields(model))
     assert fields, model
@@ -170,19 +207,32 @@ def test_every_numeric_field_has_an_upper_bound_stated_in_its_description(model:
         bound = next((u for u in upper if u is not None), None)
         assert bound is not None, f"{model.__name__}.{name} has no upper bound"
         assert bound <= INT64_MAX, (name, bound)
-        assert f"{bound:,}" in (field.description or "") or f"{bound:g}" in (field.description or ""), \
+        assert f"{bound:,}" in (field.description or "") or f"{bound:g}" in (field.description or ""), (
             f"{model.__name__}.{name}: the description should state the bound {bound}: {field.description!r}"
+        )
 
 
-@pytest.mark.parametrize("field, typo", [
-    ("config_gap_s", 1e10), ("cycle_gap_s", 1e10), ("thermal_gap.max_wait_s", 1e10), ("thermal_gap.within_c", 1e4),
-    ("experiment.measurement.min_window_s", 1e7), ("experiment.measurement.idle_gap_s", 1e7),
-    ("experiment.measurement.baseline_idle_s", 1e7), ("experiment.measurement.warmup_cv", 1e3),
-    ("experiment.measurement.warmup_window", 10**6), ("experiment.measurement.warmup_min", 10**6),
-    ("experiment.measurement.warmup_max", 10**6), ("experiment.workload.num_prompts", 10**12),
-    ("experiment.workload.input_len", 10**9), ("experiment.workload.output_len", 10**9),
-    ("experiment.batch_size", 10**9), ("cycles", 10**6),
-])
+@pytest.mark.parametrize(
+    "field, typo",
+    [
+        ("config_gap_s", 1e10),
+        ("cycle_gap_s", 1e10),
+        ("thermal_gap.max_wait_s", 1e10),
+        ("thermal_gap.within_c", 1e4),
+        ("experiment.measurement.min_window_s", 1e7),
+        ("experiment.measurement.idle_gap_s", 1e7),
+        ("experiment.measurement.baseline_idle_s", 1e7),
+        ("experiment.measurement.warmup_cv", 1e3),
+        ("experiment.measurement.warmup_window", 10**6),
+        ("experiment.measurement.warmup_min", 10**6),
+        ("experiment.measurement.warmup_max", 10**6),
+        ("experiment.workload.num_prompts", 10**12),
+        ("experiment.workload.input_len", 10**9),
+        ("experiment.workload.output_len", 10**9),
+        ("experiment.batch_size", 10**9),
+        ("cycles", 10**6),
+    ],
+)
 def test_typo_sized_numbers_are_refused_with_the_bound(field: str, typo: float) -> None:
     problems = problems_of(merge({"name": "t"}, nested(field, typo)))
     assert problems and problems[0].startswith(f"{field}: must be <"), problems
@@ -202,19 +252,30 @@ def test_prompt_tokens_of_one_experiment_are_bounded() -> None:
 
 # --- 7: no resource limits -----------------------------------------------------------------------------------
 
+
 def test_a_billion_point_grid_is_refused_before_expanding_with_the_count_and_the_setting() -> None:
-    axes = {"workload.seed": list(range(1000)), "workload.input_len": list(range(1, 1001)),
-            "measurement.warmup_window": list(range(2, 1002))}
+    axes = {
+        "workload.seed": list(range(1000)),
+        "workload.input_len": list(range(1, 1001)),
+        "measurement.warmup_window": list(range(2, 1002)),
+    }
     start = time.monotonic()
     problems = problems_of({"name": "big", "grid": axes})
     assert time.monotonic() - start < 5
-    assert problems == ["grid: 1,000,000,000 points (pytorch: 1000 x 1000 x 1000), over the limit of 1,000,000; "
-                        "split the campaign or raise LEM_MAX_GRID_POINTS"], problems
+    assert problems == [
+        "grid: 1,000,000,000 points (pytorch: 1000 x 1000 x 1000), over the limit of 1,000,000; "
+        "split the campaign or raise LEM_MAX_GRID_POINTS"
+    ], problems
 
 
 def test_the_point_limit_is_a_setting(limits: pytest.MonkeyPatch) -> None:
-    raw = {"name": "s", "grid": {"batch_size": [1, 2]}, "backends": {"pytorch": {}, "vllm": {}},
-           "include": [{"batch_size": 3}], "experiment": {"workload": {"num_prompts": 4}}}
+    raw = {
+        "name": "s",
+        "grid": {"batch_size": [1, 2]},
+        "backends": {"pytorch": {}, "vllm": {}},
+        "include": [{"batch_size": 3}],
+        "experiment": {"workload": {"num_prompts": 4}},
+    }
     limits.setenv("LEM_MAX_GRID_POINTS", "4")
     problems = problems_of(raw)
     assert problems[0].startswith("grid: 5 points (pytorch: 2, vllm: 2, include: 1), over the limit of 4"), problems
@@ -227,8 +288,10 @@ def test_runs_are_bounded_by_a_setting(limits: pytest.MonkeyPatch) -> None:
     raw = {"name": "r", "cycles": 10, "grid": {"workload.seed": list(range(50))}}
     limits.setenv("LEM_MAX_RUNS", "499")
     problems = problems_of(raw)
-    assert problems == ["cycles: 50 experiments x 10 cycles = 500 runs, over the limit of 499; lower cycles or the "
-                        "grid, or raise LEM_MAX_RUNS"], problems
+    assert problems == [
+        "cycles: 50 experiments x 10 cycles = 500 runs, over the limit of 499; lower cycles or the "
+        "grid, or raise LEM_MAX_RUNS"
+    ], problems
     limits.setenv("LEM_MAX_RUNS", "500")
     get_settings.cache_clear()
     assert len(plan_campaign(raw).experiments) == 50
@@ -308,8 +371,10 @@ def test_a_directory_and_a_missing_file_are_refused(tmp_path: Path) -> None:
 def test_a_file_over_the_size_limit_is_refused(tmp_path: Path, limits: pytest.MonkeyPatch) -> None:
     big = tmp_path / "big.yaml"
     big.write_text("name: big\n" + "# padding\n" * 200_000)
-    assert refusal(big) == (f"{big}: {big.stat().st_size:,} bytes, over the limit of 1,048,576; a campaign file "
-                            "is a few KiB (raise LEM_MAX_CAMPAIGN_FILE_BYTES if it must be larger)")
+    assert refusal(big) == (
+        f"{big}: {big.stat().st_size:,} bytes, over the limit of 1,048,576; a campaign file "
+        "is a few KiB (raise LEM_MAX_CAMPAIGN_FILE_BYTES if it must be larger)"
+    )
     limits.setenv("LEM_MAX_CAMPAIGN_FILE_BYTES", str(4 * 1024 * 1024))
     get_settings.cache_clear()
     assert read_campaign_file(big).startswith("name: big")
@@ -330,8 +395,9 @@ def test_binary_files_are_refused_in_one_line(tmp_path: Path) -> None:
     assert refusal(path) == f"{path}: not text (a NUL byte at offset 0); give a campaign YAML file"
     invalid = tmp_path / "invalid.yaml"
     invalid.write_bytes(b"name: x\ncycles: \xc3\x28\n")
-    assert refusal(invalid) == (f"{invalid}: not UTF-8 text (byte 0xc3 at line 2, column 9: Latin-1 or another "
-                                "encoding?); save it as UTF-8")
+    assert refusal(invalid) == (
+        f"{invalid}: not UTF-8 text (byte 0xc3 at line 2, column 9: Latin-1 or another encoding?); save it as UTF-8"
+    )
     nul = tmp_path / "nul.yaml"
     nul.write_bytes(b"name: a\x00b\n")
     assert refusal(nul) == f"{nul}: not text (a NUL byte at offset 7); give a campaign YAML file"

@@ -18,14 +18,17 @@ def runtime() -> MeasurementRuntime:
 
 
 def experiment(**protocol: float) -> ExperimentConfig:
-    return ExperimentConfig(model="random:llama-tiny", batch_size=2,
-                            workload=SyntheticWorkload(num_prompts=4, input_len=8, output_len=4),
-                            measurement=MeasurementProtocol(**protocol))  # type: ignore[arg-type]
+    return ExperimentConfig(
+        model="random:llama-tiny",
+        batch_size=2,
+        workload=SyntheticWorkload(num_prompts=4, input_len=8, output_len=4),
+        measurement=MeasurementProtocol(**protocol),
+    )  # type: ignore[arg-type]
 
 
 def test_coefficient_of_variation() -> None:
     assert coefficient_of_variation([1.0, 1.0, 1.0]) == 0.0
-    assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(2 ** 0.5 / 2)
+    assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(2**0.5 / 2)
     assert coefficient_of_variation([1.0]) == float("inf")
 
 
@@ -34,7 +37,7 @@ def test_warmup_stops_once_latencies_settle(runtime: MeasurementRuntime) -> None
     # settles at the first check (after warmup_min): the rule is tested, not this machine's timing.
     m = runtime.measure(experiment(warmup_window=3, warmup_cv=2.0, warmup_min=4, warmup_max=50, min_window_s=0))
     assert m.warmup.converged and m.warmup.iterations == 4
-    assert m.warmup.final_cv is not None and m.warmup.final_cv < 3 ** 0.5
+    assert m.warmup.final_cv is not None and m.warmup.final_cv < 3**0.5
     assert len(m.warmup.latencies_s) == 4
 
 
@@ -59,15 +62,17 @@ def test_window_repeats_the_workload_until_the_minimum_duration(runtime: Measure
 
 
 def test_idle_spans_are_only_taken_where_a_gpu_can_measure_them(runtime: MeasurementRuntime) -> None:
-    m = runtime.measure(experiment(warmup_min=0, warmup_max=2, min_window_s=0, idle_gap_s=5, baseline_idle_s=30),
-                        deep_idle_s=30)
+    m = runtime.measure(
+        experiment(warmup_min=0, warmup_max=2, min_window_s=0, idle_gap_s=5, baseline_idle_s=30), deep_idle_s=30
+    )
     assert m.gpu_uuid is None and m.deep_idle is None and m.idle_before is None and m.idle_after is None
 
 
 def test_static_cache_generates_the_forced_length_like_the_dynamic_one(runtime: MeasurementRuntime) -> None:
     base = experiment(warmup_min=0, warmup_max=2, min_window_s=0)
     static = ExperimentConfig.model_validate(
-        {**base.model_dump(mode="json"), "pytorch": {"generation": {"cache_implementation": "static"}}})
+        {**base.model_dump(mode="json"), "pytorch": {"generation": {"cache_implementation": "static"}}}
+    )
     dynamic_m, static_m = runtime.measure(base), runtime.measure(static)
     assert [b.output_tokens for b in static_m.batches] == [b.output_tokens for b in dynamic_m.batches] == [8, 8]
 

@@ -39,8 +39,7 @@ def test_pytorch_introspection_finds_generation_loading_and_compile(pytorch_snap
     found = _by_key(pytorch_snapshot["parameters"])
     for name in ("max_new_tokens", "temperature", "num_beams", "cache_implementation", "do_sample", "top_p"):
         assert ("generation", name) in found, name
-    for name in ("attn_implementation", "device_map", "dtype", "quantization_config", "revision",
-                 "trust_remote_code"):
+    for name in ("attn_implementation", "device_map", "dtype", "quantization_config", "revision", "trust_remote_code"):
         assert ("loading", name) in found, name
     for name in ("fullgraph", "dynamic", "backend", "mode"):
         assert ("compile", name) in found, name
@@ -62,14 +61,21 @@ def test_vllm_fixture_follows_config_references() -> None:
     assert files == ["vllm/engine/arg_utils.py", "vllm/sampling_params.py"]
     found = _by_key(parameters)
     assert found[("engine", "gpu_memory_utilization")]["default"] == 0.92  # CacheConfig's Field(default=0.92)
-    assert found[("engine", "gpu_memory_utilization")]["doc"] == \
-        "The fraction of GPU memory to be used for the model executor."
+    assert (
+        found[("engine", "gpu_memory_utilization")]["doc"]
+        == "The fraction of GPU memory to be used for the model executor."
+    )
     assert found[("engine", "kv_cache_dtype")]["default"] == "auto"
     assert found[("engine", "model")]["default"] == "Qwen/Qwen3-0.6B"
     assert found[("engine", "cpu_offload_params")]["default"] == "<factory: set>"  # get_field(CacheConfig, ...)
     assert found[("engine", "max_num_seqs")] == {
-        "name": "max_num_seqs", "group": "engine", "type": "int | None", "default": None, "doc": "",
-        "source": "EngineArgs"}
+        "name": "max_num_seqs",
+        "group": "engine",
+        "type": "int | None",
+        "default": None,
+        "doc": "",
+        "source": "EngineArgs",
+    }
     assert ("engine", "_api_process_count") not in found and ("engine", "registry") not in found
     assert ("engine", "local") not in found  # a method's locals are not fields
 
@@ -96,8 +102,10 @@ def test_trtllm_fixture_pydantic_fields_inheritance_and_docstring_args() -> None
     assert ("llm.pytorch", "tensor_parallel_size") not in found  # base fields stay in "llm"
     assert found[("llm.tensorrt", "enable_tqdm")]["default"] is False
     assert found[("kv_cache_config", "free_gpu_memory_fraction")]["default"] == 0.9
-    assert found[("kv_cache_config", "free_gpu_memory_fraction")]["doc"] == \
-        "The fraction of GPU memory that should be allocated for the KV cache."
+    assert (
+        found[("kv_cache_config", "free_gpu_memory_fraction")]["doc"]
+        == "The fraction of GPU memory that should be allocated for the KV cache."
+    )
     assert found[("build_config", "max_num_tokens")]["default"] == 8192
     assert found[("sampling", "temperature")]["doc"] == "Controls the modulation of logits when sampling new tokens."
     assert found[("sampling", "max_tokens")]["default"] == 32
@@ -129,14 +137,17 @@ def test_versions_from_metadata_and_docstring_args() -> None:
     Returns:
         x (int): not an argument
     """)
-    assert args == {"max_new_tokens": ("int", "The maximum numbers of tokens to generate."),
-                    "device_map": ("str or dict", "Where each submodule goes.")}
+    assert args == {
+        "max_new_tokens": ("int", "The maximum numbers of tokens to generate."),
+        "device_map": ("str or dict", "Where each submodule goes."),
+    }
 
 
 def test_cli_writes_snapshot_and_refuses_a_missing_source(tmp_path: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(cli, ["params", "discover", "trtllm", "--source", str(DATA / "trtllm_src"),
-                                 "--out", str(tmp_path)])
+    result = runner.invoke(
+        cli, ["params", "discover", "trtllm", "--source", str(DATA / "trtllm_src"), "--out", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
     snapshot = load_snapshot(tmp_path / "trtllm-0.0.2.json")
     assert snapshot["backend"] == "trtllm" and snapshot["engine_version"] == "0.0.2"
@@ -162,12 +173,23 @@ def _committed(backend: str) -> list[Path]:
     return sorted(SNAPSHOTS.glob(f"{backend}-*.json"))
 
 
-@pytest.mark.parametrize(("backend", "expected"), [
-    ("vllm", {("engine", "max_num_seqs"), ("engine", "gpu_memory_utilization"), ("engine", "enable_prefix_caching"),
-              ("engine", "kv_cache_dtype"), ("sampling", "temperature")}),
-    ("trtllm", {("llm", "tensor_parallel_size"), ("llm", "kv_cache_config")}),
-    ("pytorch", {("generation", "max_new_tokens"), ("loading", "attn_implementation"), ("compile", "mode")}),
-])
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        (
+            "vllm",
+            {
+                ("engine", "max_num_seqs"),
+                ("engine", "gpu_memory_utilization"),
+                ("engine", "enable_prefix_caching"),
+                ("engine", "kv_cache_dtype"),
+                ("sampling", "temperature"),
+            },
+        ),
+        ("trtllm", {("llm", "tensor_parallel_size"), ("llm", "kv_cache_config")}),
+        ("pytorch", {("generation", "max_new_tokens"), ("loading", "attn_implementation"), ("compile", "mode")}),
+    ],
+)
 def test_committed_snapshots_parse_and_hold_known_parameters(backend: str, expected: set) -> None:
     paths = _committed(backend)
     if not paths:
@@ -187,8 +209,9 @@ def test_discover_on_a_terminal_says_what_it_reads_on_stderr_and_prints_only_jso
 
     lem = str(Path(sys.executable).with_name("lem"))
     source = DATA / "trtllm_src"
-    status, stdout, shown = stderr_on_a_terminal([lem, "params", "discover", "trtllm", "--source", str(source),
-                                                  "--out", str(tmp_path), "--json"])
+    status, stdout, shown = stderr_on_a_terminal(
+        [lem, "params", "discover", "trtllm", "--source", str(source), "--out", str(tmp_path), "--json"]
+    )
     assert status == 0, shown
     assert json.loads(stdout)["path"] == str(tmp_path / "trtllm-0.0.2.json")
     assert f"trtllm: parsing {source}" in shown

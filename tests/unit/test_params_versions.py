@@ -48,8 +48,9 @@ def test_a_field_only_newer_vllm_has_is_accepted_pinned_to_it_and_refused_naming
     assert plan.experiments[0].vllm.engine.max_num_active_seqs == 8
     assert plan.snapshots["vllm"].version == "0.33.0"
     text = _problems(_campaign(NEW_FIELD, pin="0.26.0"))
-    assert ("vllm.engine.max_num_active_seqs: vLLM 0.26.0 has no parameter 'max_num_active_seqs' "
-            "(snapshot vllm-0.26.0)") in text
+    assert (
+        "vllm.engine.max_num_active_seqs: vLLM 0.26.0 has no parameter 'max_num_active_seqs' (snapshot vllm-0.26.0)"
+    ) in text
 
 
 def test_an_extra_only_older_vllm_has_is_accepted_pinned_to_it_and_refused_by_the_newer() -> None:
@@ -62,12 +63,14 @@ def test_the_advertised_version_picks_the_snapshot_and_the_pin_wins_with_a_warni
     advertised = {"vllm": {"vllm@gpu0": "0.26.0", "vllm@gpu1": "0.26.0"}}
     assert "vLLM 0.26.0 has no parameter 'max_num_active_seqs'" in _problems(_campaign(NEW_FIELD), advertised)
     plan = plan_campaign(_campaign(OLD_EXTRA), advertised)
-    assert plan.snapshots["vllm"].note == ("vllm: checked against snapshot vllm-0.26.0 (live vllm workers run "
-                                           "vLLM 0.26.0)")
+    assert plan.snapshots["vllm"].note == (
+        "vllm: checked against snapshot vllm-0.26.0 (live vllm workers run vLLM 0.26.0)"
+    )
     pinned = plan_campaign(_campaign(NEW_FIELD, pin="0.33.0"), advertised).snapshots["vllm"]
     assert pinned.version == "0.33.0"
-    assert pinned.warning == ("vllm: engine_versions pins vLLM 0.33.0, but live workers run vllm@gpu0: 0.26.0, "
-                              "vllm@gpu1: 0.26.0")
+    assert pinned.warning == (
+        "vllm: engine_versions pins vLLM 0.33.0, but live workers run vllm@gpu0: 0.26.0, vllm@gpu1: 0.26.0"
+    )
 
 
 def test_without_a_live_worker_the_plan_names_the_newest_snapshot() -> None:
@@ -101,13 +104,17 @@ def test_pytorch_5_17_snapshot_loads_and_is_used_when_pinned() -> None:
     found = snapshot("pytorch", "5.17.0")
     assert found is not None and found["engine_version"] == "5.17.0"
     assert found["components"]["transformers"] == "5.17.0"
-    raw = {"name": "p", "engine_versions": {"pytorch": "5.17.0"},
-           "experiment": {"model": "org/m", "pytorch": {"extra": {"top_kk": 3}}}}
+    raw = {
+        "name": "p",
+        "engine_versions": {"pytorch": "5.17.0"},
+        "experiment": {"model": "org/m", "pytorch": {"extra": {"top_kk": 3}}},
+    }
     assert "top_kk: not a parameter of pytorch 5.17.0; did you mean top_k" in _problems(raw)
     raw["experiment"]["pytorch"]["extra"] = {"renormalize_logits": True}
     plan = plan_campaign(raw)
-    assert plan.snapshots["pytorch"].note == ("pytorch: checked against snapshot pytorch-5.17.0 (pinned by "
-                                              "engine_versions.pytorch: 5.17.0)")
+    assert plan.snapshots["pytorch"].note == (
+        "pytorch: checked against snapshot pytorch-5.17.0 (pinned by engine_versions.pytorch: 5.17.0)"
+    )
 
 
 def test_where_it_runs_an_experiment_is_checked_against_the_installed_engine() -> None:

@@ -37,8 +37,16 @@ def test_flops_and_efficiency_per_phase_with_a_model_shape() -> None:
     shape = random_preset("random:llama-1b")
     full = WindowFigures(energy_j=900.0, energy_uncertainty_j=9.0, duration_s=10.0, prompts=32)
     prefill = WindowFigures(energy_j=300.0, energy_uncertainty_j=3.0, duration_s=3.0, prompts=96)
-    result = split(full, prefill, input_len=2048, output_len=128, batch_size=32, model_shape=shape,
-                   gpu_name="NVIDIA H200", dtype="bfloat16")
+    result = split(
+        full,
+        prefill,
+        input_len=2048,
+        output_len=128,
+        batch_size=32,
+        model_shape=shape,
+        gpu_name="NVIDIA H200",
+        dtype="bfloat16",
+    )
     prefill_phase, decode_phase = result["per_prompt"]["prefill"], result["per_prompt"]["decode"]
     assert prefill_phase["flops"] > 0 and decode_phase["flops"] > 0
     assert prefill_phase["mfu"] == pytest.approx(prefill_phase["achieved_tflops"] / 989.0)
@@ -70,8 +78,7 @@ def test_window_energies_add_up_on_the_recorded_h200_trace(name: str) -> None:
 
     def figures(a: float, b: float) -> tuple[float, float]:
         w = analyse_window(samples, a, b)
-        u = energy_uncertainty(w.energy_counter_j, w.energy_integral_j, w.mean_power_w, w.duration_s,
-                               w.counter_updates)
+        u = energy_uncertainty(w.energy_counter_j, w.energy_integral_j, w.mean_power_w, w.duration_s, w.counter_updates)
         return w.energy_counter_j, u
 
     whole, u_whole = figures(start, end)

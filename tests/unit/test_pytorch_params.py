@@ -31,8 +31,14 @@ FIELDS = [(group, name) for group, names in PytorchOptions.first_class().items()
 
 
 def experiment(section: dict[str, Any], model: str = "org/model", batch_size: int = 1) -> ExperimentConfig:
-    return ExperimentConfig.model_validate({"model": model, "batch_size": batch_size, "pytorch": section,
-                                            "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4}})
+    return ExperimentConfig.model_validate(
+        {
+            "model": model,
+            "batch_size": batch_size,
+            "pytorch": section,
+            "workload": {"num_prompts": 2, "input_len": 8, "output_len": 4},
+        }
+    )
 
 
 def example(group: str, name: str) -> Any:
@@ -78,38 +84,53 @@ def test_extra_reaches_its_call_under_its_group() -> None:
     assert e.pytorch.arguments("compile") == {"shapes_spec": None}
 
 
-@pytest.mark.parametrize(("extra", "expected"), [
-    ({"top_kk": 3}, "top_kk: not a parameter of pytorch 5.24.0; did you mean top_k"),
-    ({"top_p": 0.9}, "top_p: a first-class field; set pytorch.generation.top_p instead of extra"),
-    ({"max_new_tokens": 9}, "max_new_tokens: set by the experiment's workload.output_len"),
-    ({"dtype": "float16"}, "dtype: set by the experiment's dtype"),
-    ({"streamer": None}, "streamer: set by the tool itself"),
-    ({"renormalize_logits": "yes"}, "renormalize_logits: must be bool (got 'yes')"),
-    ({"nope.top_k": 1}, "nope.top_k: unknown group 'nope'; groups: loading, compile, generation"),
-])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"top_kk": 3}, "top_kk: not a parameter of pytorch 5.24.0; did you mean top_k"),
+        ({"top_p": 0.9}, "top_p: a first-class field; set pytorch.generation.top_p instead of extra"),
+        ({"max_new_tokens": 9}, "max_new_tokens: set by the experiment's workload.output_len"),
+        ({"dtype": "float16"}, "dtype: set by the experiment's dtype"),
+        ({"streamer": None}, "streamer: set by the tool itself"),
+        ({"renormalize_logits": "yes"}, "renormalize_logits: must be bool (got 'yes')"),
+        ({"nope.top_k": 1}, "nope.top_k: unknown group 'nope'; groups: loading, compile, generation"),
+    ],
+)
 def test_bad_extra_is_refused_at_plan_time_with_the_fix(extra: dict[str, Any], expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
         plan_campaign({"name": "x", "experiment": {"model": "org/m", "pytorch": {"extra": extra}}})
-    assert any(p.startswith("experiment.pytorch.extra:") and expected in p for p in caught.value.problems), \
+    assert any(p.startswith("experiment.pytorch.extra:") and expected in p for p in caught.value.problems), (
         caught.value.problems
+    )
 
 
-@pytest.mark.parametrize(("section", "expected"), [
-    ({"generation": {"temperature": -1}}, "experiment.pytorch.generation.temperature: must be > 0"),
-    ({"generation": {"cache_implementation": "paged"}}, "experiment.pytorch.generation.cache_implementation: must"),
-    ({"loading": {"attn_implementation": "fast"}}, "experiment.pytorch.loading.attn_implementation: "),
-    ({"compile": {"mode": "fastest"}}, "experiment.pytorch.compile.mode: must be one of"),
-    ({"generation": {"num_beams": "four"}}, "experiment.pytorch.generation.num_beams: must be an integer"),
-    ({"generation": {"top_p": 0.9}}, "pytorch.generation.top_p: ignored by greedy decoding; set "
-                                     "pytorch.generation.do_sample: true"),
-    ({"generation": {"num_assistant_tokens": 3}}, "pytorch.generation.num_assistant_tokens: read only in assisted"),
-    ({"generation": {"penalty_alpha": 0.6}}, "pytorch.generation.penalty_alpha: transformers 5 runs this decoding "
-                                             "method from the hub"),
-    ({"generation": {"num_beams": 3, "num_beam_groups": 2, "trust_remote_code": True}},
-     "pytorch.generation.num_beam_groups: must divide num_beams (3)"),
-    ({"generation": {"use_cache": False, "cache_implementation": "static"}},
-     "pytorch.generation.cache_implementation: needs use_cache"),
-])
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ({"generation": {"temperature": -1}}, "experiment.pytorch.generation.temperature: must be > 0"),
+        ({"generation": {"cache_implementation": "paged"}}, "experiment.pytorch.generation.cache_implementation: must"),
+        ({"loading": {"attn_implementation": "fast"}}, "experiment.pytorch.loading.attn_implementation: "),
+        ({"compile": {"mode": "fastest"}}, "experiment.pytorch.compile.mode: must be one of"),
+        ({"generation": {"num_beams": "four"}}, "experiment.pytorch.generation.num_beams: must be an integer"),
+        (
+            {"generation": {"top_p": 0.9}},
+            "pytorch.generation.top_p: ignored by greedy decoding; set pytorch.generation.do_sample: true",
+        ),
+        ({"generation": {"num_assistant_tokens": 3}}, "pytorch.generation.num_assistant_tokens: read only in assisted"),
+        (
+            {"generation": {"penalty_alpha": 0.6}},
+            "pytorch.generation.penalty_alpha: transformers 5 runs this decoding method from the hub",
+        ),
+        (
+            {"generation": {"num_beams": 3, "num_beam_groups": 2, "trust_remote_code": True}},
+            "pytorch.generation.num_beam_groups: must divide num_beams (3)",
+        ),
+        (
+            {"generation": {"use_cache": False, "cache_implementation": "static"}},
+            "pytorch.generation.cache_implementation: needs use_cache",
+        ),
+    ],
+)
 def test_bad_values_and_forbidden_combinations_are_refused_naming_the_field(section: dict, expected: str) -> None:
     with pytest.raises(ConfigError) as caught:
         plan_campaign({"name": "x", "experiment": {"model": "org/m", "pytorch": section}})
@@ -121,8 +142,16 @@ def test_loading_parameters_a_random_model_cannot_take_are_refused_not_dropped()
         plan_campaign({"name": "x", "experiment": {"pytorch": {"loading": {"device_map": "auto"}}}})
     assert any("pytorch.loading.device_map: applies to hub or local models" in p for p in caught.value.problems)
     with pytest.raises(ConfigError) as caught:
-        plan_campaign({"name": "x", "experiment": {"batch_size": 2, "workload": {"num_prompts": 2},
-                                                  "pytorch": {"generation": {"prompt_lookup_num_tokens": 4}}}})
+        plan_campaign(
+            {
+                "name": "x",
+                "experiment": {
+                    "batch_size": 2,
+                    "workload": {"num_prompts": 2},
+                    "pytorch": {"generation": {"prompt_lookup_num_tokens": 4}},
+                },
+            }
+        )
     assert any("set batch_size: 1 (got 2)" in p for p in caught.value.problems), caught.value.problems
 
 

@@ -30,8 +30,11 @@ def test_columns_are_unique_typed_and_documented_and_the_row_holds_exactly_them(
 
 
 def test_grouped_columns_come_from_their_mapping_and_show_uses_its_names() -> None:
-    record = RunRecord(run_id=7, throttle_shares={"throttle_share_sw_power_cap": 0.25},
-                       imported_throughput={"field": "avg_tokens_per_second", "value": 3.0, "counts": "output tokens"})
+    record = RunRecord(
+        run_id=7,
+        throttle_shares={"throttle_share_sw_power_cap": 0.25},
+        imported_throughput={"field": "avg_tokens_per_second", "value": 3.0, "counts": "output tokens"},
+    )
     row = record.row()
     assert row["throttle_share_sw_power_cap"] == 0.25 and row["throttle_share_none"] is None
     shown = record.shown()

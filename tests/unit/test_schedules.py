@@ -16,18 +16,35 @@ def build(**options: object) -> Timing:
     return build_timing(**{**base, **options}, now=NOW)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30s", 30), ("15m", 900), ("6h", 21600), ("1d", 86400), ("2w", 14 * 86400), ("1h30m", 5400),
-    ("1.5h", 5400), (" 6H ", 21600), ("1m 30s", 90),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30s", 30),
+        ("15m", 900),
+        ("6h", 21600),
+        ("1d", 86400),
+        ("2w", 14 * 86400),
+        ("1h30m", 5400),
+        ("1.5h", 5400),
+        (" 6H ", 21600),
+        ("1m 30s", 90),
+    ],
+)
 def test_every_accepts_durations(text: str, seconds: float) -> None:
     assert parse_every(text) == seconds
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("6", "--every: '6' is not a duration"), ("6x", "is not a duration"), ("", "is not a duration"),
-    ("h", "is not a duration"), ("0s", "under 1 second"), ("0.5s", "under 1 second"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("6", "--every: '6' is not a duration"),
+        ("6x", "is not a duration"),
+        ("", "is not a duration"),
+        ("h", "is not a duration"),
+        ("0s", "under 1 second"),
+        ("0.5s", "under 1 second"),
+    ],
+)
 def test_every_refuses_what_is_not_a_duration(text: str, message: str) -> None:
     with pytest.raises(ScheduleError, match=message):
         parse_every(text)
@@ -81,17 +98,20 @@ def test_cron_follows_its_time_zone_across_a_daylight_saving_change() -> None:
     assert build(cron="0  2 * * *").cron == "0 2 * * *"
 
 
-@pytest.mark.parametrize(("options", "message"), [
-    ({}, "give one of --cron"),
-    ({"cron": "61 2 * * *"}, "--cron: '61 2 \\* \\* \\*': field 1 \\(minute\\) '61' is not valid: it takes 0-59"),
-    ({"cron": "0 2 * *"}, "has 4 field\\(s\\); a cron expression has 5"),
-    ({"cron": "0 2 * * *", "every": "1h"}, "--cron: give it alone"),
-    ({"every": "1h", "times": 0}, "--times: 0 is not a number of firings"),
-    ({"at": "2026-03-28T11:00"}, "--at: 2026-03-28T11:00:00Z is in the past"),
-    ({"at": "2026-03-29T00:00", "times": 3}, "--times: --at alone fires once"),
-    ({"every": "1h", "until": "2026-03-28T12:30"}, "--until: 2026-03-28T12:30:00Z is before the first firing"),
-    ({"every": "1h", "tz": "Nowhere/Land"}, "--tz: 'Nowhere/Land' is not a time zone"),
-])
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "give one of --cron"),
+        ({"cron": "61 2 * * *"}, "--cron: '61 2 \\* \\* \\*': field 1 \\(minute\\) '61' is not valid: it takes 0-59"),
+        ({"cron": "0 2 * *"}, "has 4 field\\(s\\); a cron expression has 5"),
+        ({"cron": "0 2 * * *", "every": "1h"}, "--cron: give it alone"),
+        ({"every": "1h", "times": 0}, "--times: 0 is not a number of firings"),
+        ({"at": "2026-03-28T11:00"}, "--at: 2026-03-28T11:00:00Z is in the past"),
+        ({"at": "2026-03-29T00:00", "times": 3}, "--times: --at alone fires once"),
+        ({"every": "1h", "until": "2026-03-28T12:30"}, "--until: 2026-03-28T12:30:00Z is before the first firing"),
+        ({"every": "1h", "tz": "Nowhere/Land"}, "--tz: 'Nowhere/Land' is not a time zone"),
+    ],
+)
 def test_bad_options_name_the_option_and_the_fix(options: dict[str, object], message: str) -> None:
     with pytest.raises(ScheduleError, match=message):
         build(**options)
@@ -129,18 +149,23 @@ def test_a_cron_schedule_after_a_long_absence_fires_its_latest_due_times() -> No
 
 def test_resuming_takes_the_next_due_time_on_the_schedules_grid() -> None:
     timing = build(every="1h", at="2026-03-28T13:00")
-    assert timing.first_at_or_after(datetime(2026, 3, 28, 15, 20, tzinfo=UTC)) == \
-        datetime(2026, 3, 28, 16, 0, tzinfo=UTC)
-    assert timing.first_at_or_after(datetime(2026, 3, 28, 16, 0, tzinfo=UTC)) == \
-        datetime(2026, 3, 28, 16, 0, tzinfo=UTC)
+    assert timing.first_at_or_after(datetime(2026, 3, 28, 15, 20, tzinfo=UTC)) == datetime(
+        2026, 3, 28, 16, 0, tzinfo=UTC
+    )
+    assert timing.first_at_or_after(datetime(2026, 3, 28, 16, 0, tzinfo=UTC)) == datetime(
+        2026, 3, 28, 16, 0, tzinfo=UTC
+    )
 
 
-@pytest.mark.parametrize(("cron", "says"), [
-    ("61 * * * *", "field 1 (minute) '61' is not valid: it takes 0-59"),
-    ("0 24 * * *", "field 2 (hour) '24' is not valid: it takes 0-23"),
-    ("0 0 * 13 *", "field 4 (month) '13' is not valid: it takes 1-12"),
-    ("0 0 * * *  *", "has 6 field(s); a cron expression has 5"),
-])
+@pytest.mark.parametrize(
+    ("cron", "says"),
+    [
+        ("61 * * * *", "field 1 (minute) '61' is not valid: it takes 0-59"),
+        ("0 24 * * *", "field 2 (hour) '24' is not valid: it takes 0-23"),
+        ("0 0 * 13 *", "field 4 (month) '13' is not valid: it takes 1-12"),
+        ("0 0 * * *  *", "has 6 field(s); a cron expression has 5"),
+    ],
+)
 def test_a_bad_cron_names_its_field_and_range(cron: str, says: str) -> None:
     from lem_planner.schedules import check_cron
 

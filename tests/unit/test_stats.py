@@ -94,9 +94,20 @@ def test_inter_token_latency_per_batch() -> None:
 
 
 def _run(cycle: int, status: str = "done", tokens_per_s: float | None = 100.0, **extra: object) -> dict:
-    return {"experiment_index": 0, "experiment": {"batch_size": 1}, "backend": "pytorch", "cycle": cycle,
-            "status": status, "tokens_per_s": tokens_per_s, "energy_j": None, "j_per_token": None,
-            "ttft_mean_s": 0.1, "itl_mean_s": 0.01, "energy_note": "n/a (no NVML): no GPU", **extra}
+    return {
+        "experiment_index": 0,
+        "experiment": {"batch_size": 1},
+        "backend": "pytorch",
+        "cycle": cycle,
+        "status": status,
+        "tokens_per_s": tokens_per_s,
+        "energy_j": None,
+        "j_per_token": None,
+        "ttft_mean_s": 0.1,
+        "itl_mean_s": 0.01,
+        "energy_note": "n/a (no NVML): no GPU",
+        **extra,
+    }
 
 
 def test_experiment_summary_counts_done_runs_and_says_why_a_figure_is_missing() -> None:

@@ -13,10 +13,25 @@ from lem_telemetry.spill import DiskBuffer, count_rows, folder_for
 
 
 def _gpu(t: float) -> dict:
-    return {"host": "h", "gpu_uuid": "GPU-x", "gpu_index": 0, "time": t, "source": "nvml", "power_w": 100.5,
-            "energy_mj": None, "temperature_c": 40.0, "sm_clock_mhz": 1980, "mem_clock_mhz": 3201,
-            "clock_event_reasons": 0, "memory_used_bytes": 2**33, "utilization_gpu": 50, "utilization_memory": 20,
-            "power_instant_w": 97.25, "power_memory_w": None, "power_module_w": None}
+    return {
+        "host": "h",
+        "gpu_uuid": "GPU-x",
+        "gpu_index": 0,
+        "time": t,
+        "source": "nvml",
+        "power_w": 100.5,
+        "energy_mj": None,
+        "temperature_c": 40.0,
+        "sm_clock_mhz": 1980,
+        "mem_clock_mhz": 3201,
+        "clock_event_reasons": 0,
+        "memory_used_bytes": 2**33,
+        "utilization_gpu": 50,
+        "utilization_memory": 20,
+        "power_instant_w": 97.25,
+        "power_memory_w": None,
+        "power_module_w": None,
+    }
 
 
 def _host(t: float) -> dict:
@@ -25,8 +40,11 @@ def _host(t: float) -> dict:
 
 def test_a_file_written_before_the_instantaneous_power_columns_back_fills_them_as_null(tmp_path: Path) -> None:
     buffer = DiskBuffer(tmp_path / "buf", max_bytes=10**9)
-    old = {key: value for key, value in _gpu(3.0).items() if not key.startswith(("power_instant", "power_memory",
-                                                                                   "power_module"))}
+    old = {
+        key: value
+        for key, value in _gpu(3.0).items()
+        if not key.startswith(("power_instant", "power_memory", "power_module"))
+    }
     path = buffer.write([old], [])
     gpu, _ = buffer.read(path)
     assert gpu == [{**old, "power_instant_w": None, "power_memory_w": None, "power_module_w": None}]

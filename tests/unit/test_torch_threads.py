@@ -14,9 +14,11 @@ from lem_shared.settings import Settings, get_settings
 
 torch = pytest.importorskip("torch")
 
-EXPERIMENT = ExperimentConfig(model="random:llama-tiny", workload=SyntheticWorkload(num_prompts=1, input_len=8,
-                                                                                   output_len=2),
-                              measurement=MeasurementProtocol(warmup_min=0, warmup_max=1, min_window_s=0))
+EXPERIMENT = ExperimentConfig(
+    model="random:llama-tiny",
+    workload=SyntheticWorkload(num_prompts=1, input_len=8, output_len=2),
+    measurement=MeasurementProtocol(warmup_min=0, warmup_max=1, min_window_s=0),
+)
 
 
 @pytest.fixture
@@ -29,8 +31,9 @@ def torch_default() -> Iterator[int]:
     get_settings.cache_clear()
 
 
-def test_the_setting_sets_torch_threads_and_the_run_records_them(monkeypatch: pytest.MonkeyPatch,
-                                                                 torch_default: int) -> None:
+def test_the_setting_sets_torch_threads_and_the_run_records_them(
+    monkeypatch: pytest.MonkeyPatch, torch_default: int
+) -> None:
     from lem_worker_pytorch.adapter import TransformersAdapter
 
     monkeypatch.setenv("LEM_TORCH_THREADS", "1")

@@ -34,8 +34,12 @@ class MetricNames(Enum):
 
 
 def experiment(**changes: object) -> ExperimentConfig:
-    base: dict[str, object] = {"backend": "trtllm", "model": "random:llama-8b", "batch_size": 2,
-                               "workload": {"num_prompts": 4, "input_len": 128, "output_len": 64}}
+    base: dict[str, object] = {
+        "backend": "trtllm",
+        "model": "random:llama-8b",
+        "batch_size": 2,
+        "workload": {"num_prompts": 4, "input_len": 128, "output_len": 64},
+    }
     base.update(changes)
     return ExperimentConfig.model_validate(base)
 
@@ -92,8 +96,10 @@ def test_output_tokens_count_every_request() -> None:
 
 
 def test_batch_ttft_is_the_largest_request_ttft() -> None:
-    outputs = [request_output(2, {MetricNames.TTFT: 0.12, MetricNames.E2E: 0.9}),
-               request_output(2, {MetricNames.TTFT: 0.31, MetricNames.E2E: 1.0})]
+    outputs = [
+        request_output(2, {MetricNames.TTFT: 0.12, MetricNames.E2E: 0.9}),
+        request_output(2, {MetricNames.TTFT: 0.31, MetricNames.E2E: 1.0}),
+    ]
     assert batch_ttft(outputs) == pytest.approx(0.31)
 
 

@@ -31,9 +31,13 @@ COMPANIONS: dict[tuple[str, str], dict[str, dict[str, Any]]] = {
 
 
 def experiment(trtllm: dict[str, Any] | None = None, **changes: Any) -> ExperimentConfig:
-    base: dict[str, Any] = {"backend": "trtllm", "model": "random:llama-8b", "batch_size": 2,
-                            "workload": {"num_prompts": 4, "input_len": 128, "output_len": 64},
-                            "trtllm": trtllm or {}}
+    base: dict[str, Any] = {
+        "backend": "trtllm",
+        "model": "random:llama-8b",
+        "batch_size": 2,
+        "workload": {"num_prompts": 4, "input_len": 128, "output_len": 64},
+        "trtllm": trtllm or {},
+    }
     base.update(changes)
     return ExperimentConfig.model_validate(base)
 
@@ -96,11 +100,18 @@ def test_build_nested_makes_the_engine_config_objects() -> None:
     def cls(name: str) -> Any:
         return lambda **kw: made.append((name, kw)) or (name, kw)
 
-    llm_args = SimpleNamespace(**{c: cls(c) for c in NESTED_CONFIGS.values()},
-                               DecodingBaseConfig=SimpleNamespace(from_dict=lambda d: ("spec", d)))
-    exp = experiment({"engine": {"cuda_graph_config": {"max_batch_size": 8},
-                                 "speculative_config": {"decoding_type": "NGram", "max_draft_len": 4,
-                                                        "max_matching_ngram_size": 2}}})
+    llm_args = SimpleNamespace(
+        **{c: cls(c) for c in NESTED_CONFIGS.values()},
+        DecodingBaseConfig=SimpleNamespace(from_dict=lambda d: ("spec", d)),
+    )
+    exp = experiment(
+        {
+            "engine": {
+                "cuda_graph_config": {"max_batch_size": 8},
+                "speculative_config": {"decoding_type": "NGram", "max_draft_len": 4, "max_matching_ngram_size": 2},
+            }
+        }
+    )
     out = build_nested(engine_kwargs(exp, "m"), llm_args)
     assert out["kv_cache_config"] == ("KvCacheConfig", {"enable_block_reuse": False})
     assert out["cuda_graph_config"] == ("CudaGraphConfig", {"max_batch_size": 8})
@@ -109,10 +120,20 @@ def test_build_nested_makes_the_engine_config_objects() -> None:
 
 
 def test_extra_reaches_the_right_call() -> None:
-    exp = experiment({"extra": {"enable_iter_perf_stats": True, "kv_cache.event_buffer_max_size": 16,
-                                "sampling.stop_token_ids": [2]}})
-    assert exp.trtllm.extra == {"engine.enable_iter_perf_stats": True, "kv_cache.event_buffer_max_size": 16,
-                                "sampling.stop_token_ids": [2]}
+    exp = experiment(
+        {
+            "extra": {
+                "enable_iter_perf_stats": True,
+                "kv_cache.event_buffer_max_size": 16,
+                "sampling.stop_token_ids": [2],
+            }
+        }
+    )
+    assert exp.trtllm.extra == {
+        "engine.enable_iter_perf_stats": True,
+        "kv_cache.event_buffer_max_size": 16,
+        "sampling.stop_token_ids": [2],
+    }
     assert engine_kwargs(exp, "m")["enable_iter_perf_stats"] is True
     assert engine_kwargs(exp, "m")["kv_cache_config"]["event_buffer_max_size"] == 16
     assert sampling_kwargs(exp)["stop_token_ids"] == [2]
@@ -120,8 +141,12 @@ def test_extra_reaches_the_right_call() -> None:
 
 def plan_problems(trtllm: dict[str, Any], **experiment_fields: Any) -> list[str]:
     with pytest.raises(ConfigError) as info:
-        plan_campaign({"name": "x", "experiment": {"backend": "trtllm", "model": "random:llama-8b",
-                                                   **experiment_fields, "trtllm": trtllm}})
+        plan_campaign(
+            {
+                "name": "x",
+                "experiment": {"backend": "trtllm", "model": "random:llama-8b", **experiment_fields, "trtllm": trtllm},
+            }
+        )
     return info.value.problems
 
 
@@ -130,52 +155,73 @@ def test_unknown_extra_name_names_the_closest() -> None:
     assert "not a parameter of trtllm 1.2.0rc2" in text and "enable_iter_perf_stats" in text
 
 
-@pytest.mark.parametrize(("key", "says"), [
-    ("max_batch_size", "first-class field; set trtllm.engine.max_batch_size"),
-    ("kv_cache.free_gpu_memory_fraction", "first-class field; set trtllm.kv_cache.free_gpu_memory_fraction"),
-    ("sampling.max_tokens", "workload.output_len"),
-    ("engine.dtype", "experiment's dtype"),
-    ("load_format", "set by the tool itself"),
-    ("sampling.ignore_eos", "set by the tool itself"),
-])
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("max_batch_size", "first-class field; set trtllm.engine.max_batch_size"),
+        ("kv_cache.free_gpu_memory_fraction", "first-class field; set trtllm.kv_cache.free_gpu_memory_fraction"),
+        ("sampling.max_tokens", "workload.output_len"),
+        ("engine.dtype", "experiment's dtype"),
+        ("load_format", "set by the tool itself"),
+        ("sampling.ignore_eos", "set by the tool itself"),
+    ],
+)
 def test_extra_refuses_names_set_elsewhere(key: str, says: str) -> None:
     assert says in " ".join(plan_problems({"extra": {key: 1}}))
 
 
-@pytest.mark.parametrize(("trtllm", "path"), [
-    ({"engine": {"tensor_parallel_size": 0}}, "trtllm.engine.tensor_parallel_size"),
-    ({"engine": {"attn_backend": "FLASH"}}, "trtllm.engine.attn_backend"),
-    ({"engine": {"sampler_type": "greedy"}}, "trtllm.engine.sampler_type"),
-    ({"engine": {"cuda_graph_config": {"batch_sizes": [1, 2], "max_batch_size": 8}}},
-     "trtllm.engine.cuda_graph_config"),
-    ({"engine": {"scheduler_config": {"capacity_scheduler_policy": "FIFO"}}},
-     "trtllm.engine.scheduler_config.capacity_scheduler_policy"),
-    ({"engine": {"speculative_config": {"decoding_type": "Eagle", "max_draft_len": 3}}},
-     "trtllm.engine.speculative_config"),
-    ({"engine": {"batch_wait_max_tokens_ratio": 1.5}}, "trtllm.engine.batch_wait_max_tokens_ratio"),
-    ({"kv_cache": {"free_gpu_memory_fraction": 1.2}}, "trtllm.kv_cache.free_gpu_memory_fraction"),
-    ({"kv_cache": {"dtype": "int8"}}, "trtllm.kv_cache.dtype"),
-    ({"sampling": {"top_p": 0}}, "trtllm.sampling.top_p"),
-    ({"sampling": {"temperature": -1}}, "trtllm.sampling.temperature"),
-    ({"sampling": {"n": 2}}, "trtllm.sampling.n"),
-    ({"sampling": {"n": 3, "best_of": 2, "temperature": 1.0}}, "trtllm.sampling.best_of"),
-    ({"sampling": {"use_beam_search": True, "n": 4}}, "trtllm.engine.max_beam_width"),
-    ({"sampling": {"length_penalty": 1.0}}, "trtllm.sampling.length_penalty"),
-    ({"engine": {"max_seq_len": 64}}, "trtllm.engine.max_seq_len"),
-    ({"engine": {"max_num_tokens": 16}}, "trtllm.engine.max_num_tokens"),
-    ({"engine": {"enable_lm_head_tp_in_adp": True}}, "trtllm.engine.enable_lm_head_tp_in_adp"),
-    ({"kv_cache": {"enable_partial_reuse": True}}, "trtllm.kv_cache.enable_partial_reuse"),
-])
+@pytest.mark.parametrize(
+    ("trtllm", "path"),
+    [
+        ({"engine": {"tensor_parallel_size": 0}}, "trtllm.engine.tensor_parallel_size"),
+        ({"engine": {"attn_backend": "FLASH"}}, "trtllm.engine.attn_backend"),
+        ({"engine": {"sampler_type": "greedy"}}, "trtllm.engine.sampler_type"),
+        (
+            {"engine": {"cuda_graph_config": {"batch_sizes": [1, 2], "max_batch_size": 8}}},
+            "trtllm.engine.cuda_graph_config",
+        ),
+        (
+            {"engine": {"scheduler_config": {"capacity_scheduler_policy": "FIFO"}}},
+            "trtllm.engine.scheduler_config.capacity_scheduler_policy",
+        ),
+        (
+            {"engine": {"speculative_config": {"decoding_type": "Eagle", "max_draft_len": 3}}},
+            "trtllm.engine.speculative_config",
+        ),
+        ({"engine": {"batch_wait_max_tokens_ratio": 1.5}}, "trtllm.engine.batch_wait_max_tokens_ratio"),
+        ({"kv_cache": {"free_gpu_memory_fraction": 1.2}}, "trtllm.kv_cache.free_gpu_memory_fraction"),
+        ({"kv_cache": {"dtype": "int8"}}, "trtllm.kv_cache.dtype"),
+        ({"sampling": {"top_p": 0}}, "trtllm.sampling.top_p"),
+        ({"sampling": {"temperature": -1}}, "trtllm.sampling.temperature"),
+        ({"sampling": {"n": 2}}, "trtllm.sampling.n"),
+        ({"sampling": {"n": 3, "best_of": 2, "temperature": 1.0}}, "trtllm.sampling.best_of"),
+        ({"sampling": {"use_beam_search": True, "n": 4}}, "trtllm.engine.max_beam_width"),
+        ({"sampling": {"length_penalty": 1.0}}, "trtllm.sampling.length_penalty"),
+        ({"engine": {"max_seq_len": 64}}, "trtllm.engine.max_seq_len"),
+        ({"engine": {"max_num_tokens": 16}}, "trtllm.engine.max_num_tokens"),
+        ({"engine": {"enable_lm_head_tp_in_adp": True}}, "trtllm.engine.enable_lm_head_tp_in_adp"),
+        ({"kv_cache": {"enable_partial_reuse": True}}, "trtllm.kv_cache.enable_partial_reuse"),
+    ],
+)
 def test_bad_values_fail_at_plan_time_naming_the_field(trtllm: dict[str, Any], path: str) -> None:
     problems = plan_problems(trtllm, workload={"num_prompts": 2, "input_len": 64, "output_len": 32})
     assert path in " ".join(problems), problems
 
 
 def test_good_values_plan() -> None:
-    plan = plan_campaign({"name": "x", "experiment": {
-        "backend": "trtllm", "model": "random:llama-8b",
-        "trtllm": {"engine": {"max_num_tokens": 16, "enable_chunked_prefill": True, "max_beam_width": 4},
-                   "sampling": {"use_beam_search": True, "n": 2, "length_penalty": 0.8}}}})
+    plan = plan_campaign(
+        {
+            "name": "x",
+            "experiment": {
+                "backend": "trtllm",
+                "model": "random:llama-8b",
+                "trtllm": {
+                    "engine": {"max_num_tokens": 16, "enable_chunked_prefill": True, "max_beam_width": 4},
+                    "sampling": {"use_beam_search": True, "n": 2, "length_penalty": 0.8},
+                },
+            },
+        }
+    )
     assert plan is not None
 
 

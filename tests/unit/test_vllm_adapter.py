@@ -34,8 +34,12 @@ VLLM_INSTALLED = importlib.util.find_spec("vllm") is not None
 
 
 def experiment(**changes: object) -> ExperimentConfig:
-    base: dict[str, object] = {"backend": "vllm", "model": "random:llama-1b", "batch_size": 4,
-                               "workload": {"num_prompts": 8, "input_len": 64, "output_len": 32}}
+    base: dict[str, object] = {
+        "backend": "vllm",
+        "model": "random:llama-1b",
+        "batch_size": 4,
+        "workload": {"num_prompts": 8, "input_len": 64, "output_len": 32},
+    }
     base.update(changes)
     return ExperimentConfig.model_validate(base)
 
@@ -84,15 +88,26 @@ def test_sampling_forces_exactly_output_len_greedy_tokens() -> None:
 
 
 def test_section_arguments_are_merged_over_the_adapters_defaults_but_not_over_what_the_tool_owns() -> None:
-    exp = experiment(vllm={"engine": {"enable_prefix_caching": True, "max_num_seqs": 16},
-                           "sampling": {"temperature": 0.7, "n": 2},
-                           "extra": {"engine.seed": 3, "sampling.skip_special_tokens": False}})
+    exp = experiment(
+        vllm={
+            "engine": {"enable_prefix_caching": True, "max_num_seqs": 16},
+            "sampling": {"temperature": 0.7, "n": 2},
+            "extra": {"engine.seed": 3, "sampling.skip_special_tokens": False},
+        }
+    )
     kwargs = engine_kwargs(exp, "/tmp/lem-model")
     assert kwargs["enable_prefix_caching"] is True and kwargs["max_num_seqs"] == 16 and kwargs["seed"] == 3
     assert kwargs["model"] == "/tmp/lem-model" and kwargs["disable_log_stats"] is False
     assert kwargs["load_format"] == "dummy" and kwargs["skip_tokenizer_init"] is True
-    assert sampling_kwargs(exp) == {"max_tokens": 32, "min_tokens": 32, "ignore_eos": True, "temperature": 0.7,
-                                    "detokenize": False, "n": 2, "skip_special_tokens": False}
+    assert sampling_kwargs(exp) == {
+        "max_tokens": 32,
+        "min_tokens": 32,
+        "ignore_eos": True,
+        "temperature": 0.7,
+        "detokenize": False,
+        "n": 2,
+        "skip_special_tokens": False,
+    }
 
 
 def test_engine_arguments_of_the_section_change_the_engine_key_sampling_arguments_do_not() -> None:
@@ -101,8 +116,9 @@ def test_engine_arguments_of_the_section_change_the_engine_key_sampling_argument
     assert experiment(vllm={"sampling": {"top_k": 5}}).engine_key() == plain.engine_key()
 
 
-def request_output(tokens: int, arrival: float | None = None, latency: float | None = None,
-                   completions: int = 1) -> object:
+def request_output(
+    tokens: int, arrival: float | None = None, latency: float | None = None, completions: int = 1
+) -> object:
     metrics = None if arrival is None else SimpleNamespace(arrival_time=arrival, first_token_latency=latency)
     outputs = [SimpleNamespace(token_ids=list(range(tokens))) for _ in range(completions)]
     return SimpleNamespace(outputs=outputs, metrics=metrics)
@@ -114,8 +130,7 @@ def test_output_tokens_count_every_completion_of_every_request() -> None:
 
 
 def test_batch_ttft_is_when_the_last_request_got_its_first_token() -> None:
-    outputs = [request_output(4, arrival=100.01, latency=0.20),
-               request_output(4, arrival=100.02, latency=0.33)]
+    outputs = [request_output(4, arrival=100.01, latency=0.20), request_output(4, arrival=100.02, latency=0.33)]
     assert batch_ttft(outputs, started=100.0) == pytest.approx(0.35)
 
 
@@ -137,8 +152,10 @@ def test_flashinfer_sampler_is_switched_off_only_when_flashinfer_is_missing_and_
     assert flashinfer_sampler_choice({}, flashinfer_installed=False)["value"] == "0"
     assert flashinfer_sampler_choice({}, flashinfer_installed=False)["set_by"] == "lem"
     assert flashinfer_sampler_choice({}, flashinfer_installed=True) == {
-        "value": None, "set_by": "vllm default",
-        "reason": "flashinfer is installed: vLLM uses its top-k/top-p sampler where the GPU supports it"}
+        "value": None,
+        "set_by": "vllm default",
+        "reason": "flashinfer is installed: vLLM uses its top-k/top-p sampler where the GPU supports it",
+    }
     operator = flashinfer_sampler_choice({FLASHINFER_SAMPLER_ENV: "1"}, flashinfer_installed=False)
     assert operator["value"] == "1" and operator["set_by"] == "operator"
 
@@ -160,11 +177,23 @@ class Mode(enum.Enum):
 def test_engine_facts_read_the_live_config_and_name_what_is_missing() -> None:
     config = SimpleNamespace(
         model_config=SimpleNamespace(enforce_eager=False, dtype="torch.bfloat16", max_model_len=4096),
-        cache_config=SimpleNamespace(num_gpu_blocks=1000, block_size=16, kv_cache_size_tokens=16000,
-                                     kv_cache_max_concurrency=3.9, cache_dtype="auto", gpu_memory_utilization=0.9,
-                                     kv_cache_memory_bytes=None, enable_prefix_caching=False),
-        compilation_config=SimpleNamespace(mode=3, backend="inductor", cudagraph_mode=Mode.FULL_AND_PIECEWISE,
-                                           cudagraph_capture_sizes=[1, 2, 4], max_cudagraph_capture_size=4),
+        cache_config=SimpleNamespace(
+            num_gpu_blocks=1000,
+            block_size=16,
+            kv_cache_size_tokens=16000,
+            kv_cache_max_concurrency=3.9,
+            cache_dtype="auto",
+            gpu_memory_utilization=0.9,
+            kv_cache_memory_bytes=None,
+            enable_prefix_caching=False,
+        ),
+        compilation_config=SimpleNamespace(
+            mode=3,
+            backend="inductor",
+            cudagraph_mode=Mode.FULL_AND_PIECEWISE,
+            cudagraph_capture_sizes=[1, 2, 4],
+            max_cudagraph_capture_size=4,
+        ),
         attention_config=SimpleNamespace(backend=None),
     )
     sampler = flashinfer_sampler_choice({}, flashinfer_installed=False)
@@ -186,10 +215,14 @@ def test_kv_cache_watch_keeps_peak_mean_and_preemptions_of_the_steps_since_reset
     assert watch.figures() == {"kv_cache_usage_peak": None, "kv_cache_usage_mean": None, "preemptions": None}
     watch.record(SimpleNamespace(kv_cache_usage=0.5), SimpleNamespace(num_preempted_reqs=0))
     watch.record(SimpleNamespace(kv_cache_usage=0.2), SimpleNamespace(num_preempted_reqs=0))
-    watch.record(SimpleNamespace(kv_cache_usage=0.9), SimpleNamespace(num_preempted_reqs=2), mm_cache_stats=None,
-                 engine_idx=0)
-    assert watch.figures() == {"kv_cache_usage_peak": 0.9, "kv_cache_usage_mean": pytest.approx(1.6 / 3),
-                               "preemptions": 2}
+    watch.record(
+        SimpleNamespace(kv_cache_usage=0.9), SimpleNamespace(num_preempted_reqs=2), mm_cache_stats=None, engine_idx=0
+    )
+    assert watch.figures() == {
+        "kv_cache_usage_peak": 0.9,
+        "kv_cache_usage_mean": pytest.approx(1.6 / 3),
+        "preemptions": 2,
+    }
     watch.reset()
     watch.record(SimpleNamespace(kv_cache_usage=0.1), None)
     assert watch.figures() == {"kv_cache_usage_peak": 0.1, "kv_cache_usage_mean": 0.1, "preemptions": 0}

@@ -30,9 +30,13 @@ COMPANIONS: dict[str, dict[str, Any]] = {
 
 
 def experiment(vllm: dict[str, Any] | None = None, **changes: Any) -> ExperimentConfig:
-    base: dict[str, Any] = {"backend": "vllm", "model": HUB_MODEL, "batch_size": 4,
-                            "workload": {"num_prompts": 8, "input_len": 64, "output_len": 32},
-                            "vllm": vllm or {}}
+    base: dict[str, Any] = {
+        "backend": "vllm",
+        "model": HUB_MODEL,
+        "batch_size": 4,
+        "workload": {"num_prompts": 8, "input_len": 64, "output_len": 32},
+        "vllm": vllm or {},
+    }
     base.update(changes)
     return ExperimentConfig.model_validate(base)
 
@@ -102,17 +106,33 @@ def test_engine_values_change_the_engine_key_and_sampling_values_do_not(group: s
 def test_the_adapters_defaults_stay_unless_the_section_sets_them() -> None:
     kwargs = engine_kwargs(experiment(), "/tmp/m")
     assert kwargs["enable_prefix_caching"] is False and kwargs["seed"] == 0
-    assert engine_kwargs(experiment({"engine": {"enable_prefix_caching": True}}), "/tmp/m")[
-        "enable_prefix_caching"] is True
+    assert (
+        engine_kwargs(experiment({"engine": {"enable_prefix_caching": True}}), "/tmp/m")["enable_prefix_caching"]
+        is True
+    )
     assert engine_kwargs(experiment({"extra": {"engine.seed": 7}}), "/tmp/m")["seed"] == 7
     sampling = sampling_kwargs(experiment({"sampling": {"temperature": 0.7, "top_p": 0.9}}))
-    assert sampling == {"temperature": 0.7, "top_p": 0.9, "detokenize": False, "max_tokens": 32, "min_tokens": 32,
-                        "ignore_eos": True}
+    assert sampling == {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "detokenize": False,
+        "max_tokens": 32,
+        "min_tokens": 32,
+        "ignore_eos": True,
+    }
 
 
 def test_the_forced_output_length_and_tool_owned_arguments_cannot_be_overridden() -> None:
-    for key in ("sampling.max_tokens", "min_tokens", "ignore_eos", "engine.dtype", "model", "load_format",
-                "skip_tokenizer_init", "disable_log_stats"):
+    for key in (
+        "sampling.max_tokens",
+        "min_tokens",
+        "ignore_eos",
+        "engine.dtype",
+        "model",
+        "load_format",
+        "skip_tokenizer_init",
+        "disable_log_stats",
+    ):
         with pytest.raises(ValueError, match="set by"):
             VllmOptions(extra={key: 1})
 
@@ -123,6 +143,7 @@ def test_completions_per_prompt_follow_n() -> None:
 
 
 # --- extra ---------------------------------------------------------------------------------------------------------
+
 
 def test_extra_reaches_the_call_of_its_group() -> None:
     exp = experiment({"extra": {"max_logprobs": 50, "sampling.skip_special_tokens": False}})
@@ -161,73 +182,120 @@ def test_extra_values_of_simple_snapshot_types_are_type_checked() -> None:
 
 # --- bad values ----------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("vllm", "path"), [
-    ({"engine": {"tensor_parallel_size": 0}}, "vllm.engine.tensor_parallel_size"),
-    ({"engine": {"gpu_memory_utilization": 1.5}}, "vllm.engine.gpu_memory_utilization"),
-    ({"engine": {"gpu_memory_utilization": 0}}, "vllm.engine.gpu_memory_utilization"),
-    ({"engine": {"max_num_seqs": "lots"}}, "vllm.engine.max_num_seqs"),
-    ({"engine": {"enable_prefix_caching": "maybe"}}, "vllm.engine.enable_prefix_caching"),
-    ({"engine": {"kv_cache_dtype": "fp9"}}, "vllm.engine.kv_cache_dtype"),
-    ({"engine": {"scheduling_policy": "lifo"}}, "vllm.engine.scheduling_policy"),
-    ({"engine": {"optimization_level": 4}}, "vllm.engine.optimization_level"),
-    ({"engine": {"performance_mode": "turbo"}}, "vllm.engine.performance_mode"),
-    ({"engine": {"attention_backend": "FAST_ATTN"}}, "vllm.engine.attention_backend"),
-    ({"engine": {"quantization": "FP8 please"}}, "vllm.engine.quantization"),
-    ({"engine": {"cudagraph_capture_sizes": [0, 8]}}, "vllm.engine.cudagraph_capture_sizes"),
-    ({"engine": {"cudagraph_capture_sizes": []}}, "vllm.engine.cudagraph_capture_sizes"),
-    ({"engine": {"mamba_block_size": 12, "enable_prefix_caching": True}}, "vllm.engine.mamba_block_size"),
-    ({"engine": {"speculative_config": {"num_speculative_tokens": 4}}}, "vllm.engine.speculative_config"),
-    ({"engine": {"speculative_config": {"method": "ngram", "num_speculative_tokens": 0}}},
-     "vllm.engine.speculative_config"),
-    ({"engine": {"not_a_vllm_argument": 1}}, "vllm.engine.not_a_vllm_argument"),
-    ({"sampling": {"top_p": 0}}, "vllm.sampling.top_p"),
-    ({"sampling": {"top_p": 1.2}}, "vllm.sampling.top_p"),
-    ({"sampling": {"min_p": 1.5}}, "vllm.sampling.min_p"),
-    ({"sampling": {"top_k": -2}}, "vllm.sampling.top_k"),
-    ({"sampling": {"temperature": -0.1}}, "vllm.sampling.temperature"),
-    ({"sampling": {"presence_penalty": 3}}, "vllm.sampling.presence_penalty"),
-    ({"sampling": {"repetition_penalty": 0}}, "vllm.sampling.repetition_penalty"),
-    ({"sampling": {"n": 0}}, "vllm.sampling.n"),
-])
+
+@pytest.mark.parametrize(
+    ("vllm", "path"),
+    [
+        ({"engine": {"tensor_parallel_size": 0}}, "vllm.engine.tensor_parallel_size"),
+        ({"engine": {"gpu_memory_utilization": 1.5}}, "vllm.engine.gpu_memory_utilization"),
+        ({"engine": {"gpu_memory_utilization": 0}}, "vllm.engine.gpu_memory_utilization"),
+        ({"engine": {"max_num_seqs": "lots"}}, "vllm.engine.max_num_seqs"),
+        ({"engine": {"enable_prefix_caching": "maybe"}}, "vllm.engine.enable_prefix_caching"),
+        ({"engine": {"kv_cache_dtype": "fp9"}}, "vllm.engine.kv_cache_dtype"),
+        ({"engine": {"scheduling_policy": "lifo"}}, "vllm.engine.scheduling_policy"),
+        ({"engine": {"optimization_level": 4}}, "vllm.engine.optimization_level"),
+        ({"engine": {"performance_mode": "turbo"}}, "vllm.engine.performance_mode"),
+        ({"engine": {"attention_backend": "FAST_ATTN"}}, "vllm.engine.attention_backend"),
+        ({"engine": {"quantization": "FP8 please"}}, "vllm.engine.quantization"),
+        ({"engine": {"cudagraph_capture_sizes": [0, 8]}}, "vllm.engine.cudagraph_capture_sizes"),
+        ({"engine": {"cudagraph_capture_sizes": []}}, "vllm.engine.cudagraph_capture_sizes"),
+        ({"engine": {"mamba_block_size": 12, "enable_prefix_caching": True}}, "vllm.engine.mamba_block_size"),
+        ({"engine": {"speculative_config": {"num_speculative_tokens": 4}}}, "vllm.engine.speculative_config"),
+        (
+            {"engine": {"speculative_config": {"method": "ngram", "num_speculative_tokens": 0}}},
+            "vllm.engine.speculative_config",
+        ),
+        ({"engine": {"not_a_vllm_argument": 1}}, "vllm.engine.not_a_vllm_argument"),
+        ({"sampling": {"top_p": 0}}, "vllm.sampling.top_p"),
+        ({"sampling": {"top_p": 1.2}}, "vllm.sampling.top_p"),
+        ({"sampling": {"min_p": 1.5}}, "vllm.sampling.min_p"),
+        ({"sampling": {"top_k": -2}}, "vllm.sampling.top_k"),
+        ({"sampling": {"temperature": -0.1}}, "vllm.sampling.temperature"),
+        ({"sampling": {"presence_penalty": 3}}, "vllm.sampling.presence_penalty"),
+        ({"sampling": {"repetition_penalty": 0}}, "vllm.sampling.repetition_penalty"),
+        ({"sampling": {"n": 0}}, "vllm.sampling.n"),
+    ],
+)
 def test_a_bad_value_is_refused_naming_its_field(vllm: dict[str, Any], path: str) -> None:
     found = problems(vllm)
     assert any(p.startswith(path) or path in p for p in found), found
 
 
-@pytest.mark.parametrize(("vllm", "changes", "path", "says"), [
-    ({"engine": {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048, "max_model_len": 4096}}, {},
-     "vllm.engine.max_num_batched_tokens", "max_model_len (4096)"),
-    ({"engine": {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048}}, {"model": "random:llama-tiny"},
-     "vllm.engine.max_num_batched_tokens", "max_model_len (4096)"),
-    ({"engine": {"max_num_batched_tokens": 64, "max_num_seqs": 128}}, {},
-     "vllm.engine.max_num_batched_tokens", ">= vllm.engine.max_num_seqs"),
-    ({"engine": {"max_model_len": 64}}, {}, "vllm.engine.max_model_len", "input_len + workload.output_len (96)"),
-    ({"engine": {"decode_context_parallel_size": 2}}, {}, "vllm.engine.decode_context_parallel_size", "divide"),
-    ({"engine": {"enable_eplb": True}}, {}, "vllm.engine.enable_eplb", "enable_expert_parallel"),
-    ({"engine": {"cudagraph_capture_sizes": [1, 2, 4], "max_cudagraph_capture_size": 8}}, {},
-     "vllm.engine.max_cudagraph_capture_size", "largest"),
-    ({"engine": {"kv_cache_dtype": "fp8_inc"}}, {}, "vllm.engine.kv_cache_dtype", "fp8_e4m3"),
-    ({"engine": {"kv_cache_dtype": "fp8_ds_mla"}}, {"model": "random:llama-1b"}, "vllm.engine.kv_cache_dtype",
-     "multi-head latent attention"),
-    ({"engine": {"quantization": "awq", "quantization_config": {"linear": "fp8_per_tensor"}}}, {},
-     "vllm.engine.quantization_config", "fp8_per_tensor"),
-    ({"engine": {"offload_group_size": 2, "offload_num_in_group": 3}}, {}, "vllm.engine.offload_num_in_group", "<="),
-    ({"engine": {"mamba_block_size": 256}}, {}, "vllm.engine.mamba_block_size", "enable_prefix_caching"),
-    ({"engine": {"speculative_config": {"method": "ngram"}, "spec_tokens": 3, "spec_method": "ngram"}}, {},
-     "vllm.engine.speculative_config", "not both"),
-    ({"engine": {"spec_tokens": 3}}, {}, "vllm.engine.spec_tokens", "spec_method"),
-    ({"engine": {"engram_config": {"cpu_offload": False}}}, {"model": "random:llama-tiny"},
-     "vllm.engine.engram_config", "n-gram"),
-    ({"sampling": {"n": 2}}, {}, "vllm.sampling.n", "temperature > 0"),
-    ({"sampling": {"logprobs": 50}}, {}, "vllm.sampling.logprobs", "max_logprobs (20"),
-    ({"sampling": {"prompt_logprobs": -1}}, {}, "vllm.sampling.prompt_logprobs", "max_logprobs"),
-    ({"sampling": {"prompt_logprob_start": 3}}, {}, "vllm.sampling.prompt_logprob_start", "prompt_logprobs"),
-    ({"sampling": {"detokenize": True}}, {"model": "random:llama-tiny"}, "vllm.sampling.detokenize", "tokenizer"),
-    ({"sampling": {"bad_words": ["x"]}}, {"model": "random:llama-tiny"}, "vllm.sampling.bad_words", "tokenizer"),
-    ({"sampling": {"watermarking": True}}, {}, "vllm.sampling.watermarking", "watermark_config"),
-])
+@pytest.mark.parametrize(
+    ("vllm", "changes", "path", "says"),
+    [
+        (
+            {"engine": {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048, "max_model_len": 4096}},
+            {},
+            "vllm.engine.max_num_batched_tokens",
+            "max_model_len (4096)",
+        ),
+        (
+            {"engine": {"enable_chunked_prefill": False, "max_num_batched_tokens": 2048}},
+            {"model": "random:llama-tiny"},
+            "vllm.engine.max_num_batched_tokens",
+            "max_model_len (4096)",
+        ),
+        (
+            {"engine": {"max_num_batched_tokens": 64, "max_num_seqs": 128}},
+            {},
+            "vllm.engine.max_num_batched_tokens",
+            ">= vllm.engine.max_num_seqs",
+        ),
+        ({"engine": {"max_model_len": 64}}, {}, "vllm.engine.max_model_len", "input_len + workload.output_len (96)"),
+        ({"engine": {"decode_context_parallel_size": 2}}, {}, "vllm.engine.decode_context_parallel_size", "divide"),
+        ({"engine": {"enable_eplb": True}}, {}, "vllm.engine.enable_eplb", "enable_expert_parallel"),
+        (
+            {"engine": {"cudagraph_capture_sizes": [1, 2, 4], "max_cudagraph_capture_size": 8}},
+            {},
+            "vllm.engine.max_cudagraph_capture_size",
+            "largest",
+        ),
+        ({"engine": {"kv_cache_dtype": "fp8_inc"}}, {}, "vllm.engine.kv_cache_dtype", "fp8_e4m3"),
+        (
+            {"engine": {"kv_cache_dtype": "fp8_ds_mla"}},
+            {"model": "random:llama-1b"},
+            "vllm.engine.kv_cache_dtype",
+            "multi-head latent attention",
+        ),
+        (
+            {"engine": {"quantization": "awq", "quantization_config": {"linear": "fp8_per_tensor"}}},
+            {},
+            "vllm.engine.quantization_config",
+            "fp8_per_tensor",
+        ),
+        (
+            {"engine": {"offload_group_size": 2, "offload_num_in_group": 3}},
+            {},
+            "vllm.engine.offload_num_in_group",
+            "<=",
+        ),
+        ({"engine": {"mamba_block_size": 256}}, {}, "vllm.engine.mamba_block_size", "enable_prefix_caching"),
+        (
+            {"engine": {"speculative_config": {"method": "ngram"}, "spec_tokens": 3, "spec_method": "ngram"}},
+            {},
+            "vllm.engine.speculative_config",
+            "not both",
+        ),
+        ({"engine": {"spec_tokens": 3}}, {}, "vllm.engine.spec_tokens", "spec_method"),
+        (
+            {"engine": {"engram_config": {"cpu_offload": False}}},
+            {"model": "random:llama-tiny"},
+            "vllm.engine.engram_config",
+            "n-gram",
+        ),
+        ({"sampling": {"n": 2}}, {}, "vllm.sampling.n", "temperature > 0"),
+        ({"sampling": {"logprobs": 50}}, {}, "vllm.sampling.logprobs", "max_logprobs (20"),
+        ({"sampling": {"prompt_logprobs": -1}}, {}, "vllm.sampling.prompt_logprobs", "max_logprobs"),
+        ({"sampling": {"prompt_logprob_start": 3}}, {}, "vllm.sampling.prompt_logprob_start", "prompt_logprobs"),
+        ({"sampling": {"detokenize": True}}, {"model": "random:llama-tiny"}, "vllm.sampling.detokenize", "tokenizer"),
+        ({"sampling": {"bad_words": ["x"]}}, {"model": "random:llama-tiny"}, "vllm.sampling.bad_words", "tokenizer"),
+        ({"sampling": {"watermarking": True}}, {}, "vllm.sampling.watermarking", "watermark_config"),
+    ],
+)
 def test_a_forbidden_combination_is_refused_naming_the_field_and_what_is_allowed(
-        vllm: dict[str, Any], changes: dict[str, Any], path: str, says: str) -> None:
+    vllm: dict[str, Any], changes: dict[str, Any], path: str, says: str
+) -> None:
     found = problems(vllm, **changes)
     assert any(path in p and says in p for p in found), found
 
@@ -242,13 +310,19 @@ def test_allowed_combinations_pass() -> None:
 
 
 def test_grid_axes_over_vllm_fields_expand_and_skip_invalid_points() -> None:
-    plan = plan_campaign({"name": "x", "experiment": {"backend": "vllm", "model": HUB_MODEL},
-                          "grid": {"vllm.engine.max_num_seqs": [16, 64], "vllm.sampling.top_k": [-5, 10]}})
+    plan = plan_campaign(
+        {
+            "name": "x",
+            "experiment": {"backend": "vllm", "model": HUB_MODEL},
+            "grid": {"vllm.engine.max_num_seqs": [16, 64], "vllm.sampling.top_k": [-5, 10]},
+        }
+    )
     assert len(plan.experiments) == 2
     assert all("vllm.sampling.top_k" in s.reason for s in plan.skipped)
 
 
 # --- coverage ------------------------------------------------------------------------------------------------------
+
 
 def test_coverage_meets_its_target_with_every_parameter_classified() -> None:
     report = coverage("vllm")

@@ -54,8 +54,10 @@ class TraceReader:
 
 
 def test_edge_energy_is_the_counter_difference_and_says_why_when_it_cannot_be() -> None:
-    edges = {"start": {"t": 0, "read_s": 0, "gpus": {UUID: {"energy_mj": 1_000_000}}},
-             "end": {"t": 2, "read_s": 0, "gpus": {UUID: {"energy_mj": 1_350_500}}}}
+    edges = {
+        "start": {"t": 0, "read_s": 0, "gpus": {UUID: {"energy_mj": 1_000_000}}},
+        "end": {"t": 2, "read_s": 0, "gpus": {UUID: {"energy_mj": 1_350_500}}},
+    }
     assert edge_energy(edges, UUID) == (pytest.approx(350.5), None)
     assert edge_energy(None, UUID) == (None, "no counter reads at the window's edges")
     assert edge_energy(edges, "GPU-other")[1] == "no energy counter read for GPU-other at both edges"
@@ -126,14 +128,21 @@ def test_edge_reads_are_the_figure_and_telemetry_is_checked_against_them(h200_tr
     assert next(c for c in none.checks if c.name == "edges_vs_telemetry").status == "skipped"
     # 3 % off passes a 2 s window (10 %) but not a 10 s one (2 %): the counter's two 100 ms steps are a smaller
     # share of a longer window.
-    assert next(c for c in analyse_window(samples, start, end, edge_energy_j=a.energy_counter_j * 1.03).checks
-                if c.name == "edges_vs_telemetry").status == "pass"  # type: ignore[operator]
+    assert (
+        next(
+            c
+            for c in analyse_window(samples, start, end, edge_energy_j=a.energy_counter_j * 1.03).checks
+            if c.name == "edges_vs_telemetry"
+        ).status
+        == "pass"
+    )  # type: ignore[operator]
     long = analyse_window(samples, decode["start"], decode["start"] + 10)
-    off = analyse_window(samples, decode["start"], decode["start"] + 10,
-                         edge_energy_j=long.energy_counter_j * 1.03)  # type: ignore[operator]
+    off = analyse_window(samples, decode["start"], decode["start"] + 10, edge_energy_j=long.energy_counter_j * 1.03)  # type: ignore[operator]
     check = next(c for c in off.checks if c.name == "edges_vs_telemetry")
-    assert check.status == "warning" and f"more than {max(1.0, 100 * 2 * Thresholds().counter_update_s / 10):.1f} %" \
-        in check.message
+    assert (
+        check.status == "warning"
+        and f"more than {max(1.0, 100 * 2 * Thresholds().counter_update_s / 10):.1f} %" in check.message
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,9 +165,19 @@ def gpu_runtime(h200_trace_dir: Path):  # noqa: ANN201
 def test_the_runtime_reads_every_gpu_at_both_edges_of_both_windows(gpu_runtime) -> None:  # noqa: ANN001
     runtime, reader = gpu_runtime
     experiment = ExperimentConfig(
-        model="random:llama-tiny", batch_size=2, workload=SyntheticWorkload(num_prompts=4, input_len=8, output_len=4),
-        measurement=MeasurementProtocol(warmup_window=2, warmup_min=0, warmup_max=2, min_window_s=0.2,
-                                        idle_gap_s=0, baseline_idle_s=0, phase_split=True))
+        model="random:llama-tiny",
+        batch_size=2,
+        workload=SyntheticWorkload(num_prompts=4, input_len=8, output_len=4),
+        measurement=MeasurementProtocol(
+            warmup_window=2,
+            warmup_min=0,
+            warmup_max=2,
+            min_window_s=0.2,
+            idle_gap_s=0,
+            baseline_idle_s=0,
+            phase_split=True,
+        ),
+    )
     m = runtime.measure(experiment)
     assert m.edges is not None and m.prefill is not None and m.prefill.edges is not None
     assert (m.window_start, m.window_end) == (m.edges.start.t, m.edges.end.t)

@@ -72,9 +72,11 @@ class BeatLock:
         holder = self._holder()
         if not standby:
             self.release()
-            raise AnotherBeat(f"another beat is running ({holder}); exactly one may run: stop it first "
-                              "(`make down` or its own stop), or leave that one running (or start this one with "
-                              "--standby to take over when it stops)")
+            raise AnotherBeat(
+                f"another beat is running ({holder}); exactly one may run: stop it first "
+                "(`make down` or its own stop), or leave that one running (or start this one with "
+                "--standby to take over when it stops)"
+            )
         self._stand_by(holder)
 
     def check(self) -> bool:
@@ -97,8 +99,11 @@ class BeatLock:
             return False
         except Exception as exc:  # noqa: BLE001 - the database is away: the session, and the lock with it, is gone
             if self.held:
-                log.warning("beat: lost the database connection that holds the beat lock (%s); firing nothing "
-                            "until it is taken again", _first_line(exc))
+                log.warning(
+                    "beat: lost the database connection that holds the beat lock (%s); firing nothing "
+                    "until it is taken again",
+                    _first_line(exc),
+                )
             elif not self._unreachable:
                 log.warning("beat: the database does not answer (%s); retrying every tick", _first_line(exc))
             self.held, self._unreachable = False, True
@@ -116,8 +121,10 @@ class BeatLock:
 
         connection = get_engine().connect()
         try:
-            connection.execute(text("SELECT set_config('application_name', :n, false)"),
-                               {"n": f"lem-beat pid {os.getpid()} on {socket.gethostname()}"[:63]})
+            connection.execute(
+                text("SELECT set_config('application_name', :n, false)"),
+                {"n": f"lem-beat pid {os.getpid()} on {socket.gethostname()}"[:63]},
+            )
             connection.commit()
         except BaseException:
             connection.close()
@@ -137,11 +144,14 @@ class BeatLock:
     def _holder(self) -> str:
         from sqlalchemy import text
 
-        holder = self.connection.scalar(text(
-            "SELECT a.application_name || ' (since ' || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') "
-            "|| ')' FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :k AND l.granted LIMIT 1"),
-            {"k": BEAT_LOCK_ID})
+        holder = self.connection.scalar(
+            text(
+                "SELECT a.application_name || ' (since ' || to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS') "
+                "|| ')' FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.classid = 0 AND l.objid = :k AND l.granted LIMIT 1"
+            ),
+            {"k": BEAT_LOCK_ID},
+        )
         self.connection.commit()
         return holder or "holder unknown"
 
@@ -209,9 +219,19 @@ class ScheduleScheduler(Scheduler):
         try:
             if self._redis is None:
                 self._redis = redis_client()
-            self._redis.set(BEAT_KEY, json.dumps({
-                "host": socket.gethostname(), "pid": os.getpid(), "started": self._started, "time": time.time(),
-                "ticks": self._ticks}), ex=HEARTBEAT_TTL_S)
+            self._redis.set(
+                BEAT_KEY,
+                json.dumps(
+                    {
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "started": self._started,
+                        "time": time.time(),
+                        "ticks": self._ticks,
+                    }
+                ),
+                ex=HEARTBEAT_TTL_S,
+            )
         except Exception:  # noqa: BLE001 - the heartbeat is for display only
             self._redis = None
 
@@ -236,8 +256,7 @@ def main() -> None:
     STANDBY = "--standby" in sys.argv[1:]
     sys.argv[1:] = [a for a in sys.argv[1:] if a != "--standby"]
     try:
-        app.start(["beat", "--scheduler", "lem_planner.beat:ScheduleScheduler", "--loglevel", "INFO",
-                   *sys.argv[1:]])
+        app.start(["beat", "--scheduler", "lem_planner.beat:ScheduleScheduler", "--loglevel", "INFO", *sys.argv[1:]])
     except AnotherBeat as exc:  # celery has redirected sys.stderr to its log by now: write to the real one
         print(f"error: {exc}", file=sys.__stderr__)
         sys.exit(1)

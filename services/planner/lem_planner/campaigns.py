@@ -32,8 +32,9 @@ from lem_shared.dispatch import (
 from lem_shared.heartbeat import live_workers
 
 
-def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig],
-                    session: Session | None = None) -> tuple[int, list[RunRequest]]:
+def create_campaign(
+    campaign: CampaignConfig, experiments: list[ExperimentConfig], session: Session | None = None
+) -> tuple[int, list[RunRequest]]:
     """Write the manifest in one transaction (``session``'s, when given: a schedule's firing is recorded in the
     same one); return the campaign id and its runs in dispatch order.
 
@@ -51,8 +52,11 @@ def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig
         for index, experiment in enumerate(experiments):
             config = experiment.model_dump(mode="json")
             exp_row = Experiment(
-                campaign_id=row.id, index=index, backend=experiment.backend.value,
-                config=config, config_hash=experiment.config_hash(),
+                campaign_id=row.id,
+                index=index,
+                backend=experiment.backend.value,
+                config=config,
+                config_hash=experiment.config_hash(),
             )
             s.add(exp_row)
             rows.append((exp_row, config))
@@ -60,8 +64,13 @@ def create_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig
         runs = []
         for position, (index, cycle) in enumerate(run_order(len(rows), campaign.cycles, campaign.structure, seed)):
             exp_row, config = rows[index]
-            run = Run(run_key=run_key(row.id, config, cycle), campaign_id=row.id, experiment_id=exp_row.id,
-                      cycle=cycle, position=position)
+            run = Run(
+                run_key=run_key(row.id, config, cycle),
+                campaign_id=row.id,
+                experiment_id=exp_row.id,
+                cycle=cycle,
+                position=position,
+            )
             s.add(run)
             runs.append((run, exp_row))
         s.flush()
@@ -83,15 +92,19 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, Any]:
         if status != CampaignStatus.RUNNING:
             return {"already": status, "queued": 0, "stopping": 0, "orphaned": 0}
         # the campaign first, so nothing closes it as failed meanwhile
-        s.execute(update(Campaign).where(Campaign.id == campaign_id)
-                  .values(status=CampaignStatus.CANCELLED, finished_at=now))
-        queued = s.execute(
-            update(Run)
-            .where(Run.campaign_id == campaign_id,
-                   Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
-            .values(status=RunStatus.CANCELLED, error="cancelled by the user", finished_at=now)
-            .returning(Run.run_key)
-        ).scalars().all()
+        s.execute(
+            update(Campaign).where(Campaign.id == campaign_id).values(status=CampaignStatus.CANCELLED, finished_at=now)
+        )
+        queued = (
+            s.execute(
+                update(Run)
+                .where(Run.campaign_id == campaign_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
+                .values(status=RunStatus.CANCELLED, error="cancelled by the user", finished_at=now)
+                .returning(Run.run_key)
+            )
+            .scalars()
+            .all()
+        )
         stopping = orphans = 0
         for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status == RunStatus.RUNNING)):
             reason = orphaned(run, alive, now)
@@ -120,13 +133,20 @@ def resume_campaign(campaign_id: int) -> dict[str, int]:
     connection = redis_client()
     wait_for_heartbeats(connection)
     with session_scope() as s:
-        unfinished = s.scalar(select(Run.id).where(Run.campaign_id == campaign_id,
-                                                   Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED,
-                                                                   RunStatus.RUNNING, RunStatus.MEASURED]))
-                              .limit(1))
+        unfinished = s.scalar(
+            select(Run.id)
+            .where(
+                Run.campaign_id == campaign_id,
+                Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED, RunStatus.RUNNING, RunStatus.MEASURED]),
+            )
+            .limit(1)
+        )
         if unfinished is not None:
-            s.execute(update(Campaign).where(Campaign.id == campaign_id)
-                      .values(status=CampaignStatus.RUNNING, finished_at=None))
+            s.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id)
+                .values(status=CampaignStatus.RUNNING, finished_at=None)
+            )
     return requeue_for_resume(campaign_id, live_workers(connection))
 
 
@@ -147,8 +167,13 @@ def close_campaign_if_finished(campaign_id: int) -> None:
         unfinished = exists().where(Run.campaign_id == campaign_id, Run.status.not_in(TERMINAL_RUN_STATUSES))
         done = select(func.count()).where(Run.campaign_id == campaign_id, Run.status == RunStatus.DONE)
         cancelled = exists().where(Run.campaign_id == campaign_id, Run.status == RunStatus.CANCELLED)
-        status = (CampaignStatus.CANCELLED if s.scalar(select(cancelled)) else
-                  CampaignStatus.DONE if s.scalar(done) else CampaignStatus.FAILED)
+        status = (
+            CampaignStatus.CANCELLED
+            if s.scalar(select(cancelled))
+            else CampaignStatus.DONE
+            if s.scalar(done)
+            else CampaignStatus.FAILED
+        )
         s.execute(
             update(Campaign)
             .where(Campaign.id == campaign_id, Campaign.status == CampaignStatus.RUNNING, ~unfinished)
@@ -159,8 +184,12 @@ def close_campaign_if_finished(campaign_id: int) -> None:
 def failed_runs_by_campaign() -> dict[int, int]:
     """How many failed runs each campaign has (a campaign ends ``done`` when some runs failed: this shows them)."""
     with session_scope() as s:
-        return {campaign: count for campaign, count in s.execute(
-            select(Run.campaign_id, func.count()).where(Run.status == RunStatus.FAILED).group_by(Run.campaign_id))}
+        return {
+            campaign: count
+            for campaign, count in s.execute(
+                select(Run.campaign_id, func.count()).where(Run.status == RunStatus.FAILED).group_by(Run.campaign_id)
+            )
+        }
 
 
 def consumers_by_queue(app: Celery, timeout: float = 2.0) -> dict[str, list[str]]:
@@ -186,27 +215,56 @@ def campaign_status(campaign_id: int) -> dict[str, Any]:
             .where(Run.campaign_id == campaign_id)
             .order_by(Run.position)
         ).all()
-        runs: list[dict[str, Any]] = [{
-            "run_id": run.id, "position": run.position, "experiment_index": index, "backend": backend,
-            "cycle": run.cycle, "status": run.status, "attempts": run.attempts, "worker": run.worker,
-            "host": run.host, "gpu_uuid": run.gpu_uuid, "dispatched_at": _iso(run.dispatched_at),
-            "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at), "error": run.error,
-            "_seconds": (run.finished_at - run.started_at).total_seconds()
-            if run.finished_at and run.started_at and run.status in (RunStatus.MEASURED, RunStatus.DONE) else None,
-        } for run, index, backend in rows]
-        header = {"campaign_id": campaign.id, "name": campaign.name, "status": campaign.status,
-                  "structure": campaign.spec.get("structure", "interleaved"), "seed": campaign.seed,
-                  "created_at": _iso(campaign.created_at), "finished_at": _iso(campaign.finished_at)}
+        runs: list[dict[str, Any]] = [
+            {
+                "run_id": run.id,
+                "position": run.position,
+                "experiment_index": index,
+                "backend": backend,
+                "cycle": run.cycle,
+                "status": run.status,
+                "attempts": run.attempts,
+                "worker": run.worker,
+                "host": run.host,
+                "gpu_uuid": run.gpu_uuid,
+                "dispatched_at": _iso(run.dispatched_at),
+                "started_at": _iso(run.started_at),
+                "finished_at": _iso(run.finished_at),
+                "error": run.error,
+                "_seconds": (run.finished_at - run.started_at).total_seconds()
+                if run.finished_at and run.started_at and run.status in (RunStatus.MEASURED, RunStatus.DONE)
+                else None,
+            }
+            for run, index, backend in rows
+        ]
+        header = {
+            "campaign_id": campaign.id,
+            "name": campaign.name,
+            "status": campaign.status,
+            "structure": campaign.spec.get("structure", "interleaved"),
+            "seed": campaign.seed,
+            "created_at": _iso(campaign.created_at),
+            "finished_at": _iso(campaign.finished_at),
+        }
     counts = Counter(r["status"] for r in runs)
     finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
     durations = [seconds for r in runs if (seconds := r.pop("_seconds")) is not None]
     workers = len({r["worker"] for r in runs if r["worker"]}) or 1
     remaining = len(runs) - finished - counts[RunStatus.MEASURED]
-    eta = (statistics.fmean(durations) * remaining / workers) if durations and remaining else (0.0 if not
-                                                                                                 remaining else None)
-    return {**header, "total": len(runs), "finished": finished, "failed": counts[RunStatus.FAILED],
-            "counts": dict(counts),
-            "eta_s": None if header["status"] != CampaignStatus.RUNNING else eta, "runs": runs}
+    eta = (
+        (statistics.fmean(durations) * remaining / workers)
+        if durations and remaining
+        else (0.0 if not remaining else None)
+    )
+    return {
+        **header,
+        "total": len(runs),
+        "finished": finished,
+        "failed": counts[RunStatus.FAILED],
+        "counts": dict(counts),
+        "eta_s": None if header["status"] != CampaignStatus.RUNNING else eta,
+        "runs": runs,
+    }
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -46,8 +46,23 @@ def finalise(message: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    app.worker_main(["worker", "--queues", QueueName.CONTROL.value, "--pool", "threads", "--concurrency", "2",
-                     "--events", "--hostname", "control@%h", "--loglevel", "INFO", *sys.argv[1:]])
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            QueueName.CONTROL.value,
+            "--pool",
+            "threads",
+            "--concurrency",
+            "2",
+            "--events",
+            "--hostname",
+            "control@%h",
+            "--loglevel",
+            "INFO",
+            *sys.argv[1:],
+        ]
+    )
 
 
 if __name__ == "__main__":

@@ -47,15 +47,23 @@ def check_broker(broker_url: str) -> Check:
 
     fix = "start Redis (`make services`) or set LEM_BROKER_URL"
     try:
-        client = redis.Redis.from_url(broker_url, socket_connect_timeout=BROKER_TIMEOUT_S,
-                                      socket_timeout=BROKER_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
+        client = redis.Redis.from_url(
+            broker_url,
+            socket_connect_timeout=BROKER_TIMEOUT_S,
+            socket_timeout=BROKER_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
             client.ping()
         finally:
             client.close()
     except redis.TimeoutError as error:
-        return Check("broker", "fail", f"{redact(broker_url)}: no answer within {BROKER_TIMEOUT_S:g} s "
-                     f"({redact(str(error))})", fix)
+        return Check(
+            "broker",
+            "fail",
+            f"{redact(broker_url)}: no answer within {BROKER_TIMEOUT_S:g} s ({redact(str(error))})",
+            fix,
+        )
     except redis.RedisError as error:
         return Check("broker", "fail", f"{redact(broker_url)}: {redact(str(error))}", fix)
     return Check("broker", "ok", redact(broker_url))
@@ -76,14 +84,19 @@ def check_database(database_url: str) -> Check:
         with engine.connect() as connection:
             current = set(MigrationContext.configure(connection).get_current_heads())
     except SQLAlchemyError as error:
-        return Check("database", "fail", f"{where}: {_first_line(error)}",
-                     "start PostgreSQL (`make services`) and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL")
+        return Check(
+            "database",
+            "fail",
+            f"{where}: {_first_line(error)}",
+            "start PostgreSQL (`make services`) and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL",
+        )
     finally:
         engine.dispose()
     if current != heads:
         now = ", ".join(sorted(current)) or "no schema"
-        return Check("database", "fail", f"{where}: at {now}, head is {', '.join(sorted(heads))}",
-                     "run `lem db upgrade`")
+        return Check(
+            "database", "fail", f"{where}: at {now}, head is {', '.join(sorted(heads))}", "run `lem db upgrade`"
+        )
     return Check("database", "ok", f"{where} at head {', '.join(sorted(heads))}")
 
 
@@ -100,28 +113,47 @@ def check_workers(broker_ok: bool) -> list[Check]:
         if workers:
             checks.append(Check(f"queue {queue.value}", "ok", ", ".join(workers)))
         elif queue is QueueName.CONTROL:
-            checks.append(Check(f"queue {queue.value}", "fail", "no worker: runs are never finalised",
-                                "start the control worker: `make up` (or `lem-control`)"))
+            checks.append(
+                Check(
+                    f"queue {queue.value}",
+                    "fail",
+                    "no worker: runs are never finalised",
+                    "start the control worker: `make up` (or `lem-control`)",
+                )
+            )
         else:
             checks.append(Check(f"queue {queue.value}", "warn", "no worker: runs of this backend wait"))
     gpu_queues = [q.value for q in QueueName if q is not QueueName.CONTROL]
     if not any(consumers.get(queue) for queue in gpu_queues):
-        checks.append(Check("engine workers", "fail", "no worker consumes any backend queue: nothing can run",
-                            "start one: `make up` starts the pytorch worker (or run `lem-worker-pytorch`)"))
+        checks.append(
+            Check(
+                "engine workers",
+                "fail",
+                "no worker consumes any backend queue: nothing can run",
+                "start one: `make up` starts the pytorch worker (or run `lem-worker-pytorch`)",
+            )
+        )
     return checks
 
 
 def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list[dict[str, Any]]]:
     if not broker_ok:
-        return [Check("telemetry", "fail", "cannot read heartbeats: the broker is unreachable",
-                      "start Redis first")], []
+        return [
+            Check("telemetry", "fail", "cannot read heartbeats: the broker is unreachable", "start Redis first")
+        ], []
     try:
         beats = read_heartbeats(broker_url)
     except redis.RedisError as error:
         return [Check("telemetry", "fail", f"cannot read heartbeats: {redact(str(error))}", "start Redis first")], []
     if not beats:
-        return [Check("telemetry", "fail", "no telemetry daemon is beating: runs get no energy figures",
-                      "start it on each GPU host: `make up` (or `lem-telemetry`)")], []
+        return [
+            Check(
+                "telemetry",
+                "fail",
+                "no telemetry daemon is beating: runs get no energy figures",
+                "start it on each GPU host: `make up` (or `lem-telemetry`)",
+            )
+        ], []
     checks = []
     for beat in beats:
         age = beat.get("age_s")
@@ -135,12 +167,20 @@ def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list
         name = f"GPU {beat.get('gpu_uuid')} (index {beat.get('gpu_index')}, {beat.get('host')})"
         power = beat.get("power_w")
         temperature = beat.get("temperature_c")
-        detail = (f"last sample {age_text}, "
-                  f"{'?' if power is None else f'{power:.0f}'} W, "
-                  f"{'?' if temperature is None else f'{temperature:.0f}'} °C, source {beat.get('source')}")
+        detail = (
+            f"last sample {age_text}, "
+            f"{'?' if power is None else f'{power:.0f}'} W, "
+            f"{'?' if temperature is None else f'{temperature:.0f}'} °C, source {beat.get('source')}"
+        )
         if beat.get("state") == "lost":
-            checks.append(Check(name, "warn", "cannot be read: " + detail,
-                                "see the telemetry log on that host (GPU lost? `nvidia-smi`)"))
+            checks.append(
+                Check(
+                    name,
+                    "warn",
+                    "cannot be read: " + detail,
+                    "see the telemetry log on that host (GPU lost? `nvidia-smi`)",
+                )
+            )
         elif age is not None and age > STALE_AFTER_S:
             checks.append(Check(name, "warn", "stale: " + detail, "see the telemetry log on that host"))
         else:
@@ -160,8 +200,7 @@ def run_checks(steps: Steps | None = None) -> tuple[list[Check], list[dict[str, 
         checks.extend(found)
         if steps is not None:
             for check in found:
-                steps.done(Text.assemble((f"{check.status:<4} ", STYLE[check.status]), f"{check.name}: ",
-                                         check.detail))
+                steps.done(Text.assemble((f"{check.status:<4} ", STYLE[check.status]), f"{check.name}: ", check.detail))
             if next_step:
                 steps.step(next_step)
 

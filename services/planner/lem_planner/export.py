@@ -30,36 +30,58 @@ FORMATS = ("csv", "parquet", "json")
 
 _UNIT = {c.name: c.unit for c in RUN_COLUMNS}
 _MEANING = {c.name: c.meaning for c in RUN_COLUMNS}
-_EXPERIMENT_IDENTITY = ["campaign_id", "campaign_name", "campaign_source", "experiment_index", "config_hash",
-                        "backend", "model", "dtype", "batch_size"]
+_EXPERIMENT_IDENTITY = [
+    "campaign_id",
+    "campaign_name",
+    "campaign_source",
+    "experiment_index",
+    "config_hash",
+    "backend",
+    "model",
+    "dtype",
+    "batch_size",
+]
 EXPERIMENT_COLUMNS: list[Column] = [
     *(c for c in RUN_COLUMNS if c.name in _EXPERIMENT_IDENTITY),
     Column("runs", "runs", INT, "runs of the experiment (all statuses)"),
     Column("runs_done", "runs", INT, "runs measured and finalised"),
     Column("runs_valid", "runs", INT, "done runs whose verdict is valid"),
-    *(column for metric in SUMMARY_METRICS for column in (
-        Column(f"{metric}_mean", _UNIT[metric], FLOAT, f"{_MEANING[metric]}: mean over the done runs"),
-        Column(f"{metric}_ci_low", _UNIT[metric], FLOAT,
-           f"{_MEANING[metric]}: lower end of the 95 % percentile-bootstrap interval (empty under 2 runs)"),
-        Column(f"{metric}_ci_high", _UNIT[metric], FLOAT, f"{_MEANING[metric]}: upper end of that interval"),
-        Column(f"{metric}_n", "runs", INT, f"{_MEANING[metric]}: runs with a figure"),
-    )),
+    *(
+        column
+        for metric in SUMMARY_METRICS
+        for column in (
+            Column(f"{metric}_mean", _UNIT[metric], FLOAT, f"{_MEANING[metric]}: mean over the done runs"),
+            Column(
+                f"{metric}_ci_low",
+                _UNIT[metric],
+                FLOAT,
+                f"{_MEANING[metric]}: lower end of the 95 % percentile-bootstrap interval (empty under 2 runs)",
+            ),
+            Column(f"{metric}_ci_high", _UNIT[metric], FLOAT, f"{_MEANING[metric]}: upper end of that interval"),
+            Column(f"{metric}_n", "runs", INT, f"{_MEANING[metric]}: runs with a figure"),
+        )
+    ),
 ]
 COLUMNS = {"run": RUN_COLUMNS, "experiment": EXPERIMENT_COLUMNS}
 # backend, model, dtype and batch_size are columns of their own, so config.* leaves them out.
 _OWN_COLUMNS = ("backend", "model", "dtype", "batch_size")
 CONFIG_COLUMN = Column(
-    "config.*", "", "", "the rest of the experiment's configuration, flattened to dotted keys: every experiment "
+    "config.*",
+    "",
+    "",
+    "the rest of the experiment's configuration, flattened to dotted keys: every experiment "
     "field (workload.*, measurement.*) with its value, defaults included; engine parameters (pytorch.*, vllm.*, "
     "trtllm.*) only where set (unset means the engine's default); typed as the field is (engine parameters and "
-    "imported keys: as their values are, text when they differ)")
+    "imported keys: as their values are, text when they differ)",
+)
 
 
 def run_rows(campaign_id: int, runs: list[RunRecord] | None = None) -> list[dict[str, Any]]:
     """One row per run of the campaign: RUN_COLUMNS, then ``config.*`` (``runs``: its ``load_runs`` when the
     caller already has them)."""
-    return [{**run.row(), **config_columns(run.experiment)}
-            for run in (load_runs(campaign_id) if runs is None else runs)]
+    return [
+        {**run.row(), **config_columns(run.experiment)} for run in (load_runs(campaign_id) if runs is None else runs)
+    ]
 
 
 def experiment_rows(campaign_id: int, resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
@@ -76,13 +98,26 @@ def experiment_rows(campaign_id: int, resamples: int = 2000, seed: int = 0) -> l
         summary = summarise_experiment(by_experiment[index], resamples=resamples, seed=seed)
         first = rows_by_experiment[index][0]
         row = {name: first[name] for name in _EXPERIMENT_IDENTITY}
-        row.update(runs=summary["runs"], runs_done=summary["runs_done"],
-                   runs_valid=sum(1 for r in by_experiment[index] if r["status"] == "done" and r["verdict"] == "valid"))
+        row.update(
+            runs=summary["runs"],
+            runs_done=summary["runs_done"],
+            runs_valid=sum(1 for r in by_experiment[index] if r["status"] == "done" and r["verdict"] == "valid"),
+        )
         for metric, figures in summary["metrics"].items():
-            row.update({f"{metric}_mean": figures["mean"], f"{metric}_ci_low": figures["ci_low"],
-                        f"{metric}_ci_high": figures["ci_high"], f"{metric}_n": figures["n"]})
-        out.append({**{c.name: row[c.name] for c in EXPERIMENT_COLUMNS},
-                    **{k: v for k, v in first.items() if k.startswith("config.")}})
+            row.update(
+                {
+                    f"{metric}_mean": figures["mean"],
+                    f"{metric}_ci_low": figures["ci_low"],
+                    f"{metric}_ci_high": figures["ci_high"],
+                    f"{metric}_n": figures["n"],
+                }
+            )
+        out.append(
+            {
+                **{c.name: row[c.name] for c in EXPERIMENT_COLUMNS},
+                **{k: v for k, v in first.items() if k.startswith("config.")},
+            }
+        )
     return out
 
 
@@ -128,8 +163,13 @@ def columns_of(rows: list[dict[str, Any]], documented: list[Column]) -> list[Col
     fields typed as declared, others by their values)."""
     known = {c.name for c in documented}
     extra = [k for k in dict.fromkeys(k for row in rows for k in row) if k not in known]
-    return [*documented, *(Column(name, "", CONFIG_TYPES.get(name) or _value_type([r.get(name) for r in rows]),
-                                  "configuration") for name in extra)]
+    return [
+        *documented,
+        *(
+            Column(name, "", CONFIG_TYPES.get(name) or _value_type([r.get(name) for r in rows]), "configuration")
+            for name in extra
+        ),
+    ]
 
 
 def _typed(value: Any, column: Column) -> Any:
@@ -183,10 +223,16 @@ def arrow_schema(columns: list[Column]) -> Any:
     """Parquet's schema: each column's type from the table, its unit and meaning in the field's metadata."""
     import pyarrow as pa
 
-    types = {INT: pa.int64(), FLOAT: pa.float64(), BOOL: pa.bool_(), TEXT: pa.string(),
-             TIMESTAMP: pa.timestamp("us", tz="UTC")}
-    return pa.schema([pa.field(c.name, types[c.type], metadata={"unit": c.unit, "meaning": c.meaning})
-                      for c in columns])
+    types = {
+        INT: pa.int64(),
+        FLOAT: pa.float64(),
+        BOOL: pa.bool_(),
+        TEXT: pa.string(),
+        TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    }
+    return pa.schema(
+        [pa.field(c.name, types[c.type], metadata={"unit": c.unit, "meaning": c.meaning}) for c in columns]
+    )
 
 
 def arrow_table(table: list[dict[str, Any]], columns: list[Column]) -> Any:
@@ -216,10 +262,14 @@ def format_for(path: Path, fmt: str | None) -> str:
     implied = SUFFIXES.get(path.suffix.lower())
     if fmt is not None:
         if implied is not None and fmt != implied:
-            raise FormatError(f"--format {fmt} contradicts the file name {path.name} ({implied}); drop --format or "
-                              f"name the file .{fmt}")
+            raise FormatError(
+                f"--format {fmt} contradicts the file name {path.name} ({implied}); drop --format or "
+                f"name the file .{fmt}"
+            )
         return fmt
     if implied is None:
-        raise FormatError(f"{path}: cannot tell the format from the name; give --format csv|parquet|json or name "
-                          "the file .csv, .parquet or .json")
+        raise FormatError(
+            f"{path}: cannot tell the format from the name; give --format csv|parquet|json or name "
+            "the file .csv, .parquet or .json"
+        )
     return implied

@@ -44,15 +44,27 @@ def _utc(t: float) -> datetime:
 def _samples(gpu_uuid: str, start: float, end: float) -> list[TelemetrySample]:
     with session_scope() as s:
         rows = s.execute(
-            select(GpuSample.time, GpuSample.power_w, GpuSample.energy_mj, GpuSample.temperature_c,
-                   GpuSample.sm_clock_mhz, GpuSample.clock_event_reasons, GpuSample.utilization_gpu,
-                   GpuSample.power_instant_w)
-            .where(GpuSample.gpu_uuid == gpu_uuid, GpuSample.time >= _utc(start) - EDGE_MARGIN,
-                   GpuSample.time <= _utc(end) + EDGE_MARGIN)
+            select(
+                GpuSample.time,
+                GpuSample.power_w,
+                GpuSample.energy_mj,
+                GpuSample.temperature_c,
+                GpuSample.sm_clock_mhz,
+                GpuSample.clock_event_reasons,
+                GpuSample.utilization_gpu,
+                GpuSample.power_instant_w,
+            )
+            .where(
+                GpuSample.gpu_uuid == gpu_uuid,
+                GpuSample.time >= _utc(start) - EDGE_MARGIN,
+                GpuSample.time <= _utc(end) + EDGE_MARGIN,
+            )
             .order_by(GpuSample.time)
         ).all()
-    return [TelemetrySample(aware(t).timestamp(), p, e, temp, sm, reasons, util, instant)
-            for t, p, e, temp, sm, reasons, util, instant in rows]
+    return [
+        TelemetrySample(aware(t).timestamp(), p, e, temp, sm, reasons, util, instant)
+        for t, p, e, temp, sm, reasons, util, instant in rows
+    ]
 
 
 def _span(value: Any) -> tuple[float, float] | None:
@@ -63,50 +75,74 @@ def run_facts(run: Run, metrics: RunMetrics, experiment: ExperimentConfig) -> Ru
     """What the worker recorded of the window's batches against what the workload asks; None when it recorded no
     batch timings (then the run checks are skipped)."""
     with session_scope() as s:
-        rows = s.execute(select(BatchTimingRow.batch_size, BatchTimingRow.latency_s)
-                         .where(BatchTimingRow.run_id == run.id).order_by(BatchTimingRow.batch_index)).all()
+        rows = s.execute(
+            select(BatchTimingRow.batch_size, BatchTimingRow.latency_s)
+            .where(BatchTimingRow.run_id == run.id)
+            .order_by(BatchTimingRow.batch_index)
+        ).all()
     if not rows:
         return None
     workload = experiment.workload
     per_pass = -(-workload.num_prompts // experiment.batch_size)
     tokens_per_prompt = workload.output_len * experiment.section().completions_per_prompt()
-    return RunFacts(output_tokens=metrics.output_tokens,
-                    expected_output_tokens=sum(size for size, _ in rows) * tokens_per_prompt,
-                    batches=len(rows), expected_batches=metrics.passes * per_pass,
-                    batch_latencies_s=tuple(latency for _, latency in rows),
-                    batch_shapes=len({size for size, _ in rows}))
+    return RunFacts(
+        output_tokens=metrics.output_tokens,
+        expected_output_tokens=sum(size for size, _ in rows) * tokens_per_prompt,
+        batches=len(rows),
+        expected_batches=metrics.passes * per_pass,
+        batch_latencies_s=tuple(latency for _, latency in rows),
+        batch_shapes=len({size for size, _ in rows}),
+    )
 
 
 def _thresholds(protocol: MeasurementProtocol) -> Thresholds:
     """The protocol's minimum window; the window's latency spread is never held steadier than warm-up had to be."""
-    return Thresholds(min_window_s=protocol.min_window_s,
-                      max_latency_cv=max(Thresholds.max_latency_cv, protocol.warmup_cv))
+    return Thresholds(
+        min_window_s=protocol.min_window_s, max_latency_cv=max(Thresholds.max_latency_cv, protocol.warmup_cv)
+    )
 
 
 def _warmup_context(metrics: RunMetrics, protocol: MeasurementProtocol, **fields: Any) -> RunContext:
-    return RunContext(warmup_converged=metrics.warmup_converged, warmup_cv=metrics.warmup_final_cv,
-                      warmup_iterations=metrics.warmup_iterations, warmup_cv_threshold=protocol.warmup_cv, **fields)
+    return RunContext(
+        warmup_converged=metrics.warmup_converged,
+        warmup_cv=metrics.warmup_final_cv,
+        warmup_iterations=metrics.warmup_iterations,
+        warmup_cv_threshold=protocol.warmup_cv,
+        **fields,
+    )
 
 
-def checks_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
-                  facts: RunFacts | None) -> dict[str, Any]:
+def checks_fields(
+    run: Run, metrics: RunMetrics, protocol: MeasurementProtocol, facts: RunFacts | None
+) -> dict[str, Any]:
     """The verdict and checks of a run without GPU telemetry: warm-up, window length, tokens counted and latency
     spread; every energy check is reported as not applicable."""
     assert run.window_start is not None and run.window_end is not None
     duration = (aware(run.window_end) - aware(run.window_start)).total_seconds()
     checks = checks_without_telemetry(duration, facts, _warmup_context(metrics, protocol), _thresholds(protocol))
     verdict = verdict_of(checks)
-    return {"verdict": verdict, "analysis": {"name": f"run {run.id}", "duration_s": duration, "telemetry": None,
-                                             "verdict": verdict, "checks": [asdict(c) for c in checks]}}
+    return {
+        "verdict": verdict,
+        "analysis": {
+            "name": f"run {run.id}",
+            "duration_s": duration,
+            "telemetry": None,
+            "verdict": verdict,
+            "checks": [asdict(c) for c in checks],
+        },
+    }
 
 
-def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
-                  wait_s: float, facts: RunFacts | None = None) -> dict[str, Any]:
+def energy_fields(
+    run: Run, metrics: RunMetrics, protocol: MeasurementProtocol, wait_s: float, facts: RunFacts | None = None
+) -> dict[str, Any]:
     """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry; without a GPU
     the checks that need none, and energy n/a with the reason."""
     if run.gpu_uuid is None:
-        return {"energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter",
-                **checks_fields(run, metrics, protocol, facts)}
+        return {
+            "energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter",
+            **checks_fields(run, metrics, protocol, facts),
+        }
     assert run.window_start is not None and run.window_end is not None
     start, end = aware(run.window_start).timestamp(), aware(run.window_end).timestamp()
     phases = run.phases or {}
@@ -121,14 +157,24 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
         time.sleep(0.5)
         samples = _samples(run.gpu_uuid, read_from, needed_until)
     if not any(start <= x.t <= end for x in samples):
-        return {"energy_note": f"no telemetry for {run.gpu_uuid} over the window within {wait_s:.0f} s "
-                               "(is lem-telemetry running on that host?)"}
+        return {
+            "energy_note": f"no telemetry for {run.gpu_uuid} over the window within {wait_s:.0f} s "
+            "(is lem-telemetry running on that host?)"
+        }
 
     context = _warmup_context(metrics, protocol, interval_s=settings.telemetry_interval_s, before=before, after=after)
     limits = _thresholds(protocol)
     edges_j, edges_note = edge_energy(phases.get("edges"), run.gpu_uuid)
-    analysis = analyse_window(samples, start, end, name=f"run {run.id}", context=context, thresholds=limits,
-                              edge_energy_j=edges_j, edge_note=edges_note)
+    analysis = analyse_window(
+        samples,
+        start,
+        end,
+        name=f"run {run.id}",
+        context=context,
+        thresholds=limits,
+        edge_energy_j=edges_j,
+        edge_note=edges_note,
+    )
     analysis.checks.extend(run_checks(facts, limits))
     analysis.verdict = verdict_of(analysis.checks)
     deep_span = deep_idle_span(run.campaign_id, run.gpu_uuid)
@@ -145,9 +191,13 @@ def energy_fields(run: Run, metrics: RunMetrics, protocol: MeasurementProtocol,
         energy, source = analysis.energy_integral_j, "nvml_power_integral"
     else:
         energy, source = None, None
-    baseline, method = ((deep_idle_w, "deep_idle_before_campaign") if deep_idle_w is not None
-                        else (analysis.idle_before_w, "active_idle_before_window")
-                        if analysis.idle_before_w is not None else (None, None))
+    baseline, method = (
+        (deep_idle_w, "deep_idle_before_campaign")
+        if deep_idle_w is not None
+        else (analysis.idle_before_w, "active_idle_before_window")
+        if analysis.idle_before_w is not None
+        else (None, None)
+    )
     failed = [c for c in analysis.checks if c.status == "fail"]
     load = _span(phases.get("model_load"))
     load_energy = None
@@ -182,13 +232,21 @@ def _window_figures(analysis: dict[str, Any] | None, duration_s: float, prompts:
     edges, telemetry = a.get("energy_edges_j"), a.get("energy_counter_j")
     counter, integral = edges if edges is not None else telemetry, a.get("energy_integral_j")
     energy = counter if counter is not None else integral
-    uncertainty = energy_uncertainty(counter, integral, a.get("mean_power_w"), duration_s,
-                                     a.get("counter_updates") or 0) if counter is not None else None
+    uncertainty = (
+        energy_uncertainty(counter, integral, a.get("mean_power_w"), duration_s, a.get("counter_updates") or 0)
+        if counter is not None
+        else None
+    )
     return WindowFigures(energy, uncertainty, duration_s, prompts)
 
 
-def phase_fields(run: Run, metrics: RunMetrics, experiment: ExperimentConfig,
-                 window_analysis: dict[str, Any] | None, gpu_name: str | None) -> dict[str, Any]:
+def phase_fields(
+    run: Run,
+    metrics: RunMetrics,
+    experiment: ExperimentConfig,
+    window_analysis: dict[str, Any] | None,
+    gpu_name: str | None,
+) -> dict[str, Any]:
     """The run's prefill/decode split (measurement.phase_split) and counted-vs-analytic FLOPs (profiler: flops),
     for its analysis; empty when the run measured neither."""
     phases = run.phases or {}
@@ -201,32 +259,52 @@ def phase_fields(run: Run, metrics: RunMetrics, experiment: ExperimentConfig,
         prefill_analysis = None
         if run.gpu_uuid is not None:
             before, after = _span(prefill.get("idle_before")), _span(prefill.get("idle_after"))
-            samples = _samples(run.gpu_uuid, before[0] if before else start,
-                               (after[1] if after else end) + get_settings().telemetry_interval_s)
+            samples = _samples(
+                run.gpu_uuid,
+                before[0] if before else start,
+                (after[1] if after else end) + get_settings().telemetry_interval_s,
+            )
             if any(start <= x.t <= end for x in samples):
                 edges_j, edges_note = edge_energy(prefill.get("edges"), run.gpu_uuid)
-                prefill_analysis = analyse_window(samples, start, end, name=f"run {run.id} prefill",
-                                                  context=RunContext(before=before, after=after),
-                                                  edge_energy_j=edges_j, edge_note=edges_note).to_dict()
+                prefill_analysis = analyse_window(
+                    samples,
+                    start,
+                    end,
+                    name=f"run {run.id} prefill",
+                    context=RunContext(before=before, after=after),
+                    edge_energy_j=edges_j,
+                    edge_note=edges_note,
+                ).to_dict()
         out["phase_split"] = split(
             _window_figures(window_analysis, metrics.duration_s, metrics.requests),
             _window_figures(prefill_analysis, end - start, prefill["prompts"]),
-            input_len=workload.input_len, output_len=workload.output_len, batch_size=experiment.batch_size,
-            model_shape=shape, gpu_name=gpu_name, dtype=experiment.dtype)
+            input_len=workload.input_len,
+            output_len=workload.output_len,
+            batch_size=experiment.batch_size,
+            model_shape=shape,
+            gpu_name=gpu_name,
+            dtype=experiment.dtype,
+        )
         out["phase_split"]["prefill_window"].update(
             verdict=(prefill_analysis or {}).get("verdict"),
-            checks=[c for c in (prefill_analysis or {}).get("checks", []) if c["status"] != "pass"])
+            checks=[c for c in (prefill_analysis or {}).get("checks", []) if c["status"] != "pass"],
+        )
     counted = phases.get("flops_counted")
     if counted and shape:
         batch = min(experiment.batch_size, workload.num_prompts)
-        analytic = {"prefill_flops": flops_model.prefill_flops(shape, batch, workload.input_len),
-                    "decode_flops": flops_model.decode_flops(shape, batch, workload.input_len, workload.output_len)}
+        analytic = {
+            "prefill_flops": flops_model.prefill_flops(shape, batch, workload.input_len),
+            "decode_flops": flops_model.decode_flops(shape, batch, workload.input_len, workload.output_len),
+        }
         out["flops"] = {
-            "batch_size": batch, "analytic": analytic,
+            "batch_size": batch,
+            "analytic": analytic,
             "counted": {k: counted.get(k) for k in ("method", "prefill_flops", "decode_flops", "forward_calls")},
-            "ratio": {phase: counted[f"{phase}_flops"] / analytic[f"{phase}_flops"]
-                      for phase in ("prefill", "decode")
-                      if counted.get(f"{phase}_flops") and analytic[f"{phase}_flops"]},
+            "ratio": {
+                phase: counted[f"{phase}_flops"] / analytic[f"{phase}_flops"]
+                for phase in ("prefill", "decode")
+                if counted.get(f"{phase}_flops") and analytic[f"{phase}_flops"]
+            },
         }
     return out
 
@@ -275,8 +353,9 @@ def _finalise(run_id: int, wait_s: float) -> str:
         with session_scope() as s:
             # The claim: of two finalises of one run (two control workers, a redelivery) one writes; the other's
             # UPDATE waits for the first to commit and then matches nothing.
-            claim = s.execute(update(Run).where(Run.id == run_id, Run.status == RunStatus.MEASURED)
-                              .values(status=RunStatus.DONE))
+            claim = s.execute(
+                update(Run).where(Run.id == run_id, Run.status == RunStatus.MEASURED).values(status=RunStatus.DONE)
+            )
             claimed = cast(CursorResult[Any], claim).rowcount
             if claimed:
                 s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**fields))

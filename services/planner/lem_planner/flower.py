@@ -47,8 +47,11 @@ def flower_argv(argv: list[str]) -> list[str]:
     if user:
         os.environ["FLOWER_BASIC_AUTH"] = f"{user}:{password}"
         return argv
-    print("lem-flower: LEM_FLOWER_USER/LEM_FLOWER_PASSWORD are not set: Flower runs without authentication, "
-          "on 127.0.0.1 only", file=sys.stderr)
+    print(
+        "lem-flower: LEM_FLOWER_USER/LEM_FLOWER_PASSWORD are not set: Flower runs without authentication, "
+        "on 127.0.0.1 only",
+        file=sys.stderr,
+    )
     return [*argv, "--address=127.0.0.1"]  # the last --address wins
 
 

@@ -28,8 +28,14 @@ from pathlib import Path
 from typing import Any, Literal, overload
 
 BACKENDS = {"pytorch": "pytorch", "vllm": "vllm", "tensorrt": "trtllm"}
-DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "fp32": "float32",
-          "fp16": "float16", "bf16": "bfloat16"}
+DTYPES = {
+    "float32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "fp16": "float16",
+    "bf16": "bfloat16",
+}
 MIB = 1024 * 1024
 # Reasons that are no fault of the file: it is already in the database, or another file carries the same result.
 ALREADY = "already imported"
@@ -127,8 +133,7 @@ def _floats(d: Any, path: str, *, where: str = "") -> list[float]:
     value = _get(d, path)
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool)
-                                              for v in value):
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
         raise BadFile(f"field {where}{path} is not a list of numbers")
     return [float(v) for v in value]
 
@@ -249,8 +254,9 @@ def _process(d: Any, where: str) -> _Process:
         raise BadFile(f"{where or 'file'} is not a JSON object")
     _str(d, "experiment_id", required=True, where=where)
     energy_failed = _get(d, "energy_tracking_failed") is True
-    peak = _num(d, "compute_metrics.peak_memory_mb", where=where) or _num(d, "extended_metrics.memory.peak_memory_mb",
-                                                                           where=where)
+    peak = _num(d, "compute_metrics.peak_memory_mb", where=where) or _num(
+        d, "extended_metrics.memory.peak_memory_mb", where=where
+    )
     measurements = _get(d, "inference_metrics.latency_measurements")
     return _Process(
         index=_int(d, "process_index", required=True, where=where),
@@ -305,8 +311,12 @@ def _experiment_config(doc: dict[str, Any], procs: list[dict[str, Any]]) -> tupl
     theirs = _str(doc, "backend") or _str(effective, "backend") or "pytorch"
     if theirs not in BACKENDS:
         raise BadFile(f"unknown backend {theirs!r} (known: {', '.join(BACKENDS)})")
-    model = (_str(doc, "model_name") or (_str(procs[0], "model_name") if procs else None)
-             or _str(effective, "model_name") or _str(effective, "model"))
+    model = (
+        _str(doc, "model_name")
+        or (_str(procs[0], "model_name") if procs else None)
+        or _str(effective, "model_name")
+        or _str(effective, "model")
+    )
     if model is None:
         raise BadFile("missing required field model_name (neither in the result nor in effective_config)")
     if not effective:
@@ -436,8 +446,10 @@ def _environment(doc: dict[str, Any], process_docs: list[dict[str, Any]], backen
         snapshot["platform"] = cpu["platform"]
     if container is not None:
         runtime = _str(container, "runtime")
-        snapshot["container"] = {"container": runtime or ("unknown" if container.get("detected") else "none"),
-                                 "evidence": ["as the earlier tool detected it"]}
+        snapshot["container"] = {
+            "container": runtime or ("unknown" if container.get("detected") else "none"),
+            "evidence": ["as the earlier tool detected it"],
+        }
     if snapshot_v2 and _str(snapshot_v2, "python_version"):
         snapshot["python"] = {"version": snapshot_v2["python_version"]}
     if packages:
@@ -456,8 +468,9 @@ def _environment(doc: dict[str, Any], process_docs: list[dict[str, Any]], backen
     return snapshot
 
 
-def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
-           process_docs: list[dict[str, Any]]) -> _Result:
+def _build(
+    files: list[_File], doc: dict[str, Any], processes: list[_Process], process_docs: list[dict[str, Any]]
+) -> _Result:
     """One result from an aggregated file (``doc``, its embedded processes) or from per-process files."""
     first = files[0]
     aggregated = first.kind in ("aggregated", "result")
@@ -492,8 +505,7 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
             output_tokens = round(energy / per_token)
             derived["output_tokens"] = "total_energy_j / avg_energy_per_token_j"
         else:
-            raise BadFile("partial: the aggregated result has no process_results and no way to tell its output "
-                          "tokens")
+            raise BadFile("partial: the aggregated result has no process_results and no way to tell its output tokens")
         if flops and per_in:
             input_tokens = round(flops / per_in)
             derived["input_tokens"] = "total_flops / flops_per_input_token"
@@ -510,8 +522,9 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
     # Energy: the GPU share where the file has it (ours is GPU energy); else their total (GPU + CPU + RAM).
     failed = _get(doc, "energy_tracking_failed") is True or any(p.energy_failed for p in processes)
     gpu_parts = [p.gpu_energy_j for p in processes]
-    total_energy = (_num(doc, "total_energy_j", required=True) if aggregated
-                    else sum(p.total_energy_j for p in processes))
+    total_energy = (
+        _num(doc, "total_energy_j", required=True) if aggregated else sum(p.total_energy_j for p in processes)
+    )
     energy_note = None
     if failed:
         energy, source = None, None
@@ -523,8 +536,11 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
         energy, source, derived["energy_j"] = total_energy, *_rewrite_energy_source(doc)
     else:  # v2/v3 measured with CodeCarbon, whose total is GPU + CPU + RAM
         energy, source = total_energy, "imported:gpu+cpu+ram"
-        derived["energy_j"] = ("total_energy_j (GPU + CPU + RAM: no GPU share recorded)" if aggregated
-                               else "sum of the processes' energy_metrics.total_energy_j (GPU + CPU + RAM)")
+        derived["energy_j"] = (
+            "total_energy_j (GPU + CPU + RAM: no GPU share recorded)"
+            if aggregated
+            else "sum of the processes' energy_metrics.total_energy_j (GPU + CPU + RAM)"
+        )
     if energy == 0.0 and not failed:
         energy, source, energy_note = None, None, "the earlier tool recorded 0 J (no energy measured)"
 
@@ -638,11 +654,23 @@ def _build(files: list[_File], doc: dict[str, Any], processes: list[_Process],
         unmapped = {"processes": [_leftovers(d) for d in process_docs]}
     tool = _str(doc, "environment_snapshot.tool_version")
     return _Result(
-        files=[f.rel for f in files], fmt=first.fmt, version=first.version,
-        key=_key([f.raw for f in files]), experiment_id=experiment_id, backend=backend, model=model,
-        config=config, tool_version=f"llenergymeasure {tool}" if tool else f"llenergymeasure v{first.major}",
-        start=start, end=end, metrics=metrics, unmapped=unmapped, derived=derived, not_recorded=not_recorded,
-        environment=environment, headline=headline,
+        files=[f.rel for f in files],
+        fmt=first.fmt,
+        version=first.version,
+        key=_key([f.raw for f in files]),
+        experiment_id=experiment_id,
+        backend=backend,
+        model=model,
+        config=config,
+        tool_version=f"llenergymeasure {tool}" if tool else f"llenergymeasure v{first.major}",
+        start=start,
+        end=end,
+        metrics=metrics,
+        unmapped=unmapped,
+        derived=derived,
+        not_recorded=not_recorded,
+        environment=environment,
+        headline=headline,
     )
 
 
@@ -687,12 +715,25 @@ def _from_processes(group: list[_File]) -> _Result:
     expected = _expected_processes(effective) or indices[-1] + 1
     if indices != list(range(expected)):
         missing = sorted(set(range(expected)) - set(indices))
-        raise BadFile(f"partial: per-process result without its siblings (has process {indices}, expected 0.."
-                      f"{expected - 1}; missing {missing})")
+        raise BadFile(
+            f"partial: per-process result without its siblings (has process {indices}, expected 0.."
+            f"{expected - 1}; missing {missing})"
+        )
     order = sorted(range(len(group)), key=lambda i: processes[i].index)
     group, docs, processes = [group[i] for i in order], [docs[i] for i in order], [processes[i] for i in order]
-    doc: dict[str, Any] = {k: docs[0][k] for k in ("schema_version", "experiment_id", "backend", "backend_version",
-                                   "effective_config", "model_name", "config_name") if k in docs[0]}
+    doc: dict[str, Any] = {
+        k: docs[0][k]
+        for k in (
+            "schema_version",
+            "experiment_id",
+            "backend",
+            "backend_version",
+            "effective_config",
+            "model_name",
+            "config_name",
+        )
+        if k in docs[0]
+    }
     return _build(group, doc, processes, docs)
 
 
@@ -735,8 +776,9 @@ def read_results(directory: Path) -> tuple[list[_Result], list[tuple[str, str]]]
             groups[(str(Path(f.rel).parent), str(experiment_id))].append(f)
     for (_, experiment_id), group in groups.items():
         if experiment_id in aggregated_ids:
-            skipped += [(f.rel, f"{COVERED} {aggregated_ids[experiment_id]} (the same experiment, aggregated)")
-                        for f in group]
+            skipped += [
+                (f.rel, f"{COVERED} {aggregated_ids[experiment_id]} (the same experiment, aggregated)") for f in group
+            ]
             continue
         try:
             results.append(_from_processes(group))
@@ -760,43 +802,78 @@ def _store(result: _Result, directory: Path, campaign_id: int | None) -> tuple[i
     with session_scope() as s:
         existing = s.scalar(select(Run).where(Run.run_key == result.key))
         if existing is None:
-            existing = s.scalar(select(Run).where(
-                Run.imported["experiment_id"].as_string() == result.experiment_id,
-                Run.imported["start"].as_string() == result.start.isoformat()).limit(1))
+            existing = s.scalar(
+                select(Run)
+                .where(
+                    Run.imported["experiment_id"].as_string() == result.experiment_id,
+                    Run.imported["start"].as_string() == result.start.isoformat(),
+                )
+                .limit(1)
+            )
         if existing is not None:
             return existing.campaign_id, f"{ALREADY} (run {existing.id} of campaign {existing.campaign_id})"
         campaign = s.get(Campaign, campaign_id) if campaign_id is not None else None
         if campaign is None:
-            spec = {"imported": True, "tool": "llenergymeasure", "directory": str(directory),
-                    "name": f"imported-{directory.name}"[:100]}
-            campaign = Campaign(name=spec["name"], spec=spec, spec_hash=sha256_of(spec), seed=None,
-                                status=CampaignStatus.DONE, finished_at=datetime.now(UTC), source="imported",
-                                imported_from=str(directory))
+            spec = {
+                "imported": True,
+                "tool": "llenergymeasure",
+                "directory": str(directory),
+                "name": f"imported-{directory.name}"[:100],
+            }
+            campaign = Campaign(
+                name=spec["name"],
+                spec=spec,
+                spec_hash=sha256_of(spec),
+                seed=None,
+                status=CampaignStatus.DONE,
+                finished_at=datetime.now(UTC),
+                source="imported",
+                imported_from=str(directory),
+            )
             s.add(campaign)
             s.flush()
         config_hash = sha256_of(result.config)
-        experiment = s.scalar(select(Experiment).where(Experiment.campaign_id == campaign.id,
-                                                       Experiment.config_hash == config_hash))
+        experiment = s.scalar(
+            select(Experiment).where(Experiment.campaign_id == campaign.id, Experiment.config_hash == config_hash)
+        )
         if experiment is None:
-            index = s.scalar(select(func.count()).select_from(Experiment)
-                             .where(Experiment.campaign_id == campaign.id))
-            experiment = Experiment(campaign_id=campaign.id, index=index, backend=result.backend,
-                                    config=result.config, config_hash=config_hash)
+            index = s.scalar(select(func.count()).select_from(Experiment).where(Experiment.campaign_id == campaign.id))
+            experiment = Experiment(
+                campaign_id=campaign.id,
+                index=index,
+                backend=result.backend,
+                config=result.config,
+                config_hash=config_hash,
+            )
             s.add(experiment)
             s.flush()
         cycle = s.scalar(select(func.count()).select_from(Run).where(Run.experiment_id == experiment.id))
         position = s.scalar(select(func.count()).select_from(Run).where(Run.campaign_id == campaign.id))
         run = Run(
-            run_key=result.key, campaign_id=campaign.id, experiment_id=experiment.id, cycle=cycle,
-            position=position, status=RunStatus.DONE, attempts=0, started_at=result.start,
-            finished_at=result.end, window_start=result.start, window_end=result.end,
-            schema_version=f"imported:{result.version}"[:16], tool_version=result.tool_version[:32],
+            run_key=result.key,
+            campaign_id=campaign.id,
+            experiment_id=experiment.id,
+            cycle=cycle,
+            position=position,
+            status=RunStatus.DONE,
+            attempts=0,
+            started_at=result.start,
+            finished_at=result.end,
+            window_start=result.start,
+            window_end=result.end,
+            schema_version=f"imported:{result.version}"[:16],
+            tool_version=result.tool_version[:32],
             environment_id=Environment.id_for(s, result.environment) if result.environment else None,
             imported={
                 "file": result.files[0] if len(result.files) == 1 else result.files,
-                "directory": str(directory), "format": result.fmt, "schema_version": result.version,
-                "experiment_id": result.experiment_id, "start": result.start.isoformat(),
-                "derived": result.derived, "not_recorded": result.not_recorded, "unmapped": result.unmapped,
+                "directory": str(directory),
+                "format": result.fmt,
+                "schema_version": result.version,
+                "experiment_id": result.experiment_id,
+                "start": result.start.isoformat(),
+                "derived": result.derived,
+                "not_recorded": result.not_recorded,
+                "unmapped": result.unmapped,
                 **({"tokens_per_s": result.headline} if result.headline else {}),
             },
         )
@@ -813,9 +890,12 @@ def _existing_campaign(directory: Path) -> int | None:
     from lem_shared.db.session import session_scope
 
     with session_scope() as s:
-        return s.scalar(select(Campaign.id).where(Campaign.source == "imported",
-                                                  Campaign.imported_from == str(directory))
-                        .order_by(Campaign.id).limit(1))
+        return s.scalar(
+            select(Campaign.id)
+            .where(Campaign.source == "imported", Campaign.imported_from == str(directory))
+            .order_by(Campaign.id)
+            .limit(1)
+        )
 
 
 def import_results(directory: Path) -> ImportReport:
@@ -831,8 +911,9 @@ def import_results(directory: Path) -> ImportReport:
         try:
             campaign_id, why_not = _store(result, directory, report.campaign_id)
         except Exception as exc:  # noqa: BLE001 - the database refused it: rolled back, reported, the rest go on
-            report.skipped += [(f, f"not written ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})")
-                               for f in result.files]
+            report.skipped += [
+                (f, f"not written ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") for f in result.files
+            ]
             continue
         if why_not:
             report.skipped += [(f, why_not) for f in result.files]

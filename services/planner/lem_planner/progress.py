@@ -18,8 +18,9 @@ class Steps:
         self.console = console or Console(stderr=True)
         self.finished: list[RenderableType] = []
         self.spinner = Spinner("dots", first + " …")
-        self.live = Live(console=self.console, transient=True, refresh_per_second=8) \
-            if self.console.is_terminal else None
+        self.live = (
+            Live(console=self.console, transient=True, refresh_per_second=8) if self.console.is_terminal else None
+        )
 
     def __enter__(self) -> Steps:
         if self.live is not None:
@@ -27,8 +28,9 @@ class Steps:
             self._show()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
         if self.live is not None:
             self.live.stop()
 

@@ -51,6 +51,7 @@ class UnknownCampaign(LookupError):
 
 # --- data -----------------------------------------------------------------------------------------------------
 
+
 @dataclass
 class CampaignData:
     campaign: dict[str, Any]
@@ -103,11 +104,21 @@ def _load(campaign_id: int) -> CampaignData:
         c = s.get(Campaign, campaign_id)
         if c is None:
             raise UnknownCampaign(f"no campaign {campaign_id}")
-        campaign = {"id": c.id, "name": c.name, "status": c.status, "created": c.created_at,
-                    "finished": c.finished_at, "seed": c.seed, "source": c.source, "imported_from": c.imported_from,
-                    "structure": (c.spec or {}).get("structure"), "cycles": (c.spec or {}).get("cycles")}
-        rows = s.execute(select(Run.id, Run.schema_version, Run.tool_version, Run.phases)
-                         .where(Run.campaign_id == campaign_id)).all()
+        campaign = {
+            "id": c.id,
+            "name": c.name,
+            "status": c.status,
+            "created": c.created_at,
+            "finished": c.finished_at,
+            "seed": c.seed,
+            "source": c.source,
+            "imported_from": c.imported_from,
+            "structure": (c.spec or {}).get("structure"),
+            "cycles": (c.spec or {}).get("cycles"),
+        }
+        rows = s.execute(
+            select(Run.id, Run.schema_version, Run.tool_version, Run.phases).where(Run.campaign_id == campaign_id)
+        ).all()
     versions = Counter((r.schema_version, r.tool_version) for r in rows)
     phases = {r.id: r.phases for r in rows if r.phases}
     records = run_records(campaign_id)
@@ -119,8 +130,11 @@ def _load(campaign_id: int) -> CampaignData:
         data.labels[e["experiment_index"]] = _label(flatten(e["experiment"]), varying) or "(base)"
     if configs:
         shared = flatten(configs[0])
-        data.caption = " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in shared.items()
-                                if k not in varying and v is not None and not k.endswith((".kind", ".seed")))
+        data.caption = " ".join(
+            f"{k.rsplit('.', 1)[-1]}={v}"
+            for k, v in shared.items()
+            if k not in varying and v is not None and not k.endswith((".kind", ".seed"))
+        )
     return data
 
 
@@ -137,13 +151,25 @@ def gpu_series(gpu_uuid: str, start: float, end: float, points: int = TIMELINE_P
     bucket = func.floor((epoch - start) / width).label("bucket")
     # Instantaneous power where the GPU has it (the averaged reading smooths every step over ~1 s), else that.
     power = func.coalesce(GpuSample.power_instant_w, GpuSample.power_w)
-    query = (select(bucket, func.avg(epoch), func.avg(power), func.min(power),
-                    func.max(power), func.avg(GpuSample.temperature_c), func.count(),
-                    func.min(GpuSample.host))
-             .where(GpuSample.gpu_uuid == gpu_uuid,
-                    GpuSample.time >= datetime.fromtimestamp(start, UTC),
-                    GpuSample.time <= datetime.fromtimestamp(end, UTC))
-             .group_by(bucket).order_by(bucket))
+    query = (
+        select(
+            bucket,
+            func.avg(epoch),
+            func.avg(power),
+            func.min(power),
+            func.max(power),
+            func.avg(GpuSample.temperature_c),
+            func.count(),
+            func.min(GpuSample.host),
+        )
+        .where(
+            GpuSample.gpu_uuid == gpu_uuid,
+            GpuSample.time >= datetime.fromtimestamp(start, UTC),
+            GpuSample.time <= datetime.fromtimestamp(end, UTC),
+        )
+        .group_by(bucket)
+        .order_by(bucket)
+    )
     with session_scope() as s:
         rows = s.execute(query).all()
     if not rows:
@@ -152,10 +178,17 @@ def gpu_series(gpu_uuid: str, start: float, end: float, points: int = TIMELINE_P
     def num(x: Any) -> float | None:
         return None if x is None else float(x)
 
-    return GpuSeries(gpu_uuid=gpu_uuid, host=rows[0][7], t=[float(r[1]) for r in rows],
-                     power_mean=[num(r[2]) for r in rows], power_min=[num(r[3]) for r in rows],
-                     power_max=[num(r[4]) for r in rows], temperature=[num(r[5]) for r in rows],
-                     samples=sum(int(r[6]) for r in rows), bin_s=width)
+    return GpuSeries(
+        gpu_uuid=gpu_uuid,
+        host=rows[0][7],
+        t=[float(r[1]) for r in rows],
+        power_mean=[num(r[2]) for r in rows],
+        power_min=[num(r[3]) for r in rows],
+        power_max=[num(r[4]) for r in rows],
+        temperature=[num(r[5]) for r in rows],
+        samples=sum(int(r[6]) for r in rows),
+        bin_s=width,
+    )
 
 
 # --- the page -------------------------------------------------------------------------------------------------
@@ -214,23 +247,30 @@ def _header(data: CampaignData, sweep: str | None, others: list[str]) -> str:
     devices = sorted({r["device"] for r in data.records if r["device"]})
     gpus = sorted({r["gpu_uuid"] for r in data.records if r["gpu_uuid"]})
     backends = sorted({e["backend"] for e in data.summaries})
-    rows = [("status", c["status"]), ("created", _when(c["created"])), ("finished", _when(c["finished"])),
-            ("experiments", f"{len(data.summaries)} ({', '.join(backends) or 'no backend'})"),
-            ("runs", f"{len(data.records)}: {runs}"),
-            ("swept parameter", sweep or "none (no numeric parameter varies)"),
-            ("what else varies", ", ".join(others) or "nothing"),
-            ("fixed", data.caption or "–"),
-            ("hosts / devices", f"{', '.join(hosts) or '–'} / {', '.join(devices) or '–'}"),
-            ("GPUs", ", ".join(gpus) or "none (no GPU telemetry)"),
-            ("schema version", ", ".join(schema)), ("tool version", ", ".join(tools))]
+    rows = [
+        ("status", c["status"]),
+        ("created", _when(c["created"])),
+        ("finished", _when(c["finished"])),
+        ("experiments", f"{len(data.summaries)} ({', '.join(backends) or 'no backend'})"),
+        ("runs", f"{len(data.records)}: {runs}"),
+        ("swept parameter", sweep or "none (no numeric parameter varies)"),
+        ("what else varies", ", ".join(others) or "nothing"),
+        ("fixed", data.caption or "–"),
+        ("hosts / devices", f"{', '.join(hosts) or '–'} / {', '.join(devices) or '–'}"),
+        ("GPUs", ", ".join(gpus) or "none (no GPU telemetry)"),
+        ("schema version", ", ".join(schema)),
+        ("tool version", ", ".join(tools)),
+    ]
     if c["structure"] or c["seed"] is not None:
         seed = f" (seed {c['seed']})" if c["seed"] is not None else ""
         rows.append(("order", f"{c['structure'] or 'default'}{seed}"))
     if c["source"] != "lem":
         rows.append(("source", f"{c['source']}: {c['imported_from'] or ''}"))
     meta = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows)
-    return (f'<section id="campaign"><h1>Campaign {c["id"]}: {_e(c["name"])}</h1>'
-            f'<p class="sub">LLenergyMeasure results report</p><dl class="meta">{meta}</dl></section>')
+    return (
+        f'<section id="campaign"><h1>Campaign {c["id"]}: {_e(c["name"])}</h1>'
+        f'<p class="sub">LLenergyMeasure results report</p><dl class="meta">{meta}</dl></section>'
+    )
 
 
 def _timeline_section(data: CampaignData, figures: FigureFiles) -> str:
@@ -238,15 +278,25 @@ def _timeline_section(data: CampaignData, figures: FigureFiles) -> str:
     windows_of: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in data.records:
         if r["gpu_uuid"] and r["window_start"] and r["window_end"]:
-            windows_of[r["gpu_uuid"]].append({
-                "experiment_index": r["experiment_index"], "cycle": r["cycle"],
-                "start": datetime.fromisoformat(r["window_start"]).timestamp(),
-                "end": datetime.fromisoformat(r["window_end"]).timestamp(), "run_id": r["run_id"]})
+            windows_of[r["gpu_uuid"]].append(
+                {
+                    "experiment_index": r["experiment_index"],
+                    "cycle": r["cycle"],
+                    "start": datetime.fromisoformat(r["window_start"]).timestamp(),
+                    "end": datetime.fromisoformat(r["window_end"]).timestamp(),
+                    "run_id": r["run_id"],
+                }
+            )
     if not windows_of:
         devices = sorted({r["device"] for r in data.records if r["device"]})
         why = f"the runs ran on {', '.join(devices)}" if devices else "no run has a measurement window yet"
-        parts.append(_note("timeline", f"No GPU telemetry for this campaign ({why}; power and temperature come "
-                                       "from NVML on GPUs only): no timeline."))
+        parts.append(
+            _note(
+                "timeline",
+                f"No GPU telemetry for this campaign ({why}; power and temperature come "
+                "from NVML on GPUs only): no timeline.",
+            )
+        )
     for n, (gpu, windows) in enumerate(sorted(windows_of.items())):
         windows.sort(key=lambda w: w["start"])
         first, last = windows[0]["start"], max(w["end"] for w in windows)
@@ -260,17 +310,27 @@ def _timeline_section(data: CampaignData, figures: FigureFiles) -> str:
         pad = max(2.0, 0.02 * (last - lo))
         series = gpu_series(gpu, lo - pad, last + pad)
         if series is None or len(series.t) < 2:
-            parts.append(_note("timeline", f"No telemetry stored for {gpu} between the campaign's first and last "
-                                           "measurement window (was lem-telemetry running on its host?)."))
+            parts.append(
+                _note(
+                    "timeline",
+                    f"No telemetry stored for {gpu} between the campaign's first and last "
+                    "measurement window (was lem-telemetry running on its host?).",
+                )
+            )
             continue
-        svg = figures.inline(timeline_figure(series, windows, first, data.labels, deep, (lo - pad, last + pad)),
-                             f"plot-timeline-{n}", f"tl{n}")
+        svg = figures.inline(
+            timeline_figure(series, windows, first, data.labels, deep, (lo - pad, last + pad)),
+            f"plot-timeline-{n}",
+            f"tl{n}",
+        )
         hatched = ", hatched: the deep-idle baseline" if deep else ""
-        parts.append(f'<figure id="plot-timeline-{n}" data-plot="timeline" data-gpu="{_e(gpu)}">{svg}'
-                     f"<figcaption>{_e(gpu)}: {series.samples:,} samples averaged into {len(series.t):,} bins of "
-                     f"{series.bin_s:.2g} s (the band: each bin's min–max power); shaded: the measurement "
-                     f"window of each run (e&lt;experiment&gt;·c&lt;cycle&gt;){hatched}.</figcaption>"
-                     "</figure>")
+        parts.append(
+            f'<figure id="plot-timeline-{n}" data-plot="timeline" data-gpu="{_e(gpu)}">{svg}'
+            f"<figcaption>{_e(gpu)}: {series.samples:,} samples averaged into {len(series.t):,} bins of "
+            f"{series.bin_s:.2g} s (the band: each bin's min–max power); shaded: the measurement "
+            f"window of each run (e&lt;experiment&gt;·c&lt;cycle&gt;){hatched}.</figcaption>"
+            "</figure>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -288,9 +348,15 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _sweep_points(data: CampaignData, sweep: str | None, others: list[str], value: Callable[[dict], float | None],
-                  what: str, spread: Callable[[dict], float | None] | None = None,
-                  summary_metric: str | None = None) -> tuple[list[Point], list[str]]:
+def _sweep_points(
+    data: CampaignData,
+    sweep: str | None,
+    others: list[str],
+    value: Callable[[dict], float | None],
+    what: str,
+    spread: Callable[[dict], float | None] | None = None,
+    summary_metric: str | None = None,
+) -> tuple[list[Point], list[str]]:
     """Per experiment the mean of ``value`` over its done runs with the 95 % bootstrap CI, at its swept value;
     and the experiments left out, each with why."""
     from lem_shared.stats import bootstrap_ci
@@ -303,22 +369,39 @@ def _sweep_points(data: CampaignData, sweep: str | None, others: list[str], valu
         x = flat.get(sweep) if sweep else (_label(flat, others) or e["backend"])
         ci = bootstrap_ci([value(r) for r in runs])
         if ci.estimate is None or (sweep and x is None):
-            reason = ("no runs done" if not runs else f"no {sweep}" if ci.estimate is not None else
-                      (summary_metric and e["metrics"][summary_metric]["reason"]) or f"no {what} figures")
+            reason = (
+                "no runs done"
+                if not runs
+                else f"no {sweep}"
+                if ci.estimate is not None
+                else (summary_metric and e["metrics"][summary_metric]["reason"]) or f"no {what} figures"
+            )
             missing.append(f"e{e['experiment_index']} ({reason})")
             continue
-        points.append(Point(e["experiment_index"], e["backend"], x, _label(flat, others) if sweep else "",
-                            ci.estimate, ci.low, ci.high, _mean(spread(r) for r in runs) if spread else None))
+        points.append(
+            Point(
+                e["experiment_index"],
+                e["backend"],
+                x,
+                _label(flat, others) if sweep else "",
+                ci.estimate,
+                ci.low,
+                ci.high,
+                _mean(spread(r) for r in runs) if spread else None,
+            )
+        )
     return points, missing
 
 
 def _sweep_caption(sweep: str | None, others: list[str]) -> str:
-    what = (f"x: <code>{_e(sweep)}</code>" if sweep else "no numeric parameter is swept; one point per experiment")
+    what = f"x: <code>{_e(sweep)}</code>" if sweep else "no numeric parameter is swept; one point per experiment"
     return what + (f"; also varying: {_e(', '.join(others))} (one series each)" if others else "")
 
 
-_CI_CAPTION = ("Error bars: 95 % percentile-bootstrap CI over done cycles (10,000 resamples, seed 0); hollow markers: "
-               "fewer than 2 cycles, no interval.")
+_CI_CAPTION = (
+    "Error bars: 95 % percentile-bootstrap CI over done cycles (10,000 resamples, seed 0); hollow markers: "
+    "fewer than 2 cycles, no interval."
+)
 
 
 def _ttft(r: dict[str, Any]) -> float | None:
@@ -326,18 +409,46 @@ def _ttft(r: dict[str, Any]) -> float | None:
 
 
 # (figure id, SVG key, metric, y label, title, per-run value, per-run spread and its legend, caption)
-_PERFORMANCE_PLOTS: list[tuple[str, str, str, str, str, Callable[[dict], float | None],
-                               Callable[[dict], float | None] | None, str | None, str]] = [
-    ("plot-throughput", "tput", "throughput", "output tokens per second [tokens/s]", "Throughput",
-     lambda r: r["tokens_per_s"], None, None, "Output tokens over the measurement window's length."),
-    ("plot-ttft", "ttft", "TTFT", "time to first token [s]", "TTFT p50", _ttft,
-     lambda r: r["ttft_p90_s"], "p90 (mean over cycles)",
-     "Per run: the median time to first token over its requests (the engine's per-request TTFT where it reports "
-     "one, else each batch's), or the run's mean TTFT where it has no per-batch timings; dashed, hollow: the p90, "
-     "the spread over requests."),
-    ("plot-latency", "lat", "latency", "per-request latency [s]", "Mean latency",
-     lambda r: r["latency_mean_s"], lambda r: r.get("latency_p90_s"), "p90 (mean over cycles)",
-     "Per run: the mean end-to-end latency of its requests; dashed, hollow: the p90 over its batches."),
+_PERFORMANCE_PLOTS: list[
+    tuple[
+        str, str, str, str, str, Callable[[dict], float | None], Callable[[dict], float | None] | None, str | None, str
+    ]
+] = [
+    (
+        "plot-throughput",
+        "tput",
+        "throughput",
+        "output tokens per second [tokens/s]",
+        "Throughput",
+        lambda r: r["tokens_per_s"],
+        None,
+        None,
+        "Output tokens over the measurement window's length.",
+    ),
+    (
+        "plot-ttft",
+        "ttft",
+        "TTFT",
+        "time to first token [s]",
+        "TTFT p50",
+        _ttft,
+        lambda r: r["ttft_p90_s"],
+        "p90 (mean over cycles)",
+        "Per run: the median time to first token over its requests (the engine's per-request TTFT where it reports "
+        "one, else each batch's), or the run's mean TTFT where it has no per-batch timings; dashed, hollow: the p90, "
+        "the spread over requests.",
+    ),
+    (
+        "plot-latency",
+        "lat",
+        "latency",
+        "per-request latency [s]",
+        "Mean latency",
+        lambda r: r["latency_mean_s"],
+        lambda r: r.get("latency_p90_s"),
+        "p90 (mean over cycles)",
+        "Per run: the mean end-to-end latency of its requests; dashed, hollow: the p90 over its batches.",
+    ),
 ]
 
 
@@ -346,15 +457,24 @@ def _performance_section(data: CampaignData, sweep: str | None, others: list[str
     for figure_id, key, what, ylabel, title, value, spread, spread_label, caption in _PERFORMANCE_PLOTS:
         points, missing = _sweep_points(data, sweep, others, value, what, spread)
         if not points:
-            parts.append(_note(key, f"No {what} figure: no done run has a {what} figure"
-                               + (f" ({'; '.join(missing)})" if missing else "") + "."))
+            parts.append(
+                _note(
+                    key,
+                    f"No {what} figure: no done run has a {what} figure"
+                    + (f" ({'; '.join(missing)})" if missing else "")
+                    + ".",
+                )
+            )
             continue
-        if key == "ttft" and any(r["ttft_p50_s"] is None and r["ttft_mean_s"] is not None for r in data.records
-                                 if r["status"] == "done"):
+        if key == "ttft" and any(
+            r["ttft_p50_s"] is None and r["ttft_mean_s"] is not None for r in data.records if r["status"] == "done"
+        ):
             title = "TTFT (p50; the mean where a run has no per-batch timings)"
         svg = figures.inline(sweep_figure(points, sweep, ylabel, title, spread_label), figure_id, key)
-        parts.append(f'<figure id="{figure_id}" data-plot="{key}" data-points="{len(points)}">{svg}<figcaption>'
-                     f"{_sweep_caption(sweep, others)}. {_e(caption)} {_CI_CAPTION}</figcaption></figure>")
+        parts.append(
+            f'<figure id="{figure_id}" data-plot="{key}" data-points="{len(points)}">{svg}<figcaption>'
+            f"{_sweep_caption(sweep, others)}. {_e(caption)} {_CI_CAPTION}</figcaption></figure>"
+        )
         if missing:
             parts.append(_note(f"{key}-missing", "Not plotted: " + "; ".join(missing) + "."))
     parts.append("</section>")
@@ -363,17 +483,26 @@ def _performance_section(data: CampaignData, sweep: str | None, others: list[str
 
 def _energy_section(data: CampaignData, sweep: str | None, others: list[str], figures: FigureFiles) -> str:
     parts = ['<section id="energy"><h2>J/token against the swept parameter</h2>']
-    points, missing = _sweep_points(data, sweep, others, lambda r: r["j_per_token"], "energy",
-                                    summary_metric="j_per_token")
+    points, missing = _sweep_points(
+        data, sweep, others, lambda r: r["j_per_token"], "energy", summary_metric="j_per_token"
+    )
     if not points:
         notes = _energy_notes(data.records)
-        parts.append(_note("energy", "No J/token figures: no done run has an energy figure"
-                                     + (f" ({notes})" if notes else "") + ", so there is nothing to plot."))
+        parts.append(
+            _note(
+                "energy",
+                "No J/token figures: no done run has an energy figure"
+                + (f" ({notes})" if notes else "")
+                + ", so there is nothing to plot.",
+            )
+        )
     else:
         drawn = sweep_figure(points, sweep, "energy per output token [J/token]", "J/token")
         svg = figures.inline(drawn, "plot-j-per-token", "jpt")
-        parts.append(f'<figure id="plot-j-per-token" data-plot="j-per-token" data-points="{len(points)}">{svg}'
-                     f"<figcaption>{_sweep_caption(sweep, others)}. {_CI_CAPTION}</figcaption></figure>")
+        parts.append(
+            f'<figure id="plot-j-per-token" data-plot="j-per-token" data-points="{len(points)}">{svg}'
+            f"<figcaption>{_sweep_caption(sweep, others)}. {_CI_CAPTION}</figcaption></figure>"
+        )
     if missing and points:
         parts.append(_note("energy-missing", "Not plotted: " + "; ".join(missing) + "."))
     parts.append("</section>")
@@ -386,30 +515,60 @@ def _pareto_section(data: CampaignData, figures: FigureFiles) -> str:
     parts = ['<section id="pareto"><h2>Pareto fronts: J/token against throughput and latency</h2>']
     done = _done_runs(data)
     for figure_id, key, field_, xlabel, higher_is_better, what in (
-            ("plot-pareto-throughput", "ptput", "tokens_per_s", "throughput [tokens/s]", True, "throughput is "
-             "output tokens per second of the measurement window"),
-            ("plot-pareto", "pareto", "latency_mean_s", "mean per-request latency [s]", False, "latency is the "
-             "mean per-request latency")):
+        (
+            "plot-pareto-throughput",
+            "ptput",
+            "tokens_per_s",
+            "throughput [tokens/s]",
+            True,
+            "throughput is output tokens per second of the measurement window",
+        ),
+        (
+            "plot-pareto",
+            "pareto",
+            "latency_mean_s",
+            "mean per-request latency [s]",
+            False,
+            "latency is the mean per-request latency",
+        ),
+    ):
         points = []
         for e in data.summaries:
             m = e["metrics"]["j_per_token"]
             x = bootstrap_ci([r[field_] for r in done[e["experiment_index"]]])
             if m["mean"] is not None and x.estimate is not None:
-                points.append(ParetoPoint(e["experiment_index"], e["backend"], x.estimate, x.low, x.high,
-                                          m["mean"], m["ci_low"], m["ci_high"]))
+                points.append(
+                    ParetoPoint(
+                        e["experiment_index"],
+                        e["backend"],
+                        x.estimate,
+                        x.low,
+                        x.high,
+                        m["mean"],
+                        m["ci_low"],
+                        m["ci_high"],
+                    )
+                )
         name = xlabel.split(" [")[0]
         if not points:
             notes = _energy_notes(data.records)
-            parts.append(_note(key, f"No Pareto front of J/token against {name}: it needs experiments with both "
-                                    f"J/token and {name}" + (f" ({notes})" if notes else "") + "."))
+            parts.append(
+                _note(
+                    key,
+                    f"No Pareto front of J/token against {name}: it needs experiments with both "
+                    f"J/token and {name}" + (f" ({notes})" if notes else "") + ".",
+                )
+            )
             continue
         drawn, front = pareto_figure(points, xlabel, higher_is_better)
         svg = figures.inline(drawn, figure_id, key)
         listed = "; ".join(f"e{i}: {_e(data.labels.get(i, ''))}" for i in front)
-        parts.append(f'<figure id="{figure_id}" data-plot="{key}" data-points="{len(points)}" '
-                     f'data-front="{" ".join(map(str, front))}">{svg}<figcaption>Per experiment: mean over done '
-                     f"cycles with 95 % bootstrap CIs on both axes; {what}. On the front: {listed}.</figcaption>"
-                     "</figure>")
+        parts.append(
+            f'<figure id="{figure_id}" data-plot="{key}" data-points="{len(points)}" '
+            f'data-front="{" ".join(map(str, front))}">{svg}<figcaption>Per experiment: mean over done '
+            f"cycles with 95 % bootstrap CIs on both axes; {what}. On the front: {listed}.</figcaption>"
+            "</figure>"
+        )
     parts.append("</section>")
     return "".join(parts)
 
@@ -431,8 +590,15 @@ def _phase_bars(data: CampaignData, figure: str) -> list[PhaseBar]:
         for phase in ("prefill", "decode"):
             ci = bootstrap_ci([s[phase].get(figure) for s in splits])
             values[phase] = (ci.estimate, (ci.low, ci.high) if ci.low is not None and ci.high is not None else None)
-        bars.append(PhaseBar(_tick_label(data, index), values["prefill"][0], values["prefill"][1],
-                             values["decode"][0], values["decode"][1]))
+        bars.append(
+            PhaseBar(
+                _tick_label(data, index),
+                values["prefill"][0],
+                values["prefill"][1],
+                values["decode"][0],
+                values["decode"][1],
+            )
+        )
     return bars
 
 
@@ -440,8 +606,13 @@ def _phase_section(data: CampaignData, figures: FigureFiles) -> str:
     parts = ['<section id="phases"><h2>Prefill and decode</h2>']
     bars = _phase_bars(data, "time_s")
     if not bars:
-        parts.append(_note("phases", "No prefill/decode figure: no done run measured with "
-                                     "measurement.phase_split: true (it measures a prefill-only window apart)."))
+        parts.append(
+            _note(
+                "phases",
+                "No prefill/decode figure: no done run measured with "
+                "measurement.phase_split: true (it measures a prefill-only window apart).",
+            )
+        )
         return "".join(parts) + "</section>"
     panels = [("time per prompt [s]", bars)]
     energy = _phase_bars(data, "energy_j")
@@ -449,13 +620,20 @@ def _phase_section(data: CampaignData, figures: FigureFiles) -> str:
     if has_energy:
         panels += [("energy per prompt [J]", energy), ("energy per token [J/token]", _phase_bars(data, "j_per_token"))]
     svg = figures.inline(phase_figure(panels), "plot-phase-split", "phase")
-    why = "" if has_energy else (" No energy per phase: " + (_energy_notes(data.records) or "no energy figure")
-                                 + ", so only time is split.")
-    parts.append(f'<figure id="plot-phase-split" data-plot="phase-split" data-points="{len(bars)}" '
-                 f'data-energy="{str(has_energy).lower()}">{svg}<figcaption>Per experiment, mean over done cycles '
-                 "(error bars: 95 % bootstrap CI, from 2 cycles): prefill is the prefill-only window per prompt, "
-                 "decode the full window per prompt less prefill; J/token is per input token for prefill and per "
-                 f"output token after the first for decode.{_e(why)}</figcaption></figure>")
+    why = (
+        ""
+        if has_energy
+        else (
+            " No energy per phase: " + (_energy_notes(data.records) or "no energy figure") + ", so only time is split."
+        )
+    )
+    parts.append(
+        f'<figure id="plot-phase-split" data-plot="phase-split" data-points="{len(bars)}" '
+        f'data-energy="{str(has_energy).lower()}">{svg}<figcaption>Per experiment, mean over done cycles '
+        "(error bars: 95 % bootstrap CI, from 2 cycles): prefill is the prefill-only window per prompt, "
+        "decode the full window per prompt less prefill; J/token is per input token for prefill and per "
+        f"output token after the first for decode.{_e(why)}</figcaption></figure>"
+    )
     problems = sorted({p for r in data.records if r["phase_split"] for p in r["phase_split"].get("problems", [])})
     if problems:
         parts.append(_note("phases-problems", "Phase split problems: " + "; ".join(problems) + "."))
@@ -466,27 +644,39 @@ def _idle_active_section(data: CampaignData, figures: FigureFiles) -> str:
     parts = ['<section id="idle-active"><h2>Idle against active energy</h2>']
     bars, baselines, methods = [], [], set()
     for index, runs in sorted(_done_runs(data).items()):
-        split = [(r["energy_j"] - r["energy_adjusted_j"], r["energy_adjusted_j"], r["output_tokens"])
-                 for r in runs if r["energy_j"] is not None and r["energy_adjusted_j"] is not None
-                 and r["output_tokens"]]
+        split = [
+            (r["energy_j"] - r["energy_adjusted_j"], r["energy_adjusted_j"], r["output_tokens"])
+            for r in runs
+            if r["energy_j"] is not None and r["energy_adjusted_j"] is not None and r["output_tokens"]
+        ]
         if split:
-            bars.append(IdleActiveBar(_tick_label(data, index), sum(i / n for i, _, n in split) / len(split),
-                                      sum(a / n for _, a, n in split) / len(split)))
+            bars.append(
+                IdleActiveBar(
+                    _tick_label(data, index),
+                    sum(i / n for i, _, n in split) / len(split),
+                    sum(a / n for _, a, n in split) / len(split),
+                )
+            )
             baselines += [r["baseline_power_w"] for r in runs if r["baseline_power_w"] is not None]
             methods |= {r["baseline_method"] for r in runs if r["baseline_method"]}
     if not bars:
         with_energy = [r for r in data.records if r["energy_j"] is not None]
-        why = ("no done run with energy has a baseline power (no idle window was measured)" if with_energy else
-               "no done run has an energy figure" + (f" ({_energy_notes(data.records)})"
-                                                     if _energy_notes(data.records) else ""))
+        why = (
+            "no done run with energy has a baseline power (no idle window was measured)"
+            if with_energy
+            else "no done run has an energy figure"
+            + (f" ({_energy_notes(data.records)})" if _energy_notes(data.records) else "")
+        )
         parts.append(_note("idle-active", f"No idle/active split: {why}."))
         return "".join(parts) + "</section>"
     svg = figures.inline(idle_active_figure(bars), "plot-idle-active", "idle")
-    parts.append(f'<figure id="plot-idle-active" data-plot="idle-active" data-points="{len(bars)}">{svg}'
-                 "<figcaption>Per experiment, mean over done cycles: idle is the baseline power times the window "
-                 "(what the GPU draws doing nothing), active the measured energy less it; both per output token. "
-                 f"Baseline {_fmt(_mean(baselines), '.1f')} W on average ({_e(', '.join(sorted(methods)) or '–')})."
-                 "</figcaption></figure>")
+    parts.append(
+        f'<figure id="plot-idle-active" data-plot="idle-active" data-points="{len(bars)}">{svg}'
+        "<figcaption>Per experiment, mean over done cycles: idle is the baseline power times the window "
+        "(what the GPU draws doing nothing), active the measured energy less it; both per output token. "
+        f"Baseline {_fmt(_mean(baselines), '.1f')} W on average ({_e(', '.join(sorted(methods)) or '–')})."
+        "</figcaption></figure>"
+    )
     return "".join(parts) + "</section>"
 
 
@@ -501,16 +691,21 @@ def _experiments_section(data: CampaignData) -> str:
         label = _e(data.labels.get(e["experiment_index"]))
         per_token = m["j_per_token"]
         energy_per_token = j_per_token_text(per_token["mean"], per_token["ci_low"], per_token["ci_high"])
-        rows.append(f"<tr><td>e{e['experiment_index']}</td><td class=label>{label}</td>"
-                    f"<td>{_e(e['backend'])}</td><td class=num>{e['runs_done']}/{e['runs']}</td>"
-                    f"<td class=num>{energy_per_token}</td>"
-                    f"<td class=num>{ci_text(m['tokens_per_s'], '.1f')}</td>"
-                    f"<td class=num>{ci_text(m['energy_j'], '.1f')}</td>"
-                    f"<td>{_e('; '.join(notes))}</td></tr>")
-    return ('<section id="experiments"><h2>Experiments</h2><table id="experiments-table"><thead><tr><th>exp</th>'
-            "<th>experiment</th><th>backend</th><th>done</th><th>energy per token [95 % CI]</th>"
-            "<th>tokens/s [95 % CI]</th><th>energy J [95 % CI]</th><th>notes</th></tr></thead><tbody>"
-            + "".join(rows) + "</tbody></table></section>")
+        rows.append(
+            f"<tr><td>e{e['experiment_index']}</td><td class=label>{label}</td>"
+            f"<td>{_e(e['backend'])}</td><td class=num>{e['runs_done']}/{e['runs']}</td>"
+            f"<td class=num>{energy_per_token}</td>"
+            f"<td class=num>{ci_text(m['tokens_per_s'], '.1f')}</td>"
+            f"<td class=num>{ci_text(m['energy_j'], '.1f')}</td>"
+            f"<td>{_e('; '.join(notes))}</td></tr>"
+        )
+    return (
+        '<section id="experiments"><h2>Experiments</h2><table id="experiments-table"><thead><tr><th>exp</th>'
+        "<th>experiment</th><th>backend</th><th>done</th><th>energy per token [95 % CI]</th>"
+        "<th>tokens/s [95 % CI]</th><th>energy J [95 % CI]</th><th>notes</th></tr></thead><tbody>"
+        + "".join(rows)
+        + "</tbody></table></section>"
+    )
 
 
 def _validity_section(data: CampaignData) -> str:
@@ -519,8 +714,10 @@ def _validity_section(data: CampaignData) -> str:
     rows = []
     for r in data.records:
         flagged = [c for c in (r["checks"] or []) if c.get("status") in ("fail", "warning")]
-        items = "".join(f'<li class="{_e(c["status"])}"><b>{_e(c["status"])}</b> {_e(c.get("name"))}: '
-                        f'{_e(c.get("message"))}</li>' for c in flagged)
+        items = "".join(
+            f'<li class="{_e(c["status"])}"><b>{_e(c["status"])}</b> {_e(c.get("name"))}: {_e(c.get("message"))}</li>'
+            for c in flagged
+        )
         passed = sum(1 for c in (r["checks"] or []) if c.get("status") == "pass")
         if not flagged and r["checks"]:
             not_applicable = len(r["checks"]) - passed
@@ -530,10 +727,12 @@ def _validity_section(data: CampaignData) -> str:
         else:
             checks = f'<ul class="checks">{items}</ul>'
         verdict = r["verdict"] or "none"
-        rows.append(f'<tr class="{_e(verdict)}" data-run="{r["run_id"]}"><td>e{r["experiment_index"]}</td>'
-                    f"<td class=label>{_e(data.labels.get(r['experiment_index']))}</td><td class=num>{r['cycle']}</td>"
-                    f"<td>{_e(r['status'])}</td><td class=verdict>{_e(r['verdict'] or '–')}</td>"
-                    f"<td class=num>{j_per_token_text(r['j_per_token'])}</td><td>{checks}</td></tr>")
+        rows.append(
+            f'<tr class="{_e(verdict)}" data-run="{r["run_id"]}"><td>e{r["experiment_index"]}</td>'
+            f"<td class=label>{_e(data.labels.get(r['experiment_index']))}</td><td class=num>{r['cycle']}</td>"
+            f"<td>{_e(r['status'])}</td><td class=verdict>{_e(r['verdict'] or '–')}</td>"
+            f"<td class=num>{j_per_token_text(r['j_per_token'])}</td><td>{checks}</td></tr>"
+        )
     counts = Counter(r["verdict"] for r in data.records if r["verdict"])
     unjudged = sum(1 for r in data.records if not r["verdict"])
     summary = ", ".join(f"{n} {v}" for v, n in sorted(counts.items())) or "No run has a verdict"
@@ -541,9 +740,11 @@ def _validity_section(data: CampaignData) -> str:
         summary += f"; {unjudged} run{'s' if unjudged > 1 else ''} without a verdict (not done or no energy)"
     elif unjudged:
         summary += " (no run is done with an energy figure)"
-    return (f'<section id="validity"><h2>Validity</h2><p>{_e(summary)}.</p><table id="validity-table"><thead><tr>'
-            "<th>exp</th><th>experiment</th><th>cycle</th><th>status</th><th>verdict</th><th>energy per token</th>"
-            "<th>failed / warned checks</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>")
+    return (
+        f'<section id="validity"><h2>Validity</h2><p>{_e(summary)}.</p><table id="validity-table"><thead><tr>'
+        "<th>exp</th><th>experiment</th><th>cycle</th><th>status</th><th>verdict</th><th>energy per token</th>"
+        "<th>failed / warned checks</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table></section>"
+    )
 
 
 def figures_folder(path: Path) -> Path:
@@ -567,18 +768,32 @@ def render_report(campaign_id: int, path: Path, figures_dir: Path | None = None)
     data = _load(campaign_id)
     sweep, others = swept_parameter([e["experiment"] for e in data.summaries])
     figures = FigureFiles()
-    body = "".join([_header(data, sweep, others), _timeline_section(data, figures),
-                    _performance_section(data, sweep, others, figures), _energy_section(data, sweep, others, figures),
-                    _pareto_section(data, figures), _phase_section(data, figures),
-                    _idle_active_section(data, figures), _experiments_section(data), _validity_section(data)])
+    body = "".join(
+        [
+            _header(data, sweep, others),
+            _timeline_section(data, figures),
+            _performance_section(data, sweep, others, figures),
+            _energy_section(data, sweep, others, figures),
+            _pareto_section(data, figures),
+            _phase_section(data, figures),
+            _idle_active_section(data, figures),
+            _experiments_section(data),
+            _validity_section(data),
+        ]
+    )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    files = (f" Each figure also as PNG and SVG in <code>{_e(folder.name)}/</code> (named after its id)."
-             if figures.files else "")
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lem report: campaign '
-            f'{campaign_id} ({_e(data.campaign["name"])})</title><meta name="viewport" '
-            f'content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body><main>{body}'
-            f"<footer>Generated by {_e(TOOL_VERSION)} at {generated} with <code>lem results report "
-            f"{campaign_id}</code>.{files}</footer></main></body></html>\n")
+    files = (
+        f" Each figure also as PNG and SVG in <code>{_e(folder.name)}/</code> (named after its id)."
+        if figures.files
+        else ""
+    )
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>lem report: campaign '
+        f'{campaign_id} ({_e(data.campaign["name"])})</title><meta name="viewport" '
+        f'content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body><main>{body}'
+        f"<footer>Generated by {_e(TOOL_VERSION)} at {generated} with <code>lem results report "
+        f"{campaign_id}</code>.{files}</footer></main></body></html>\n"
+    )
     write_atomically(path, lambda f: f.write(page.encode("utf-8")))
     figures.write(folder)
     return path

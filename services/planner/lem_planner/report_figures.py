@@ -22,8 +22,18 @@ if TYPE_CHECKING:
 _BACKEND_COLORS = {"pytorch": "#1f77b4", "vllm": "#ff7f0e", "trtllm": "#2ca02c"}
 _OTHER_COLORS = ["#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
-_WINDOW_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-                  "#bcbd22", "#17becf"]
+_WINDOW_COLORS = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 _POWER_COLOR, _TEMPERATURE_COLOR = "#1f4e9c", "#c0392b"
 
 
@@ -40,7 +50,6 @@ class GpuSeries:
     temperature: list[float | None]
     samples: int
     bin_s: float
-
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -60,13 +69,17 @@ class Drawn:
 def _svg(fig: Figure, key: str, title: str) -> str:
     """The figure as an inline ``<svg>`` whose ids are prefixed with ``key`` (several SVGs share one page)."""
     text = _svg_file(fig, key).decode("utf-8")
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     text = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{key}-{m.group(1)}"', text)
     text = re.sub(r"url\(#([^)]+)\)", lambda m: f"url(#{key}-{m.group(1)})", text)
     text = re.sub(r'((?:xlink:)?href)="#([^"]+)"', lambda m: f'{m.group(1)}="#{key}-{m.group(2)}"', text)
-    text = re.sub(r'<svg ([^>]*)\bwidth="[^"]*" height="[^"]*"', r'<svg \1', text, count=1)
-    return re.sub(r"<svg\b([^>]*)>", lambda m: f'<svg{m.group(1)} role="img" aria-label="{html.escape(title)}">'
-                  f"<title>{html.escape(title)}</title>", text, count=1)
+    text = re.sub(r'<svg ([^>]*)\bwidth="[^"]*" height="[^"]*"', r"<svg \1", text, count=1)
+    return re.sub(
+        r"<svg\b([^>]*)>",
+        lambda m: f'<svg{m.group(1)} role="img" aria-label="{html.escape(title)}"><title>{html.escape(title)}</title>',
+        text,
+        count=1,
+    )
 
 
 def _svg_file(fig: Figure, key: str) -> bytes:
@@ -147,9 +160,14 @@ def _with_gaps(t: list[float], *series: list[float | None]) -> tuple[list[float]
     return out_t, out
 
 
-def timeline_figure(series: GpuSeries, windows: list[dict[str, Any]], origin: float,
-                    labels: dict[int, str], deep_idle: tuple[float, float] | None,
-                    span_s: tuple[float, float] | None = None) -> Drawn:
+def timeline_figure(
+    series: GpuSeries,
+    windows: list[dict[str, Any]],
+    origin: float,
+    labels: dict[int, str],
+    deep_idle: tuple[float, float] | None,
+    span_s: tuple[float, float] | None = None,
+) -> Drawn:
     """Power (mean line, min-max band) and temperature of one GPU, its runs' windows shaded and labelled; the
     x axis covers ``span_s`` (Unix s; the samples' own span when None), so windows without samples show too."""
     from matplotlib.lines import Line2D
@@ -158,19 +176,33 @@ def timeline_figure(series: GpuSeries, windows: list[dict[str, Any]], origin: fl
 
     lo, hi = span_s or (series.t[0], series.t[-1])
     scale, unit = _time_unit(max(hi - lo, 1e-6))
-    t, (mean, low, high, temperature) = _with_gaps(series.t, series.power_mean, series.power_min,
-                                                   series.power_max, series.temperature)
+    t, (mean, low, high, temperature) = _with_gaps(
+        series.t, series.power_mean, series.power_min, series.power_max, series.temperature
+    )
     x = [(v - origin) / scale for v in t]
     fig = _figure(11, 4.4)
     ax = fig.add_subplot()
     experiments = sorted({w["experiment_index"] for w in windows})
     colour = {e: _WINDOW_COLORS[i % len(_WINDOW_COLORS)] for i, e in enumerate(experiments)}
     if deep_idle:
-        ax.axvspan((deep_idle[0] - origin) / scale, (deep_idle[1] - origin) / scale, facecolor="#eeeeee",
-                   edgecolor="#aaaaaa", lw=0, hatch="//", zorder=0).set_gid("deep-idle")
+        ax.axvspan(
+            (deep_idle[0] - origin) / scale,
+            (deep_idle[1] - origin) / scale,
+            facecolor="#eeeeee",
+            edgecolor="#aaaaaa",
+            lw=0,
+            hatch="//",
+            zorder=0,
+        ).set_gid("deep-idle")
     for w in windows:
-        span = ax.axvspan((w["start"] - origin) / scale, (w["end"] - origin) / scale,
-                          color=colour[w["experiment_index"]], alpha=0.2, lw=0, zorder=0)
+        span = ax.axvspan(
+            (w["start"] - origin) / scale,
+            (w["end"] - origin) / scale,
+            color=colour[w["experiment_index"]],
+            alpha=0.2,
+            lw=0,
+            zorder=0,
+        )
         span.set_gid(f"window-run{w['run_id']}")
     ax.fill_between(x, low, high, color=_POWER_COLOR, alpha=0.18, lw=0, zorder=1).set_gid("power-band")
     ax.plot(x, mean, color=_POWER_COLOR, lw=0.9, zorder=2)[0].set_gid("power")
@@ -202,17 +234,26 @@ def timeline_figure(series: GpuSeries, windows: list[dict[str, Any]], origin: fl
         if (c - last) / per_pt < (34 if horizontal else 9) or not left <= c <= right:
             continue
         last = c
-        ax.text(c, 1.01, f"e{w['experiment_index']}·c{w['cycle']}", transform=transform, ha="center",
-                va="bottom", fontsize=7.5 if horizontal else 6.5, rotation=0 if horizontal else 90,
-                color=colour[w["experiment_index"]])
-    handles = [Line2D([], [], color=_POWER_COLOR, lw=1, label="power (bin mean)"),
-               Patch(color=_POWER_COLOR, alpha=0.18, label="power (bin min–max)"),
-               Line2D([], [], color=_TEMPERATURE_COLOR, lw=1.1, label="temperature")]
+        ax.text(
+            c,
+            1.01,
+            f"e{w['experiment_index']}·c{w['cycle']}",
+            transform=transform,
+            ha="center",
+            va="bottom",
+            fontsize=7.5 if horizontal else 6.5,
+            rotation=0 if horizontal else 90,
+            color=colour[w["experiment_index"]],
+        )
+    handles = [
+        Line2D([], [], color=_POWER_COLOR, lw=1, label="power (bin mean)"),
+        Patch(color=_POWER_COLOR, alpha=0.18, label="power (bin min–max)"),
+        Line2D([], [], color=_TEMPERATURE_COLOR, lw=1.1, label="temperature"),
+    ]
     if deep_idle:
         handles.append(Patch(facecolor="#eeeeee", edgecolor="#aaaaaa", hatch="//", label="deep-idle baseline"))
     if len(experiments) <= 12:
-        handles += [Patch(color=colour[e], alpha=0.35, label=f"e{e}: {labels.get(e, '')}"[:48])
-                    for e in experiments]
+        handles += [Patch(color=colour[e], alpha=0.35, label=f"e{e}: {labels.get(e, '')}"[:48]) for e in experiments]
     else:
         handles.append(Patch(color="#888888", alpha=0.3, label="measurement window (colour per experiment)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
@@ -241,10 +282,16 @@ def _annotate(ax: Axes, points: list[tuple[float, float, str, bool, bool]]) -> N
         x, y = points[g[0]][0], points[g[0]][1]
         bold = any(points[i][3] for i in g)
         left = all(points[i][4] for i in g)
-        ax.annotate(", ".join(points[i][2] for i in g), (x, y), xytext=(-7 if left else 7, 5),
-                    textcoords="offset points", ha="right" if left else "left",
-                    fontsize=8 if bold else 7, fontweight="bold" if bold else "normal",
-                    color="#222222" if bold else "#555555")
+        ax.annotate(
+            ", ".join(points[i][2] for i in g),
+            (x, y),
+            xytext=(-7 if left else 7, 5),
+            textcoords="offset points",
+            ha="right" if left else "left",
+            fontsize=8 if bold else 7,
+            fontweight="bold" if bold else "normal",
+            color="#222222" if bold else "#555555",
+        )
 
 
 def _plain_log_ticks(ax: Axes, axis: str) -> None:
@@ -295,8 +342,9 @@ class Point:
     spread: float | None = None
 
 
-def sweep_figure(points: list[Point], sweep: str | None, ylabel: str, title: str,
-                 spread_label: str | None = None) -> Drawn:
+def sweep_figure(
+    points: list[Point], sweep: str | None, ylabel: str, title: str, spread_label: str | None = None
+) -> Drawn:
     """The mean of a metric per experiment with its 95 % CI against the swept parameter, one series per backend
     (and per combination of whatever else varies); with ``spread_label``, each point's ``spread`` dashed."""
     fig = _figure(11, 4.6)
@@ -312,8 +360,12 @@ def sweep_figure(points: list[Point], sweep: str | None, ylabel: str, title: str
     else:
         log_x = False
         categories = list(dict.fromkeys(str(p.x) for p in points))
-        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0, ha="right"
-                      if len(categories) > 4 else "center")
+        ax.set_xticks(
+            range(len(categories)),
+            categories,
+            rotation=20 if len(categories) > 4 else 0,
+            ha="right" if len(categories) > 4 else "center",
+        )
     spreads = [p.spread for p in points if p.spread is not None] if spread_label else []
     _log_if_wide(ax, "y", [p.mean for p in points] + spreads, ratio=20)
     n = len(series_keys)
@@ -325,7 +377,7 @@ def sweep_figure(points: list[Point], sweep: str | None, ylabel: str, title: str
         dodge = (i - (n - 1) / 2) * (0.035 if log_x else 0.08)
         if numeric:
             mine.sort(key=lambda p: float(p.x))
-            xs_ = [float(p.x) * 10 ** dodge if log_x else float(p.x) for p in mine]
+            xs_ = [float(p.x) * 10**dodge if log_x else float(p.x) for p in mine]
             if not log_x and len(xs) > 1:
                 xs_ = [v + dodge * min(b - a for a, b in zip(xs, xs[1:], strict=False)) for v in xs_]
         else:
@@ -336,20 +388,37 @@ def sweep_figure(points: list[Point], sweep: str | None, ylabel: str, title: str
         ax.plot([], [], marker, color=colour, ls="-" if numeric else "none", label=label)
         for x, p in zip(xs_, mine, strict=True):
             if p.low is not None and p.high is not None:
-                bars = ax.errorbar([x], [p.mean], yerr=[[p.mean - p.low], [p.high - p.mean]], fmt=marker,
-                                   color=colour, capsize=4, ms=6, lw=1.2)
+                bars = ax.errorbar(
+                    [x],
+                    [p.mean],
+                    yerr=[[p.mean - p.low], [p.high - p.mean]],
+                    fmt=marker,
+                    color=colour,
+                    capsize=4,
+                    ms=6,
+                    lw=1.2,
+                )
                 bars.lines[0].set_gid(f"e{p.experiment_index}")
             else:
                 no_ci = True
-                ax.plot([x], [p.mean], marker, mfc="white", color=colour, ms=6)[0].set_gid(
-                    f"e{p.experiment_index}")
+                ax.plot([x], [p.mean], marker, mfc="white", color=colour, ms=6)[0].set_gid(f"e{p.experiment_index}")
         with_spread = [(x, p.spread) for x, p in zip(xs_, mine, strict=True) if spread_label and p.spread is not None]
         if with_spread:
-            ax.plot([x for x, _ in with_spread], [spread for _, spread in with_spread], marker, mfc="white",
-                    color=colour, ms=4, lw=0.9, ls="--" if numeric else "none", alpha=0.8)[0].set_gid(
-                f"spread-{i}")
-        labelled += [(x, p.mean, f"e{p.experiment_index}", False, n > 1 and i < (n - 1) / 2)
-                     for x, p in zip(xs_, mine, strict=True)]
+            ax.plot(
+                [x for x, _ in with_spread],
+                [spread for _, spread in with_spread],
+                marker,
+                mfc="white",
+                color=colour,
+                ms=4,
+                lw=0.9,
+                ls="--" if numeric else "none",
+                alpha=0.8,
+            )[0].set_gid(f"spread-{i}")
+        labelled += [
+            (x, p.mean, f"e{p.experiment_index}", False, n > 1 and i < (n - 1) / 2)
+            for x, p in zip(xs_, mine, strict=True)
+        ]
     if no_ci:
         ax.plot([], [], "o", mfc="white", color="#555555", ls="none", label="no CI (< 2 cycles)")
     if spreads:
@@ -408,15 +477,40 @@ def pareto_figure(points: list[ParetoPoint], xlabel: str, higher_x_is_better: bo
         colour, _ = style[(b, "")]
         xerr = list(zip(*[err(p.x, p.x_low, p.x_high) for p in mine], strict=True))
         yerr = list(zip(*[err(p.jpt, p.jpt_low, p.jpt_high) for p in mine], strict=True))
-        bars = ax.errorbar([p.x for p in mine], [p.jpt for p in mine], xerr=xerr, yerr=yerr, fmt="o",
-                           color=colour, ms=6, capsize=3, lw=0.9, alpha=0.85, label=b)
+        bars = ax.errorbar(
+            [p.x for p in mine],
+            [p.jpt for p in mine],
+            xerr=xerr,
+            yerr=yerr,
+            fmt="o",
+            color=colour,
+            ms=6,
+            capsize=3,
+            lw=0.9,
+            alpha=0.85,
+            label=b,
+        )
         bars.lines[0].set_gid(f"points-{b}")
     on_x = sorted(front, key=lambda i: points[i].x)
-    ax.plot([points[i].x for i in on_x], [points[i].jpt for i in on_x], color="#222222", lw=1.4, ls="--",
-            drawstyle="steps-pre" if higher_x_is_better else "steps-post", zorder=4,
-            label="Pareto front")[0].set_gid("front")
-    ax.scatter([points[i].x for i in front], [points[i].jpt for i in front], s=150, facecolors="none",
-               edgecolors="#222222", lw=1.4, zorder=5)
+    ax.plot(
+        [points[i].x for i in on_x],
+        [points[i].jpt for i in on_x],
+        color="#222222",
+        lw=1.4,
+        ls="--",
+        drawstyle="steps-pre" if higher_x_is_better else "steps-post",
+        zorder=4,
+        label="Pareto front",
+    )[0].set_gid("front")
+    ax.scatter(
+        [points[i].x for i in front],
+        [points[i].jpt for i in front],
+        s=150,
+        facecolors="none",
+        edgecolors="#222222",
+        lw=1.4,
+        zorder=5,
+    )
     on_front = set(front)
     ax.margins(0.08)
     _annotate(ax, [(p.x, p.jpt, f"e{p.experiment_index}", i in on_front, False) for i, p in enumerate(points)])
@@ -424,11 +518,14 @@ def pareto_figure(points: list[ParetoPoint], xlabel: str, higher_x_is_better: bo
     ax.set_ylabel("energy per output token [J/token]")
     ax.grid(alpha=0.3, which="both")
     corner = "lower-right" if higher_x_is_better else "lower-left"
-    ax.set_title(f"J/token against {xlabel.split(' [')[0]}: {corner} is better; ringed points are on the Pareto "
-                 "front", fontsize=10)
+    ax.set_title(
+        f"J/token against {xlabel.split(' [')[0]}: {corner} is better; ringed points are on the Pareto front",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="best")
-    return Drawn(fig, f"Pareto front of J/token against {xlabel.split(' [')[0]}"), \
-        [points[i].experiment_index for i in front]
+    return Drawn(fig, f"Pareto front of J/token against {xlabel.split(' [')[0]}"), [
+        points[i].experiment_index for i in front
+    ]
 
 
 @dataclass
@@ -457,13 +554,20 @@ def phase_figure(panels: list[tuple[str, list[PhaseBar]]]) -> Drawn:
             for x, h, ci in zip(xs, heights, [getattr(b, f"{phase}_ci") for b in bars], strict=True):
                 if ci:
                     ax.errorbar([x], [h], yerr=[[h - ci[0]], [ci[1] - h]], color="#222222", capsize=3, lw=1)
-        ax.set_xticks(range(len(bars)), [b.label for b in bars], rotation=20 if len(bars) > 4 else 0,
-                      ha="right" if len(bars) > 4 else "center", fontsize=8)
+        ax.set_xticks(
+            range(len(bars)),
+            [b.label for b in bars],
+            rotation=20 if len(bars) > 4 else 0,
+            ha="right" if len(bars) > 4 else "center",
+            fontsize=8,
+        )
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Prefill and decode per prompt (measurement.phase_split; decode = full window - prefill-only "
-                 "window)", fontsize=10)
+    fig.suptitle(
+        "Prefill and decode per prompt (measurement.phase_split; decode = full window - prefill-only window)",
+        fontsize=10,
+    )
     return Drawn(fig, "Prefill against decode per prompt: " + ", ".join(p[0] for p in panels))
 
 
@@ -485,23 +589,50 @@ def idle_active_figure(bars: list[IdleActiveBar]) -> Drawn:
     totals = [b.idle + b.active for b in bars]
     for ax, scale in ((absolute, [1.0] * len(bars)), (share, [100 / t if t > 0 else 0.0 for t in totals])):
         kind = "share" if ax is share else "jpt"
-        idle = ax.bar(xs, [b.idle * k for b, k in zip(bars, scale, strict=True)], color="#b9c2cf",
-                      label="idle (baseline power × window)")
-        active = ax.bar(xs, [b.active * k for b, k in zip(bars, scale, strict=True)],
-                        bottom=[b.idle * k for b, k in zip(bars, scale, strict=True)], color="#d9534f",
-                        label="active (measured - idle)")
+        idle = ax.bar(
+            xs,
+            [b.idle * k for b, k in zip(bars, scale, strict=True)],
+            color="#b9c2cf",
+            label="idle (baseline power × window)",
+        )
+        active = ax.bar(
+            xs,
+            [b.active * k for b, k in zip(bars, scale, strict=True)],
+            bottom=[b.idle * k for b, k in zip(bars, scale, strict=True)],
+            color="#d9534f",
+            label="active (measured - idle)",
+        )
         for x, rect_idle, rect_active in zip(xs, idle, active, strict=True):
             rect_idle.set_gid(f"idle-{kind}-{x}" if kind == "share" else f"idle-{x}")
             rect_active.set_gid(f"active-{kind}-{x}" if kind == "share" else f"active-{x}")
-        ax.set_xticks(xs, [b.label for b in bars], rotation=20 if len(bars) > 6 else 0,
-                      ha="right" if len(bars) > 6 else "center", fontsize=7)
+        ax.set_xticks(
+            xs,
+            [b.label for b in bars],
+            rotation=20 if len(bars) > 6 else 0,
+            ha="right" if len(bars) > 6 else "center",
+            fontsize=7,
+        )
         ax.grid(alpha=0.3, axis="y")
     for x, b, total in zip(xs, bars, totals, strict=True):
         if total > 0:
-            absolute.annotate(f"{total:.3g}", (x, total), xytext=(0, 3), textcoords="offset points", ha="center",
-                              fontsize=7.5, color="#444444")
-            share.annotate(f"{b.idle / total:.0%} idle", (x, 100), xytext=(0, 3), textcoords="offset points",
-                           ha="center", fontsize=7.5, color="#444444")
+            absolute.annotate(
+                f"{total:.3g}",
+                (x, total),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7.5,
+                color="#444444",
+            )
+            share.annotate(
+                f"{b.idle / total:.0%} idle",
+                (x, 100),
+                xytext=(0, 3),
+                textcoords="offset points",
+                ha="center",
+                fontsize=7.5,
+                color="#444444",
+            )
     if any(b.active < 0 for b in bars):
         absolute.axhline(0, color="#222222", lw=0.8)
     absolute.set_ylabel("energy per output token [J/token]")

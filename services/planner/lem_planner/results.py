@@ -36,8 +36,13 @@ def list_campaigns() -> list[dict[str, Any]]:
     with session_scope() as s:
         rows = s.scalars(select(Campaign).order_by(Campaign.id)).all()
         return [
-            {"id": c.id, "name": c.name, "status": c.status, "created": c.created_at.isoformat(),
-             "finished": c.finished_at.isoformat() if c.finished_at else None}
+            {
+                "id": c.id,
+                "name": c.name,
+                "status": c.status,
+                "created": c.created_at.isoformat(),
+                "finished": c.finished_at.isoformat() if c.finished_at else None,
+            }
             for c in rows
         ]
 
@@ -77,8 +82,9 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 # The record's fields stored as run_metrics columns of the same name (the rest is derived below).
-_STORED = [f.name for f in fields(RunRecord)
-           if f.name in {c.name for c in RunMetrics.__table__.columns if not c.primary_key}]
+_STORED = [
+    f.name for f in fields(RunRecord) if f.name in {c.name for c in RunMetrics.__table__.columns if not c.primary_key}
+]
 
 
 def _record(run: Run) -> RunRecord:
@@ -94,12 +100,28 @@ def _record(run: Run) -> RunRecord:
     stored: dict[str, Any] = {name: getattr(m, name) if m else None for name in _STORED}
     adjusted, output_tokens = stored["energy_adjusted_j"], stored["output_tokens"]
     return RunRecord(
-        campaign_id=campaign.id, campaign_name=campaign.name, campaign_source=campaign.source,
-        experiment_index=experiment.index, config_hash=experiment.config_hash, experiment=config,
-        run_id=run.id, run_key=run.run_key, cycle=run.cycle, status=run.status, attempts=run.attempts,
-        backend=experiment.backend, model=config.get("model"), dtype=config.get("dtype"),
-        batch_size=config.get("batch_size"), schema_version=run.schema_version, tool_version=run.tool_version,
-        error=run.error, worker=run.worker, host=run.host, device=run.device, gpu_uuid=run.gpu_uuid,
+        campaign_id=campaign.id,
+        campaign_name=campaign.name,
+        campaign_source=campaign.source,
+        experiment_index=experiment.index,
+        config_hash=experiment.config_hash,
+        experiment=config,
+        run_id=run.id,
+        run_key=run.run_key,
+        cycle=run.cycle,
+        status=run.status,
+        attempts=run.attempts,
+        backend=experiment.backend,
+        model=config.get("model"),
+        dtype=config.get("dtype"),
+        batch_size=config.get("batch_size"),
+        schema_version=run.schema_version,
+        tool_version=run.tool_version,
+        error=run.error,
+        worker=run.worker,
+        host=run.host,
+        device=run.device,
+        gpu_uuid=run.gpu_uuid,
         window_start=run.window_start.isoformat() if run.window_start else None,
         window_end=run.window_end.isoformat() if run.window_end else None,
         **stored,
@@ -110,18 +132,27 @@ def _record(run: Run) -> RunRecord:
         imported_tokens_per_s_counts=(imported or {}).get("counts"),
         effective_batch_size=sum(b.batch_size for b in batches) / len(batches) if batches else None,
         # p50 as stored (imported runs have it without batches); p90/p99 from the batches
-        latency_p90_s=_percentile(latencies, 90), latency_p99_s=_percentile(latencies, 99),
-        ttft_p50_s=_percentile(ttfts, 50), ttft_p90_s=_percentile(ttfts, 90), ttft_p99_s=_percentile(ttfts, 99),
+        latency_p90_s=_percentile(latencies, 90),
+        latency_p99_s=_percentile(latencies, 99),
+        ttft_p50_s=_percentile(ttfts, 50),
+        ttft_p90_s=_percentile(ttfts, 90),
+        ttft_p99_s=_percentile(ttfts, 99),
         itl_mean_s=inter_token_latency(batches) if m else None,
-        itl_p50_s=_percentile(itls, 50), itl_p90_s=_percentile(itls, 90), itl_p99_s=_percentile(itls, 99),
+        itl_p50_s=_percentile(itls, 50),
+        itl_p90_s=_percentile(itls, 90),
+        itl_p99_s=_percentile(itls, 99),
         gpu_utilisation_mean_pct=analysis.get("utilization_mean_pct"),
         sm_clock_ratio=analysis.get("sm_clock_ratio"),
         throttle_shares={f"throttle_share_{label}": share for label, share in shares.items()},
-        thermal_throttling=analysis.get("thermal_throttling"), power_brake=analysis.get("power_brake"),
+        thermal_throttling=analysis.get("thermal_throttling"),
+        power_brake=analysis.get("power_brake"),
         checks=checks,
-        failed_checks="; ".join(f"{c['name']}: {c['status']}" for c in checks or []
-                                if c["status"] in ("fail", "warning")) or None,
-        phase_split=analysis.get("phase_split"), flops=analysis.get("flops"),
+        failed_checks="; ".join(
+            f"{c['name']}: {c['status']}" for c in checks or [] if c["status"] in ("fail", "warning")
+        )
+        or None,
+        phase_split=analysis.get("phase_split"),
+        flops=analysis.get("flops"),
         **_phase_columns(analysis.get("phase_split"), analysis.get("flops")),
         **_environment_columns((run.environment.data if run.environment else None) or {}),
     )
@@ -133,8 +164,12 @@ def load_runs(campaign_id: int) -> list[RunRecord]:
         runs = s.scalars(
             select(Run)
             .where(Run.campaign_id == campaign_id)
-            .options(joinedload(Run.experiment).joinedload(Experiment.campaign), joinedload(Run.metrics),
-                     joinedload(Run.environment), selectinload(Run.batches))
+            .options(
+                joinedload(Run.experiment).joinedload(Experiment.campaign),
+                joinedload(Run.metrics),
+                joinedload(Run.environment),
+                selectinload(Run.batches),
+            )
         ).all()
         return [_record(run) for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle))]
 
@@ -155,9 +190,13 @@ def _phase_columns(split: dict[str, Any] | None, flops: dict[str, Any] | None) -
         phase_figures[column.name] = (value / 1e12 if value else None) if figure == "tflops" else value
     memory = figures_of["decode"].get("memory") or {}
     ratio = (flops or {}).get("ratio") or {}
-    return {"phase_figures": phase_figures, "decode_bandwidth_tb_s": memory.get("achieved_tb_s"),
-            "decode_bandwidth_utilisation": memory.get("bandwidth_utilisation"),
-            "flops_counted_ratio_prefill": ratio.get("prefill"), "flops_counted_ratio_decode": ratio.get("decode")}
+    return {
+        "phase_figures": phase_figures,
+        "decode_bandwidth_tb_s": memory.get("achieved_tb_s"),
+        "decode_bandwidth_utilisation": memory.get("bandwidth_utilisation"),
+        "flops_counted_ratio_prefill": ratio.get("prefill"),
+        "flops_counted_ratio_decode": ratio.get("decode"),
+    }
 
 
 def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:
@@ -167,12 +206,15 @@ def _environment_columns(env: dict[str, Any]) -> dict[str, Any]:
     gpu = gpus[0] if isinstance(gpus, list) and gpus else {}
     packages: dict[str, Any] = env["packages"] if isinstance(env.get("packages"), dict) else {}
     return {
-        "env_gpu_name": gpu.get("name"), "env_driver_version": gpu.get("driver_version"),
-        "env_cuda_version": gpu.get("cuda_driver_version"), "env_power_limit_w": gpu.get("power_limit_w"),
+        "env_gpu_name": gpu.get("name"),
+        "env_driver_version": gpu.get("driver_version"),
+        "env_cuda_version": gpu.get("cuda_driver_version"),
+        "env_power_limit_w": gpu.get("power_limit_w"),
         "env_torch_version": packages.get("torch"),
         "env_engine_versions": json.dumps(packages, sort_keys=True) if packages else None,
         "env_engine_facts": json.dumps(env["engine"], sort_keys=True) if env.get("engine") else None,
-        "env_hostname": env.get("host"), "env_cpu": env.get("cpu_model"),
+        "env_hostname": env.get("host"),
+        "env_cpu": env.get("cpu_model"),
     }
 
 
@@ -209,8 +251,14 @@ def summarise_experiment(
             warnings.append(ci.warning)
         if 0 < len(values) < len(done):
             warnings.append(f"{metric}: {len(done) - len(values)} of {len(done)} done runs have no figure")
-        metrics[metric] = {"mean": ci.estimate, "ci_low": ci.low, "ci_high": ci.high, "n": ci.n,
-                           "warning": ci.warning, "reason": reason}
+        metrics[metric] = {
+            "mean": ci.estimate,
+            "ci_low": ci.low,
+            "ci_high": ci.high,
+            "n": ci.n,
+            "warning": ci.warning,
+            "reason": reason,
+        }
     first = runs[0]
     return {
         "experiment_index": first["experiment_index"],
@@ -219,8 +267,7 @@ def summarise_experiment(
         "runs": len(runs),
         "runs_done": len(done),
         "cycles_done": sorted(r["cycle"] for r in done),
-        "ci": {"method": PERCENTILE_BOOTSTRAP, "confidence": DEFAULT_CONFIDENCE, "resamples": resamples,
-               "seed": seed},
+        "ci": {"method": PERCENTILE_BOOTSTRAP, "confidence": DEFAULT_CONFIDENCE, "resamples": resamples, "seed": seed},
         "metrics": metrics,
         "warnings": warnings,
     }
@@ -248,8 +295,7 @@ def summary_notes(summary: dict[str, Any]) -> list[str]:
 _ENERGY_UNITS = ((1e3, "kJ"), (1.0, "J"), (1e-3, "mJ"), (1e-6, "µJ"))
 
 
-def j_per_token_text(value: float | None, low: float | None = None, high: float | None = None,
-                     sep: str = " ") -> str:
+def j_per_token_text(value: float | None, low: float | None = None, high: float | None = None, sep: str = " ") -> str:
     """Energy per token in the unit its size calls for, three significant figures (4.46 J/token, 12.3 mJ/token);
     an interval, when given, in the same unit: ``4.46 J/token [4.40, 4.52]``. ``n/a`` without a value."""
     if value is None:

@@ -49,9 +49,15 @@ def check_target(path: Path) -> Path:
         if stat.S_ISDIR(st.st_mode):
             raise BadTarget(f"cannot write {path}: it is a folder, not a regular file; give a file name")
         if not stat.S_ISREG(st.st_mode):
-            kind = ("a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else
-                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else
-                    "not a plain file")
+            kind = (
+                "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a socket"
+                if stat.S_ISSOCK(st.st_mode)
+                else "not a plain file"
+            )
             raise BadTarget(f"cannot write {path}: it is {kind}, not a regular file; give the path of a file")
         return target
     parent = target.parent
@@ -63,8 +69,10 @@ def check_target(path: Path) -> Path:
         ancestor = ancestor.parent
     if ancestor.exists() and not ancestor.is_dir():
         raise BadTarget(f"cannot write {path}: {ancestor} is not a folder (it is a file); give a path in a folder")
-    raise BadTarget(f"cannot write {path}: the folder {parent} does not exist; create it first (`mkdir -p "
-                    f"{parent}`) or give a path in an existing folder")
+    raise BadTarget(
+        f"cannot write {path}: the folder {parent} does not exist; create it first (`mkdir -p "
+        f"{parent}`) or give a path in an existing folder"
+    )
 
 
 def _new_file_mode() -> int:
@@ -92,8 +100,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         temporary = None
         _fsync_folder(target.parent)
     except OSError as exc:
-        raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}; the file there (if any) is unchanged") \
-            from None
+        raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}; the file there (if any) is unchanged") from None
     finally:
         if temporary is not None:
             with contextlib.suppress(OSError):

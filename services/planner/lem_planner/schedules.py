@@ -57,6 +57,7 @@ class ScheduleError(ValueError):
 
 # --- when: parsing --------------------------------------------------------------------------------------------
 
+
 def parse_every(text: str) -> float:
     """``90s``, ``15m``, ``6h``, ``1d``, ``2w`` or a sum such as ``1h30m``: seconds (at least 1)."""
     compact = text.strip().lower().replace(" ", "")
@@ -72,8 +73,9 @@ def parse_zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ScheduleError(f"--tz: {name!r} is not a time zone; give an IANA name such as UTC or "
-                            "Europe/London") from None
+        raise ScheduleError(
+            f"--tz: {name!r} is not a time zone; give an IANA name such as UTC or Europe/London"
+        ) from None
 
 
 def parse_time(text: str, zone: ZoneInfo, option: str) -> datetime:
@@ -82,8 +84,9 @@ def parse_time(text: str, zone: ZoneInfo, option: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ScheduleError(f"{option}: {text!r} is not an ISO time; write e.g. 2026-12-01T02:00 or "
-                            "2026-12-01T02:00+01:00") from None
+        raise ScheduleError(
+            f"{option}: {text!r} is not an ISO time; write e.g. 2026-12-01T02:00 or 2026-12-01T02:00+01:00"
+        ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=zone)
     return value.astimezone(UTC)
@@ -95,15 +98,16 @@ def check_cron(expression: str) -> str:
     expression = " ".join(expression.split())
     fields = expression.split()
     if len(fields) != 5:
-        raise ScheduleError(f"--cron: {expression!r} has {len(fields)} field(s); a cron expression has 5 (minute "
-                            "hour day-of-month month day-of-week), e.g. '0 2 * * *' for 02:00 every day")
+        raise ScheduleError(
+            f"--cron: {expression!r} has {len(fields)} field(s); a cron expression has 5 (minute "
+            "hour day-of-month month day-of-week), e.g. '0 2 * * *' for 02:00 every day"
+        )
     if not croniter.is_valid(expression):
         raise ScheduleError(f"--cron: {expression!r}: {_cron_field_problem(fields)}")
     return expression
 
 
-_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12),
-                ("day-of-week", 0, 7))
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day-of-month", 1, 31), ("month", 1, 12), ("day-of-week", 0, 7))
 
 
 def _cron_field_problem(fields: list[str]) -> str:
@@ -115,12 +119,15 @@ def _cron_field_problem(fields: list[str]) -> str:
         probe[index] = fields[index]
         if not croniter.is_valid(" ".join(probe)):
             names = " (or jan-dec)" if name == "month" else " (or sun-sat)" if name == "day-of-week" else ""
-            return (f"field {index + 1} ({name}) {fields[index]!r} is not valid: it takes {low}-{high}{names}, "
-                    "*, lists (1,2), ranges (1-5) and steps (*/15)")
+            return (
+                f"field {index + 1} ({name}) {fields[index]!r} is not valid: it takes {low}-{high}{names}, "
+                "*, lists (1,2), ranges (1-5) and steps (*/15)"
+            )
     return "not a valid cron expression (minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
 
 
 # --- when: due times ------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -236,15 +243,15 @@ class DueTimes:
     following: datetime | None  # the next due time after now
 
 
-def build_timing(*, cron: str | None, every: str | None, at: str | None, until: str | None, times: int | None,
-                 tz: str, now: datetime) -> Timing:
+def build_timing(
+    *, cron: str | None, every: str | None, at: str | None, until: str | None, times: int | None, tz: str, now: datetime
+) -> Timing:
     """Validate the options of ``lem schedule add`` into a Timing, or raise ScheduleError naming the option."""
     zone = parse_zone(tz)
     if cron is None and every is None and at is None:
         raise ScheduleError("give one of --cron '0 2 * * *', --every 6h or --at 2026-12-01T02:00")
     if cron is not None and (every is not None or at is not None):
-        raise ScheduleError("--cron: give it alone, without --every or --at (--at with --every sets the first "
-                            "firing)")
+        raise ScheduleError("--cron: give it alone, without --every or --at (--at with --every sets the first firing)")
     if times is not None and times < 1:
         raise ScheduleError(f"--times: {times} is not a number of firings; give 1 or more")
     start = parse_time(at, zone, "--at") if at is not None else None
@@ -286,11 +293,19 @@ def iso(value: datetime | None) -> str | None:
 
 # --- the store ------------------------------------------------------------------------------------------------
 
+
 def _timing_of(row: Any) -> Timing:
     from lem_shared.dispatch import aware
 
-    return Timing(row.kind, cron=row.cron, every_s=row.every_s, start=aware(row.start_at) if row.start_at else None,
-                  until=aware(row.until_at) if row.until_at else None, times=row.times, timezone=row.timezone)
+    return Timing(
+        row.kind,
+        cron=row.cron,
+        every_s=row.every_s,
+        start=aware(row.start_at) if row.start_at else None,
+        until=aware(row.until_at) if row.until_at else None,
+        times=row.times,
+        timezone=row.timezone,
+    )
 
 
 def add_schedule(path: str, timing: Timing, overlap: str, catch_up: int, now: datetime | None = None) -> dict:
@@ -305,11 +320,24 @@ def add_schedule(path: str, timing: Timing, overlap: str, catch_up: int, now: da
     # (seconds on a loaded machine) must not skip its first firing.
     first = timing.first_at_or_after(min(now, timing.start) if timing.start is not None else now)
     with session_scope() as s:
-        row = Schedule(name=plan.campaign.name, source_path=str(Path(path).resolve()), campaign_text=text,
-                       spec_hash=hashlib.sha256(text.encode()).hexdigest(), kind=timing.kind, cron=timing.cron,
-                       every_s=timing.every_s, timezone=timing.timezone, start_at=timing.start,
-                       until_at=timing.until, times=timing.times, overlap=overlap, catch_up=catch_up, paused=False,
-                       next_due_at=first, occurrences=0)
+        row = Schedule(
+            name=plan.campaign.name,
+            source_path=str(Path(path).resolve()),
+            campaign_text=text,
+            spec_hash=hashlib.sha256(text.encode()).hexdigest(),
+            kind=timing.kind,
+            cron=timing.cron,
+            every_s=timing.every_s,
+            timezone=timing.timezone,
+            start_at=timing.start,
+            until_at=timing.until,
+            times=timing.times,
+            overlap=overlap,
+            catch_up=catch_up,
+            paused=False,
+            next_due_at=first,
+            occurrences=0,
+        )
         s.add(row)
         s.flush()
         return _summary(row, [])
@@ -323,19 +351,40 @@ def _summary(row: Any, firings: list[Any]) -> dict[str, Any]:
         counts[f.outcome] = counts.get(f.outcome, 0) + f.occurrences
     last = firings[-1] if firings else None
     return {
-        "id": row.id, "name": row.name, "file": row.source_path, "status": status, "when": timing.describe(),
-        "kind": row.kind, "cron": row.cron, "every_s": row.every_s, "timezone": row.timezone,
-        "start_at": iso(row.start_at), "until": iso(row.until_at), "times": row.times, "overlap": row.overlap,
-        "catch_up": row.catch_up, "next_due_at": iso(row.next_due_at), "occurrences": row.occurrences,
-        "outcomes": counts, "created_at": iso(row.created_at), "spec_hash": row.spec_hash,
+        "id": row.id,
+        "name": row.name,
+        "file": row.source_path,
+        "status": status,
+        "when": timing.describe(),
+        "kind": row.kind,
+        "cron": row.cron,
+        "every_s": row.every_s,
+        "timezone": row.timezone,
+        "start_at": iso(row.start_at),
+        "until": iso(row.until_at),
+        "times": row.times,
+        "overlap": row.overlap,
+        "catch_up": row.catch_up,
+        "next_due_at": iso(row.next_due_at),
+        "occurrences": row.occurrences,
+        "outcomes": counts,
+        "created_at": iso(row.created_at),
+        "spec_hash": row.spec_hash,
         "last_firing": _firing(last) if last else None,
     }
 
 
 def _firing(f: Any) -> dict[str, Any]:
-    return {"schedule_id": f.schedule_id, "due_at": iso(f.due_at), "fired_at": iso(f.fired_at),
-            "outcome": f.outcome, "overlap": f.overlap, "campaign_id": f.campaign_id, "occurrences": f.occurrences,
-            "detail": f.detail}
+    return {
+        "schedule_id": f.schedule_id,
+        "due_at": iso(f.due_at),
+        "fired_at": iso(f.fired_at),
+        "outcome": f.outcome,
+        "overlap": f.overlap,
+        "campaign_id": f.campaign_id,
+        "occurrences": f.occurrences,
+        "detail": f.detail,
+    }
 
 
 def list_schedules() -> list[dict[str, Any]]:
@@ -362,8 +411,9 @@ def schedule_history(schedule_id: int) -> list[dict[str, Any]]:
     with session_scope() as s:
         if s.get(Schedule, schedule_id) is None:
             raise LookupError(f"no schedule {schedule_id}")
-        rows = s.scalars(select(ScheduleFiring).where(ScheduleFiring.schedule_id == schedule_id)
-                         .order_by(ScheduleFiring.due_at)).all()
+        rows = s.scalars(
+            select(ScheduleFiring).where(ScheduleFiring.schedule_id == schedule_id).order_by(ScheduleFiring.due_at)
+        ).all()
         return [_firing(f) for f in rows]
 
 
@@ -402,6 +452,7 @@ def set_paused(schedule_id: int, paused: bool, now: datetime | None = None) -> d
 
 # --- firing ---------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Fired:
     schedule_id: int
@@ -421,26 +472,37 @@ def fire_due(app: Any, now: datetime | None = None) -> list[Fired]:
 
     now = now or datetime.now(UTC)
     with session_scope() as s:
-        due = s.scalars(select(Schedule.id).where(Schedule.paused.is_(False), Schedule.next_due_at <= now)
-                        .order_by(Schedule.next_due_at, Schedule.id)).all()
+        due = s.scalars(
+            select(Schedule.id)
+            .where(Schedule.paused.is_(False), Schedule.next_due_at <= now)
+            .order_by(Schedule.next_due_at, Schedule.id)
+        ).all()
     fired: list[Fired] = []
     for schedule_id in due:
         try:
             fired += _fire_schedule(schedule_id, now)
         except Exception as exc:  # noqa: BLE001 - one schedule must not stop the others
             if _transient(exc):  # the database or broker is away: nothing was committed, the next tick retries
-                log.warning("schedule %s: firing failed (%s); trying again on the next tick", schedule_id,
-                            _one_line(exc))
+                log.warning(
+                    "schedule %s: firing failed (%s); trying again on the next tick", schedule_id, _one_line(exc)
+                )
                 continue
             log.exception("schedule %s: firing failed; recorded as a failed firing", schedule_id)
             try:
                 fired += _record_failure(schedule_id, now, exc)
             except Exception:  # noqa: BLE001
-                log.exception("schedule %s: the failed firing could not be recorded; trying again on the next "
-                              "tick", schedule_id)
+                log.exception(
+                    "schedule %s: the failed firing could not be recorded; trying again on the next tick", schedule_id
+                )
     for f in fired:
-        log.info("schedule %s due %s: %s%s%s", f.schedule_id, iso(f.due_at), f.outcome,
-                 f" campaign {f.campaign_id}" if f.campaign_id else "", f" ({f.detail})" if f.detail else "")
+        log.info(
+            "schedule %s due %s: %s%s%s",
+            f.schedule_id,
+            iso(f.due_at),
+            f.outcome,
+            f" campaign {f.campaign_id}" if f.campaign_id else "",
+            f" ({f.detail})" if f.detail else "",
+        )
     if any(f.campaign_id for f in fired):
         try:
             advance(app)  # the control worker's loop would do it within seconds; this starts runs at once
@@ -457,9 +519,11 @@ def _fire_schedule(schedule_id: int, now: datetime) -> list[Fired]:
     from lem_shared.dispatch import aware
 
     with session_scope() as s:
-        row = s.scalars(select(Schedule).where(Schedule.id == schedule_id, Schedule.paused.is_(False),
-                                               Schedule.next_due_at <= now)
-                        .with_for_update(skip_locked=True)).first()
+        row = s.scalars(
+            select(Schedule)
+            .where(Schedule.id == schedule_id, Schedule.paused.is_(False), Schedule.next_due_at <= now)
+            .with_for_update(skip_locked=True)
+        ).first()
         if row is None or row.next_due_at is None:  # fired meanwhile, paused, removed, or another beat holds it
             return []
         timing = _timing_of(row)
@@ -468,18 +532,39 @@ def _fire_schedule(schedule_id: int, now: datetime) -> list[Fired]:
         missed = dues.count - len(dues.recent) if dues.count >= 0 else -1
         if missed:
             many = f"{missed}" if missed > 0 else f"over {_MAX_CRON_STEPS}"
-            passed = (f"{many} due time(s) from {iso(dues.first)} on passed while no beat ran; beyond the "
-                      f"schedule's catch-up ({row.catch_up}: the latest are fired late), not fired")
-            s.add(ScheduleFiring(schedule_id=row.id, due_at=dues.first, fired_at=now, outcome=FiringOutcome.MISSED,
-                                 overlap=row.overlap, occurrences=max(missed, 1), detail=passed))
+            passed = (
+                f"{many} due time(s) from {iso(dues.first)} on passed while no beat ran; beyond the "
+                f"schedule's catch-up ({row.catch_up}: the latest are fired late), not fired"
+            )
+            s.add(
+                ScheduleFiring(
+                    schedule_id=row.id,
+                    due_at=dues.first,
+                    fired_at=now,
+                    outcome=FiringOutcome.MISSED,
+                    overlap=row.overlap,
+                    occurrences=max(missed, 1),
+                    detail=passed,
+                )
+            )
             fired.append(Fired(row.id, dues.first, FiringOutcome.MISSED, None, passed))
         for due in dues.recent:
             outcome, campaign_id, detail = _create(s, row, due, now)
             late = (now - due).total_seconds()
             if late > 5:
                 detail = f"{detail + '; ' if detail else ''}fired {late:.0f} s late (no beat ran at its time)"
-            s.add(ScheduleFiring(schedule_id=row.id, due_at=due, fired_at=now, outcome=outcome, overlap=row.overlap,
-                                 campaign_id=campaign_id, occurrences=1, detail=detail))
+            s.add(
+                ScheduleFiring(
+                    schedule_id=row.id,
+                    due_at=due,
+                    fired_at=now,
+                    outcome=outcome,
+                    overlap=row.overlap,
+                    campaign_id=campaign_id,
+                    occurrences=1,
+                    detail=detail,
+                )
+            )
             s.flush()  # the next firing's overlap check sees this one's campaign
             fired.append(Fired(row.id, due, outcome, campaign_id, detail))
         row.occurrences += dues.count if dues.count >= 0 else len(dues.recent) + 1
@@ -501,7 +586,7 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     cause = getattr(exc, "orig", None) or exc
     lines = str(cause).strip().splitlines()
     text = f"{type(cause).__name__}: {lines[0] if lines else ''}".rstrip(": ")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _record_failure(schedule_id: int, now: datetime, exc: BaseException) -> list[Fired]:
@@ -515,9 +600,11 @@ def _record_failure(schedule_id: int, now: datetime, exc: BaseException) -> list
     from lem_shared.dispatch import aware
 
     with session_scope() as s:
-        row = s.scalars(select(Schedule).where(Schedule.id == schedule_id, Schedule.paused.is_(False),
-                                               Schedule.next_due_at <= now)
-                        .with_for_update(skip_locked=True)).first()
+        row = s.scalars(
+            select(Schedule)
+            .where(Schedule.id == schedule_id, Schedule.paused.is_(False), Schedule.next_due_at <= now)
+            .with_for_update(skip_locked=True)
+        ).first()
         if row is None or row.next_due_at is None:  # (None never matches next_due_at <= now: this narrows the type)
             return []
         first = aware(row.next_due_at)
@@ -530,8 +617,17 @@ def _record_failure(schedule_id: int, now: datetime, exc: BaseException) -> list
             row.paused = True
             why = "" if _one_line(timing_exc) == _one_line(exc) else f" ({_one_line(timing_exc)})"
             detail += f"; its due times cannot be computed{why}, so the schedule is paused: remove it and add it again"
-        s.add(ScheduleFiring(schedule_id=row.id, due_at=first, fired_at=now, outcome=FiringOutcome.FAILED,
-                             overlap=row.overlap, occurrences=count, detail=detail))
+        s.add(
+            ScheduleFiring(
+                schedule_id=row.id,
+                due_at=first,
+                fired_at=now,
+                outcome=FiringOutcome.FAILED,
+                overlap=row.overlap,
+                occurrences=count,
+                detail=detail,
+            )
+        )
         row.occurrences += count
         row.next_due_at = following
         return [Fired(row.id, first, FiringOutcome.FAILED, None, detail)]
@@ -550,9 +646,11 @@ def _create(s: Any, row: Any, due: datetime, now: datetime) -> tuple[str, int | 
         return FiringOutcome.FAILED, None, "the stored campaign no longer validates: " + "; ".join(exc.problems)
     backends = sorted({e.backend.value for e in plan.experiments})
     running = s.execute(
-        select(Campaign.id, Campaign.name, Experiment.backend).join(Experiment, Experiment.campaign_id == Campaign.id)
+        select(Campaign.id, Campaign.name, Experiment.backend)
+        .join(Experiment, Experiment.campaign_id == Campaign.id)
         .where(Campaign.status == CampaignStatus.RUNNING, Experiment.backend.in_(backends))
-        .distinct().order_by(Campaign.id)
+        .distinct()
+        .order_by(Campaign.id)
     ).all()
     blocking: dict[int, tuple[str, set[str]]] = {}
     for campaign_id, name, backend in running:

@@ -70,8 +70,9 @@ class TelemetryDaemon:
         self._host_buffer: SampleBuffer[HostReading] = SampleBuffer(math.ceil(MEMORY_SECONDS / self.host_interval_s))
         self._latest_host: HostReading | None = None
         buffer_root = Path(os.path.expanduser(settings.telemetry_buffer_dir))
-        self.disk = DiskBuffer(buffer_root / folder_for(settings.database_url),
-                               int(settings.telemetry_buffer_max_mb * 1e6))
+        self.disk = DiskBuffer(
+            buffer_root / folder_for(settings.database_url), int(settings.telemetry_buffer_max_mb * 1e6)
+        )
         self._database_away = False
         self._disk_failing = False
         self._spilled = 0
@@ -127,8 +128,13 @@ class TelemetryDaemon:
         settings = self.settings
         rows_per_gpu = MEMORY_SECONDS * (1 / settings.telemetry_interval_s + 1 / settings.telemetry_energy_interval_s)
         self._gpu_buffer = SampleBuffer(math.ceil(rows_per_gpu) * max(len(source.gpus), 1))
-        self._sampler = GpuSampler(source, self._gpu_buffer.add, self.stop_event,
-                                   settings.telemetry_energy_interval_s, settings.telemetry_gpu_retry_s)
+        self._sampler = GpuSampler(
+            source,
+            self._gpu_buffer.add,
+            self.stop_event,
+            settings.telemetry_energy_interval_s,
+            settings.telemetry_gpu_retry_s,
+        )
         log.info(
             "sampling %s (%s) on %s every %.3g s, energy counters every %.3g s (a thread per GPU), "
             "host every %.3g s, writing every %.3g s",
@@ -147,18 +153,31 @@ class TelemetryDaemon:
         for health, cost in zip(sampler.health, costs, strict=True):
             if cost is None:
                 continue
-            log.info("energy counter of GPU %s (index %d): one read costs %.2f ms (read every %.3g s, own thread)",
-                     health.uuid, health.index, cost * 1e3, interval)
+            log.info(
+                "energy counter of GPU %s (index %d): one read costs %.2f ms (read every %.3g s, own thread)",
+                health.uuid,
+                health.index,
+                cost * 1e3,
+                interval,
+            )
             if cost > 0.5 * interval:
-                log.warning("reading the energy counter of GPU %s takes over half its %.3g s interval (%.1f ms)",
-                            health.uuid, interval, cost * 1e3)
+                log.warning(
+                    "reading the energy counter of GPU %s takes over half its %.3g s interval (%.1f ms)",
+                    health.uuid,
+                    interval,
+                    cost * 1e3,
+                )
 
     def _announce_backlog(self) -> None:
         self.disk.remove_stale_temporaries()
         pending = self.disk.pending()
         if pending:
-            log.info("%d disk-buffer files (%.1f MB) from an earlier run wait in %s; back-filling them first",
-                     len(pending), self.disk.size_bytes() / 1e6, self.disk.directory)
+            log.info(
+                "%d disk-buffer files (%.1f MB) from an earlier run wait in %s; back-filling them first",
+                len(pending),
+                self.disk.size_bytes() / 1e6,
+                self.disk.directory,
+            )
 
     # -- sampling ------------------------------------------------------------------------------------------
 
@@ -176,8 +195,9 @@ class TelemetryDaemon:
             reading = host_reading()
             self._latest_host = reading
             self._host_buffer.add([reading])
-            self._next_host_due += self.host_interval_s * max(1, math.ceil((now - self._next_host_due) /
-                                                                             self.host_interval_s))
+            self._next_host_due += self.host_interval_s * max(
+                1, math.ceil((now - self._next_host_due) / self.host_interval_s)
+            )
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -254,8 +274,12 @@ class TelemetryDaemon:
         except OSError as error:
             # The disk refuses too: keep the readings in memory (bounded) and try again next flush.
             if not self._disk_failing:
-                log.error("cannot write the disk buffer %s (%s); keeping samples in memory (up to %.0f s)",
-                          self.disk.directory, error, MEMORY_SECONDS)
+                log.error(
+                    "cannot write the disk buffer %s (%s); keeping samples in memory (up to %.0f s)",
+                    self.disk.directory,
+                    error,
+                    MEMORY_SECONDS,
+                )
                 self._disk_failing = True
             self._put_back(gpu, hosts)
             return False
@@ -283,14 +307,21 @@ class TelemetryDaemon:
     def _away(self, error: BaseException) -> None:
         # Unreachable, or reachable but not migrated yet (telemetry may start before the migrations run).
         if not self._database_away:
-            log.warning("database unavailable (%s); spilling samples to %s and retrying every %.3g s",
-                        _first_line(error), self.disk.directory, self.settings.telemetry_flush_s)
+            log.warning(
+                "database unavailable (%s); spilling samples to %s and retrying every %.3g s",
+                _first_line(error),
+                self.disk.directory,
+                self.settings.telemetry_flush_s,
+            )
         self._database_away = True
 
     def _reachable(self) -> None:
         if self._database_away:
-            log.info("database reachable again after %d samples went to the disk buffer (%d dropped by its bound)",
-                     self._spilled, self.disk.dropped_rows)
+            log.info(
+                "database reachable again after %d samples went to the disk buffer (%d dropped by its bound)",
+                self._spilled,
+                self.disk.dropped_rows,
+            )
             self._database_away = False
             self._spilled = 0
 
@@ -299,9 +330,14 @@ class TelemetryDaemon:
         self.flush()
         left = self.disk.pending()
         if left:
-            log.warning("stopping with %d samples in %d files in the disk buffer %s; the next start back-fills them",
-                        sum(count_rows(path) for path in left), len(left), self.disk.directory)
+            log.warning(
+                "stopping with %d samples in %d files in the disk buffer %s; the next start back-fills them",
+                sum(count_rows(path) for path in left),
+                len(left),
+                self.disk.directory,
+            )
         unwritten = len(self._gpu_buffer) + len(self._host_buffer)
         if unwritten:
-            log.error("exiting with %d samples unwritten: neither the database nor the disk buffer took them",
-                      unwritten)
+            log.error(
+                "exiting with %d samples unwritten: neither the database nor the disk buffer took them", unwritten
+            )

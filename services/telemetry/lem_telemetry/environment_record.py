@@ -34,8 +34,9 @@ def store_environment(engine: Engine, snapshot: dict[str, Any]) -> int:
         return found
     try:
         with engine.begin() as conn:
-            return conn.execute(insert(Environment).values(hash=digest, data=snapshot)
-                                .returning(Environment.id)).scalar_one()
+            return conn.execute(
+                insert(Environment).values(hash=digest, data=snapshot).returning(Environment.id)
+            ).scalar_one()
     except IntegrityError:  # another process inserted the same environment since we looked
         with engine.begin() as conn:
             return conn.execute(find).scalar_one()

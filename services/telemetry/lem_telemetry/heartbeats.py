@@ -88,8 +88,11 @@ class HeartbeatPublisher:
             heartbeat.publish(self._client, beats, self.ttl_s)
         except redis.RedisError as error:
             if not self._redis_away:
-                log.warning("Redis unreachable at %s (%s); heartbeats paused, sampling goes on",
-                            redact(self.redis_url), redact(str(error)))
+                log.warning(
+                    "Redis unreachable at %s (%s); heartbeats paused, sampling goes on",
+                    redact(self.redis_url),
+                    redact(str(error)),
+                )
                 self._redis_away = True
             return
         self._keys.update(key for key, _ in beats)

@@ -210,8 +210,11 @@ class GpuSampler:
         if value is None:
             if health.uuid not in self._no_counter:
                 self._no_counter.add(health.uuid)
-                log.warning("GPU %s (index %d) gives no energy counter reading; its energy will be absent",
-                            health.uuid, health.index)
+                log.warning(
+                    "GPU %s (index %d) gives no energy counter reading; its energy will be absent",
+                    health.uuid,
+                    health.index,
+                )
             return
         if health.uuid in self._no_counter:
             self._no_counter.discard(health.uuid)

@@ -157,8 +157,10 @@ class NvmlSource:
 
     def power_readings(self) -> dict[str, dict[str, bool]]:
         """Which power readings each GPU answers, by UUID: the averaged one and each instantaneous field."""
-        return {device.uuid: {"power_w": True, **{column: column in device.power_fields for column in POWER_FIELDS}}
-                for device in self._devices}
+        return {
+            device.uuid: {"power_w": True, **{column: column in device.power_fields for column in POWER_FIELDS}}
+            for device in self._devices
+        }
 
     def read(self) -> list[GpuReading]:
         return [
@@ -393,8 +395,9 @@ def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
         if not source.gpu_uuids:
             lost = "; ".join(f"GPU index {index}: {reason}" for index, reason in source.unavailable_at_open)
             source.close()
-            return None, (f"NVML found no readable GPU on this host ({lost})" if lost
-                          else "NVML found no GPU on this host")
+            return None, (
+                f"NVML found no readable GPU on this host ({lost})" if lost else "NVML found no GPU on this host"
+            )
         return source, None
     if spec.startswith("replay:"):
         replay = ReplaySource(spec.removeprefix("replay:"))

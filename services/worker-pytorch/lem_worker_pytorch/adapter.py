@@ -137,8 +137,9 @@ class TransformersAdapter:
         # transformers refuses a streamer with beam search: no first-token time there
         clock = _FirstTokenClock(self.device) if kwargs.get("num_beams", 1) == 1 else None
         started = time.perf_counter()
-        output = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     streamer=clock, **kwargs)
+        output = self.model.generate(
+            input_ids=input_ids, attention_mask=torch.ones_like(input_ids), streamer=clock, **kwargs
+        )
         self.synchronize()
         sequences = output if isinstance(output, torch.Tensor) else output.sequences
         generated = int(sequences.shape[0] * (sequences.shape[1] - input_ids.shape[1]))
@@ -183,5 +184,7 @@ class TransformersAdapter:
 
     def engine_facts(self) -> dict[str, Any]:
         """How many CPU threads torch ran with, and who chose it."""
-        return {"torch_threads": torch.get_num_threads(),
-                "torch_threads_from": "LEM_TORCH_THREADS" if self._threads_set is not None else "torch's default"}
+        return {
+            "torch_threads": torch.get_num_threads(),
+            "torch_threads_from": "LEM_TORCH_THREADS" if self._threads_set is not None else "torch's default",
+        }

@@ -70,9 +70,9 @@ FLASHINFER_SAMPLER_ENV = "VLLM_USE_FLASHINFER_SAMPLER"
 # What vLLM 0.26 keeps inside the engine-core process, out of the frontend's reach.
 NOT_IN_FRONTEND = {
     "attention_backend": "chosen in the engine-core process (it logs 'Using ... attention backend'); vLLM 0.26 "
-                         "exposes the choice to no frontend API (attention_config.backend is only what was asked)",
+    "exposes the choice to no frontend API (attention_config.backend is only what was asked)",
     "kv_cache_bytes": "sized in the engine-core process (it logs 'Available KV cache memory'); vLLM 0.26's "
-                      "frontend gets only blocks, block size and tokens",
+    "frontend gets only blocks, block size and tokens",
 }
 
 
@@ -108,14 +108,23 @@ def flashinfer_sampler_choice(environ: Mapping[str, str], flashinfer_installed: 
     """``VLLM_USE_FLASHINFER_SAMPLER`` for the engine: the operator's value, vLLM's default where FlashInfer is
     installed, else "0" (set by this adapter). ``value`` None means unset."""
     if FLASHINFER_SAMPLER_ENV in environ:
-        return {"value": environ[FLASHINFER_SAMPLER_ENV], "set_by": "operator",
-                "reason": "set in the worker's environment"}
+        return {
+            "value": environ[FLASHINFER_SAMPLER_ENV],
+            "set_by": "operator",
+            "reason": "set in the worker's environment",
+        }
     if flashinfer_installed:
-        return {"value": None, "set_by": "vllm default",
-                "reason": "flashinfer is installed: vLLM uses its top-k/top-p sampler where the GPU supports it"}
-    return {"value": "0", "set_by": "lem",
-            "reason": "flashinfer is not installed: vLLM 0.26's sampler would import it and the engine core would "
-                      "fail to start (No module named 'flashinfer')"}
+        return {
+            "value": None,
+            "set_by": "vllm default",
+            "reason": "flashinfer is installed: vLLM uses its top-k/top-p sampler where the GPU supports it",
+        }
+    return {
+        "value": "0",
+        "set_by": "lem",
+        "reason": "flashinfer is not installed: vLLM 0.26's sampler would import it and the engine core would "
+        "fail to start (No module named 'flashinfer')",
+    }
 
 
 def _json_value(value: Any) -> Any:
@@ -157,8 +166,13 @@ def engine_facts_of(vllm_config: Any, vllm_version: str, sampler: dict[str, Any]
     """What the loaded engine uses, as JSON, from its live ``VllmConfig`` (read after load: the engine core syncs
     ``num_gpu_blocks``, ``block_size`` and ``kv_cache_size_tokens`` back to it). A missing attribute is None, with
     the reason under ``unavailable``; so is what 0.26 keeps in the engine-core process."""
-    facts: dict[str, Any] = {"engine": "vllm", "vllm_version": vllm_version, "flashinfer_sampler": sampler,
-                             "attention_backend": None, "kv_cache_bytes": None}
+    facts: dict[str, Any] = {
+        "engine": "vllm",
+        "vllm_version": vllm_version,
+        "flashinfer_sampler": sampler,
+        "attention_backend": None,
+        "kv_cache_bytes": None,
+    }
     unavailable = dict(NOT_IN_FRONTEND)
     for key, (section, name) in CONFIG_FACTS.items():
         holder = getattr(vllm_config, section, None)
@@ -186,8 +200,9 @@ class KvCacheWatch:
     def reset(self) -> None:
         self.usage, self.preemptions = [], 0
 
-    def record(self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None,
-               engine_idx: int = 0) -> None:
+    def record(
+        self, scheduler_stats: Any, iteration_stats: Any, mm_cache_stats: Any = None, engine_idx: int = 0
+    ) -> None:
         usage = getattr(scheduler_stats, "kv_cache_usage", None)
         if usage is not None:
             self.usage.append(float(usage))
@@ -197,8 +212,11 @@ class KvCacheWatch:
         """Peak and mean usage over the steps seen, and preemptions; all None when no step was seen."""
         if not self.usage:
             return {"kv_cache_usage_peak": None, "kv_cache_usage_mean": None, "preemptions": None}
-        return {"kv_cache_usage_peak": max(self.usage), "kv_cache_usage_mean": sum(self.usage) / len(self.usage),
-                "preemptions": self.preemptions}
+        return {
+            "kv_cache_usage_peak": max(self.usage),
+            "kv_cache_usage_mean": sum(self.usage) / len(self.usage),
+            "preemptions": self.preemptions,
+        }
 
     def log(self) -> None:
         """Nothing to print: the adapter reads the figures."""
@@ -275,8 +293,9 @@ class VllmAdapter(SpawnedEngineAdapter):
             self.unload()
             raise
         self._kv_watch, kv_missing = watch_kv_cache(self._llm)
-        self._facts = engine_facts_of(getattr(self._llm.llm_engine, "vllm_config", None),
-                                      self.versions()["vllm"], self._sampler)
+        self._facts = engine_facts_of(
+            getattr(self._llm.llm_engine, "vllm_config", None), self.versions()["vllm"], self._sampler
+        )
         if kv_missing is not None:
             self._facts["unavailable"]["kv_cache_usage"] = kv_missing
         preset = random_preset(experiment.model)
@@ -320,8 +339,12 @@ class VllmAdapter(SpawnedEngineAdapter):
         started = time.time()
         outputs = self._llm.generate(requests, params, use_tqdm=False)
         kv = self._kv_watch.figures() if self._kv_watch is not None else {}
-        return Generation(output_tokens=output_tokens(outputs), ttft_s=batch_ttft(outputs, started),
-                          request_ttfts_s=request_ttfts(outputs), **kv)
+        return Generation(
+            output_tokens=output_tokens(outputs),
+            ttft_s=batch_ttft(outputs, started),
+            request_ttfts_s=request_ttfts(outputs),
+            **kv,
+        )
 
     def engine_facts(self) -> dict[str, Any] | None:
         """What the loaded engine uses (see ``engine_facts_of``); None before a load."""

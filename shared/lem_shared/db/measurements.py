@@ -13,8 +13,11 @@ from lem_shared.db.session import session_scope
 def deep_idle_span(campaign_id: int, gpu_uuid: str) -> tuple[float, float] | None:
     """The deep-idle span measured before a campaign's first run on a GPU (whichever run of it carries it)."""
     with session_scope() as s:
-        phases = s.scalars(select(Run.phases).where(Run.campaign_id == campaign_id, Run.gpu_uuid == gpu_uuid,
-                                                    Run.phases.is_not(None)).order_by(Run.id)).all()
+        phases = s.scalars(
+            select(Run.phases)
+            .where(Run.campaign_id == campaign_id, Run.gpu_uuid == gpu_uuid, Run.phases.is_not(None))
+            .order_by(Run.id)
+        ).all()
     span = next((p["deep_idle"] for p in phases if p and p.get("deep_idle")), None)
     return (float(span[0]), float(span[1])) if span else None
 
@@ -27,8 +30,9 @@ def idle_temperature(campaign_id: int, gpu_uuid: str) -> float | None:
         temps = GpuSample.temperature_c
         if deep:
             start, end = (datetime.fromtimestamp(t, UTC) for t in deep)
-            idle = s.scalar(select(func.avg(temps)).where(GpuSample.gpu_uuid == gpu_uuid,
-                                                          GpuSample.time.between(start, end)))
+            idle = s.scalar(
+                select(func.avg(temps)).where(GpuSample.gpu_uuid == gpu_uuid, GpuSample.time.between(start, end))
+            )
             if idle is not None:
                 return float(idle)
         since = datetime.now(UTC) - timedelta(minutes=15)

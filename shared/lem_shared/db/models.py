@@ -321,8 +321,9 @@ class Schedule(Base):
     occurrences: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
 
-    firings: Mapped[list[ScheduleFiring]] = relationship(back_populates="schedule", order_by="ScheduleFiring.due_at",
-                                                         cascade="all, delete-orphan", passive_deletes=True)
+    firings: Mapped[list[ScheduleFiring]] = relationship(
+        back_populates="schedule", order_by="ScheduleFiring.due_at", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class ScheduleFiring(Base):

@@ -125,6 +125,7 @@ def memory_used_bytes(handle: Any) -> int:
     """Bytes in use on the GPU, by every process on it."""
     return int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
+
 # Column name -> (field id, scope). Values are mW. The H200 answers the GPU's instantaneous power and its memory's
 # averaged power (nvidia-smi: "GPU Memory Power Readings, Average Power Draw"; no instantaneous memory reading).
 POWER_FIELDS: dict[str, tuple[int, int]] = {

@@ -62,10 +62,18 @@ def coverage(backend: str, version: str | None = None) -> dict[str, Any]:
     section = SECTIONS[backend]
     snapshot = load_snapshot(backend, version)
     if snapshot is None:
-        return {"engine_version": version, "coverage_pct": None, "exposed": [], "missing": [],
-                "error": f"no committed snapshot; run `lem params discover {backend}`"}
-    fields = {f"{group}.{name}": f"{backend}.{group}.{name}"
-              for group, names in section.first_class().items() for name in names}
+        return {
+            "engine_version": version,
+            "coverage_pct": None,
+            "exposed": [],
+            "missing": [],
+            "error": f"no committed snapshot; run `lem params discover {backend}`",
+        }
+    fields = {
+        f"{group}.{name}": f"{backend}.{group}.{name}"
+        for group, names in section.first_class().items()
+        for name in names
+    }
     first_class = _by_snapshot_group(section, {**fields, **section.set_elsewhere})
     reserved = _by_snapshot_group(section, section.reserved)
     reachable = {s for groups in section.snapshot_groups.values() for s in groups}

@@ -92,8 +92,11 @@ class EngineSection(BaseModel):
         for key, value in extra.items():
             try:
                 qualified = cls.qualify(key, version)
-                problem = (_number_problem(value) or cls._refusal(qualified)
-                           or _type_problem(value, cls._snapshot_type(qualified, version)))
+                problem = (
+                    _number_problem(value)
+                    or cls._refusal(qualified)
+                    or _type_problem(value, cls._snapshot_type(qualified, version))
+                )
             except ValueError as exc:
                 problems.append(str(exc))
                 continue
@@ -118,8 +121,10 @@ class EngineSection(BaseModel):
         engine = f"{ENGINE_NAMES[self.backend]} {version}"
         problems = [
             f"{self.backend}.{group}.{name}: {engine} has no parameter {name!r} (snapshot {self.backend}-{version})"
-            for group, groups in self.snapshot_groups.items() if getattr(self, group) is not None
-            for name in getattr(self, group).arguments() if not any(name in known.get(g, {}) for g in groups)
+            for group, groups in self.snapshot_groups.items()
+            if getattr(self, group) is not None
+            for name in getattr(self, group).arguments()
+            if not any(name in known.get(g, {}) for g in groups)
         ]
         if problems:
             raise ValueError("; ".join(problems))
@@ -147,8 +152,10 @@ class EngineSection(BaseModel):
         naming the closest parameters."""
         known = parameter_groups(cls.backend, version)
         if not known:
-            raise ValueError(f"{key}: no committed {cls.backend} parameter snapshot to check it against; "
-                             f"run `lem params discover {cls.backend}`")
+            raise ValueError(
+                f"{key}: no committed {cls.backend} parameter snapshot to check it against; "
+                f"run `lem params discover {cls.backend}`"
+            )
         group, dot, name = key.rpartition(".")
         candidates = [group] if dot else list(cls.snapshot_groups)
         if dot and group not in cls.snapshot_groups:
@@ -157,8 +164,9 @@ class EngineSection(BaseModel):
         if len(found) == 1:
             return f"{found[0]}.{name}"
         if len(found) > 1:
-            raise ValueError(f"{key}: a parameter of several calls; write one of "
-                             f"{', '.join(f'{g}.{name}' for g in found)}")
+            raise ValueError(
+                f"{key}: a parameter of several calls; write one of {', '.join(f'{g}.{name}' for g in found)}"
+            )
         names = sorted({n for g in candidates for s in cls.snapshot_groups[g] for n in known.get(s, {})})
         hint = did_you_mean(name, names)
         hint = f"; {hint}" if hint else ""
@@ -210,8 +218,11 @@ class EngineSection(BaseModel):
     def remote_code_fields(self) -> list[str]:
         """The dotted names of every ``trust_remote_code`` this section turns on (first-class or extra): each runs
         code from the model's repository in the engine host."""
-        return [f"{self.backend}.{group}.{REMOTE_CODE}" for group in self.snapshot_groups
-                if self.arguments(group).get(REMOTE_CODE)]
+        return [
+            f"{self.backend}.{group}.{REMOTE_CODE}"
+            for group in self.snapshot_groups
+            if self.arguments(group).get(REMOTE_CODE)
+        ]
 
     def load_arguments(self) -> dict[str, dict[str, Any] | None]:
         """The arguments that shape the loaded engine: a different value needs a new engine."""
@@ -240,7 +251,11 @@ def _number_problem(value: Any) -> str | None:
 
 
 _SIMPLE_TYPES: dict[str, tuple[type, ...]] = {
-    "bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "None": (type(None),),
+    "bool": (bool,),
+    "int": (int,),
+    "float": (int, float),
+    "str": (str,),
+    "None": (type(None),),
 }
 
 
@@ -249,7 +264,7 @@ def _type_problem(value: Any, type_text: str) -> str | None:
     ``Optional[float]``); other types (models, unions of classes, unannotated) are left to the engine."""
     text = type_text.replace(" ", "")
     if text.startswith("Optional[") and text.endswith("]"):
-        text = text[len("Optional["):-1] + "|None"
+        text = text[len("Optional[") : -1] + "|None"
     parts = text.split("|") if text else []
     if not parts or any(part not in _SIMPLE_TYPES for part in parts):
         return None

@@ -143,27 +143,35 @@ def choose_snapshot(backend: str, pinned: str | None, advertised: Mapping[str, s
     if pinned is not None:
         wanted, why = pinned, f"pinned by engine_versions.{backend}: {pinned}"
         others = {v for v in advertised.values() if v != pinned}
-        warning = (f"{backend}: engine_versions pins {engine} {pinned}, but live workers run {running}"
-                   if others else None)
+        warning = (
+            f"{backend}: engine_versions pins {engine} {pinned}, but live workers run {running}" if others else None
+        )
     elif advertised:
         live = set(advertised.values())
         if len(live) > 1:
-            raise SnapshotError(f"{backend}: live workers run different {engine} versions ({running}); pin the one "
-                                f"to check against with engine_versions: {{{backend}: VERSION}}, or stop the others")
+            raise SnapshotError(
+                f"{backend}: live workers run different {engine} versions ({running}); pin the one "
+                f"to check against with engine_versions: {{{backend}: VERSION}}, or stop the others"
+            )
         wanted = live.pop()
         why, warning = f"live {backend} workers run {engine} {wanted}", None
     else:
         versions = committed_versions(backend)
         version = versions[-1] if versions else None
-        note = (f"{backend}: checked against snapshot {backend}-{version} (no live {backend} worker)" if version
-                else f"{backend}: no committed snapshot (no live {backend} worker); extra cannot be checked")
+        note = (
+            f"{backend}: checked against snapshot {backend}-{version} (no live {backend} worker)"
+            if version
+            else f"{backend}: no committed snapshot (no live {backend} worker); extra cannot be checked"
+        )
         return SnapshotChoice(backend, version, note)
     release = _release(wanted)
     version = nearest_version(backend, release)
     if version is None:
         committed = ", ".join(committed_versions(backend)) or "none"
-        raise SnapshotError(f"{backend}: no committed snapshot of {engine} {wanted} or older ({why}; committed: "
-                            f"{committed}); make one with {discover_hint(backend, wanted)}")
+        raise SnapshotError(
+            f"{backend}: no committed snapshot of {engine} {wanted} or older ({why}; committed: "
+            f"{committed}); make one with {discover_hint(backend, wanted)}"
+        )
     note = f"{backend}: checked against snapshot {backend}-{version} ({why})"
     if version != release:
         note += f"; no snapshot of {release}: the nearest older (make one with {discover_hint(backend, wanted)})"

@@ -35,14 +35,18 @@ class NvmlReader:
         self._nvml = nvml
         nvml.init()
         self._handles = {uuid: nvml.handle_by_uuid(uuid) for uuid in gpu_uuids}
-        self._instant = {uuid: "power_instant_w" in nvml.supported_power_fields(handle)
-                         for uuid, handle in self._handles.items()}
+        self._instant = {
+            uuid: "power_instant_w" in nvml.supported_power_fields(handle) for uuid, handle in self._handles.items()
+        }
 
     def read(self, gpu_uuid: str) -> GpuEdge:
         handle = self._handles[gpu_uuid]
         energy = self._nvml.energy_mj(handle)
-        power = (self._nvml.read_power_fields(handle, ("power_instant_w",))["power_instant_w"]
-                 if self._instant[gpu_uuid] else None)
+        power = (
+            self._nvml.read_power_fields(handle, ("power_instant_w",))["power_instant_w"]
+            if self._instant[gpu_uuid]
+            else None
+        )
         return GpuEdge(energy_mj=energy, power_instant_w=power)
 
     def close(self) -> None:
@@ -82,6 +86,9 @@ def nvml_edge_meter(gpu_uuids: list[str]) -> EdgeMeter | None:
     try:
         return EdgeMeter(NvmlReader(gpu_uuids), gpu_uuids)
     except Exception as exc:  # noqa: BLE001 - no NVML, no such GPU: the run keeps telemetry's figure
-        log.warning("no energy-counter reads at window edges (%s: %s); telemetry's interpolation is the figure",
-                    type(exc).__name__, exc)
+        log.warning(
+            "no energy-counter reads at window edges (%s: %s); telemetry's interpolation is the figure",
+            type(exc).__name__,
+            exc,
+        )
         return None

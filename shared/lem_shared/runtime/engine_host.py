@@ -104,7 +104,8 @@ class EngineHost:
                 self._discard()
                 if code is not None:
                     raise EngineFailure(
-                        f"engine host died during the run (exit code {code}); it will be restarted") from exc
+                        f"engine host died during the run (exit code {code}); it will be restarted"
+                    ) from exc
                 raise EngineFailure(f"engine host closed its pipe: {exc}") from exc
         if not answer["ok"]:
             log.error("engine error:\n%s", answer.get("traceback", ""))

@@ -148,7 +148,6 @@ def device_memory_at_window_end(gpu_uuid: str | None) -> tuple[int | None, str]:
     return used, "nvml_device_used_at_window_end"
 
 
-
 class SpawnedEngineAdapter:
     """What the vLLM and TensorRT-LLM adapters share: their engine runs in processes of its own, on the one GPU
     pinned before anything starts CUDA, and reserves its memory up front."""

@@ -13,8 +13,9 @@ from lem_shared.environment import environment_hash, host_environment
 from lem_shared.runtime.adapter import DeviceInfo
 
 
-def environment_snapshot(device: DeviceInfo, engine_versions: dict[str, str],
-                         engine_facts: dict[str, Any] | None = None) -> dict[str, Any]:
+def environment_snapshot(
+    device: DeviceInfo, engine_versions: dict[str, str], engine_facts: dict[str, Any] | None = None
+) -> dict[str, Any]:
     snapshot: dict[str, Any] = {
         "kind": "run",
         **host_environment(device.gpu_uuid, gpus=device.gpu_uuid is not None),

@@ -38,8 +38,10 @@ def refuse_remote_code(experiment: ExperimentConfig) -> None:
     """A campaign never runs code on a worker: ``trust_remote_code`` only where this host's operator allows it."""
     fields = experiment.section().remote_code_fields()
     if fields and not get_settings().allow_remote_code:
-        raise EngineError(f"{', '.join(fields)}: true would run the model repository's own code on this worker "
-                          "host, which does not allow it (its operator may set LEM_ALLOW_REMOTE_CODE=true)")
+        raise EngineError(
+            f"{', '.join(fields)}: true would run the model repository's own code on this worker "
+            "host, which does not allow it (its operator may set LEM_ALLOW_REMOTE_CODE=true)"
+        )
 
 
 def coefficient_of_variation(values: list[float]) -> float:
@@ -48,8 +50,7 @@ def coefficient_of_variation(values: list[float]) -> float:
 
 
 class MeasurementRuntime:
-    def __init__(self, adapter: EngineAdapter,
-                 edge_meter: Callable[[list[str]], EdgeMeter | None] = nvml_edge_meter):
+    def __init__(self, adapter: EngineAdapter, edge_meter: Callable[[list[str]], EdgeMeter | None] = nvml_edge_meter):
         self.adapter = adapter
         self._loaded: str | None = None
         self._make_edge_meter = edge_meter
@@ -94,8 +95,10 @@ class MeasurementRuntime:
         refuse_remote_code(experiment)
         protocol = experiment.measurement
         if protocol.profiler == "flops" and not isinstance(self.adapter, FlopCounter):
-            raise EngineError(f"measurement.profiler: flops, but the {type(self.adapter).__name__} engine adapter "
-                              "cannot count FLOPs; set profiler: off (or use the pytorch backend)")
+            raise EngineError(
+                f"measurement.profiler: flops, but the {type(self.adapter).__name__} engine adapter "
+                "cannot count FLOPs; set profiler: off (or use the pytorch backend)"
+            )
         on_gpu = self.adapter.device_info().gpu_uuid is not None
         # Idle spans exist to be measured by GPU telemetry; on a CPU there is nothing to measure them with.
         deep_idle = self._idle(deep_idle_s if on_gpu else 0.0)
@@ -130,11 +133,16 @@ class MeasurementRuntime:
             self.adapter.synchronize()
             prefill_idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
             start, end, prefill_passes, prefill_timings, prefill_edges = self._window(batches, only_prefill)
-            prefill = PrefillWindow(warmup_iterations=prefill_warmup.iterations, idle_before=prefill_idle_before,
-                                    window_start=start, window_end=end, passes=prefill_passes,
-                                    batches=prefill_timings,
-                                    idle_after=self._idle(protocol.idle_gap_s if on_gpu else 0.0),
-                                    edges=prefill_edges)
+            prefill = PrefillWindow(
+                warmup_iterations=prefill_warmup.iterations,
+                idle_before=prefill_idle_before,
+                window_start=start,
+                window_end=end,
+                passes=prefill_passes,
+                batches=prefill_timings,
+                idle_after=self._idle(protocol.idle_gap_s if on_gpu else 0.0),
+                edges=prefill_edges,
+            )
         flops_counted = None  # counted after every window: its work is never inside one
         if protocol.profiler == "flops" and isinstance(self.adapter, FlopCounter):
             flops_counted = self.adapter.count_flops(batches[0], experiment)
@@ -174,8 +182,9 @@ class MeasurementRuntime:
         shape = getattr(self.adapter, "model_shape", None)
         return shape() if shape is not None else random_preset(experiment.model)
 
-    def _window(self, batches: list[list[list[int]]], experiment: ExperimentConfig
-                ) -> tuple[float, float, int, list[BatchTiming], WindowEdges | None]:
+    def _window(
+        self, batches: list[list[list[int]]], experiment: ExperimentConfig
+    ) -> tuple[float, float, int, list[BatchTiming], WindowEdges | None]:
         """Run whole passes over the batches until the window lasts ``min_window_s``: (start, end, passes,
         timings, edge reads). Every batch must produce exactly its forced number of tokens. The device is
         synchronised at both edges and, on a GPU, every counter is read there (outside the window's time)."""
@@ -196,13 +205,20 @@ class MeasurementRuntime:
                     raise EngineError(
                         f"batch {len(timings)} produced {generation.output_tokens} tokens, expected {expected}"
                     )
-                timings.append(BatchTiming(batch_index=len(timings), batch_size=len(batch),
-                                           input_tokens=len(batch) * workload.input_len,
-                                           output_tokens=generation.output_tokens, latency_s=latency,
-                                           ttft_s=generation.ttft_s, request_ttfts_s=generation.request_ttfts_s,
-                                           kv_cache_usage_peak=generation.kv_cache_usage_peak,
-                                           kv_cache_usage_mean=generation.kv_cache_usage_mean,
-                                           preemptions=generation.preemptions))
+                timings.append(
+                    BatchTiming(
+                        batch_index=len(timings),
+                        batch_size=len(batch),
+                        input_tokens=len(batch) * workload.input_len,
+                        output_tokens=generation.output_tokens,
+                        latency_s=latency,
+                        ttft_s=generation.ttft_s,
+                        request_ttfts_s=generation.request_ttfts_s,
+                        kv_cache_usage_peak=generation.kv_cache_usage_peak,
+                        kv_cache_usage_mean=generation.kv_cache_usage_mean,
+                        preemptions=generation.preemptions,
+                    )
+                )
             passes += 1
             if time.time() - window_start >= experiment.measurement.min_window_s:
                 break

@@ -104,8 +104,12 @@ def claim_run(run_key: str, worker: str, host: str) -> Claim | None:
 
 
 def _owned(claim: Claim) -> Any:
-    return (Run.id == claim.run_id, Run.status == RunStatus.RUNNING, Run.attempts == claim.attempt,
-            Run.worker == claim.worker)
+    return (
+        Run.id == claim.run_id,
+        Run.status == RunStatus.RUNNING,
+        Run.attempts == claim.attempt,
+        Run.worker == claim.worker,
+    )
 
 
 def _span(span: tuple[float, float] | None) -> list[float] | None:
@@ -114,20 +118,28 @@ def _span(span: tuple[float, float] | None) -> list[float] | None:
 
 def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | None = None) -> None:
     """Store the measurement, only while the claim is still the run's (else ClaimLost, nothing stored)."""
-    phases: dict[str, Any] = {"deep_idle": _span(m.deep_idle), "idle_before": _span(m.idle_before),
-              "idle_after": _span(m.idle_after), "model_load": _span(m.model_load)}
+    phases: dict[str, Any] = {
+        "deep_idle": _span(m.deep_idle),
+        "idle_before": _span(m.idle_before),
+        "idle_after": _span(m.idle_after),
+        "model_load": _span(m.model_load),
+    }
     if pause:
         phases["gap"] = pause
     if m.edges is not None:  # every GPU's counter at the window's exact edges: the finaliser's energy figure
         phases["edges"] = m.edges.model_dump(mode="json")
     if m.prefill is not None:  # phase split: the prefill-only window, summed (the finaliser needs its energy)
         p = m.prefill
-        phases["prefill"] = {"window": [p.window_start, p.window_end], "idle_before": _span(p.idle_before),
-                             "idle_after": _span(p.idle_after), "passes": p.passes,
-                             "warmup_iterations": p.warmup_iterations,
-                             "prompts": sum(b.batch_size for b in p.batches),
-                             "latency_s": [b.latency_s for b in p.batches],
-                             "edges": p.edges.model_dump(mode="json") if p.edges is not None else None}
+        phases["prefill"] = {
+            "window": [p.window_start, p.window_end],
+            "idle_before": _span(p.idle_before),
+            "idle_after": _span(p.idle_after),
+            "passes": p.passes,
+            "warmup_iterations": p.warmup_iterations,
+            "prompts": sum(b.batch_size for b in p.batches),
+            "latency_s": [b.latency_s for b in p.batches],
+            "edges": p.edges.model_dump(mode="json") if p.edges is not None else None,
+        }
     if m.flops_counted is not None:
         phases["flops_counted"] = m.flops_counted
     if m.model_shape is not None:
@@ -170,15 +182,21 @@ def record_end(claim: Claim, status: RunStatus, error: str) -> None:
 
 def fail_unstarted(run_id: int, reason: str) -> None:
     with session_scope() as s:
-        s.execute(update(Run).where(Run.id == run_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
-                  .values(status=RunStatus.FAILED, error=reason, finished_at=datetime.now(UTC)))
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
+            .values(status=RunStatus.FAILED, error=reason, finished_at=datetime.now(UTC))
+        )
 
 
 def refuse_message(run_id: int, reason: str) -> None:
     """Note on a run not yet started why a message for it was refused (the run itself is left to its real one)."""
     with session_scope() as s:
-        s.execute(update(Run).where(Run.id == run_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
-                  .values(error=reason))
+        s.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
+            .values(error=reason)
+        )
 
 
 def _wait(stop: threading.Event, seconds: float, what: str) -> None:
@@ -226,14 +244,18 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
                 if stop.wait(1.0):
                     break
                 now = _temperature_now(connection, uuid)
-            thermal.update(end_c=now, waited_s=round(time.monotonic() - began, 3),
-                           reached=now is not None and now <= idle + gap["within_c"])
+            thermal.update(
+                end_c=now,
+                waited_s=round(time.monotonic() - began, 3),
+                reached=now is not None and now <= idle + gap["within_c"],
+            )
         pause["thermal"] = thermal
     return pause
 
 
-def _watch_cancel(connection: redis.Redis | None, campaign_id: int, engine: EngineHost,
-                  stop: threading.Event, done: threading.Event) -> threading.Thread | None:
+def _watch_cancel(
+    connection: redis.Redis | None, campaign_id: int, engine: EngineHost, stop: threading.Event, done: threading.Event
+) -> threading.Thread | None:
     """While the run lasts, poll for its campaign's cancellation; on it, kill the engine (the run stops now)."""
     if connection is None:
         return None
@@ -257,13 +279,17 @@ def _watch_cancel(connection: redis.Redis | None, campaign_id: int, engine: Engi
 def _differences(message: RunRequest, manifest: RunRequest) -> list[str]:
     sent, kept = message.model_dump(mode="json"), manifest.model_dump(mode="json")
     fields = [name for name in kept if name != "experiment" and sent.get(name) != kept[name]]
-    fields += [f"experiment.{name}" for name in sorted(set(sent["experiment"]) | set(kept["experiment"]))
-               if sent["experiment"].get(name) != kept["experiment"].get(name)]
+    fields += [
+        f"experiment.{name}"
+        for name in sorted(set(sent["experiment"]) | set(kept["experiment"]))
+        if sent["experiment"].get(name) != kept["experiment"].get(name)
+    ]
     return fields
 
 
-def execute_run(engine: EngineHost, request: RunRequest, worker: str, state: GpuState,
-                connection: redis.Redis | None = None) -> tuple[int | None, str]:
+def execute_run(
+    engine: EngineHost, request: RunRequest, worker: str, state: GpuState, connection: redis.Redis | None = None
+) -> tuple[int | None, str]:
     """Check the message against the manifest, claim, pace, measure and record one run: (run id or None when
     nothing was claimed, status). Every path after the claim ends the run exactly once, or leaves it to the
     claim that took it over. Celery-free, so a bench on a machine without a broker runs exactly what the worker
@@ -273,13 +299,14 @@ def execute_run(engine: EngineHost, request: RunRequest, worker: str, state: Gpu
         log.warning("refused a run message for run key %s: no such run in the database", request.run_key[:12])
         return None, "refused"
     if manifest != request:  # the broker is not the record: the manifest says what to measure
-        reason = (f"refused a run message that does not match the manifest (differs in "
-                  f"{', '.join(_differences(request, manifest))})")
+        reason = (
+            f"refused a run message that does not match the manifest (differs in "
+            f"{', '.join(_differences(request, manifest))})"
+        )
         log.warning("run %s: %s", manifest.run_id, reason)
         with_database_retry("noting a refused message", lambda: refuse_message(manifest.run_id, reason))
         return None, "refused"
-    claim = with_database_retry("claiming the run", lambda: claim_run(manifest.run_key, worker,
-                                                                      socket.gethostname()))
+    claim = with_database_retry("claiming the run", lambda: claim_run(manifest.run_key, worker, socket.gethostname()))
     if claim is None:
         log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
         return None, "duplicate"
@@ -293,8 +320,11 @@ def execute_run(engine: EngineHost, request: RunRequest, worker: str, state: Gpu
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the run ends with the reason, not stuck running
         log.exception("run %s failed in the worker", claim.run_id)
         status = RunStatus.CANCELLED if stop.is_set() else RunStatus.FAILED
-        error = "cancelled by the user during the run" if stop.is_set() else \
-            f"worker error: {type(exc).__name__}: {_first_line(exc)}"
+        error = (
+            "cancelled by the user during the run"
+            if stop.is_set()
+            else f"worker error: {type(exc).__name__}: {_first_line(exc)}"
+        )
     finally:
         done.set()
         state.last = (manifest.campaign_id, manifest.cycle)
@@ -308,8 +338,14 @@ def execute_run(engine: EngineHost, request: RunRequest, worker: str, state: Gpu
     return claim.run_id, status.value
 
 
-def _measure_and_record(engine: EngineHost, request: RunRequest, claim: Claim, state: GpuState,
-                        connection: redis.Redis | None, stop: threading.Event) -> tuple[RunStatus, str]:
+def _measure_and_record(
+    engine: EngineHost,
+    request: RunRequest,
+    claim: Claim,
+    state: GpuState,
+    connection: redis.Redis | None,
+    stop: threading.Event,
+) -> tuple[RunStatus, str]:
     """Pace, measure and store the run: (MEASURED, "") when stored, else the status and reason to end it with."""
     pause = pace(request, state, connection, stop)
     if stop.is_set():
@@ -380,8 +416,9 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
             current["run_key"] = None
             beat_now()
         if run_id is not None:
-            app.send_task(FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")],
-                          queue=QueueName.CONTROL)
+            app.send_task(
+                FINALISE_TASK, args=[FinaliseRequest(run_id=run_id).model_dump(mode="json")], queue=QueueName.CONTROL
+            )
             # The next run for this GPU at once: the control loop would send it too, but up to dispatch_interval_s
             # later, a gap on the GPU between runs that pacing (config_gap_s) is meant to set alone.
             try:
@@ -406,11 +443,16 @@ def worker_argv(backend: Backend) -> list[str]:
     """The command line of one worker per GPU: threads pool of one, so ``inspect ping`` answers during a run."""
     return [
         "worker",
-        "--queues", queue_for(backend).value,
-        "--pool", "threads",
-        "--concurrency", "1",
+        "--queues",
+        queue_for(backend).value,
+        "--pool",
+        "threads",
+        "--concurrency",
+        "1",
         "--events",
-        "--hostname", f"{backend.value}@%h",
-        "--loglevel", "INFO",
+        "--hostname",
+        f"{backend.value}@%h",
+        "--loglevel",
+        "INFO",
         *sys.argv[1:],
     ]

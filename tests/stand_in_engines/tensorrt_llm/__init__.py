@@ -125,7 +125,8 @@ class LLM:
             raise RuntimeError("the LLM has been shut down")
         _stand_in.fault("generate")
         single = isinstance(inputs, str | dict) or (
-            isinstance(inputs, list) and bool(inputs) and all(isinstance(t, int) for t in inputs))
+            isinstance(inputs, list) and bool(inputs) and all(isinstance(t, int) for t in inputs)
+        )
         prompts = [inputs] if single else list(inputs)
         if isinstance(sampling_params, list):
             if len(sampling_params) != len(prompts):
@@ -137,8 +138,11 @@ class LLM:
         for i, (prompt, params) in enumerate(zip(prompts, params_list, strict=True)):
             if not isinstance(params, SamplingParams):
                 raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-            ids = prompt if isinstance(prompt, list) else _stand_in.prompt_token_ids(
-                prompt, "TensorRT-LLM", not self._skip_tokenizer)
+            ids = (
+                prompt
+                if isinstance(prompt, list)
+                else _stand_in.prompt_token_ids(prompt, "TensorRT-LLM", not self._skip_tokenizer)
+            )
             if self._skip_tokenizer and params.end_id is None:
                 raise ValueError("end_id must be given in SamplingParams when the tokenizer is skipped")
             _stand_in.check_prompt(ids, params.max_tokens, self._model, self._max_seq_len, "TensorRT-LLM")
@@ -146,8 +150,9 @@ class LLM:
             eos = None if params.ignore_eos else end_id
             completions = []
             for j in range(params.n):
-                tokens = _stand_in.completion(ids, j, params.max_tokens, params.min_tokens or 0, eos,
-                                              self._model.vocab_size)
+                tokens = _stand_in.completion(
+                    ids, j, params.max_tokens, params.min_tokens or 0, eos, self._model.vocab_size
+                )
                 reason = "stop" if eos is not None and tokens[-1] == eos else "length"
                 completions.append(CompletionOutput(j, tokens, reason))
             ttft = (i + 1) * FIRST_TOKEN_LATENCY_S

@@ -206,11 +206,17 @@ class StatLoggerManager:
     def __init__(self) -> None:
         self.stat_loggers: list[Any] = []
 
-    def record(self, scheduler_stats: SchedulerStats | None, iteration_stats: IterationStats | None,
-               mm_cache_stats: Any = None, engine_idx: int | None = None) -> None:
+    def record(
+        self,
+        scheduler_stats: SchedulerStats | None,
+        iteration_stats: IterationStats | None,
+        mm_cache_stats: Any = None,
+        engine_idx: int | None = None,
+    ) -> None:
         for stat_logger in self.stat_loggers:
-            stat_logger.record(scheduler_stats, iteration_stats, mm_cache_stats=mm_cache_stats,
-                               engine_idx=engine_idx or 0)
+            stat_logger.record(
+                scheduler_stats, iteration_stats, mm_cache_stats=mm_cache_stats, engine_idx=engine_idx or 0
+            )
 
 
 @dataclass
@@ -225,16 +231,27 @@ def _vllm_config(kwargs: dict[str, Any], vocab_size: int, max_len: int) -> VllmC
     tokens = NUM_GPU_BLOCKS * BLOCK_SIZE
     return VllmConfig(
         model_config=ModelConfig(vocab_size, max_len, kwargs.get("dtype", "auto"), eager),
-        cache_config=CacheConfig(BLOCK_SIZE, float(kwargs.get("gpu_memory_utilization", 0.92)),
-                                 kwargs.get("kv_cache_dtype", "auto"), bool(kwargs.get("enable_prefix_caching", True)),
-                                 kwargs.get("kv_cache_memory_bytes"), NUM_GPU_BLOCKS, tokens, tokens / max_len),
+        cache_config=CacheConfig(
+            BLOCK_SIZE,
+            float(kwargs.get("gpu_memory_utilization", 0.92)),
+            kwargs.get("kv_cache_dtype", "auto"),
+            bool(kwargs.get("enable_prefix_caching", True)),
+            kwargs.get("kv_cache_memory_bytes"),
+            NUM_GPU_BLOCKS,
+            tokens,
+            tokens / max_len,
+        ),
         compilation_config=CompilationConfig(
-            CompilationMode.NONE if eager else CompilationMode.VLLM_COMPILE, "inductor",
+            CompilationMode.NONE if eager else CompilationMode.VLLM_COMPILE,
+            "inductor",
             CUDAGraphMode.NONE if eager else CUDAGraphMode.FULL_AND_PIECEWISE,
-            [] if eager else list(CUDAGRAPH_CAPTURE_SIZES), 0 if eager else max(CUDAGRAPH_CAPTURE_SIZES)),
+            [] if eager else list(CUDAGRAPH_CAPTURE_SIZES),
+            0 if eager else max(CUDAGRAPH_CAPTURE_SIZES),
+        ),
         attention_config=AttentionConfig(),
-        scheduler_config=SchedulerConfig(int(kwargs.get("max_num_seqs") or 256),
-                                         int(kwargs.get("max_num_batched_tokens") or 8192)),
+        scheduler_config=SchedulerConfig(
+            int(kwargs.get("max_num_seqs") or 256), int(kwargs.get("max_num_batched_tokens") or 8192)
+        ),
     )
 
 
@@ -256,8 +273,12 @@ class LLM:
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; one of {', '.join(DTYPES)}")
         skip = bool(kwargs.get("skip_tokenizer_init", False))
-        model = _stand_in.read_model(kwargs.get("model", SNAPSHOT.default("engine", "model")), "vLLM",
-                                     str(kwargs.get("load_format", "auto")), skip)
+        model = _stand_in.read_model(
+            kwargs.get("model", SNAPSHOT.default("engine", "model")),
+            "vLLM",
+            str(kwargs.get("load_format", "auto")),
+            skip,
+        )
         max_len = int(kwargs.get("max_model_len") or model.max_position_embeddings)
         # The LLM entry point turns log stats off unless disable_log_stats=False is given.
         self._state = _Loaded(model, max_len, skip, log_stats=kwargs.get("disable_log_stats", True) is False)
@@ -295,18 +316,30 @@ class LLM:
                 reason = "stop" if eos is not None and tokens[-1] == eos else "length"
                 completions.append(CompletionOutput(j, tokens, reason))
             sequences.extend([(len(ids), max_tokens)] * params.n)
-            metrics = (RequestStateStats(num_generation_tokens=max_tokens, arrival_time=arrival,
-                                         first_token_latency=(i + 1) * FIRST_TOKEN_LATENCY_S)
-                       if state.log_stats else None)
+            metrics = (
+                RequestStateStats(
+                    num_generation_tokens=max_tokens,
+                    arrival_time=arrival,
+                    first_token_latency=(i + 1) * FIRST_TOKEN_LATENCY_S,
+                )
+                if state.log_stats
+                else None
+            )
             outputs.append(RequestOutput(str(i), ids, completions, True, metrics))
         manager = self.llm_engine.logger_manager
         if manager is not None:
             for step in range(max(length for _, length in sequences) if sequences else 0):
-                blocks = sum(math.ceil((prompt + min(step + 1, length)) / BLOCK_SIZE) for prompt, length in sequences
-                             if step < length)
+                blocks = sum(
+                    math.ceil((prompt + min(step + 1, length)) / BLOCK_SIZE)
+                    for prompt, length in sequences
+                    if step < length
+                )
                 running = sum(1 for _, length in sequences if step < length)
-                manager.record(SchedulerStats(num_running_reqs=running, kv_cache_usage=blocks / NUM_GPU_BLOCKS),
-                               IterationStats(), mm_cache_stats=None)
+                manager.record(
+                    SchedulerStats(num_running_reqs=running, kv_cache_usage=blocks / NUM_GPU_BLOCKS),
+                    IterationStats(),
+                    mm_cache_stats=None,
+                )
         return outputs
 
 

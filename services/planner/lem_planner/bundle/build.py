@@ -90,10 +90,10 @@ class Selection:
     """Of pip's resolution: what the bundle carries, what the host provides, what was left out and why."""
 
     keep: dict[str, Package]
-    host_used: dict[str, str]               # name -> host version relied on
-    excluded: dict[str, list[str]]          # excluded name -> who asked for it
-    shadowed: dict[str, str]                # name -> "host X, bundle Y: <requirer spec>" (bundle wins on PYTHONPATH)
-    dropped: list[str]                      # resolved, but reached only through excluded or host packages
+    host_used: dict[str, str]  # name -> host version relied on
+    excluded: dict[str, list[str]]  # excluded name -> who asked for it
+    shadowed: dict[str, str]  # name -> "host X, bundle Y: <requirer spec>" (bundle wins on PYTHONPATH)
+    dropped: list[str]  # resolved, but reached only through excluded or host packages
 
 
 def parse_freeze(text: str) -> dict[str, tuple[str, str]]:
@@ -110,8 +110,10 @@ def parse_freeze(text: str) -> dict[str, tuple[str, str]]:
         try:
             Version(version.strip())
         except InvalidVersion:
-            raise BundleError(f"host packages, line {number}: {raw!r} has no valid version; pass the output of "
-                              "`python3 -m pip list --format=freeze` run on the host") from None
+            raise BundleError(
+                f"host packages, line {number}: {raw!r} has no valid version; pass the output of "
+                "`python3 -m pip list --format=freeze` run on the host"
+            ) from None
         packages[canonicalize_name(name.strip())] = (name.strip(), version.strip())
     return packages
 
@@ -126,20 +128,26 @@ def find_python(version: str) -> str:
     for candidate in candidates:
         if not candidate:
             continue
-        probe = subprocess.run([candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                               capture_output=True, text=True)
+        probe = subprocess.run(
+            [candidate, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True
+        )
         if probe.returncode == 0 and probe.stdout.strip() == version:
             return candidate
-    raise BundleError(f"no Python {version} found here to resolve for the host with (tried python{version} on "
-                      f"PATH and {pyenv}); install one, or pass --python PATH")
+    raise BundleError(
+        f"no Python {version} found here to resolve for the host with (tried python{version} on "
+        f"PATH and {pyenv}); install one, or pass --python PATH"
+    )
 
 
 def _run(command: list[str], what: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        lines = [line for line in (done.stderr + done.stdout).splitlines()
-                 if line.strip() and not line.startswith("WARNING: Location")]
+        lines = [
+            line
+            for line in (done.stderr + done.stdout).splitlines()
+            if line.strip() and not line.startswith("WARNING: Location")
+        ]
         raise BundleError(f"{what} failed:\n  " + "\n  ".join(lines[-15:]))
     return done
 
@@ -152,25 +160,31 @@ def _own_pip_is_recent() -> bool:
     return Version(pip.__version__) >= Version(PIP_FOR_OTHER_PYTHONS)
 
 
-def scratch_environment(python: str, host: dict[str, tuple[str, str]], folder: Path,
-                        pip_args: list[str]) -> list[str]:
+def scratch_environment(python: str, host: dict[str, tuple[str, str]], folder: Path, pip_args: list[str]) -> list[str]:
     """A venv of the host's Python version whose site-packages hold a metadata-only stand-in of each host package
     (no files, no dependencies): pip then sees the host's packages as installed. Returns the pip command for it.
 
     A recent pip here drives the venv through ``--python`` (nothing to download); an older one cannot combine
     ``--dry-run`` with ``--platform``, so the venv gets a pip of its own from the index."""
     recent = _own_pip_is_recent()
-    _run([python, "-m", "venv", *(["--without-pip"] if recent else []), str(folder)],
-         "creating the scratch environment")
+    _run(
+        [python, "-m", "venv", *(["--without-pip"] if recent else []), str(folder)], "creating the scratch environment"
+    )
     venv_python = folder / "bin" / "python"
     if recent:
         pip = [sys.executable, "-m", "pip", "--python", str(venv_python)]
     else:
         pip = [str(venv_python), "-m", "pip"]
-        _run([*pip, "install", "--quiet", "--upgrade", *pip_args, f"pip>={PIP_FOR_OTHER_PYTHONS}"],
-             "updating pip in the scratch environment")
-    site = Path(_run([str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                     "locating the scratch site-packages").stdout.strip())
+        _run(
+            [*pip, "install", "--quiet", "--upgrade", *pip_args, f"pip>={PIP_FOR_OTHER_PYTHONS}"],
+            "updating pip in the scratch environment",
+        )
+    site = Path(
+        _run(
+            [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            "locating the scratch site-packages",
+        ).stdout.strip()
+    )
     for info in site.glob("*.dist-info"):  # the venv's own seed packages (setuptools on 3.11) give way to the host's
         key: str = canonicalize_name(info.name.split("-")[0])
         if key in host and key not in NOT_STUBBED:
@@ -186,27 +200,51 @@ def scratch_environment(python: str, host: dict[str, tuple[str, str]], folder: P
     return pip
 
 
-def resolve(pip: list[str], requirements: list[str], target: Target, pip_args: list[str],
-            work: Path) -> tuple[list[Package], dict[str, str]]:
+def resolve(
+    pip: list[str], requirements: list[str], target: Target, pip_args: list[str], work: Path
+) -> tuple[list[Package], dict[str, str]]:
     """pip's resolution for the host (a dry run against the stand-ins) and the marker environment it used."""
     report = work / "resolution.json"
-    _run([*pip, "install", "--dry-run", "--quiet", "--report", str(report),
-          *target.pip_options(), *pip_args, *requirements], "resolving " + " ".join(requirements))
+    _run(
+        [
+            *pip,
+            "install",
+            "--dry-run",
+            "--quiet",
+            "--report",
+            str(report),
+            *target.pip_options(),
+            *pip_args,
+            *requirements,
+        ],
+        "resolving " + " ".join(requirements),
+    )
     data = json.loads(report.read_text())
     packages = []
     for item in data["install"]:
         meta = item["metadata"]
         hashes = (item["download_info"].get("archive_info") or {}).get("hashes") or {}
-        packages.append(Package(meta["name"], meta["version"], item["download_info"]["url"],
-                                hashes.get("sha256"), list(meta.get("requires_dist") or [])))
+        packages.append(
+            Package(
+                meta["name"],
+                meta["version"],
+                item["download_info"]["url"],
+                hashes.get("sha256"),
+                list(meta.get("requires_dist") or []),
+            )
+        )
     environment = dict(data.get("environment") or {})
-    environment.update(platform_machine=target.machine, sys_platform="linux", platform_system="Linux",
-                       os_name="posix")
+    environment.update(platform_machine=target.machine, sys_platform="linux", platform_system="Linux", os_name="posix")
     return packages, environment
 
 
-def select(resolved: list[Package], host: dict[str, tuple[str, str]], requirements: list[str],
-           exclude: Iterable[str], environment: dict[str, str]) -> Selection:
+def select(
+    resolved: list[Package],
+    host: dict[str, tuple[str, str]],
+    requirements: list[str],
+    exclude: Iterable[str],
+    environment: dict[str, str],
+) -> Selection:
     """Walk the requirements through pip's resolution (see the module docstring for the rules)."""
     excluded_names = {canonicalize_name(name) for name in exclude}
     by_key = {p.key: p for p in resolved}
@@ -237,19 +275,26 @@ def select(resolved: list[Package], host: dict[str, tuple[str, str]], requiremen
             for line in package.requires:
                 dependency = Requirement(line)
                 if dependency.marker is None or any(
-                        dependency.marker.evaluate({**environment, "extra": extra}) for extra in extras | {""}):
+                    dependency.marker.evaluate({**environment, "extra": extra}) for extra in extras | {""}
+                ):
                     queue.append((dependency, f"{package.name} {package.version}"))
         # A kept package the host also has, whose host version every kept requirer accepts, comes from the host.
-        more_host = {key for key in keep if key in host and all(
-            r.specifier.contains(host[key][1], prereleases=True) for _, r in specs.get(key, []))}
+        more_host = {
+            key
+            for key in keep
+            if key in host and all(r.specifier.contains(host[key][1], prereleases=True) for _, r in specs.get(key, []))
+        }
         if not more_host:
             break
         use_host |= more_host
     shadowed: dict[str, str] = {}
     for key in keep:
         if key in host:
-            refusing = [f"{who} needs {r}" for who, r in specs.get(key, [])
-                        if not r.specifier.contains(host[key][1], prereleases=True)]
+            refusing = [
+                f"{who} needs {r}"
+                for who, r in specs.get(key, [])
+                if not r.specifier.contains(host[key][1], prereleases=True)
+            ]
             shadowed[key] = f"host {host[key][1]}, bundle {keep[key].version}: " + "; ".join(refusing)
     host_used = {host[k][0]: host[k][1] for k in sorted(specs) if k in use_host and k in host}
     dropped = sorted(f"{p.name} {p.version}" for p in resolved if p.key not in keep)
@@ -261,14 +306,28 @@ def download(pip: list[str], packages: list[Package], target: Target, pip_args: 
     lines = [f"{p.name}=={p.version}" + (f" --hash=sha256:{p.sha256}" if p.sha256 else "") for p in packages]
     pins = into.parent / "pinned.txt"
     pins.write_text("\n".join(lines) + "\n")
-    _run([*pip, "download", "--quiet", "--no-deps", "-d", str(into), "-r", str(pins),
-          *target.pip_options(), *pip_args], "downloading the wheels")
+    _run(
+        [*pip, "download", "--quiet", "--no-deps", "-d", str(into), "-r", str(pins), *target.pip_options(), *pip_args],
+        "downloading the wheels",
+    )
 
 
 def install(pip: list[str], wheels: Path, target: Target, tree: Path) -> None:
-    _run([*pip, "install", "--quiet", "--no-deps", "--no-index", "--no-compile",
-          "--target", str(tree), *target.pip_options(), *sorted(str(w) for w in wheels.glob("*.whl"))],
-         "installing the wheels into the bundle tree")
+    _run(
+        [
+            *pip,
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-compile",
+            "--target",
+            str(tree),
+            *target.pip_options(),
+            *sorted(str(w) for w in wheels.glob("*.whl")),
+        ],
+        "installing the wheels into the bundle tree",
+    )
 
 
 def prune(tree: Path, patterns: Iterable[str]) -> dict[str, int]:
@@ -293,6 +352,7 @@ def prune(tree: Path, patterns: Iterable[str]) -> dict[str, int]:
 
 def pack(tree: Path, archive: Path) -> None:
     """tar.xz of the tree (sorted, owner 0), through the xz program's threads when it is here."""
+
     def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
         info.uid = info.gid = 0
         info.uname = info.gname = ""
@@ -330,10 +390,21 @@ def split(archive: Path, part_bytes: int) -> tuple[str, list[dict]]:
     return whole.hexdigest(), parts
 
 
-def build(requirements: list[str], target: Target, host_text: str, out: Path, *, exclude: Iterable[str] = (),
-          prune_globs: Iterable[str] = (), part_mib: float = 47.0, python: str | None = None,
-          pip_args: Iterable[str] = (), name: str | None = None, force: bool = False,
-          progress: Callable[[str], None] = print) -> dict:
+def build(
+    requirements: list[str],
+    target: Target,
+    host_text: str,
+    out: Path,
+    *,
+    exclude: Iterable[str] = (),
+    prune_globs: Iterable[str] = (),
+    part_mib: float = 47.0,
+    python: str | None = None,
+    pip_args: Iterable[str] = (),
+    name: str | None = None,
+    force: bool = False,
+    progress: Callable[[str], None] = print,
+) -> dict:
     """Build the bundle into ``out`` (written beside it, moved in place when complete); its manifest."""
     if not requirements:
         raise BundleError("name at least one requirement, e.g. 'vllm==0.26.0'")
@@ -341,8 +412,9 @@ def build(requirements: list[str], target: Target, host_text: str, out: Path, *,
         try:
             Requirement(requirement)
         except InvalidRequirement as exc:
-            raise BundleError(f"requirement {requirement!r} is not valid ({exc}); write it as pip does: "
-                              "'vllm==0.26.0'") from None
+            raise BundleError(
+                f"requirement {requirement!r} is not valid ({exc}); write it as pip does: 'vllm==0.26.0'"
+            ) from None
     if not re.fullmatch(r"3\.\d{1,2}", target.python_version):
         raise BundleError(f"--python-version {target.python_version}: give the host's Python as 3.N (python3 -V)")
     target.platforms()  # a bad --glibc is refused before anything is resolved
@@ -358,15 +430,19 @@ def build(requirements: list[str], target: Target, host_text: str, out: Path, *,
     with tempfile.TemporaryDirectory(prefix="lem-bundle-", dir=out.parent) as scratch:
         work = Path(scratch)
         interpreter = python or find_python(target.python_version)
-        progress(f"resolving {' '.join(requirements)} for Python {target.python_version}, glibc {target.glibc}, "
-                 f"{target.machine}, against {len(host)} host packages")
+        progress(
+            f"resolving {' '.join(requirements)} for Python {target.python_version}, glibc {target.glibc}, "
+            f"{target.machine}, against {len(host)} host packages"
+        )
         pip = scratch_environment(interpreter, host, work / "venv", pip_args)
         resolved, environment = resolve(pip, requirements, target, pip_args, work)
         selection = select(resolved, host, requirements, exclude, environment)
         unused = sorted(set(map(canonicalize_name, exclude)) - set(selection.excluded))
-        progress(f"{len(resolved)} packages resolved, {len(selection.keep)} to carry, "
-                 f"{len(selection.host_used)} from the host, {len(selection.excluded)} excluded"
-                 + (f" ({len(unused)} --exclude matched nothing: {', '.join(unused)})" if unused else ""))
+        progress(
+            f"{len(resolved)} packages resolved, {len(selection.keep)} to carry, "
+            f"{len(selection.host_used)} from the host, {len(selection.excluded)} excluded"
+            + (f" ({len(unused)} --exclude matched nothing: {', '.join(unused)})" if unused else "")
+        )
         for key, why in sorted(selection.shadowed.items()):
             progress(f"  shadows the host's {key}: {why}")
         wheels, tree, bundle = work / "wheels", work / "tree", work / "bundle"
@@ -389,8 +465,12 @@ def build(requirements: list[str], target: Target, host_text: str, out: Path, *,
             "format": FORMAT,
             "name": name or "+".join(requirements),
             "requirements": requirements,
-            "target": {"python_version": target.python_version, "glibc": target.glibc, "machine": target.machine,
-                       "platforms": target.platforms()},
+            "target": {
+                "python_version": target.python_version,
+                "glibc": target.glibc,
+                "machine": target.machine,
+                "platforms": target.platforms(),
+            },
             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "builder": {"python": ".".join(map(str, sys.version_info[:3])), "pip_args": pip_args},
             "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in kept],
@@ -407,6 +487,8 @@ def build(requirements: list[str], target: Target, host_text: str, out: Path, *,
         if out.exists():
             shutil.rmtree(out)
         bundle.rename(out)
-    progress(f"wrote {out}: {len(parts)} parts of at most {part_mib:g} MiB, {archive_bytes / MIB:.1f} MiB in all, "
-             f"in {time.monotonic() - started:.0f} s; on the host: python3 unpack.py {out.name} --target DIR")
+    progress(
+        f"wrote {out}: {len(parts)} parts of at most {part_mib:g} MiB, {archive_bytes / MIB:.1f} MiB in all, "
+        f"in {time.monotonic() - started:.0f} s; on the host: python3 unpack.py {out.name} --target DIR"
+    )
     return manifest

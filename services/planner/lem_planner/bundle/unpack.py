@@ -126,8 +126,10 @@ def unpack(bundle: Path, target: Path, replace: bool = False) -> dict:
         while stream.read():  # anything after the tar's end still counts for the whole-archive hash
             pass
         if stream.digest.hexdigest() != manifest["archive"]["sha256"]:
-            raise BundleError("the parts are each intact but together differ from the archive the manifest names "
-                              "(parts from two different builds?); copy the whole bundle folder again")
+            raise BundleError(
+                "the parts are each intact but together differ from the archive the manifest names "
+                "(parts from two different builds?); copy the whole bundle folder again"
+            )
         (partial / STAMP).write_text(json.dumps(manifest, indent=1))
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"

@@ -19,8 +19,11 @@ from lem_planner.cli.results import results_cli
 from lem_planner.cli.schedule import schedule_cli
 from lem_shared.settings import get_settings
 
-cli = typer.Typer(help="LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+cli = typer.Typer(
+    help="LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 cli.add_typer(campaign_cli, name="campaign")
 cli.add_typer(results_cli, name="results")
 cli.add_typer(db_cli, name="db")
@@ -42,9 +45,12 @@ def _version(value: bool) -> None:
 
 
 @cli.callback()
-def _root(version: Annotated[bool | None, typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print the tool version and schema revision.")] = None,
-          ) -> None:
+def _root(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the tool version and schema revision."),
+    ] = None,
+) -> None:
     """LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens."""
 
 
@@ -69,21 +75,30 @@ def _explain_outage(exc: Exception) -> None:
     settings = get_settings()
     database, broker = escape(redact(settings.database_url)), escape(redact(settings.broker_url))
     if isinstance(exc, DatabaseError):
-        err.print(f"[bold red]error:[/] cannot use the database at {database}: "
-                  f"{escape(redact(str(exc.orig).strip().splitlines()[0]))}\n  start PostgreSQL (`make services`) "
-                  "and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL", highlight=False)
+        err.print(
+            f"[bold red]error:[/] cannot use the database at {database}: "
+            f"{escape(redact(str(exc.orig).strip().splitlines()[0]))}\n  start PostgreSQL (`make services`) "
+            "and migrate it (`lem db upgrade`), or set LEM_DATABASE_URL",
+            highlight=False,
+        )
         sys.exit(EXIT_FAILED)
     if isinstance(exc, SchemaError):
-        err.print(f"[bold red]error:[/] the database at {database} lacks the LLenergyMeasure schema or "
-                  f"has an old one ({escape(redact(str(exc.orig).strip().splitlines()[0]))}): run `lem db upgrade`",
-                  highlight=False)
+        err.print(
+            f"[bold red]error:[/] the database at {database} lacks the LLenergyMeasure schema or "
+            f"has an old one ({escape(redact(str(exc.orig).strip().splitlines()[0]))}): run `lem db upgrade`",
+            highlight=False,
+        )
         sys.exit(EXIT_FAILED)
     if isinstance(exc, BrokerError):
-        err.print(f"[bold red]error:[/] cannot reach the broker at {broker}: {escape(redact(str(exc)))}\n"
-                  "  start Redis (`make services`) or set LEM_BROKER_URL", highlight=False)
+        err.print(
+            f"[bold red]error:[/] cannot reach the broker at {broker}: {escape(redact(str(exc)))}\n"
+            "  start Redis (`make services`) or set LEM_BROKER_URL",
+            highlight=False,
+        )
         sys.exit(EXIT_FAILED)
     if isinstance(exc, OSError):  # a file that cannot be read or written: one line, not a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        err.print(f"[bold red]error:[/] {escape(redact(where + (exc.strerror or str(exc))))}", highlight=False,
-                  soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] {escape(redact(where + (exc.strerror or str(exc))))}", highlight=False, soft_wrap=True
+        )
         sys.exit(EXIT_FAILED)

@@ -39,9 +39,12 @@ def _plan_or_exit(file: str) -> CampaignPlan:
             err.print(f"[yellow]warning:[/] {choice.warning}", highlight=False, soft_wrap=True)
     remote = sorted({field for e in plan.experiments for field in e.section().remote_code_fields()})
     if remote:
-        err.print(f"[yellow]warning:[/] {', '.join(remote)}: runs the model repository's own code on the worker; "
-                  "workers refuse it unless their host's operator set LEM_ALLOW_REMOTE_CODE=true",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"[yellow]warning:[/] {', '.join(remote)}: runs the model repository's own code on the worker; "
+            "workers refuse it unless their host's operator set LEM_ALLOW_REMOTE_CODE=true",
+            highlight=False,
+            soft_wrap=True,
+        )
     return plan
 
 
@@ -70,8 +73,11 @@ def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:
         for skipped in plan.skipped[:10]:
             err.print(f"  {skipped.describe()}", highlight=False, markup=False, soft_wrap=True)
         if len(plan.skipped) > 10:
-            err.print(f"  ... and {len(plan.skipped) - 10} more (`lem campaign plan {file}` lists them all)",
-                      highlight=False, markup=False)
+            err.print(
+                f"  ... and {len(plan.skipped) - 10} more (`lem campaign plan {file}` lists them all)",
+                highlight=False,
+                markup=False,
+            )
     return plan.campaign, plan.experiments
 
 
@@ -96,8 +102,12 @@ def campaign_plan(
         for index, (experiment, values) in enumerate(zip(shown, flat, strict=True)):
             table.add_row(str(index), experiment.backend.value, *(str(values.get(k, "-")) for k in varying))
     else:  # too many to be columns: each row lists the parameters it sets (None: the engine's default)
-        table = Table("exp", "backend", "parameters (those that differ between experiments)",
-                      title=f"{campaign.name}: experiments")
+        table = Table(
+            "exp",
+            "backend",
+            "parameters (those that differ between experiments)",
+            title=f"{campaign.name}: experiments",
+        )
         for index, (experiment, values) in enumerate(zip(shown, flat, strict=True)):
             settings = " ".join(f"{k}={values[k]}" for k in varying if values.get(k) is not None)
             table.add_row(str(index), experiment.backend.value, settings)
@@ -111,12 +121,23 @@ def campaign_plan(
         if limit and len(plan.skipped) > limit:
             out.print(f"  ... and {len(plan.skipped) - limit} more (--limit 0 shows all)", highlight=False)
     per_backend = Counter(e.backend.value for e in plan.experiments)
-    kinds = Counter("excluded" if s.reason.startswith("excluded by ") else
-                    "duplicate" if s.reason.startswith("duplicate of ") else "invalid" for s in plan.skipped)
-    out.print(f"{campaign.name}: {len(plan.experiments)} experiments ("
-              + ", ".join(f"{n} {b}" for b, n in per_backend.items()) + f"), {len(plan.skipped)} points skipped ("
-              + ", ".join(f"{kinds[k]} {k}" for k in ("invalid", "excluded", "duplicate")) + f"); x "
-              f"{campaign.cycles} cycles = {len(plan.experiments) * campaign.cycles} runs", highlight=False)
+    kinds = Counter(
+        "excluded"
+        if s.reason.startswith("excluded by ")
+        else "duplicate"
+        if s.reason.startswith("duplicate of ")
+        else "invalid"
+        for s in plan.skipped
+    )
+    out.print(
+        f"{campaign.name}: {len(plan.experiments)} experiments ("
+        + ", ".join(f"{n} {b}" for b, n in per_backend.items())
+        + f"), {len(plan.skipped)} points skipped ("
+        + ", ".join(f"{kinds[k]} {k}" for k in ("invalid", "excluded", "duplicate"))
+        + f"); x "
+        f"{campaign.cycles} cycles = {len(plan.experiments) * campaign.cycles} runs",
+        highlight=False,
+    )
 
 
 @campaign_cli.command("run")
@@ -127,9 +148,14 @@ def campaign_run(
     require_workers: Annotated[
         bool, typer.Option("--require-workers/--no-require-workers", help="Refuse when a backend has no worker.")
     ] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, name, status, experiments, cycles, "
-                                                       "runs, counts} as JSON (after the campaign ends with --wait).")
-                       ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print {campaign_id, name, status, experiments, cycles, "
+            "runs, counts} as JSON (after the campaign ends with --wait).",
+        ),
+    ] = False,
 ) -> None:
     """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
     from lem_planner.campaigns import consumers_by_queue, create_campaign
@@ -143,13 +169,21 @@ def campaign_run(
         consumers = consumers_by_queue(sender())
         missing = sorted({e.backend.value for e in experiments if queue_for(e.backend).value not in consumers})
         if missing:
-            hint = "; ".join(f"start one with `make up` or `lem-worker-{b}`" if b == "pytorch"
-                             else f"start `lem-worker-{b}` on a host with {b} installed" for b in missing)
-            raise fail(f"no live worker for backend(s) {', '.join(missing)}: {hint} "
-                       "(or pass --no-require-workers to queue the runs for later)")
+            hint = "; ".join(
+                f"start one with `make up` or `lem-worker-{b}`"
+                if b == "pytorch"
+                else f"start `lem-worker-{b}` on a host with {b} installed"
+                for b in missing
+            )
+            raise fail(
+                f"no live worker for backend(s) {', '.join(missing)}: {hint} "
+                "(or pass --no-require-workers to queue the runs for later)"
+            )
         if QueueName.CONTROL.value not in consumers:
-            raise fail("no control worker (it dispatches runs in order and finalises their energy): start "
-                       "`lem-control` or `make up` (or pass --no-require-workers to queue the runs for later)")
+            raise fail(
+                "no control worker (it dispatches runs in order and finalises their energy): start "
+                "`lem-control` or `make up` (or pass --no-require-workers to queue the runs for later)"
+            )
 
     campaign_id, requests = create_campaign(campaign, experiments)
     # The first runs start now, not at the control loop's next pass (and even with no control worker up yet,
@@ -161,9 +195,11 @@ def campaign_run(
         if status is not None and status != CampaignStatus.DONE:
             raise fail(f"campaign {campaign_id} ended {status}")
         return
-    out.print(f"campaign [bold]{campaign_id}[/] ({campaign.name}): {len(experiments)} experiments x "
-              f"{campaign.cycles} cycles = {len(requests)} runs, {campaign.structure}; each is sent when a "
-              f"worker of its backend is free")
+    out.print(
+        f"campaign [bold]{campaign_id}[/] ({campaign.name}): {len(experiments)} experiments x "
+        f"{campaign.cycles} cycles = {len(requests)} runs, {campaign.structure}; each is sent when a "
+        f"worker of its backend is free"
+    )
     if not wait:
         return
     status = _follow(campaign_id, len(requests), timeout)
@@ -177,8 +213,15 @@ def _run_summary(campaign_id: int, name: str, experiments: int, cycles: int) -> 
     from lem_planner.results import campaign_progress
 
     status, counts = campaign_progress(campaign_id)
-    return {"campaign_id": campaign_id, "name": name, "status": str(status), "experiments": experiments,
-            "cycles": cycles, "runs": sum(counts.values()), "counts": {str(k): n for k, n in sorted(counts.items())}}
+    return {
+        "campaign_id": campaign_id,
+        "name": name,
+        "status": str(status),
+        "experiments": experiments,
+        "cycles": cycles,
+        "runs": sum(counts.values()),
+        "counts": {str(k): n for k, n in sorted(counts.items())},
+    }
 
 
 def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -> str:
@@ -189,9 +232,18 @@ def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -
     from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
 
     deadline = time.monotonic() + timeout
-    progress = None if quiet else Progress(
-        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=out, transient=False)
+    progress = (
+        None
+        if quiet
+        else Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=out,
+            transient=False,
+        )
+    )
     with progress or nullcontext():
         bar = None if progress is None else progress.add_task("runs", total=total)
         while True:
@@ -203,8 +255,9 @@ def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -
             if status != CampaignStatus.RUNNING:
                 return status
             if time.monotonic() > deadline:
-                raise fail(f"gave up waiting after {timeout:.0f} s; the campaign goes on: "
-                           f"`lem results show {campaign_id}`")
+                raise fail(
+                    f"gave up waiting after {timeout:.0f} s; the campaign goes on: `lem results show {campaign_id}`"
+                )
             time.sleep(0.5)
 
 
@@ -224,19 +277,34 @@ def campaign_status_command(
         print_json(status)
         return
     eta = status["eta_s"]
-    ended = status["status"] + (f" with {status['failed']} failed run{'s' if status['failed'] != 1 else ''}"
-                                if status["failed"] and status["status"] != "running" else "")
-    out.print(f"campaign [bold]{campaign_id}[/] ({status['name']}): {ended}, {status['structure']} "
-              f"(seed {status['seed']}), {status['finished']}/{status['total']} runs finished"
-              + (f", ETA {eta / 60:.1f} min" if eta else ""), highlight=False)
+    ended = status["status"] + (
+        f" with {status['failed']} failed run{'s' if status['failed'] != 1 else ''}"
+        if status["failed"] and status["status"] != "running"
+        else ""
+    )
+    out.print(
+        f"campaign [bold]{campaign_id}[/] ({status['name']}): {ended}, {status['structure']} "
+        f"(seed {status['seed']}), {status['finished']}/{status['total']} runs finished"
+        + (f", ETA {eta / 60:.1f} min" if eta else ""),
+        highlight=False,
+    )
     progress = Progress(TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), console=out)
     for name, count in sorted(status["counts"].items()):
         progress.add_task(name, total=status["total"], completed=count)
     out.print(progress.get_renderable())
     table = Table("pos", "run", "exp", "backend", "cycle", "status", "attempts", "worker", "error")
     for r in status["runs"]:
-        table.add_row(str(r["position"]), str(r["run_id"]), str(r["experiment_index"]), r["backend"],
-                      str(r["cycle"]), r["status"], str(r["attempts"]), r["worker"] or "", (r["error"] or "")[:60])
+        table.add_row(
+            str(r["position"]),
+            str(r["run_id"]),
+            str(r["experiment_index"]),
+            r["backend"],
+            str(r["cycle"]),
+            r["status"],
+            str(r["attempts"]),
+            r["worker"] or "",
+            (r["error"] or "")[:60],
+        )
     out.print(table)
 
 
@@ -245,8 +313,14 @@ def campaign_resume(
     campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Show progress until the campaign ends.")] = True,
     timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 6 * 3600,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, status, requeued, finished, total} "
-                                                       "as JSON (after the campaign ends with --wait).")] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print {campaign_id, status, requeued, finished, total} "
+            "as JSON (after the campaign ends with --wait).",
+        ),
+    ] = False,
 ) -> None:
     """Continue a campaign after a crash of the planner, a worker, Redis or PostgreSQL: runs in flight are
     sent again, finished runs are never re-run."""
@@ -264,16 +338,28 @@ def campaign_resume(
     advance(sender())  # the re-queued runs start now, as in `campaign run`
     status = campaign_status(campaign_id)
     if as_json:
-        ended = (_follow(campaign_id, status["total"], timeout, quiet=True)
-                 if wait and status["status"] == CampaignStatus.RUNNING else None)
+        ended = (
+            _follow(campaign_id, status["total"], timeout, quiet=True)
+            if wait and status["status"] == CampaignStatus.RUNNING
+            else None
+        )
         final = campaign_status(campaign_id) if ended else status
-        print_json({"campaign_id": campaign_id, "status": str(final["status"]), "requeued": requeued,
-                    "finished": final["finished"], "total": final["total"]})
+        print_json(
+            {
+                "campaign_id": campaign_id,
+                "status": str(final["status"]),
+                "requeued": requeued,
+                "finished": final["finished"],
+                "total": final["total"],
+            }
+        )
         if ended is not None and ended != CampaignStatus.DONE:
             raise fail(f"campaign {campaign_id} ended {ended}")
         return
-    out.print(f"campaign {campaign_id}: {requeued['dispatched']} dispatched and {requeued['running']} orphaned "
-              f"runs re-queued; {status['finished']}/{status['total']} runs already finished")
+    out.print(
+        f"campaign {campaign_id}: {requeued['dispatched']} dispatched and {requeued['running']} orphaned "
+        f"runs re-queued; {status['finished']}/{status['total']} runs already finished"
+    )
     if wait and status["status"] == CampaignStatus.RUNNING:
         ended = _follow(campaign_id, status["total"], timeout)
         results_table(campaign_id)
@@ -282,10 +368,13 @@ def campaign_resume(
 
 
 @campaign_cli.command("cancel")
-def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
-                    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, cancelled, queued, "
-                                                                       "stopping, orphaned, already} as JSON.")
-                                       ] = False) -> None:
+def campaign_cancel(
+    campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print {campaign_id, cancelled, queued, stopping, orphaned, already} as JSON."),
+    ] = False,
+) -> None:
     """Drop the campaign's queued runs and stop its running one (its worker kills the engine within a second); a
     campaign that had already ended is left as it was (exit 0, saying so)."""
     import redis
@@ -307,11 +396,15 @@ def campaign_cancel(campaign_id: Annotated[int, typer.Argument(help="Campaign id
         return
     parts = [f"{counts['queued']} queued runs dropped"]
     if counts["stopping"]:
-        parts.append(f"{counts['stopping']} running run{' is' if counts['stopping'] == 1 else 's are'} being "
-                     "stopped by its worker")
+        parts.append(
+            f"{counts['stopping']} running run{' is' if counts['stopping'] == 1 else 's are'} being "
+            "stopped by its worker"
+        )
     if counts["orphaned"]:
-        parts.append(f"{counts['orphaned']} running run{'' if counts['orphaned'] == 1 else 's'} that no worker "
-                     "was measuring any more cancelled")
+        parts.append(
+            f"{counts['orphaned']} running run{'' if counts['orphaned'] == 1 else 's'} that no worker "
+            "was measuring any more cancelled"
+        )
     out.print(f"campaign {campaign_id} cancelled: " + ", ".join(parts))
 
 
@@ -335,14 +428,25 @@ def campaign_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
 
 
 @campaign_cli.command("validate")
-def campaign_validate(file: str, as_json: Annotated[bool, typer.Option(
-        "--json", help="Print {campaign, experiments, cycles, runs, labels} as JSON.")] = False) -> None:
+def campaign_validate(
+    file: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {campaign, experiments, cycles, runs, labels} as JSON.")
+    ] = False,
+) -> None:
     """Check FILE and print the experiments it expands to, without writing or dispatching anything."""
     campaign, experiments = _load_or_exit(file)
     if as_json:
         labels, _ = describe_experiments([e.model_dump(mode="json") for e in experiments])
-        print_json({"campaign": campaign.name, "experiments": len(experiments), "cycles": campaign.cycles,
-                    "runs": len(experiments) * campaign.cycles, "labels": labels})
+        print_json(
+            {
+                "campaign": campaign.name,
+                "experiments": len(experiments),
+                "cycles": campaign.cycles,
+                "runs": len(experiments) * campaign.cycles,
+                "labels": labels,
+            }
+        )
         return
     labels, caption = describe_experiments([e.model_dump(mode="json") for e in experiments])
     out.print(f"{campaign.name}: {len(experiments)} experiments x {campaign.cycles} cycles; {caption}", highlight=False)

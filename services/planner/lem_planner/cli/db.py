@@ -13,8 +13,9 @@ db_cli = typer.Typer(help="Database schema (Alembic).", no_args_is_help=True)
 
 
 @db_cli.command("upgrade")
-def db_upgrade(revision: str = "head",
-               as_json: Annotated[bool, typer.Option("--json", help="Print {revision} as JSON.")] = False) -> None:
+def db_upgrade(
+    revision: str = "head", as_json: Annotated[bool, typer.Option("--json", help="Print {revision} as JSON.")] = False
+) -> None:
     """Create the database if needed and migrate it to REVISION (alembic upgrade)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -29,8 +30,10 @@ def db_upgrade(revision: str = "head",
         cause = redact(str(exc.orig).strip().splitlines()[0])
         name = make_url(url).database
         if isinstance(exc, ProgrammingError) or "permission denied" in cause:
-            fix = (f"create the database yourself (`createdb {name}`, as a user allowed to) or give LEM_DATABASE_URL "
-                   "a user with CREATEDB, then run this again")
+            fix = (
+                f"create the database yourself (`createdb {name}`, as a user allowed to) or give LEM_DATABASE_URL "
+                "a user with CREATEDB, then run this again"
+            )
         else:
             fix = "start PostgreSQL (`make services`) or set LEM_DATABASE_URL to a server that runs"
         raise fail(f"cannot migrate the database at {redact(url)}: {cause}; {fix}") from None

@@ -30,18 +30,29 @@ def energy_analyse(
     except TraceError as exc:
         raise fail(str(exc), EXIT_BAD_INPUT) from None
     limits = Thresholds(min_window_s=min_window_s)
-    results = [analyse_window(samples, start, end, name=name, context=RunContext(interval_s=interval_s),
-                              thresholds=limits).to_dict() for name, start, end in spans]
+    results = [
+        analyse_window(
+            samples, start, end, name=name, context=RunContext(interval_s=interval_s), thresholds=limits
+        ).to_dict()
+        for name, start, end in spans
+    ]
     if as_json:
         print_json(results)
         return
     table = Table("window", "s", "counter J", "∫P dt J", "P", "gap %", "mean W", "peak W", "updates", "verdict")
     for r in results:
-        table.add_row(r["name"], f"{r['duration_s']:.2f}", cell(r["energy_counter_j"], ".1f"),
-                      cell(r["energy_integral_j"], ".1f"), {"instant": "inst", "average": "avg"}.get(
-                          r["power_source"], "-"), cell(r["disagreement_pct"], "+.2f"),
-                      cell(r["mean_power_w"], ".0f"), cell(r["peak_power_w"], ".0f"),
-                      str(r["counter_updates"]), r["verdict"])
+        table.add_row(
+            r["name"],
+            f"{r['duration_s']:.2f}",
+            cell(r["energy_counter_j"], ".1f"),
+            cell(r["energy_integral_j"], ".1f"),
+            {"instant": "inst", "average": "avg"}.get(r["power_source"], "-"),
+            cell(r["disagreement_pct"], "+.2f"),
+            cell(r["mean_power_w"], ".0f"),
+            cell(r["peak_power_w"], ".0f"),
+            str(r["counter_updates"]),
+            r["verdict"],
+        )
     out.print(table)
     for r in results:
         for check in r["checks"]:

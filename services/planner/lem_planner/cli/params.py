@@ -12,8 +12,9 @@ import typer
 from lem_planner.cli.console import EXIT_BAD_INPUT, fail, print_json
 from lem_shared.queues import Backend
 
-params_cli = typer.Typer(help="Engine parameters: discover them from the engines themselves; coverage.",
-                         no_args_is_help=True)
+params_cli = typer.Typer(
+    help="Engine parameters: discover them from the engines themselves; coverage.", no_args_is_help=True
+)
 
 # The committed snapshots live in the shared package (plan-time checks read them); in a source checkout this is
 # shared/lem_shared/params/snapshots. Discovery writes to a user folder unless --out names that one: a discovery
@@ -29,20 +30,31 @@ def default_out() -> Path:
 _DOWNLOAD_HINT = {
     "vllm": "python3 -m pip download --no-deps vllm==<version> -d /tmp/wheels",
     "trtllm": "python3 -m pip download --no-deps tensorrt_llm==<version> --extra-index-url https://pypi.nvidia.com "
-              "-d /tmp/wheels",
+    "-d /tmp/wheels",
 }
 
 
 @params_cli.command("discover")
 def params_discover(
     backend: Annotated[Backend, typer.Argument(help="Engine: pytorch (introspection), vllm or trtllm (static).")],
-    source: Annotated[str | None, typer.Option(
-        "--source", help="vllm/trtllm: a wheel (.whl) or source tree of the engine; parsed, not imported.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for <backend>-<version>.json (default "
-                                             "~/.cache/lem/snapshots; shared/lem_shared/params/snapshots to commit "
-                                             "it).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print {backend, engine_version, parameters, groups, "
-                                                       "path} as JSON.")] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", help="vllm/trtllm: a wheel (.whl) or source tree of the engine; parsed, not imported."
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for <backend>-<version>.json (default "
+            "~/.cache/lem/snapshots; shared/lem_shared/params/snapshots to commit "
+            "it).",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {backend, engine_version, parameters, groups, path} as JSON.")
+    ] = False,
 ) -> None:
     """Read BACKEND's parameter surface and write <backend>-<version>.json into --out (a user folder by default)."""
     from lem_planner.params.discover import discover, write_snapshot
@@ -50,15 +62,23 @@ def params_discover(
 
     name = backend.value
     if name == "pytorch" and source is not None:
-        raise fail("--source applies to vllm and trtllm; pytorch is introspected from the installed transformers",
-                   EXIT_BAD_INPUT)
+        raise fail(
+            "--source applies to vllm and trtllm; pytorch is introspected from the installed transformers",
+            EXIT_BAD_INPUT,
+        )
     if name != "pytorch":
         if source is None:
-            raise fail(f"{name} discovery needs --source PATH (a .whl or a source tree); "
-                       f"get a wheel with `{_DOWNLOAD_HINT[name]}`", EXIT_BAD_INPUT)
+            raise fail(
+                f"{name} discovery needs --source PATH (a .whl or a source tree); "
+                f"get a wheel with `{_DOWNLOAD_HINT[name]}`",
+                EXIT_BAD_INPUT,
+            )
         if not Path(source).exists():
-            raise fail(f"--source {source} does not exist; pass a .whl or a source tree "
-                       f"(get a wheel with `{_DOWNLOAD_HINT[name]}`)", EXIT_BAD_INPUT)
+            raise fail(
+                f"--source {source} does not exist; pass a .whl or a source tree "
+                f"(get a wheel with `{_DOWNLOAD_HINT[name]}`)",
+                EXIT_BAD_INPUT,
+            )
     from lem_planner.progress import Steps
 
     try:
@@ -71,12 +91,20 @@ def params_discover(
     for parameter in snapshot["parameters"]:
         groups[parameter["group"]] = groups.get(parameter["group"], 0) + 1
     if as_json:
-        print_json({"backend": name, "engine_version": snapshot["engine_version"],
-                    "parameters": len(snapshot["parameters"]), "groups": groups, "path": str(path)})
+        print_json(
+            {
+                "backend": name,
+                "engine_version": snapshot["engine_version"],
+                "parameters": len(snapshot["parameters"]),
+                "groups": groups,
+                "path": str(path),
+            }
+        )
         return
     summary = ", ".join(f"{group} {count}" for group, count in groups.items())
-    typer.echo(f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) "
-               f"written to {path}")
+    typer.echo(
+        f"{name} {snapshot['engine_version']}: {len(snapshot['parameters'])} parameters ({summary}) written to {path}"
+    )
     if path.parent.resolve() != COMMITTED.resolve():
         typer.echo(f"plan-time checks read the committed snapshots: to commit it, run again with --out {COMMITTED}")
 
@@ -84,8 +112,9 @@ def params_discover(
 @params_cli.command("coverage")
 def params_coverage(
     backend: Annotated[Backend | None, typer.Argument(help="One backend (default: all).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="{backend: {engine_version, coverage_pct, exposed, "
-                                                       "missing, ...}} on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="{backend: {engine_version, coverage_pct, exposed, missing, ...}} on stdout.")
+    ] = False,
 ) -> None:
     """Per backend: relevant parameters exposed first-class, reachable through extra, not exposed; coverage %."""
     from lem_shared.params.coverage import coverage
@@ -100,10 +129,12 @@ def params_coverage(
             typer.echo(f"{name}: {c['error']}")
             continue
         verdict = "meets" if c["coverage_pct"] >= c["target_pct"] else "BELOW"
-        typer.echo(f"{name} {c['engine_version']}: {c['coverage_pct']} % of {c['relevant']} relevant parameters "
-                   f"first-class ({verdict} the {c['target_pct']:g} % target); {len(c['via_extra'])} through extra, "
-                   f"{len(c['not_exposed'])} not exposed, {c['not_relevant']} not relevant, "
-                   f"{len(c['unclassified'])} unclassified (of {c['discovered']} discovered)")
+        typer.echo(
+            f"{name} {c['engine_version']}: {c['coverage_pct']} % of {c['relevant']} relevant parameters "
+            f"first-class ({verdict} the {c['target_pct']:g} % target); {len(c['via_extra'])} through extra, "
+            f"{len(c['not_exposed'])} not exposed, {c['not_relevant']} not relevant, "
+            f"{len(c['unclassified'])} unclassified (of {c['discovered']} discovered)"
+        )
         for label in c["via_extra"]:
             typer.echo(f"  extra only:  {label}")
         for item in c["not_exposed"]:

@@ -27,9 +27,13 @@ results_cli = typer.Typer(help="Show results.", no_args_is_help=True)
 def results_show(
     campaign_id: int,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    experiments: Annotated[bool, typer.Option(
-        "--experiments", help="With --json: print {runs, experiments} (per-experiment means and CIs) instead of "
-        "the list of runs.")] = False,
+    experiments: Annotated[
+        bool,
+        typer.Option(
+            "--experiments",
+            help="With --json: print {runs, experiments} (per-experiment means and CIs) instead of the list of runs.",
+        ),
+    ] = False,
     resamples: Annotated[int, typer.Option(min=1, help="Bootstrap resamples for the CIs.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap resampling.")] = 0,
 ) -> None:
@@ -65,11 +69,18 @@ class ExportLevel(StrEnum):
 def results_export(
     campaign_id: int,
     output: Annotated[Path, typer.Option("-o", "--output", help="File to write.")],
-    fmt: Annotated[ExportFormat | None, typer.Option(
-        "--format", help="csv, parquet or json (a list of records); by default the one the file's suffix names "
-        "(.csv, .parquet, .json).")] = None,
-    level: Annotated[ExportLevel, typer.Option(help="run: a row per run; experiment: a row per experiment with "
-                                                    "means and 95 % bootstrap CIs.")] = ExportLevel.run,
+    fmt: Annotated[
+        ExportFormat | None,
+        typer.Option(
+            "--format",
+            help="csv, parquet or json (a list of records); by default the one the file's suffix names "
+            "(.csv, .parquet, .json).",
+        ),
+    ] = None,
+    level: Annotated[
+        ExportLevel,
+        typer.Option(help="run: a row per run; experiment: a row per experiment with means and 95 % bootstrap CIs."),
+    ] = ExportLevel.run,
 ) -> None:
     """Write CAMPAIGN_ID's results to a file pandas reads as it is (`lem results columns` documents each
     column: name, unit, type, meaning). The format is --format or the file's suffix; a --format the suffix
@@ -92,8 +103,9 @@ def results_export(
 @results_cli.command("import")
 def results_import(
     directory: Annotated[Path, typer.Argument(help="Folder of the earlier tool's results (searched recursively).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print {campaign_id, runs, imported, skipped, problems} "
-                                                       "as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print {campaign_id, runs, imported, skipped, problems} as JSON.")
+    ] = False,
 ) -> None:
     """Import the JSON results of the earlier LLenergyMeasure (v2 and v3, per-process and aggregated) as a
     campaign marked imported; fields without a column here are kept in runs.imported. Bad or partial files are
@@ -106,10 +118,16 @@ def results_import(
     if not report.imported and not report.skipped:
         raise fail(f"{directory}: no .json files", EXIT_BAD_INPUT)
     if as_json:
-        print_json({"campaign_id": report.campaign_id, "directory": str(report.directory), "runs": report.runs,
-                    "imported": [str(file) for file, _, _ in report.imported],
-                    "skipped": [{"file": str(file), "reason": reason} for file, reason in report.skipped],
-                    "problems": len(report.problems)})
+        print_json(
+            {
+                "campaign_id": report.campaign_id,
+                "directory": str(report.directory),
+                "runs": report.runs,
+                "imported": [str(file) for file, _, _ in report.imported],
+                "skipped": [{"file": str(file), "reason": reason} for file, reason in report.skipped],
+                "problems": len(report.problems),
+            }
+        )
         for file, reason in report.problems:
             typer.echo(f"error: {file}: {reason}", err=True)
         if report.problems:
@@ -121,10 +139,14 @@ def results_import(
         out.print(f"skipped {file}: {reason}", highlight=False, markup=False, soft_wrap=True)
     already = sum(1 for _, r in report.skipped if r.startswith(ALREADY))
     where = f"campaign {report.campaign_id}" if report.campaign_id is not None else "no campaign"
-    out.print(f"{report.runs} run(s) imported into {where} ({report.directory}); {len(report.skipped)} file(s) "
-              f"skipped: {len(report.problems)} bad, {already} already imported"
-              + (f"; `lem results show {report.campaign_id}`" if report.campaign_id is not None else ""),
-              highlight=False, markup=False, soft_wrap=True)
+    out.print(
+        f"{report.runs} run(s) imported into {where} ({report.directory}); {len(report.skipped)} file(s) "
+        f"skipped: {len(report.problems)} bad, {already} already imported"
+        + (f"; `lem results show {report.campaign_id}`" if report.campaign_id is not None else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     if report.problems:
         raise typer.Exit(1)
 
@@ -133,9 +155,14 @@ def results_import(
 def results_report(
     campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="The HTML file to write (its folder must exist).")],
-    figures: Annotated[Path | None, typer.Option(
-        "--figures", help="The folder for the figure files (PNG and SVG; made if missing, its parent must exist); "
-                          "default: <output stem>_figures beside the page.")] = None,
+    figures: Annotated[
+        Path | None,
+        typer.Option(
+            "--figures",
+            help="The folder for the figure files (PNG and SVG; made if missing, its parent must exist); "
+            "default: <output stem>_figures beside the page.",
+        ),
+    ] = None,
 ) -> None:
     """Write a self-contained HTML report of CAMPAIGN_ID with every figure its data supports: power and
     temperature over time with the measurement windows shaded; throughput, TTFT, latency and J/token against the
@@ -155,14 +182,16 @@ def results_report(
     except UnknownCampaign:
         raise no_campaign(campaign_id) from None
     folder = figures or figures_folder(output)
-    out.print(f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and its figures in {folder}",
-              highlight=False, markup=False)
+    out.print(
+        f"wrote {output} ({output.stat().st_size / 1024:.0f} KiB) and its figures in {folder}",
+        highlight=False,
+        markup=False,
+    )
 
 
 @results_cli.command("columns")
 def results_columns(
-    level: Annotated[ExportLevel, typer.Option(help="Columns of the run or the experiment export.")] =
-    ExportLevel.run,
+    level: Annotated[ExportLevel, typer.Option(help="Columns of the run or the experiment export.")] = ExportLevel.run,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every column of `lem results export`: name, unit, type (int, float, bool, text, timestamp: Parquet's
@@ -202,24 +231,45 @@ def results_compare(
     if as_json:
         print_json({"rows": comparison.rows, "unpaired": comparison.unpaired, "notes": comparison.notes})
         return
-    table = Table("A", "B", "metric", "A mean [95 % CI]", "B mean [95 % CI]", "B vs A", "CIs overlap",
-                  title=f"lem results compare {a} {b}")
+    table = Table(
+        "A",
+        "B",
+        "metric",
+        "A mean [95 % CI]",
+        "B mean [95 % CI]",
+        "B vs A",
+        "CIs overlap",
+        title=f"lem results compare {a} {b}",
+    )
     for r in comparison.rows:
         if r["metric"] == "j_per_token":
-            means = [j_per_token_text(r[f"{side}_mean"], r[f"{side}_ci_low"], r[f"{side}_ci_high"])
-                     for side in ("a", "b")]
+            means = [
+                j_per_token_text(r[f"{side}_mean"], r[f"{side}_ci_low"], r[f"{side}_ci_high"]) for side in ("a", "b")
+            ]
         else:
             scale = 1000 if r["metric"] == "itl_mean_s" else 1
-            means = [ci_text({"mean": r[f"{side}_mean"], "ci_low": r[f"{side}_ci_low"],
-                              "ci_high": r[f"{side}_ci_high"]}, ".4g", scale) for side in ("a", "b")]
+            means = [
+                ci_text(
+                    {"mean": r[f"{side}_mean"], "ci_low": r[f"{side}_ci_low"], "ci_high": r[f"{side}_ci_high"]},
+                    ".4g",
+                    scale,
+                )
+                for side in ("a", "b")
+            ]
         if r["ci_overlap"] is None:
             overlap = f"- ({r['a_reason'] or r['b_reason']})"
         else:
             overlap = "yes (not shown to differ)" if r["ci_overlap"] else "no"
             if r["a_warning"] or r["b_warning"]:
                 overlap += " (unreliable: under 3 cycles)"
-        table.add_row(r["a"], r["b"], r["metric"] + (" ms" if r["metric"] == "itl_mean_s" else ""), *means,
-                      cell(r["diff_pct"], "+.1f") + (" %" if r["diff_pct"] is not None else ""), overlap)
+        table.add_row(
+            r["a"],
+            r["b"],
+            r["metric"] + (" ms" if r["metric"] == "itl_mean_s" else ""),
+            *means,
+            cell(r["diff_pct"], "+.1f") + (" %" if r["diff_pct"] is not None else ""),
+            overlap,
+        )
     out.print(table)
     for experiment, notes in comparison.notes.items():
         for line in notes:

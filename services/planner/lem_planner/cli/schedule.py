@@ -12,8 +12,10 @@ import typer
 from lem_planner.cli.console import EXIT_BAD_INPUT, fail, print_json, stdout_console
 from lem_planner.schedules import DEFAULT_CATCH_UP, ScheduleOverlap
 
-schedule_cli = typer.Typer(help="Campaigns on a schedule, fired by the beat process (`make beat` or `make up`).",
-                           no_args_is_help=True)
+schedule_cli = typer.Typer(
+    help="Campaigns on a schedule, fired by the beat process (`make beat` or `make up`).", no_args_is_help=True
+)
+
 
 def _beat_line() -> str:
     from lem_planner.schedules import beat_presence
@@ -31,19 +33,32 @@ def _beat_line() -> str:
 def schedule_add(
     file: Annotated[str, typer.Argument(help="Campaign YAML file; its content is stored with the schedule.")],
     cron: Annotated[str | None, typer.Option(help="Cron expression, e.g. '0 2 * * *' (02:00 every day).")] = None,
-    every: Annotated[str | None, typer.Option(help="Interval: 30s, 15m, 6h, 1d, 1h30m. The first firing is one "
-                                                   "interval from now, or --at.")] = None,
+    every: Annotated[
+        str | None,
+        typer.Option(help="Interval: 30s, 15m, 6h, 1d, 1h30m. The first firing is one interval from now, or --at."),
+    ] = None,
     at: Annotated[str | None, typer.Option(help="ISO time: fire once then (with --every: the first firing).")] = None,
     until: Annotated[str | None, typer.Option(help="ISO time: no firing after it.")] = None,
     times: Annotated[int | None, typer.Option(help="Fire at most this many times.")] = None,
-    overlap: Annotated[ScheduleOverlap, typer.Option(
-        help="When a campaign still runs on the backends this one needs: queue (create it; its runs follow) or skip "
-             "(record the skip).")] = ScheduleOverlap.QUEUE,
-    catch_up: Annotated[int, typer.Option(min=0, help="Due times missed while no beat ran that are fired late when "
-                                                       "one comes back (the most recent ones); older are recorded "
-                                                       "as missed.")] = DEFAULT_CATCH_UP,
-    tz: Annotated[str, typer.Option("--tz", help="Time zone of --cron, and of --at/--until without an offset.")]
-    = "UTC",
+    overlap: Annotated[
+        ScheduleOverlap,
+        typer.Option(
+            help="When a campaign still runs on the backends this one needs: queue (create it; its runs follow) "
+            "or skip (record the skip)."
+        ),
+    ] = ScheduleOverlap.QUEUE,
+    catch_up: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Due times missed while no beat ran that are fired late when "
+            "one comes back (the most recent ones); older are recorded "
+            "as missed.",
+        ),
+    ] = DEFAULT_CATCH_UP,
+    tz: Annotated[
+        str, typer.Option("--tz", help="Time zone of --cron, and of --at/--until without an offset.")
+    ] = "UTC",
     as_json: Annotated[bool, typer.Option("--json", help="Print the schedule as JSON.")] = False,
 ) -> None:
     """Run the campaign in FILE on a schedule. The file is validated now and its text stored: editing the file
@@ -68,8 +83,10 @@ def schedule_add(
     if as_json:
         print_json(summary)
         return
-    typer.echo(f"schedule {summary['id']} ({summary['name']}): {summary['when']}; next {summary['next_due_at']}; "
-               f"overlap {summary['overlap']}")
+    typer.echo(
+        f"schedule {summary['id']} ({summary['name']}): {summary['when']}; next {summary['next_due_at']}; "
+        f"overlap {summary['overlap']}"
+    )
     typer.echo(_beat_line())
 
 
@@ -87,11 +104,16 @@ def schedule_list(as_json: Annotated[bool, typer.Option("--json", help="Print JS
     table = Table("id", "campaign", "when", "next", "fired", "overlap", "status", "last firing")
     for r in rows:
         last = r["last_firing"]
-        last_text = "-" if last is None else f"{last['due_at']} {last['outcome']}" + (
-            f" campaign {last['campaign_id']}" if last["campaign_id"] else "")
+        last_text = (
+            "-"
+            if last is None
+            else f"{last['due_at']} {last['outcome']}"
+            + (f" campaign {last['campaign_id']}" if last["campaign_id"] else "")
+        )
         fired = ", ".join(f"{n} {k}" for k, n in sorted(r["outcomes"].items())) or "0"
-        table.add_row(str(r["id"]), r["name"], r["when"], r["next_due_at"] or "-", fired, r["overlap"], r["status"],
-                      last_text)
+        table.add_row(
+            str(r["id"]), r["name"], r["when"], r["next_due_at"] or "-", fired, r["overlap"], r["status"], last_text
+        )
     console = stdout_console(piped_width=160)
     console.print(table)
     console.print(_beat_line(), highlight=False)
@@ -116,8 +138,9 @@ def schedule_history_command(
         return
     table = Table("due", "fired", "outcome", "campaign", "overlap", "detail")
     for f in firings:
-        table.add_row(f["due_at"], f["fired_at"], f["outcome"], str(f["campaign_id"] or "-"), f["overlap"],
-                      f["detail"] or "")
+        table.add_row(
+            f["due_at"], f["fired_at"], f["outcome"], str(f["campaign_id"] or "-"), f["overlap"], f["detail"] or ""
+        )
     stdout_console(piped_width=160).print(table)
 
 
@@ -134,8 +157,10 @@ def _by_id(action: str, schedule_id: int) -> dict[str, Any] | None:
 
 
 @schedule_cli.command("remove")
-def schedule_remove(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,) -> None:
+def schedule_remove(
+    schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Delete a schedule and its firing record; the campaigns it created stay."""
     _by_id("remove", schedule_id)
     if as_json:
@@ -145,8 +170,10 @@ def schedule_remove(schedule_id: Annotated[int, typer.Argument(help="Schedule id
 
 
 @schedule_cli.command("pause")
-def schedule_pause(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,) -> None:
+def schedule_pause(
+    schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Stop firing until `lem schedule resume`; due times in the pause are not fired later."""
     summary = _by_id("pause", schedule_id)
     if as_json:
@@ -156,8 +183,10 @@ def schedule_pause(schedule_id: Annotated[int, typer.Argument(help="Schedule id.
 
 
 @schedule_cli.command("resume")
-def schedule_resume(schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,) -> None:
+def schedule_resume(
+    schedule_id: Annotated[int, typer.Argument(help="Schedule id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
     """Fire again, from the first due time after now."""
     summary = _by_id("resume", schedule_id)
     assert summary is not None

@@ -18,7 +18,7 @@ _NOTE_WIDTH = 80
 
 def _key_value(key: str, value: Any) -> str:
     text = str(value)
-    return f"{key}={text if len(text) <= _LABEL_VALUE_CHARS else text[:_LABEL_VALUE_CHARS - 1] + '…'}"
+    return f"{key}={text if len(text) <= _LABEL_VALUE_CHARS else text[: _LABEL_VALUE_CHARS - 1] + '…'}"
 
 
 def _short_keys(keys: list[str]) -> dict[str, str]:
@@ -54,8 +54,9 @@ def describe_experiments(configs: list[dict[str, Any]]) -> tuple[list[str], str]
         return " ".join(parts)
 
     labels = [text(f, varying, _LABEL_KEYS) or "(base)" for f in flat]
-    common = [k for k in keys if k not in varying and all(k in f for f in flat)
-              and k.split(".")[-1] not in ("kind", "seed")]
+    common = [
+        k for k in keys if k not in varying and all(k in f for f in flat) and k.split(".")[-1] not in ("kind", "seed")
+    ]
     return labels, text(flat[0], common) if flat else ""
 
 
@@ -88,12 +89,16 @@ def results_table(campaign_id: int, legend: bool = True) -> None:
         _metric_column(table, header)
     for r in records:
         status = f"{r['status']}: {r['error']}" if r["error"] else r["status"]
-        table.add_row(str(r["experiment_index"]), str(r["cycle"]),
-                      f"{status} ({r['verdict']})" if r["verdict"] else status,
-                      cell(r["tokens_per_s"], ".1f"), cell(r["latency_mean_s"], ".3f"),
-                      cell(r["ttft_mean_s"], ".3f"),
-                      cell(r["energy_j"], ".1f") if r["energy_j"] is not None or r["status"] != "done" else "n/a",
-                      j_per_token_text(r["j_per_token"]) if r["status"] == "done" else "-")
+        table.add_row(
+            str(r["experiment_index"]),
+            str(r["cycle"]),
+            f"{status} ({r['verdict']})" if r["verdict"] else status,
+            cell(r["tokens_per_s"], ".1f"),
+            cell(r["latency_mean_s"], ".3f"),
+            cell(r["ttft_mean_s"], ".3f"),
+            cell(r["energy_j"], ".1f") if r["energy_j"] is not None or r["status"] != "done" else "n/a",
+            j_per_token_text(r["j_per_token"]) if r["status"] == "done" else "-",
+        )
     out.print(table)
     notes = {r["energy_note"] for r in records if r["energy_j"] is None and r["energy_note"]}
     for note in sorted(notes):
@@ -112,14 +117,22 @@ def _print_wrapped(text: str) -> None:
 def run_notes(records: list[dict[str, Any]]) -> list[str]:
     """What the results table cannot say in a cell: why a run's verdict is not ``valid`` (each failed or warned
     check, with its message), and, for imported runs, the earlier tool's own tokens/s beside ours."""
-    lines = [f"exp {r['experiment_index']} cycle {r['cycle']}: {c['status']}: {c['message']}"
-             for r in records for c in r["checks"] or [] if c["status"] in ("fail", "warning")]
+    lines = [
+        f"exp {r['experiment_index']} cycle {r['cycle']}: {c['status']}: {c['message']}"
+        for r in records
+        for c in r["checks"] or []
+        if c["status"] in ("fail", "warning")
+    ]
     theirs = [(r, r["imported_tokens_per_s"]) for r in records if r.get("imported_tokens_per_s")]
     if theirs:
-        lines.append("tokens per s above: output tokens per second of the window (ours); the earlier tool's own "
-                     "figure (avg_tokens_per_second) counts other tokens in some versions:")
-        lines += [f"  exp {r['experiment_index']} cycle {r['cycle']}: {t['value']:.1f} tokens/s of {t['counts']}"
-                  for r, t in theirs]
+        lines.append(
+            "tokens per s above: output tokens per second of the window (ours); the earlier tool's own "
+            "figure (avg_tokens_per_second) counts other tokens in some versions:"
+        )
+        lines += [
+            f"  exp {r['experiment_index']} cycle {r['cycle']}: {t['value']:.1f} tokens/s of {t['counts']}"
+            for r, t in theirs
+        ]
     return lines
 
 
@@ -141,8 +154,10 @@ def experiments_table(campaign_id: int, summaries: list[dict[str, Any]]) -> None
 
     labels, _ = describe_experiments([e["experiment"] for e in summaries])
     ci = summaries[0]["ci"]
-    table = Table(title=f"campaign {campaign_id}: mean [{ci['confidence']:.0%} CI] across done cycles",
-                  caption=f"{ci['method']}, {ci['resamples']:,} resamples, seed {ci['seed']}")
+    table = Table(
+        title=f"campaign {campaign_id}: mean [{ci['confidence']:.0%} CI] across done cycles",
+        caption=f"{ci['method']}, {ci['resamples']:,} resamples, seed {ci['seed']}",
+    )
     table.add_column("exp", justify="right", no_wrap=True)
     table.add_column("experiment", overflow="fold")
     table.add_column("done", justify="right", no_wrap=True)
@@ -151,11 +166,16 @@ def experiments_table(campaign_id: int, summaries: list[dict[str, Any]]) -> None
     for label, e in zip(labels, summaries, strict=True):
         m = e["metrics"]
         per_token = m["j_per_token"]
-        table.add_row(str(e["experiment_index"]), label, f"{e['runs_done']}/{e['runs']}",
-                      _ci_cell(m["tokens_per_s"], ".1f"),
-                      j_per_token_text(per_token["mean"], per_token["ci_low"], per_token["ci_high"], sep="\n"),
-                      _ci_cell(m["energy_j"], ".1f"), _ci_cell(m["ttft_mean_s"], ".3f"),
-                      _ci_cell(m["itl_mean_s"], ".2f", 1000))
+        table.add_row(
+            str(e["experiment_index"]),
+            label,
+            f"{e['runs_done']}/{e['runs']}",
+            _ci_cell(m["tokens_per_s"], ".1f"),
+            j_per_token_text(per_token["mean"], per_token["ci_low"], per_token["ci_high"], sep="\n"),
+            _ci_cell(m["energy_j"], ".1f"),
+            _ci_cell(m["ttft_mean_s"], ".3f"),
+            _ci_cell(m["itl_mean_s"], ".2f", 1000),
+        )
     out.print(table)
     for e in summaries:
         for line in summary_notes(e):

@@ -39,8 +39,17 @@ from lem_planner.params.static import (
 
 BACKENDS = ("pytorch", "vllm", "trtllm")
 # Loading keywords that are not about loading a model for inference (plumbing, callbacks, internals).
-_LOADING_SKIP = {"pretrained_model_name_or_path", "model_args", "kwargs", "cls", "proxies", "tqdm_class",
-                 "output_loading_info", "adapter_kwargs", "state_dict"}
+_LOADING_SKIP = {
+    "pretrained_model_name_or_path",
+    "model_args",
+    "kwargs",
+    "cls",
+    "proxies",
+    "tqdm_class",
+    "output_loading_info",
+    "adapter_kwargs",
+    "state_dict",
+}
 
 
 def _type_text(annotation: Any) -> str:
@@ -84,12 +93,23 @@ def _generate_keywords(known: set[str]) -> list[dict[str, Any]]:
     documented = parse_docstring_args(function.__doc__)
     out = []
     for name, parameter in inspect.signature(function).parameters.items():
-        if name in ("self", "inputs") or name in known or parameter.kind in (parameter.VAR_POSITIONAL,
-                                                                             parameter.VAR_KEYWORD):
+        if (
+            name in ("self", "inputs")
+            or name in known
+            or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD)
+        ):
             continue
         type_, doc = documented.get(name, ("", ""))
-        out.append(_param(name, "generation", _type_text(parameter.annotation) or type_,
-                          _default(parameter.default), first_sentence(doc), "GenerationMixin.generate"))
+        out.append(
+            _param(
+                name,
+                "generation",
+                _type_text(parameter.annotation) or type_,
+                _default(parameter.default),
+                first_sentence(doc),
+                "GenerationMixin.generate",
+            )
+        )
     named = known | {p["name"] for p in out} | {"self", "inputs"}
     for name, default in _kwargs_pops(function).items():
         if name not in named and not name.startswith("_"):
@@ -106,9 +126,16 @@ def _kwargs_pops(function: Any) -> dict[str, Any]:
         return {}
     found: dict[str, Any] = {}
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("pop", "get")
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "kwargs"
-                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("pop", "get")
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "kwargs"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
             default: Any = None
             if len(node.args) > 1:
                 try:
@@ -129,8 +156,14 @@ def _loading() -> list[dict[str, Any]]:
         if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD) or name in _LOADING_SKIP:
             continue
         type_, doc = documented.get(name, ("", ""))
-        out[name] = _param(name, "loading", _type_text(parameter.annotation) or type_, _default(parameter.default),
-                           doc, "PreTrainedModel.from_pretrained")
+        out[name] = _param(
+            name,
+            "loading",
+            _type_text(parameter.annotation) or type_,
+            _default(parameter.default),
+            doc,
+            "PreTrainedModel.from_pretrained",
+        )
     popped = _kwargs_pops(function)
     for name in [*documented, *popped]:
         if name in out or name in _LOADING_SKIP or name.startswith("_"):
@@ -149,8 +182,16 @@ def _compile() -> list[dict[str, Any]]:
         if name == "model" or parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
             continue
         type_, doc = documented.get(name, ("", ""))
-        out.append(_param(name, "compile", _type_text(parameter.annotation) or type_, _default(parameter.default),
-                          first_sentence(doc), "torch.compile"))
+        out.append(
+            _param(
+                name,
+                "compile",
+                _type_text(parameter.annotation) or type_,
+                _default(parameter.default),
+                first_sentence(doc),
+                "torch.compile",
+            )
+        )
     return out
 
 
@@ -171,8 +212,9 @@ def discover_pytorch(step: Callable[[str], None] = lambda text: None) -> tuple[s
     return transformers.__version__, str(torch.__version__), generation + loading + _compile()
 
 
-def discover(backend: str, source: str | Path | None = None,
-             step: Callable[[str], None] = lambda text: None) -> dict[str, Any]:
+def discover(
+    backend: str, source: str | Path | None = None, step: Callable[[str], None] = lambda text: None
+) -> dict[str, Any]:
     """The snapshot of `backend`'s parameters: introspection for pytorch, `source` (a wheel or source tree)
     for vllm and trtllm; ``step`` is told what is being read."""
     components: dict[str, str] = {}
@@ -192,9 +234,14 @@ def discover(backend: str, source: str | Path | None = None,
     else:
         raise SourceError(f"unknown backend {backend!r} (known: {', '.join(BACKENDS)})")
     parameters.sort(key=lambda p: (p["group"], p["name"]))
-    return {"backend": backend, "engine_version": version,
-            "discovered_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "method": method, **({"components": components} if components else {}), "parameters": parameters}
+    return {
+        "backend": backend,
+        "engine_version": version,
+        "discovered_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "method": method,
+        **({"components": components} if components else {}),
+        "parameters": parameters,
+    }
 
 
 def snapshot_path(out_dir: str | Path, snapshot: dict[str, Any]) -> Path:

@@ -60,8 +60,11 @@ class SourceTree:
             self._names = [n for n in self._zip.namelist() if not n.endswith("/")]
         else:
             base = self.location
-            self._names = sorted(str(p.relative_to(base)) for p in base.rglob("*")
-                                 if p.is_file() and (p.suffix == ".py" or p.name in ("METADATA", "PKG-INFO")))
+            self._names = sorted(
+                str(p.relative_to(base))
+                for p in base.rglob("*")
+                if p.is_file() and (p.suffix == ".py" or p.name in ("METADATA", "PKG-INFO"))
+            )
         self._modules: dict[str, ast.Module | None] = {}
         self._classes: dict[str, ClassInfo | None] = {}
 
@@ -112,8 +115,11 @@ class SourceTree:
         pattern = re.compile(rf"^class {re.escape(class_name)}\b", re.MULTILINE)
         py = [n for n in self._names if n.endswith(".py")]
         folders = tuple(p.rsplit("/", 1)[0] + "/" for p in prefer if "/" in p)
-        ordered = ([n for p in prefer if (n := self._resolve(p))]
-                   + [n for n in py if any(("/" + n).find("/" + f) >= 0 for f in folders)] + py)
+        ordered = (
+            [n for p in prefer if (n := self._resolve(p))]
+            + [n for n in py if any(("/" + n).find("/" + f) >= 0 for f in folders)]
+            + py
+        )
         seen: set[str] = set()
         for name in ordered:
             if name in seen:
@@ -131,8 +137,9 @@ class SourceTree:
         self._classes[class_name] = None
         return None
 
-    def class_fields(self, class_name: str, prefer: tuple[str, ...] = (), inherit: bool = False,
-                     stop: frozenset[str] = frozenset()) -> list[FieldInfo]:
+    def class_fields(
+        self, class_name: str, prefer: tuple[str, ...] = (), inherit: bool = False, stop: frozenset[str] = frozenset()
+    ) -> list[FieldInfo]:
         """The class's fields with references followed; with `inherit`, also its bases' (found in the tree,
         except those in `stop`), a subclass's field replacing a base's of the same name."""
         info = self.find_class(class_name, prefer)
@@ -175,8 +182,9 @@ def version_from_module(text: str) -> str | None:
     except SyntaxError:
         return None
     for node in module.body:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__version__"
-                                                for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets
+        ):
             value = _literal(node.value)
             if isinstance(value, str):
                 return value
@@ -184,7 +192,8 @@ def version_from_module(text: str) -> str | None:
 
 
 _ARG_LINE = re.compile(
-    r"^(?P<indent>\s*)(?P<name>\*{0,2}\w+)\s*(?:\((?P<type>[^)]*(?:\)[^:]*)?)\))?\s*:\s*(?P<rest>.*)$")
+    r"^(?P<indent>\s*)(?P<name>\*{0,2}\w+)\s*(?:\((?P<type>[^)]*(?:\)[^:]*)?)\))?\s*:\s*(?P<rest>.*)$"
+)
 
 
 def parse_docstring_args(doc: str | None) -> dict[str, tuple[str, str]]:
@@ -215,7 +224,7 @@ def parse_docstring_args(doc: str | None) -> dict[str, tuple[str, str]]:
         entry_indent = indent
         name = match.group("name").lstrip("*")
         text = match.group("rest").strip()
-        for nxt in lines[i + 1:]:  # the entry's continuation: deeper-indented lines up to a blank line
+        for nxt in lines[i + 1 :]:  # the entry's continuation: deeper-indented lines up to a blank line
             if not nxt.strip():
                 if text:
                     break
@@ -297,8 +306,12 @@ def _default_of(value: ast.expr | None) -> tuple[Any, str | None, tuple[str, str
             owner, attr = _dotted(value.args[0]), _literal(value.args[1])
             if owner and isinstance(attr, str):
                 return None, None, (owner.rsplit(".", 1)[-1], attr), None
-    if isinstance(value, ast.Attribute) and isinstance(value.value, ast.Name) and value.value.id[:1].isupper() \
-            and not value.attr.isupper():
+    if (
+        isinstance(value, ast.Attribute)
+        and isinstance(value.value, ast.Name)
+        and value.value.id[:1].isupper()
+        and not value.attr.isupper()
+    ):
         # `ModelConfig.dtype`: a reference to another class's field (an enum member such as `Kind.CUMULATIVE`
         # or `Kind.FINAL` is upper-case and kept as text when the class has no such field).
         return None, None, (value.value.id, value.attr), None
@@ -358,18 +371,24 @@ class ClassSpec:
 
 # The classes read per engine; a class that moved is still found by a search of the whole tree.
 STATIC_SPECS: dict[str, tuple[str, tuple[ClassSpec, ...]]] = {
-    "vllm": ("vllm", (
-        ClassSpec("EngineArgs", "vllm/engine/arg_utils.py", "engine"),
-        ClassSpec("SamplingParams", "vllm/sampling_params.py", "sampling"),
-    )),
-    "trtllm": ("tensorrt_llm", (
-        ClassSpec("BaseLlmArgs", "tensorrt_llm/llmapi/llm_args.py", "llm", inherit=True),
-        ClassSpec("TorchLlmArgs", "tensorrt_llm/llmapi/llm_args.py", "llm.pytorch"),
-        ClassSpec("TrtLlmArgs", "tensorrt_llm/llmapi/llm_args.py", "llm.tensorrt"),
-        ClassSpec("KvCacheConfig", "tensorrt_llm/llmapi/llm_args.py", "kv_cache_config", inherit=True),
-        ClassSpec("BuildConfig", "tensorrt_llm/builder.py", "build_config", inherit=True),
-        ClassSpec("SamplingParams", "tensorrt_llm/sampling_params.py", "sampling", inherit=True),
-    )),
+    "vllm": (
+        "vllm",
+        (
+            ClassSpec("EngineArgs", "vllm/engine/arg_utils.py", "engine"),
+            ClassSpec("SamplingParams", "vllm/sampling_params.py", "sampling"),
+        ),
+    ),
+    "trtllm": (
+        "tensorrt_llm",
+        (
+            ClassSpec("BaseLlmArgs", "tensorrt_llm/llmapi/llm_args.py", "llm", inherit=True),
+            ClassSpec("TorchLlmArgs", "tensorrt_llm/llmapi/llm_args.py", "llm.pytorch"),
+            ClassSpec("TrtLlmArgs", "tensorrt_llm/llmapi/llm_args.py", "llm.tensorrt"),
+            ClassSpec("KvCacheConfig", "tensorrt_llm/llmapi/llm_args.py", "kv_cache_config", inherit=True),
+            ClassSpec("BuildConfig", "tensorrt_llm/builder.py", "build_config", inherit=True),
+            ClassSpec("SamplingParams", "tensorrt_llm/sampling_params.py", "sampling", inherit=True),
+        ),
+    ),
 }
 
 # Helpers for where vLLM's EngineArgs defaults point (ModelConfig.x, CacheConfig.x, ...).
@@ -393,9 +412,16 @@ def discover_static(backend: str, location: str | Path) -> tuple[str | None, lis
         fields = tree.class_fields(spec.class_name, prefer, inherit=spec.inherit, stop=stop)
         info = tree.find_class(spec.class_name, prefer)
         relpath = info.path if info else spec.path
-        files.append(relpath[relpath.find(package + "/"):] if package + "/" in relpath else relpath)
+        files.append(relpath[relpath.find(package + "/") :] if package + "/" in relpath else relpath)
         for f in fields:
-            parameters.append({"name": f.name, "group": spec.group, "type": f.type,
-                               "default": jsonable(f.default) if f.default is not None else None,
-                               "doc": f.doc, "source": spec.class_name})
+            parameters.append(
+                {
+                    "name": f.name,
+                    "group": spec.group,
+                    "type": f.type,
+                    "default": jsonable(f.default) if f.default is not None else None,
+                    "doc": f.doc,
+                    "source": spec.class_name,
+                }
+            )
     return tree.version(package), sorted(set(files)), parameters

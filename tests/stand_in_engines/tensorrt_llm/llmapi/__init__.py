@@ -18,6 +18,17 @@ from tensorrt_llm.llmapi.llm_args import (
     TorchCompileConfig,
 )
 
-__all__ = ["AttentionDpConfig", "CudaGraphConfig", "DraftTargetDecodingConfig", "EagleDecodingConfig",
-           "KvCacheConfig", "MTPDecodingConfig", "MoeConfig", "NGramDecodingConfig", "RocketSparseAttentionConfig",
-           "SchedulerConfig", "TorchCompileConfig", "llm_args"]
+__all__ = [
+    "AttentionDpConfig",
+    "CudaGraphConfig",
+    "DraftTargetDecodingConfig",
+    "EagleDecodingConfig",
+    "KvCacheConfig",
+    "MTPDecodingConfig",
+    "MoeConfig",
+    "NGramDecodingConfig",
+    "RocketSparseAttentionConfig",
+    "SchedulerConfig",
+    "TorchCompileConfig",
+    "llm_args",
+]

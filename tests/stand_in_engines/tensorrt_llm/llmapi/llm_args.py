@@ -111,8 +111,11 @@ def as_config(name: str, parameter: dict[str, Any], value: Any) -> Any:
     """``value`` of the ``LLM`` keyword ``name``, checked against the config class its snapshot type names: an
     instance of it, None where the type allows None, or a dict built into it; other values pass unchanged."""
     type_text = str(parameter.get("type") or "")
-    names = [n for n in re.findall(r"[A-Za-z_]\w*", type_text)
-             if isinstance(globals().get(n), type) and issubclass(globals()[n], _Config)]
+    names = [
+        n
+        for n in re.findall(r"[A-Za-z_]\w*", type_text)
+        if isinstance(globals().get(n), type) and issubclass(globals()[n], _Config)
+    ]
     if not names:
         return value
     cls = globals()[names[0]]

@@ -1,4 +1,5 @@
 """Fixture mimicking tensorrt_llm/builder.py: BuildConfig as a plain dataclass."""
+
 from dataclasses import dataclass, field
 
 

@@ -1,4 +1,5 @@
 """Fixture mimicking tensorrt_llm/sampling_params.py: a dataclass documented by its Args: section."""
+
 # ruff: noqa: UP006, UP007, UP035, UP045  (kept in the real file's Optional/Union/List style)
 from dataclasses import dataclass
 from typing import List, Optional, Union

@@ -1,4 +1,5 @@
 """Fixture mimicking vllm/sampling_params.py: a msgspec Struct with attribute docstrings."""
+
 from enum import Enum
 
 import msgspec

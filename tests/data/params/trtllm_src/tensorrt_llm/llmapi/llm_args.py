@@ -1,4 +1,5 @@
 """Fixture mimicking tensorrt_llm/llmapi/llm_args.py: pydantic models with Field(default=..., description=...)."""
+
 # ruff: noqa: UP006, UP007, UP035, UP045  (kept in the real file's Optional/Union/List style)
 from pathlib import Path
 from typing import ClassVar, Literal, Optional, Union
@@ -16,8 +17,8 @@ class KvCacheConfig(StrictBaseModel):
     enable_block_reuse: bool = Field(default=True, description="Controls if KV cache blocks can be reused.")
     max_tokens: Optional[int] = Field(default=None, description="The maximum number of tokens in the KV cache.")
     free_gpu_memory_fraction: Optional[float] = Field(
-        default=0.9,
-        description="The fraction of GPU memory that should be allocated for the KV cache. Default is 90%.")
+        default=0.9, description="The fraction of GPU memory that should be allocated for the KV cache. Default is 90%."
+    )
     dtype: str = Field(default="auto", description="The data type to use for the KV cache.")
 
 

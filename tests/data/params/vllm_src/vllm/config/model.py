@@ -1,4 +1,5 @@
 """Fixture mimicking vllm/config/*.py: config dataclasses whose attribute docstrings document each field."""
+
 from dataclasses import field
 
 from pydantic import Field

@@ -1,4 +1,5 @@
 """Fixture mimicking vllm/engine/arg_utils.py: EngineArgs whose defaults point at config classes."""
+
 from dataclasses import dataclass
 from typing import ClassVar
 
