@@ -128,7 +128,8 @@ def test_worker_answers_ping_during_a_run(workers, lem, celery_app, tmp_path: Pa
         "experiment": {
             **SMALL["experiment"],
             "workload": {"num_prompts": 2, "input_len": 128, "output_len": 96},
-            "measurement": {"min_window_s": 0.2, "warmup_max": 4},
+            # A window of 4 s keeps the run going while the worker is pinged, however fast the CPU is.
+            "measurement": {"min_window_s": 4, "warmup_max": 4},
         },
     }
     started = lem("campaign", "run", str(write(tmp_path, slow)), "--no-wait")

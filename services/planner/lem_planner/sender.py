@@ -8,9 +8,16 @@ from functools import cache
 from celery import Celery
 
 from lem_shared.celery_app import make_celery
+from lem_shared.settings import get_settings
 
 
 @cache
-def sender() -> Celery:
-    """The process's sender app, made on first use (from the settings then)."""
+def _sender_for(broker_url: str, result_backend: str) -> Celery:
     return make_celery("lem-cli")
+
+
+def sender() -> Celery:
+    """The sender app of the current settings, made on first use: one per broker, so a process whose settings
+    change (commands run in one test process) never sends through an app made for a broker that is gone."""
+    settings = get_settings()
+    return _sender_for(settings.broker_url, settings.result_backend)
