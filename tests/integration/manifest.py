@@ -3,7 +3,10 @@ campaign's runs and status as they are now."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
@@ -15,6 +18,32 @@ from lem_shared.db.session import session_scope
 
 def utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
+
+
+def trace_rows(trace: Path, gpu_uuid: str) -> list[dict[str, Any]]:
+    """The recorded H200 trace as gpu_samples rows under ``gpu_uuid`` (a stand-in GPU, source "nvml-replay")."""
+    rows = []
+    for line in trace.read_text().splitlines():
+        r = json.loads(line)
+        rows.append(
+            {
+                "host": "h200-replay",
+                "gpu_uuid": gpu_uuid,
+                "gpu_index": 0,
+                "time": utc(r["t"]),
+                "source": "nvml-replay",
+                "power_w": r["power_mw"] / 1000,
+                "energy_mj": r["energy_mj"],
+                "temperature_c": r["temp_c"],
+                "sm_clock_mhz": r["sm_mhz"],
+                "mem_clock_mhz": r["mem_mhz"],
+                "clock_event_reasons": r["reasons"],
+                "memory_used_bytes": r["mem_used_b"],
+                "utilization_gpu": r["util_gpu"],
+                "utilization_memory": r["util_mem"],
+            }
+        )
+    return rows
 
 
 def measured_run(

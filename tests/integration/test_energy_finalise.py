@@ -15,35 +15,14 @@ from sqlalchemy import delete, insert
 from lem_planner.finalise import finalise_run
 from lem_shared.db.models import Campaign, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from tests.integration.manifest import measured_run, utc
+from tests.integration.manifest import measured_run, trace_rows
 
 REPLAY_UUID = "GPU-replay-h200-finalise-test"
 
 
 @pytest.fixture
 def replayed_trace(stack_env, h200_trace_dir: Path):  # noqa: ANN001, ANN201
-    rows = []
-    with open(h200_trace_dir / "h200_nvml_trace.jsonl") as f:
-        for line in f:
-            r = json.loads(line)
-            rows.append(
-                {
-                    "host": "h200-replay",
-                    "gpu_uuid": REPLAY_UUID,
-                    "gpu_index": 0,
-                    "time": utc(r["t"]),
-                    "source": "nvml-replay",
-                    "power_w": r["power_mw"] / 1000,
-                    "energy_mj": r["energy_mj"],
-                    "temperature_c": r["temp_c"],
-                    "sm_clock_mhz": r["sm_mhz"],
-                    "mem_clock_mhz": r["mem_mhz"],
-                    "clock_event_reasons": r["reasons"],
-                    "memory_used_bytes": r["mem_used_b"],
-                    "utilization_gpu": r["util_gpu"],
-                    "utilization_memory": r["util_mem"],
-                }
-            )
+    rows = trace_rows(h200_trace_dir / "h200_nvml_trace.jsonl", REPLAY_UUID)
     with session_scope() as s:
         s.execute(insert(GpuSample), rows)
     marks = {}

@@ -23,7 +23,7 @@ from lem_shared.config import ExperimentConfig
 from lem_shared.contracts import run_key
 from lem_shared.db.models import RUN_SCHEMA_VERSION, SCHEMA_VERSION, Campaign, Experiment, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from tests.integration.manifest import utc
+from tests.integration.manifest import trace_rows, utc
 
 SWEEP = {
     "name": "export-sweep",
@@ -53,35 +53,13 @@ def campaign_id(workers, lem, tmp_path_factory) -> int:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def gpu_campaign_id(stack_env, h200_trace_dir: Path) -> Iterator[int]:  # noqa: ANN001
     """Batch 1, 16 and 64 of the trace's decode phases, each phase cut into two windows (cycles 0 and 1)."""
-    trace = [json.loads(line) for line in (h200_trace_dir / "h200_nvml_trace.jsonl").read_text().splitlines()]
     marks = {
         m["mark"].split(":")[0]: m["t"]
         for m in map(json.loads, (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines())
     }
     with session_scope() as s:
         s.execute(delete(GpuSample).where(GpuSample.gpu_uuid == GPU_UUID))
-        s.execute(
-            insert(GpuSample),
-            [
-                {
-                    "host": "h200-replay",
-                    "gpu_uuid": GPU_UUID,
-                    "gpu_index": 0,
-                    "time": utc(r["t"]),
-                    "source": "nvml-replay",
-                    "power_w": r["power_mw"] / 1000,
-                    "energy_mj": r["energy_mj"],
-                    "temperature_c": r["temp_c"],
-                    "sm_clock_mhz": r["sm_mhz"],
-                    "mem_clock_mhz": r["mem_mhz"],
-                    "clock_event_reasons": r["reasons"],
-                    "memory_used_bytes": r["mem_used_b"],
-                    "utilization_gpu": r["util_gpu"],
-                    "utilization_memory": r["util_mem"],
-                }
-                for r in trace
-            ],
-        )
+        s.execute(insert(GpuSample), trace_rows(h200_trace_dir / "h200_nvml_trace.jsonl", GPU_UUID))
         campaign = Campaign(name="export-h200-trace", spec={"cycles": 2}, spec_hash="3" * 64)
         s.add(campaign)
         s.flush()

@@ -48,7 +48,7 @@ from lem_shared.db.models import (
     RunMetrics,
 )
 from lem_shared.db.session import session_scope
-from tests.integration.manifest import utc
+from tests.integration.manifest import trace_rows, utc
 
 REPORT_UUID = "GPU-replay-h200-report-test"
 CHROMIUM = os.environ.get("LEM_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -139,27 +139,7 @@ def _delete_campaign(campaign_id: int) -> None:
 
 @pytest.fixture(scope="module")
 def gpu_campaign(stack_env, h200_trace_dir: Path) -> Iterator[dict]:  # noqa: ANN001
-    rows = []
-    for line in (h200_trace_dir / "h200_nvml_trace.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        rows.append(
-            {
-                "host": "h200-replay",
-                "gpu_uuid": REPORT_UUID,
-                "gpu_index": 0,
-                "time": utc(r["t"]),
-                "source": "nvml-replay",
-                "power_w": r["power_mw"] / 1000,
-                "energy_mj": r["energy_mj"],
-                "temperature_c": r["temp_c"],
-                "sm_clock_mhz": r["sm_mhz"],
-                "mem_clock_mhz": r["mem_mhz"],
-                "clock_event_reasons": r["reasons"],
-                "memory_used_bytes": r["mem_used_b"],
-                "utilization_gpu": r["util_gpu"],
-                "utilization_memory": r["util_mem"],
-            }
-        )
+    rows = trace_rows(h200_trace_dir / "h200_nvml_trace.jsonl", REPORT_UUID)
     marks = {}
     for line in (h200_trace_dir / "h200_nvml_marks.jsonl").read_text().splitlines():
         m = json.loads(line)
