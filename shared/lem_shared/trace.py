@@ -31,6 +31,20 @@ def _lines(path: Path) -> list[tuple[int, dict]]:
     return records
 
 
+# A power reading above this is no GPU's (the H200's limit is 700 W; transients reach ~900 W).
+MAX_POWER_MW = 10_000_000
+
+
+def _watts(record: dict, key: str) -> float | None:
+    """A power field in mW as watts; a value that is not a finite number in [0, 10 kW] names the field."""
+    value = record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_POWER_MW:
+        raise ValueError(f"'{key}': {value!r} is not a power in mW between 0 and {MAX_POWER_MW}")
+    return value / 1000
+
+
 def read_trace(path: str | Path) -> list[TelemetrySample]:
     """Samples with ``t`` (Unix s), ``power_mw`` (NVML's averaged power), ``energy_mj``, and optionally
     ``power_instant_mw``, ``temp_c``, ``sm_mhz``, ``reasons``, ``util_gpu``, sorted by time."""
@@ -41,13 +55,13 @@ def read_trace(path: str | Path) -> list[TelemetrySample]:
             samples.append(
                 TelemetrySample(
                     t=float(r["t"]),
-                    power_w=r["power_mw"] / 1000 if r.get("power_mw") is not None else None,
+                    power_w=_watts(r, "power_mw"),
                     energy_mj=int(r["energy_mj"]) if r.get("energy_mj") is not None else None,
                     temperature_c=r.get("temp_c"),
                     sm_clock_mhz=r.get("sm_mhz"),
                     clock_event_reasons=r.get("reasons"),
                     utilization_gpu=r.get("util_gpu"),
-                    power_instant_w=r["power_instant_mw"] / 1000 if r.get("power_instant_mw") is not None else None,
+                    power_instant_w=_watts(r, "power_instant_mw"),
                 )
             )
         except (KeyError, TypeError, ValueError) as exc:

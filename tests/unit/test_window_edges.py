@@ -186,3 +186,13 @@ def test_the_runtime_reads_every_gpu_at_both_edges_of_both_windows(gpu_runtime) 
     assert reader.reads == 4
     joules, _ = edge_energy(WindowEdges.model_validate(m.edges.model_dump()).model_dump(mode="json"), UUID)
     assert joules is not None and joules >= 0
+
+
+@pytest.mark.parametrize("value", ["x", float("nan"), float("inf"), -1, 10**20, True, [1]])
+def test_a_trace_power_that_is_no_power_is_refused_naming_the_field(tmp_path: Path, value: object) -> None:
+    from lem_shared.trace import TraceError
+
+    trace = tmp_path / "trace.jsonl"
+    trace.write_text(json.dumps({"t": 1, "power_mw": 100_000, "power_instant_mw": value, "energy_mj": 5}) + "\n")
+    with pytest.raises(TraceError, match=r"trace.jsonl:1: .*'power_instant_mw': .* is not a power in mW"):
+        read_trace(trace)
