@@ -18,7 +18,7 @@ def main() -> None:
     from lem_shared.db.models import GpuSample, Run
     from lem_shared.db.session import session_scope
     from lem_shared.dispatch import aware
-    from lem_shared.energy import Sample, counter_energy, edge_energy, power_integral
+    from lem_shared.measure.energy import Sample, counter_energy, edge_energy, power_integral
 
     def samples(uuid: str, start: float, end: float) -> list[Sample]:
         with session_scope() as s:

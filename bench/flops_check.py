@@ -1,9 +1,9 @@
 """Analytic against counted FLOPs of one ``generate`` (PREC-02): prefill and decode, per batch size, as JSON.
 
 Builds the ``random:NAME`` preset's Llama (random weights, no download) and, for each batch size, runs
-``generate`` once under ``torch.utils.flop_counter.FlopCounterMode`` (lem_shared.profiler_flops; optionally also
+``generate`` once under ``torch.utils.flop_counter.FlopCounterMode`` (lem_worker_pytorch.profiler_flops; optionally also
 ``torch.profiler`` with ``--profiler``), and sets the counted prefill and decode FLOPs beside the analytic ones
-(lem_shared.flops), with their ratios, under both attention conventions (causal, full square). Nothing is timed:
+(lem_shared.measure.flops), with their ratios, under both attention conventions (causal, full square). Nothing is timed:
 counting slows every operator down, so this is never a measurement.
 
 Needs torch and transformers only (no pydantic): ``PYTHONPATH=shared``.
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "shared"))
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from lem_shared.flops import decode_bytes, decode_flops, param_count, prefill_flops  # noqa: E402
-from lem_shared.model_presets import random_preset  # noqa: E402
-from lem_shared.profiler_flops import count_flops  # noqa: E402
+from lem_shared.config.presets import random_preset  # noqa: E402
+from lem_shared.measure.flops import decode_bytes, decode_flops, param_count, prefill_flops  # noqa: E402
+from lem_worker_pytorch.profiler_flops import count_flops  # noqa: E402
 
 
 def build_model(preset: dict[str, Any], device: str, dtype: torch.dtype) -> Any:

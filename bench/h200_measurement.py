@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lem_shared.config import ExperimentConfig, SyntheticWorkload
-from lem_shared.energy import Sample, window_energy
-from lem_shared.metrics import run_metrics
+from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
+from lem_shared.measure.energy import Sample, window_energy
+from lem_shared.measure.metrics import run_metrics
 from lem_shared.runtime.engine_host import EngineHost
 from lem_telemetry.sources import GpuReading, open_source
 

@@ -69,7 +69,7 @@ def main() -> None:
     from lem_planner.campaigns import create_campaign
     from lem_planner.finalise import finalise_run
     from lem_planner.results import run_records as records_of
-    from lem_shared.config import load_plan, parse_campaign
+    from lem_shared.config.plan import load_plan, plan_campaign
     from lem_shared.db.migrate import upgrade
     from lem_shared.runtime.engine_host import EngineHost
     from lem_shared.runtime.worker import GpuState, execute_run
@@ -98,7 +98,7 @@ def main() -> None:
                 start, _, stop = args.experiments.partition(":")
                 experiments = experiments[int(start or 0) : int(stop) if stop else None]
         else:
-            campaign, experiments = sweep(parse_campaign, args)
+            campaign, experiments = sweep(plan_campaign, args)
         campaign_id, requests = create_campaign(campaign, experiments)
     settings = get_settings()
     engines: dict[str, EngineHost] = {}
@@ -171,9 +171,9 @@ def pending_runs() -> tuple[int, list]:
         return campaign.id, [run_request(run, s.get(Experiment, run.experiment_id), campaign) for run in runs]
 
 
-def sweep(parse_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
+def sweep(plan_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
     """The batch-size sweep of issue 3's protocol, with the same number of batches per pass at every size."""
-    campaign, experiments = parse_campaign(
+    plan = plan_campaign(
         {
             "name": "h200-protocol",
             "cycles": args.cycles,
@@ -192,6 +192,7 @@ def sweep(parse_campaign, args: argparse.Namespace) -> tuple:  # noqa: ANN001
             "grid": {"batch_size": args.batch_sizes},
         }
     )
+    campaign, experiments = plan.campaign, plan.experiments
     # The same number of batches per pass at every batch size (a grid would share one prompt count).
     return campaign, [
         e.model_copy(update={"workload": e.workload.model_copy(update={"num_prompts": e.batch_size * args.batches})})
@@ -236,7 +237,7 @@ def reanalyse(database_url: str, out: Path) -> None:
     from sqlalchemy import select, update
 
     from lem_planner.finalise import energy_fields, run_facts
-    from lem_shared.config import ExperimentConfig
+    from lem_shared.config.schema import ExperimentConfig
     from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
     from lem_shared.db.session import session_scope
 

@@ -137,10 +137,10 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lem_shared.config import ExperimentConfig
+    from lem_shared.config.presets import random_preset
+    from lem_shared.config.schema import ExperimentConfig
     from lem_shared.db.migrate import upgrade
-    from lem_shared.metrics import run_metrics
-    from lem_shared.model_presets import random_preset
+    from lem_shared.measure.metrics import run_metrics
     from lem_shared.runtime.engine_host import EngineHost
     from lem_shared.runtime.measure import synthetic_prompts
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from lem_shared.energy import Sample
+from lem_shared.measure.energy import Sample
 from lem_telemetry.sampler import GpuSampler, run_on_schedule
 from lem_telemetry.sources import GpuReading, NvmlSource
 

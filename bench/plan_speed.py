@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from lem_shared.config import load_plan
+from lem_shared.config.plan import load_plan
 
 REPO = Path(__file__).resolve().parents[1]
 LEM = Path(sys.executable).parent / "lem"

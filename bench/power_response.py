@@ -37,7 +37,7 @@ def load_main() -> None:
     """The load process: get ready, say so, then run each requested load for its seconds and report its span."""
     import torch
 
-    from lem_shared.config import ExperimentConfig
+    from lem_shared.config.schema import ExperimentConfig
     from lem_worker_pytorch.adapter import TransformersAdapter
 
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -136,7 +136,7 @@ def _step(
 
 def _windows(samples: list[Any], spans: list[dict[str, Any]], t0: float, t1: float) -> dict[str, Any]:
     """∫P dt (instant, average) against telemetry's counter over sliding 5 s and 10 s windows every 0.5 s."""
-    from lem_shared.energy import counter_energy, power_integral
+    from lem_shared.measure.energy import counter_energy, power_integral
 
     edges = [edge for span in spans for edge in (span["start"], span["end"])]
     out: dict[str, Any] = {}
@@ -268,7 +268,7 @@ def analyse(
     records: list[dict[str, Any]], spans: list[dict[str, Any]], began: float, finished: float
 ) -> dict[str, Any]:
     """Cadences, step responses and window disagreements of a recorded trace."""
-    from lem_shared.energy import Sample
+    from lem_shared.measure.energy import Sample
 
     series = _series(records)
     steps = {}

@@ -46,7 +46,7 @@ def bare_main(conn: Any) -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from lem_shared.config import ExperimentConfig
+    from lem_shared.config.schema import ExperimentConfig
     from lem_shared.runtime.engine_support import model_folder
     from lem_shared.runtime.measure import synthetic_prompts
     from lem_worker_vllm.adapter import engine_kwargs, output_tokens, sampling_kwargs

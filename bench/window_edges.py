@@ -7,7 +7,8 @@ For each window length (1, 2, 5, 10 s) and load:
 At each edge the device is synchronised, then Zeus's ``begin_window``/``end_window`` reads its counter and the
 runtime's ``EdgeMeter`` (what ``MeasurementRuntime`` uses) reads its own, in the same order at both edges.
 Telemetry (the daemon's ``NvmlSource`` + ``GpuSampler`` at the production 100 ms) samples all along, and
-``lem_shared.energy.window_energy`` interpolates its counter over the window, as the finaliser's cross-check does.
+``lem_shared.measure.energy.window_energy`` interpolates its counter over the window, as the finaliser's
+cross-check does.
 
     python3 bench/window_edges.py --out DIR          # DIR/window_edges.json and a table
 
@@ -52,9 +53,9 @@ def main() -> None:
     from zeus.monitor import ZeusMonitor
 
     from bench.nvml_capture import Capture
-    from lem_shared.contracts import WindowEdges
-    from lem_shared.energy import edge_energy, power_integral, window_energy
+    from lem_shared.measure.energy import edge_energy, power_integral, window_energy
     from lem_shared.runtime.edges import EdgeMeter, NvmlReader
+    from lem_shared.wire.messages import WindowEdges
 
     args.out.mkdir(parents=True, exist_ok=True)
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

@@ -28,8 +28,6 @@ from celery import Celery
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from lem_shared import heartbeat
-from lem_shared.contracts import RunRequest
 from lem_shared.db.models import (
     IN_FLIGHT_RUN_STATUSES,
     Campaign,
@@ -39,9 +37,11 @@ from lem_shared.db.models import (
     RunStatus,
 )
 from lem_shared.db.session import engine_for, session_scope
-from lem_shared.heartbeat import live_workers
-from lem_shared.queues import FINALISE_TASK, RUN_TASK, QueueName, queue_for
 from lem_shared.settings import get_settings
+from lem_shared.wire import heartbeat
+from lem_shared.wire.heartbeat import live_workers
+from lem_shared.wire.messages import RunRequest
+from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, QueueName, queue_for
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,8 @@
 
 The export's run columns (names, units, Parquet types, meanings: ``lem results columns``) and the record
 ``lem results show --json`` prints are both read off ``RunRecord``'s fields; the planner's ``run_records`` fills it.
+The two writers (the worker's figures, the finaliser's energy and checks) store through ``stored``, which refuses a
+figure the record does not name, so a field is added here first and every reader and the export see it.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
 
-from lem_shared.analysis import CLOCK_EVENT_REASONS
+from lem_shared.measure.analysis import CLOCK_EVENT_REASONS
 
 # A column's type, the same in every file and every campaign (Parquet's schema is built from it).
 INT, FLOAT, BOOL, TEXT, TIMESTAMP = "int", "float", "bool", "text", "timestamp"
@@ -65,11 +67,19 @@ PHASE_COLUMNS = [
             f"{phase}_energy_j", "J", FLOAT, f"{phase} energy per prompt (decode = full - prefill window, per prompt)"
         ),
         Column(
-            f"{phase}_energy_uncertainty_j", "J", FLOAT, f"uncertainty of {phase}_energy_j (see lem_shared/phases.py)"
+            f"{phase}_energy_uncertainty_j",
+            "J",
+            FLOAT,
+            f"uncertainty of {phase}_energy_j (see lem_shared/measure/prefill_decode.py)",
         ),
         Column(f"{phase}_tokens_per_s", "token/s", FLOAT, f"{phase} throughput: {tokens} per second"),
         Column(f"{phase}_j_per_token", "J/token", FLOAT, f"{phase} energy per token ({tokens})"),
-        Column(f"{phase}_tflops", "TFLOP", FLOAT, f"analytic {phase} FLOPs per prompt (lem_shared/flops.py), in 1e12"),
+        Column(
+            f"{phase}_tflops",
+            "TFLOP",
+            FLOAT,
+            f"analytic {phase} FLOPs per prompt (lem_shared/measure/flops.py), in 1e12",
+        ),
         Column(f"{phase}_achieved_tflops", "TFLOP/s", FLOAT, f"{phase} FLOPs over {phase} time"),
         Column(f"{phase}_mfu", "fraction", FLOAT, f"{phase} model FLOPs utilisation against the GPU's dense BF16 peak"),
         Column(f"{phase}_j_per_tflop", "J/TFLOP", FLOAT, f"{phase} energy per 1e12 analytic FLOPs"),
@@ -288,3 +298,17 @@ def _run_columns() -> list[Column]:
 
 
 RUN_COLUMNS = _run_columns()
+
+
+# Stored beside the fields: the finaliser's analysis (read back into checks, phase_split, flops and the window
+# columns) and latency_p95_s, which predates the p90/p99 read from the batches.
+STORED_ONLY = frozenset({"analysis", "latency_p95_s"})
+_FIELD_NAMES = frozenset(f.name for f in fields(RunRecord)) | STORED_ONLY
+
+
+def stored(figures: dict[str, Any]) -> dict[str, Any]:
+    """``figures`` unchanged when every name is a field of the record, else ValueError naming the strangers."""
+    unknown = sorted(set(figures) - _FIELD_NAMES)
+    if unknown:
+        raise ValueError(f"not fields of RunRecord: {', '.join(unknown)} (declare them in lem_shared/run_record.py)")
+    return figures

@@ -19,8 +19,8 @@ from sqlalchemy import select, update
 from lem_shared.db.models import Campaign, Run
 from lem_shared.db.session import session_scope
 from lem_shared.dispatch import CANCEL_KEY_PREFIX, cancel_requested, redis_client
-from lem_shared.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
 from lem_shared.settings import get_settings
+from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import BIN
 

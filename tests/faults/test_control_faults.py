@@ -14,10 +14,10 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from lem_shared.celery_app import make_celery
 from lem_shared.db.models import Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.queues import FINALISE_TASK, QueueName
+from lem_shared.wire.celery_app import make_celery
+from lem_shared.wire.queues import FINALISE_TASK, QueueName
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import Workers
 from tests.integration.manifest import measured_run

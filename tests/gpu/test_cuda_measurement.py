@@ -17,8 +17,8 @@ pytestmark = [
 
 
 def test_engine_host_window_energy_on_the_gpu() -> None:
-    from lem_shared.config import ExperimentConfig, SyntheticWorkload
-    from lem_shared.energy import Sample, edge_energy, window_energy
+    from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
+    from lem_shared.measure.energy import Sample, edge_energy, window_energy
     from lem_shared.runtime.engine_host import EngineHost
     from lem_telemetry.sources import open_source
 

@@ -133,7 +133,7 @@ class Workers:
 
 @pytest.fixture(scope="session")
 def celery_app(stack_env: dict[str, str]):  # noqa: ANN201
-    from lem_shared.celery_app import make_celery
+    from lem_shared.wire.celery_app import make_celery
 
     return make_celery("lem-tests")
 

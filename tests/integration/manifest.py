@@ -10,10 +10,10 @@ from typing import Any
 
 from sqlalchemy import select
 
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import run_key
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
+from lem_shared.wire.messages import run_key
 
 
 def utc(t: float) -> datetime:

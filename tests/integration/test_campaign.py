@@ -11,11 +11,11 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from lem_shared.analysis import ENERGY_CHECKS, NO_TELEMETRY
-from lem_shared.contracts import RunRequest
 from lem_shared.db.models import BatchTimingRow, Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.queues import RUN_TASK, QueueName
+from lem_shared.measure.analysis import ENERGY_CHECKS, NO_TELEMETRY
+from lem_shared.wire.messages import RunRequest
+from lem_shared.wire.queues import RUN_TASK, QueueName
 
 SMALL = {
     "name": "two-batch-sizes",

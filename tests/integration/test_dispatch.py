@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from lem_shared.db.models import Campaign, Run, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_shared.dispatch import advance, redis_client
-from lem_shared.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
+from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
 from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 

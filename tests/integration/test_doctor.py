@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from lem_shared.heartbeat import read_heartbeats
+from lem_shared.wire.heartbeat import read_heartbeats
 from lem_telemetry.sources import REPLAY_UUID
 from tests.integration.telemetry_helpers import start_daemon, wait_for
 

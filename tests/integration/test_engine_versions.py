@@ -8,8 +8,8 @@ from importlib.metadata import version
 from pathlib import Path
 
 from lem_shared.dispatch import redis_client
-from lem_shared.heartbeat import WORKER_KEY_PREFIX, live_workers, publish_worker_beat
 from lem_shared.params.snapshots import committed_versions
+from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, live_workers, publish_worker_beat
 
 VLLM_CAMPAIGN = """
 name: engine-versions

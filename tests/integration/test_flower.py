@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from lem_shared.queues import FINALISE_TASK, RUN_TASK
+from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK
 from tests.integration.conftest import BIN
 
 Lem = Callable[..., subprocess.CompletedProcess[str]]

@@ -16,12 +16,12 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from lem_shared.contracts import RunRequest
 from lem_shared.db.models import Campaign, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_shared.dispatch import redis_client
-from lem_shared.heartbeat import gpu_key, publish
 from lem_shared.runtime.worker import GpuState, pace
+from lem_shared.wire.heartbeat import gpu_key, publish
+from lem_shared.wire.messages import RunRequest
 
 GPU = "GPU-standin-thermal-0001"
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from lem_shared.config import ExperimentConfig, load_plan
+from lem_shared.config.plan import load_plan
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.db.models import Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
 

@@ -115,9 +115,10 @@ def test_each_marked_phase_matches_the_trace_readme(replayed: dict, phase: str) 
     metrics = finalised((start, end))
     assert metrics.energy_source == "nvml_energy_counter"
     expected = README_COUNTER_J[phase]
-    # Analysed straight from the trace every phase is within 0.5 % (tests/unit/test_analysis.py). Replayed, the
-    # daemon's own 20 ms sampling re-times each reading by up to one interval, so a counter step (~100 ms of
-    # energy) near a window edge can land on either side, and each edge can move by one interval of peak power.
+    # Analysed straight from the trace every phase is within 0.5 % (tests/unit/shared/measure/test_analysis.py).
+    # Replayed, the daemon's own 20 ms sampling re-times each reading by up to one interval, so a counter step
+    # (~100 ms of energy) near a window edge can land on either side, and each edge can move by one interval of
+    # peak power.
     one_step = expected / (end - start) * 0.1
     edge_jitter = 2 * 0.02 * (metrics.peak_power_w or 0)
     assert metrics.energy_j == pytest.approx(expected, abs=max(0.005 * expected, one_step + edge_jitter))

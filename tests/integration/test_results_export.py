@@ -19,10 +19,10 @@ from sqlalchemy import delete, insert
 from lem_planner.export import COLUMNS
 from lem_planner.finalise import finalise_run
 from lem_shared import TOOL_VERSION
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import run_key
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.db.models import RUN_SCHEMA_VERSION, SCHEMA_VERSION, Campaign, Experiment, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
+from lem_shared.wire.messages import run_key
 from tests.integration.manifest import trace_rows, utc
 
 SWEEP = {

@@ -36,8 +36,7 @@ from lem_planner.finalise import finalise_run
 from lem_planner.report import render_report, swept_parameter
 from lem_planner.report_figures import pareto_front
 from lem_shared import TOOL_VERSION
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import run_key
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.db.models import (
     SCHEMA_VERSION,
     BatchTimingRow,
@@ -48,6 +47,7 @@ from lem_shared.db.models import (
     RunMetrics,
 )
 from lem_shared.db.session import session_scope
+from lem_shared.wire.messages import run_key
 from tests.integration.manifest import trace_rows, utc
 
 REPORT_UUID = "GPU-replay-h200-report-test"

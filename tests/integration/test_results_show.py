@@ -18,10 +18,10 @@ from lem_planner.finalise import finalise_run
 from lem_planner.importer import import_results
 from lem_planner.results import j_per_token_text
 from lem_shared import TOOL_VERSION
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import run_key
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.db.models import SCHEMA_VERSION, BatchTimingRow, Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
+from lem_shared.wire.messages import run_key
 from tests.integration.manifest import utc
 
 BIN = Path(sys.executable).parent

@@ -1,4 +1,4 @@
-"""Telemetry heartbeats in a real Redis, read back through ``lem_shared.heartbeat.read_heartbeats``: present
+"""Telemetry heartbeats in a real Redis, read back through ``lem_shared.wire.heartbeat.read_heartbeats``: present
 while ``lem-telemetry`` samples, deleted when it stops, expired (TTL) when it dies; and a daemon whose Redis is
 unreachable keeps sampling and says so once."""
 
@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, func, select
 
 from lem_shared.db.migrate import upgrade
 from lem_shared.db.models import GpuSample
-from lem_shared.heartbeat import gpu_key, host_key, read_heartbeats
+from lem_shared.wire.heartbeat import gpu_key, host_key, read_heartbeats
 from lem_telemetry.sources import REPLAY_UUID
 from tests.integration.telemetry_helpers import HEARTBEAT_REDIS_URL, Daemon, start_daemon, wait_for
 

@@ -1,7 +1,8 @@
 """STAND-IN support, part of no engine: what the stand-in ``vllm`` and ``tensorrt_llm`` packages share.
 
-This folder is put on ``sys.path`` only by tests (``tests/unit/test_adapter_control_flow.py``); nothing here is
-installed, and no distribution metadata is shipped, so ``importlib.metadata`` never reports a stand-in as an engine.
+This folder is put on ``sys.path`` only by tests (``tests/unit/shared/runtime/test_adapter_control_flow.py``);
+nothing here is installed, and no distribution metadata is shipped, so ``importlib.metadata`` never reports a
+stand-in as an engine.
 
 - the committed parameter snapshot of an engine (``shared/lem_shared/params/snapshots``) is what a stand-in checks
   keyword arguments against: an unknown name raises TypeError, as the real engines' constructors do; a value whose

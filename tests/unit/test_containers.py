@@ -31,8 +31,8 @@ import jsonschema
 import pytest
 import yaml
 
-from lem_shared.queues import Backend
 from lem_shared.settings import Settings
+from lem_shared.wire.queues import Backend
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"

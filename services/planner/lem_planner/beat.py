@@ -25,7 +25,7 @@ from typing import Any
 
 from celery.beat import Scheduler
 
-from lem_shared.celery_app import make_celery
+from lem_shared.wire.celery_app import make_celery
 
 log = logging.getLogger(__name__)
 

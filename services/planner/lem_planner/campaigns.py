@@ -16,8 +16,7 @@ from celery import Celery
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
-from lem_shared.config import CampaignConfig, ExperimentConfig
-from lem_shared.contracts import RunRequest, run_key, sha256_of
+from lem_shared.config.schema import CampaignConfig, ExperimentConfig
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus, Experiment, Run, RunStatus
 from lem_shared.db.session import session_scope
 from lem_shared.dispatch import (
@@ -29,7 +28,8 @@ from lem_shared.dispatch import (
     run_request,
     wait_for_heartbeats,
 )
-from lem_shared.heartbeat import live_workers
+from lem_shared.wire.heartbeat import live_workers
+from lem_shared.wire.messages import RunRequest, run_key, sha256_of
 
 
 def create_campaign(

@@ -11,9 +11,9 @@ from celery.signals import worker_ready, worker_shutdown
 
 from lem_planner.control_loop import SchedulerLoop
 from lem_planner.finalise import finalise_run
-from lem_shared.celery_app import make_celery
-from lem_shared.contracts import FinaliseRequest
-from lem_shared.queues import FINALISE_TASK, QueueName
+from lem_shared.wire.celery_app import make_celery
+from lem_shared.wire.messages import FinaliseRequest
+from lem_shared.wire.queues import FINALISE_TASK, QueueName
 
 app = make_celery("lem-control")
 # Take a message only when a thread is free to start it (and acknowledge it: see finalise), so none waits

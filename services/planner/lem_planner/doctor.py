@@ -14,10 +14,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from lem_planner.progress import Steps
-from lem_shared.heartbeat import read_heartbeats
-from lem_shared.queues import QueueName
 from lem_shared.redact import redact
 from lem_shared.settings import get_settings
+from lem_shared.wire.heartbeat import read_heartbeats
+from lem_shared.wire.queues import QueueName
 
 Status = Literal["ok", "warn", "fail"]
 # A GPU heartbeat whose last sample is older than this is stale (the daemon beats about every second).

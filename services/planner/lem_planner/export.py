@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 from lem_planner.results import SUMMARY_METRICS, load_runs, summarise_experiment
 from lem_planner.safe_write import check_target, write_atomically
-from lem_shared.config import ExperimentConfig, flatten
+from lem_shared.config.keys import flatten
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.params.engine import EngineSection
 from lem_shared.run_record import BOOL, FLOAT, INT, RUN_COLUMNS, TEXT, TIMESTAMP, Column, RunRecord
 

@@ -12,8 +12,13 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, select, update
 
 from lem_planner.campaigns import close_campaign_if_finished
-from lem_shared import flops as flops_model
-from lem_shared.analysis import (
+from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol
+from lem_shared.db.measurements import deep_idle_span
+from lem_shared.db.models import BatchTimingRow, Environment, Experiment, GpuSample, Run, RunMetrics, RunStatus
+from lem_shared.db.session import session_scope
+from lem_shared.dispatch import aware
+from lem_shared.measure import flops as flops_model
+from lem_shared.measure.analysis import (
     RunContext,
     RunFacts,
     TelemetrySample,
@@ -23,14 +28,10 @@ from lem_shared.analysis import (
     run_checks,
     verdict_of,
 )
-from lem_shared.config import ExperimentConfig, MeasurementProtocol
-from lem_shared.db.measurements import deep_idle_span
-from lem_shared.db.models import BatchTimingRow, Environment, Experiment, GpuSample, Run, RunMetrics, RunStatus
-from lem_shared.db.session import session_scope
-from lem_shared.dispatch import aware
-from lem_shared.energy import Sample, edge_energy, window_energy
+from lem_shared.measure.energy import Sample, edge_energy, window_energy
+from lem_shared.measure.prefill_decode import WindowFigures, energy_uncertainty, split
 from lem_shared.params.snapshots import installed_context
-from lem_shared.phases import WindowFigures, energy_uncertainty, split
+from lem_shared.run_record import stored
 from lem_shared.settings import get_settings
 
 # Samples this far outside a span are read so both edges can be interpolated.
@@ -358,7 +359,7 @@ def _finalise(run_id: int, wait_s: float) -> str:
             )
             claimed = cast(CursorResult[Any], claim).rowcount
             if claimed:
-                s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**fields))
+                s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**stored(fields)))
         outcome = "finalised" if claimed else "already finalised"
     else:
         outcome = "already finalised" if run.status != RunStatus.MEASURED else "not finalisable (no metrics)"

@@ -409,7 +409,7 @@ def _environment(doc: dict[str, Any], process_docs: list[dict[str, Any]], backen
     """The earlier tool's environment snapshot in the shape of ours (``kind: imported``; the hash groups imports
     of one host and software as it groups native runs), its own block as found under ``llenergymeasure``; None
     when the file records none."""
-    from lem_shared.environment import environment_hash, unavailable
+    from lem_shared.device.environment import environment_hash, unavailable
 
     snapshot_v2 = doc.get("environment_snapshot") if isinstance(doc.get("environment_snapshot"), dict) else None
     if isinstance(doc.get("environment"), dict):
@@ -544,7 +544,7 @@ def _build(
     if energy == 0.0 and not failed:
         energy, source, energy_note = None, None, "the earlier tool recorded 0 J (no energy measured)"
 
-    from lem_shared.stats import percentile
+    from lem_shared.measure.stats import percentile
 
     # Request latencies: their per-request end-to-end latencies (3.x); none in 2.x.
     latencies = [v for p in processes for v in p.request_latencies_ms]
@@ -795,9 +795,9 @@ def _store(result: _Result, directory: Path, campaign_id: int | None) -> tuple[i
     already there. The campaign is created with the first result written."""
     from sqlalchemy import func, select
 
-    from lem_shared.contracts import sha256_of
     from lem_shared.db.models import Campaign, CampaignStatus, Environment, Experiment, Run, RunMetrics, RunStatus
     from lem_shared.db.session import session_scope
+    from lem_shared.wire.messages import sha256_of
 
     with session_scope() as s:
         existing = s.scalar(select(Run).where(Run.run_key == result.key))

@@ -37,7 +37,7 @@ from lem_planner.report_figures import (
     sweep_figure,
     timeline_figure,
 )
-from lem_shared.config import flatten
+from lem_shared.config.keys import flatten
 
 # Points per GPU timeline: samples are averaged (min and max kept as a band) into this many time bins.
 TIMELINE_POINTS = 1500
@@ -359,7 +359,7 @@ def _sweep_points(
 ) -> tuple[list[Point], list[str]]:
     """Per experiment the mean of ``value`` over its done runs with the 95 % bootstrap CI, at its swept value;
     and the experiments left out, each with why."""
-    from lem_shared.stats import bootstrap_ci
+    from lem_shared.measure.stats import bootstrap_ci
 
     done = _done_runs(data)
     points, missing = [], []
@@ -510,7 +510,7 @@ def _energy_section(data: CampaignData, sweep: str | None, others: list[str], fi
 
 
 def _pareto_section(data: CampaignData, figures: FigureFiles) -> str:
-    from lem_shared.stats import bootstrap_ci
+    from lem_shared.measure.stats import bootstrap_ci
 
     parts = ['<section id="pareto"><h2>Pareto fronts: J/token against throughput and latency</h2>']
     done = _done_runs(data)
@@ -579,7 +579,7 @@ def _tick_label(data: CampaignData, index: int) -> str:
 
 def _phase_bars(data: CampaignData, figure: str) -> list[PhaseBar]:
     """Per experiment with a phase split, the mean over its done runs of the per-prompt ``figure`` per phase."""
-    from lem_shared.stats import bootstrap_ci
+    from lem_shared.measure.stats import bootstrap_ci
 
     bars = []
     for index, runs in sorted(_done_runs(data).items()):
@@ -682,7 +682,7 @@ def _idle_active_section(data: CampaignData, figures: FigureFiles) -> str:
 
 def _experiments_section(data: CampaignData) -> str:
     from lem_planner.results import j_per_token_text
-    from lem_shared.stats import ci_text
+    from lem_shared.measure.stats import ci_text
 
     rows = []
     for e in data.summaries:

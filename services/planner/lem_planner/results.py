@@ -14,9 +14,15 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from lem_shared.db.models import BatchTimingRow, Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.metrics import ttft_values
+from lem_shared.measure.metrics import ttft_values
+from lem_shared.measure.stats import (
+    DEFAULT_CONFIDENCE,
+    DEFAULT_RESAMPLES,
+    PERCENTILE_BOOTSTRAP,
+    bootstrap_ci,
+    percentile,
+)
 from lem_shared.run_record import PHASE_COLUMNS, PHASES, RunRecord
-from lem_shared.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, PERCENTILE_BOOTSTRAP, bootstrap_ci, percentile
 
 # The per-run figures summarised across cycles, with the words used when no run has one.
 SUMMARY_METRICS = {

@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from lem_shared.config import ConfigError, plan_text, read_campaign_file
+from lem_shared.config.errors import ConfigError
+from lem_shared.config.files import read_campaign_file
+from lem_shared.config.plan import plan_text
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The Celery app the planner's commands send tasks and broadcasts through (dispatch, revoke, inspect): made from
-``lem_shared.celery_app`` like every app, so no worker module (and none of its tasks or signals) is imported."""
+``lem_shared.wire.celery_app`` like every app, so no worker module (and none of its tasks or signals) is imported."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from functools import cache
 
 from celery import Celery
 
-from lem_shared.celery_app import make_celery
 from lem_shared.settings import get_settings
+from lem_shared.wire.celery_app import make_celery
 
 
 @cache

@@ -14,7 +14,7 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from lem_shared.db.models import Environment
-from lem_shared.environment import environment_hash, host_environment, is_unavailable
+from lem_shared.device.environment import environment_hash, host_environment, is_unavailable
 
 log = logging.getLogger(__name__)
 

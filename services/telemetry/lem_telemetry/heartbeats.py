@@ -1,6 +1,6 @@
 """The daemon's heartbeats in Redis: every ``telemetry_heartbeat_s`` one hash per GPU and one for the host.
 
-Key names and the reader live in ``lem_shared.heartbeat`` (the planner and ``lem doctor`` read them there).
+Key names and the reader live in ``lem_shared.wire.heartbeat`` (the planner and ``lem doctor`` read them there).
 Each hash has a TTL of ``telemetry_heartbeat_ttl_s``, so a daemon that dies stops looking alive; a daemon that
 stops cleanly deletes its keys. Redis being away is logged once (and its return once); sampling never waits
 for it.
@@ -17,8 +17,8 @@ from typing import Any
 
 import redis
 
-from lem_shared import heartbeat
 from lem_shared.redact import redact
+from lem_shared.wire import heartbeat
 from lem_telemetry.sampler import GpuSampler
 from lem_telemetry.sources import HostReading
 

@@ -17,9 +17,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 from transformers.generation.streamers import BaseStreamer
 
-from lem_shared.config import ExperimentConfig
-from lem_shared.environment import package_versions
-from lem_shared.model_presets import random_preset
+from lem_shared.config.presets import random_preset
+from lem_shared.config.schema import ExperimentConfig
+from lem_shared.device.environment import package_versions
 from lem_shared.runtime.adapter import DeviceInfo, Generation
 from lem_shared.runtime.engine_support import cuda_device_info
 from lem_shared.settings import get_settings
@@ -152,7 +152,7 @@ class TransformersAdapter:
 
     def count_flops(self, prompts: list[list[int]], experiment: ExperimentConfig) -> dict[str, Any]:
         """One unmeasured greedy generate of ``prompts`` under torch's FLOP counter (prefill and decode apart)."""
-        from lem_shared.profiler_flops import count_flops
+        from lem_worker_pytorch.profiler_flops import count_flops
 
         input_ids = torch.tensor(prompts, dtype=torch.long, device=self.device)
         with torch.inference_mode():

@@ -35,9 +35,9 @@ import gc
 from collections.abc import Sequence
 from typing import Any
 
-from lem_shared.config import ExperimentConfig
-from lem_shared.environment import package_versions
-from lem_shared.model_presets import random_preset
+from lem_shared.config.presets import random_preset
+from lem_shared.config.schema import ExperimentConfig
+from lem_shared.device.environment import package_versions
 from lem_shared.params.trtllm import KV_CACHE_DEFAULTS
 from lem_shared.runtime.adapter import Generation
 from lem_shared.runtime.engine_support import (

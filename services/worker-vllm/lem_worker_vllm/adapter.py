@@ -51,9 +51,9 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lem_shared.config import ExperimentConfig
-from lem_shared.environment import package_versions
-from lem_shared.model_presets import random_preset
+from lem_shared.config.presets import random_preset
+from lem_shared.config.schema import ExperimentConfig
+from lem_shared.device.environment import package_versions
 from lem_shared.runtime.adapter import Generation
 from lem_shared.runtime.engine_support import (
     SpawnedEngineAdapter,

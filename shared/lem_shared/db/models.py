@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
 
-from lem_shared.contracts import sha256_of
+from lem_shared.wire.messages import sha256_of
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's

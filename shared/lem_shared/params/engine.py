@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from lem_shared.bounds import value_problem
+from lem_shared.config.bounds import value_problem
+from lem_shared.config.suggest import did_you_mean
 from lem_shared.params.snapshots import ENGINE_NAMES, committed_versions, context_version, parameter_groups
-from lem_shared.suggest import did_you_mean
 
 # The keyword every engine (transformers, vLLM, TensorRT-LLM) takes for running a model repository's own code.
 REMOTE_CODE = "trust_remote_code"
@@ -40,7 +40,7 @@ REMOTE_CODE = "trust_remote_code"
 
 class EngineGroup(BaseModel):
     """Parameters of one engine call, named as the engine names them; None means the engine's default. Numbers
-    are finite and integers within int64, in nested values too (``lem_shared.bounds``)."""
+    are finite and integers within int64, in nested values too (``lem_shared.config.bounds``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from lem_shared.model_presets import random_preset
+from lem_shared.config.presets import random_preset
 from lem_shared.params.engine import EngineGroup, EngineSection
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from lem_shared.config import ExperimentConfig
+from lem_shared.config.schema import ExperimentConfig
+from lem_shared.wire.messages import ServingTrace
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,26 @@ class FlopCounter(Protocol):
 
     def count_flops(self, prompts: list[list[int]], experiment: ExperimentConfig) -> dict[str, Any]:
         """One unmeasured generate of ``prompts`` under a FLOP counter (prefill and decode apart)."""
+
+
+@dataclass(frozen=True)
+class ArrivingRequest:
+    """A request of a serving workload: its prompt, its forced output length, and when it arrives (seconds after
+    the serving run starts)."""
+
+    index: int
+    input_ids: list[int]
+    output_len: int
+    arrival_s: float
+
+
+@runtime_checkable
+class ServingEngine(Protocol):
+    """An adapter that can serve requests as they arrive into its engine's continuous batching."""
+
+    def serve(
+        self, requests: list[ArrivingRequest], experiment: ExperimentConfig, max_concurrency: int | None
+    ) -> ServingTrace:
+        """Hand each request to the engine at its arrival time (``time.time()`` at the call is time 0), at most
+        ``max_concurrency`` in the engine at once (None: no cap), generate exactly ``output_len`` tokens for each,
+        and return when every request has finished, with each request's and each engine step's times."""

@@ -13,7 +13,7 @@ import logging
 import time
 from typing import Protocol
 
-from lem_shared.contracts import EdgeRead, GpuEdge
+from lem_shared.wire.messages import EdgeRead, GpuEdge
 
 log = logging.getLogger(__name__)
 

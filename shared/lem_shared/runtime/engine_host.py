@@ -17,9 +17,9 @@ import traceback
 from multiprocessing.connection import Connection
 from typing import Any
 
-from lem_shared.config import ExperimentConfig
-from lem_shared.contracts import Measurement
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.params.snapshots import installed_context
+from lem_shared.wire.messages import Measurement
 
 log = logging.getLogger(__name__)
 

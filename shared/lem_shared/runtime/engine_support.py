@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from lem_shared.config import ExperimentConfig
-from lem_shared.model_presets import random_preset
+from lem_shared.config.presets import random_preset
+from lem_shared.config.schema import ExperimentConfig
 from lem_shared.runtime.adapter import DeviceInfo
 
 # A random-initialised model has no dtype of its own; CUDA engines run bf16 by default, as the PyTorch adapter does.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lem_shared.environment import environment_hash, host_environment
+from lem_shared.device.environment import environment_hash, host_environment
 from lem_shared.runtime.adapter import DeviceInfo
 
 

@@ -8,13 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lem_shared.config import ExperimentConfig, SyntheticWorkload
-from lem_shared.contracts import BatchTiming, Measurement, PrefillWindow, Warmup, WindowEdges
-from lem_shared.model_presets import random_preset
+from lem_shared.config.presets import random_preset
+from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
 from lem_shared.runtime.adapter import EngineAdapter, FlopCounter
 from lem_shared.runtime.edges import EdgeMeter, nvml_edge_meter
 from lem_shared.runtime.environment import environment_snapshot
 from lem_shared.settings import get_settings
+from lem_shared.wire.messages import BatchTiming, Measurement, PrefillWindow, Warmup, WindowEdges
 
 # Token ids below this are left out of synthetic prompts: tokenizers keep their special tokens there.
 FIRST_ORDINARY_TOKEN = 10

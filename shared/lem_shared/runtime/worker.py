@@ -27,19 +27,20 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from lem_shared import TOOL_VERSION
-from lem_shared.celery_app import make_celery
-from lem_shared.contracts import FinaliseRequest, Measurement, RunRequest
 from lem_shared.db.measurements import idle_temperature
 from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, Run, RunMetrics, RunStatus
 from lem_shared.db.session import session_scope
+from lem_shared.device.environment import package_versions
 from lem_shared.dispatch import advance, cancel_key, manifest_request, redis_client
-from lem_shared.environment import package_versions
-from lem_shared.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
-from lem_shared.metrics import run_metrics
+from lem_shared.measure.metrics import run_metrics
 from lem_shared.params.snapshots import ENGINE_PACKAGES
-from lem_shared.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
+from lem_shared.run_record import stored
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
 from lem_shared.settings import get_settings
+from lem_shared.wire.celery_app import make_celery
+from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
+from lem_shared.wire.messages import FinaliseRequest, Measurement, RunRequest
+from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | Non
         ).scalar_one_or_none()
         if owned is None:
             raise ClaimLost(f"run {run_id}: attempt {claim.attempt} is no longer this worker's claim")
-        s.execute(insert(RunMetrics).values(run_id=run_id, **run_metrics(m)))
+        s.execute(insert(RunMetrics).values(run_id=run_id, **stored(run_metrics(m))))
         s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
 
 

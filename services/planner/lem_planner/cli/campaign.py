@@ -13,9 +13,12 @@ from rich.table import Table
 
 from lem_planner.cli.console import EXIT_BAD_INPUT, check_campaign_id, err, fail, no_campaign, out, print_json
 from lem_planner.cli.tables import describe_experiments, results_table
-from lem_shared.config import CampaignConfig, CampaignPlan, ConfigError, ExperimentConfig, flatten, load_plan
-from lem_shared.queues import QueueName, queue_for
+from lem_shared.config.errors import ConfigError
+from lem_shared.config.keys import flatten
+from lem_shared.config.plan import CampaignPlan, load_plan
+from lem_shared.config.schema import CampaignConfig, ExperimentConfig
 from lem_shared.settings import get_settings
+from lem_shared.wire.queues import QueueName, queue_for
 
 campaign_cli = typer.Typer(help="Plan, run and list campaigns.", no_args_is_help=True)
 
@@ -53,7 +56,7 @@ def _advertised_engine_versions() -> dict[str, dict[str, str]]:
     reached (planning on a laptop)."""
     import redis
 
-    from lem_shared.heartbeat import advertised_engine_versions, client, live_workers
+    from lem_shared.wire.heartbeat import advertised_engine_versions, client, live_workers
 
     connection = client(get_settings().broker_url)
     try:

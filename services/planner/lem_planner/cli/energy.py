@@ -22,8 +22,8 @@ def energy_analyse(
     interval_s: Annotated[float | None, typer.Option(help="Sampling interval; inferred when absent.")] = None,
 ) -> None:
     """Energy, power, clock-event shares and validity checks per window — the finaliser's own analysis."""
-    from lem_shared.analysis import RunContext, Thresholds, analyse_window
-    from lem_shared.trace import TraceError, read_trace, read_windows
+    from lem_shared.measure.analysis import RunContext, Thresholds, analyse_window
+    from lem_shared.measure.trace import TraceError, read_trace, read_windows
 
     try:
         samples, spans = read_trace(trace), read_windows(windows)

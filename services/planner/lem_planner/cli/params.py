@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from lem_planner.cli.console import EXIT_BAD_INPUT, fail, print_json
-from lem_shared.queues import Backend
+from lem_shared.wire.queues import Backend
 
 params_cli = typer.Typer(
     help="Engine parameters: discover them from the engines themselves; coverage.", no_args_is_help=True

@@ -222,7 +222,7 @@ def results_compare(
     overlap (campaigns: experiments of the same config are paired, the rest by position)."""
     from lem_planner.compare import CompareError, compare
     from lem_planner.results import j_per_token_text
-    from lem_shared.stats import ci_text
+    from lem_shared.measure.stats import ci_text
 
     try:
         comparison = compare(a, b, resamples=resamples, seed=seed)

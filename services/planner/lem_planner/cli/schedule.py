@@ -64,7 +64,7 @@ def schedule_add(
     """Run the campaign in FILE on a schedule. The file is validated now and its text stored: editing the file
     later does not change what the schedule runs (remove and add it again)."""
     from lem_planner.schedules import ScheduleError, add_schedule, build_timing
-    from lem_shared.config import ConfigError
+    from lem_shared.config.errors import ConfigError
 
     # One "now" for the command: the first due time of --every is one interval after it, and validating the file
     # (seconds on a loaded machine) must not move it past that.

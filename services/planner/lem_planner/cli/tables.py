@@ -9,7 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from lem_planner.cli.console import out
-from lem_shared.config import flatten
+from lem_shared.config.keys import flatten
 
 _LABEL_VALUE_CHARS = 24  # longer values are cut in labels and captions
 _LABEL_KEYS = 5  # a label names at most this many of the keys that vary (the rest: `lem results show --json`)
