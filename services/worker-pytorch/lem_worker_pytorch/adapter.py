@@ -20,9 +20,10 @@ from transformers.generation.streamers import BaseStreamer
 from lem_shared.config.presets import random_preset
 from lem_shared.config.schema import ExperimentConfig
 from lem_shared.device.environment import package_versions
-from lem_shared.runtime.adapter import DeviceInfo, Generation
+from lem_shared.runtime.adapter import ArrivingRequest, DeviceInfo, Generation
 from lem_shared.runtime.engine_support import cuda_device_info
 from lem_shared.settings import get_settings
+from lem_shared.wire.messages import ServingTrace
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -145,6 +146,20 @@ class TransformersAdapter:
         generated = int(sequences.shape[0] * (sequences.shape[1] - input_ids.shape[1]))
         ttft = clock.first_token_at - started if clock and clock.first_token_at is not None else None
         return Generation(output_tokens=generated, ttft_s=ttft)
+
+    def serve(
+        self, requests: list[ArrivingRequest], experiment: ExperimentConfig, max_concurrency: int | None
+    ) -> ServingTrace:
+        """Serve requests as they arrive through transformers' continuous batching (workload.mode serving)."""
+        from lem_worker_pytorch.serving import serve_requests
+
+        if experiment.pytorch.compile is not None:
+            raise ValueError(
+                "pytorch.compile: not used in workload.mode serving (continuous batching changes the batch shape "
+                "every step, so a compiled forward would recompile inside the window); remove it"
+            )
+        with torch.inference_mode():
+            return serve_requests(self.model, requests, max_concurrency, experiment.pytorch.arguments("generation"))
 
     def model_shape(self) -> dict[str, Any]:
         """The loaded model's config (layers, heads, sizes, vocabulary) for the analytic FLOPs."""
