@@ -54,12 +54,13 @@ from typing import Any
 from lem_shared.config.presets import random_preset
 from lem_shared.config.schema import ExperimentConfig
 from lem_shared.device.environment import package_versions
-from lem_shared.runtime.adapter import Generation
+from lem_shared.runtime.adapter import ArrivingRequest, Generation
 from lem_shared.runtime.engine_support import (
     SpawnedEngineAdapter,
     engine_dtype,
     model_folder,
 )
+from lem_shared.wire.messages import ServingTrace
 
 NOT_INSTALLED = "vLLM is not installed on this worker host: pip install 'lem-worker-vllm[engine]' (needs a CUDA GPU)"
 
@@ -345,6 +346,16 @@ class VllmAdapter(SpawnedEngineAdapter):
             request_ttfts_s=request_ttfts(outputs),
             **kv,
         )
+
+    def serve(
+        self, requests: list[ArrivingRequest], experiment: ExperimentConfig, max_concurrency: int | None
+    ) -> ServingTrace:
+        """``workload.mode: serving``: hand each request to the loaded engine at its arrival (see ``serving``)."""
+        from lem_worker_vllm.serving import serve_requests
+
+        if self._llm is None:
+            raise RuntimeError("no model loaded: call load(experiment) before serve")
+        return serve_requests(self._llm, requests, experiment, max_concurrency)
 
     def engine_facts(self) -> dict[str, Any] | None:
         """What the loaded engine uses (see ``engine_facts_of``); None before a load."""

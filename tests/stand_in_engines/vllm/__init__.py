@@ -4,8 +4,10 @@
 attention and scheduler configs), ``LLM.llm_engine.logger_manager.stat_loggers`` (fed every step's
 ``SchedulerStats`` and ``IterationStats``), ``vllm.SamplingParams(**kw)``, ``RequestOutput`` with
 ``outputs[i].token_ids`` and ``metrics`` (``RequestStateStats``), ``vllm.inputs.TokensPrompt``,
-``vllm.distributed.parallel_state.cleanup_dist_env_and_memory``), so the adapter's control flow runs where vLLM
-cannot be installed. Names, fields and call shapes are vLLM 0.26.0's (``v1/engine/llm_engine.py``,
+``vllm.distributed.parallel_state.cleanup_dist_env_and_memory``), and the request-level API of ``LLM.llm_engine``
+that a serving driver calls (``add_request``, ``step``, ``abort_request``, ``get_num_unfinished_requests``,
+``has_unfinished_requests``; ``vllm.sampling_params.RequestOutputKind``), so the adapter's control flow runs where
+vLLM cannot be installed. Names, fields and call shapes are vLLM 0.26.0's (``v1/engine/llm_engine.py``,
 ``v1/metrics/{stats,loggers}.py``, ``config/*.py``). Written for this project's tests; no vLLM code is in it, and it
 computes nothing on a device.
 
@@ -23,10 +25,19 @@ Strict where the adapter could be wrong:
 - after load ``vllm_config.cache_config`` holds ``NUM_GPU_BLOCKS`` blocks of ``BLOCK_SIZE`` tokens (as 0.26's
   frontend does once the engine core answered); with log stats on, ``generate`` runs one engine step per new token
   and hands each stat logger that step's ``SchedulerStats.kv_cache_usage`` (the blocks every sequence holds, one
-  block table per completion, over ``NUM_GPU_BLOCKS``) and an ``IterationStats`` with no preemption.
+  block table per completion, over ``NUM_GPU_BLOCKS``) and an ``IterationStats`` with no preemption;
+- ``llm_engine.add_request`` queues a request (``n`` must be 1 here) and returns 0.26's internal id (the given id
+  plus a suffix); ``step`` schedules FIFO, at most ``max_num_seqs`` running, and gives every running request one
+  token (a request's first step is its prefill), sleeping ``STEP_S`` for the device's work. Outputs follow the
+  request's ``output_kind`` (DELTA: the step's new ids; CUMULATIVE: all so far; FINAL_ONLY: at the finish) and
+  carry the id given to ``add_request``. With log stats on, a step that returned outputs hands the stat loggers a
+  ``SchedulerStats`` counted after the step (finished requests no longer running), as 0.26 does. ``step`` with no
+  unfinished request raises (vLLM's multiprocess client would wait forever), and so does the step numbered
+  ``llm_engine.fail_at_step`` (a test's knob).
 
 Everything it receives is appended to ``CALLS`` (``_stand_in.Call`` records, in order), including
-``Call("LLM deleted", {})`` when an ``LLM`` is garbage collected.
+``add_request`` and ``abort_request`` (not every ``step``), and ``Call("LLM deleted", {})`` when an ``LLM`` is
+garbage collected.
 """
 
 from __future__ import annotations
@@ -41,6 +52,8 @@ from typing import Any
 import _stand_in
 from _stand_in import Call
 
+from vllm.sampling_params import RequestOutputKind
+
 SNAPSHOT = _stand_in.load_snapshot("vllm")
 __version__ = SNAPSHOT.version
 STAND_IN = True
@@ -50,6 +63,9 @@ DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
 NUM_GPU_BLOCKS = 512
 BLOCK_SIZE = 16
 CUDAGRAPH_CAPTURE_SIZES = [1, 2, 4, 8]
+STEP_S = 0.001  # one engine step of the serving API
+# Snapshot defaults that are expressions, not literals.
+EXPRESSION_DEFAULTS: dict[str, Any] = {"output_kind": RequestOutputKind.CUMULATIVE}
 
 
 class SamplingParams:
@@ -76,6 +92,8 @@ class SamplingParams:
             raise AttributeError(name)
         if name in self._given:
             return self._given[name]
+        if name in EXPRESSION_DEFAULTS:
+            return EXPRESSION_DEFAULTS[name]
         if name in SNAPSHOT.groups["sampling"]:
             return SNAPSHOT.default("sampling", name)
         raise AttributeError(name)
@@ -88,7 +106,7 @@ class SamplingParams:
 class CompletionOutput:
     index: int
     token_ids: list[int]
-    finish_reason: str
+    finish_reason: str | None  # None while the request runs
 
 
 @dataclass
@@ -219,13 +237,6 @@ class StatLoggerManager:
             )
 
 
-@dataclass
-class LLMEngine:
-    vllm_config: VllmConfig
-    model_config: ModelConfig
-    logger_manager: StatLoggerManager | None
-
-
 def _vllm_config(kwargs: dict[str, Any], vocab_size: int, max_len: int) -> VllmConfig:
     eager = bool(kwargs.get("enforce_eager", False))
     tokens = NUM_GPU_BLOCKS * BLOCK_SIZE
@@ -264,6 +275,142 @@ class _Loaded:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class _Served:
+    """A request inside the stand-in engine: its ids, the tokens it will emit, and how many it has emitted."""
+
+    request_id: str  # the internal id add_request returned
+    external_id: str  # the id it was given, which its outputs carry
+    prompt: list[int]
+    tokens: list[int]
+    eos: int | None
+    output_kind: RequestOutputKind
+    arrival: float
+    emitted: int = 0
+    first_token: float = 0.0
+
+
+class LLMEngine:
+    """0.26's V1 ``LLMEngine`` as ``LLM.llm_engine``: its configs, its stat loggers (log stats on) and the
+    request-level serving API (module docstring)."""
+
+    def __init__(self, vllm_config: VllmConfig, state: _Loaded) -> None:
+        self.vllm_config = vllm_config
+        self.model_config = vllm_config.model_config
+        self.logger_manager = StatLoggerManager() if state.log_stats else None
+        self.fail_at_step: int | None = None  # stand-in knob: the step with this number (1 = first) raises
+        self.steps = 0
+        self._state = state
+        self._waiting: list[_Served] = []
+        self._running: list[_Served] = []
+        self._added = 0
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: Any,
+        params: Any,
+        arrival_time: float | None = None,
+        lora_request: Any = None,
+        tokenization_kwargs: dict[str, Any] | None = None,
+        trace_headers: Any = None,
+        priority: int = 0,
+        prompt_text: str | None = None,
+    ) -> str:
+        CALLS.append(
+            Call(
+                "add_request",
+                {"request_id": request_id, "prompt": prompt, "params": params, "arrival_time": arrival_time},
+            )
+        )
+        if not isinstance(request_id, str):
+            raise TypeError(f"request_id must be a string, got {type(request_id)}")
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        if params.n != 1:
+            raise NotImplementedError("stand-in: requests with n > 1 (parent and child requests) are not imitated")
+        state = self._state
+        ids = _stand_in.prompt_token_ids(prompt, "vLLM", not state.skip_tokenizer)
+        if state.skip_tokenizer and params.detokenize:
+            raise ValueError("detokenize=True needs a tokenizer, and skip_tokenizer_init is on")
+        max_tokens = params.max_tokens if params.max_tokens is not None else state.max_model_len - len(ids)
+        _stand_in.check_prompt(ids, max_tokens, state.model, state.max_model_len, "vLLM")
+        eos = None if params.ignore_eos else state.model.eos_token_id
+        tokens = _stand_in.completion(ids, 0, max_tokens, params.min_tokens, eos, state.model.vocab_size)
+        self._added += 1
+        internal = f"{request_id}-{self._added:08x}"  # 0.26 appends 8 random characters
+        arrival = time.time() if arrival_time is None else arrival_time
+        self._waiting.append(_Served(internal, request_id, ids, tokens, eos, params.output_kind, arrival))
+        return internal
+
+    def get_num_unfinished_requests(self) -> int:
+        return len(self._waiting) + len(self._running)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.get_num_unfinished_requests() > 0
+
+    def abort_request(self, request_ids: list[str], internal: bool = False) -> None:
+        """Drop the requests with these ids (the given ids, or the internal ones when ``internal``)."""
+        CALLS.append(Call("abort_request", {"request_ids": list(request_ids), "internal": internal}))
+        drop = set(request_ids)
+
+        def kept(request: _Served) -> bool:
+            return (request.request_id if internal else request.external_id) not in drop
+
+        self._waiting = [r for r in self._waiting if kept(r)]
+        self._running = [r for r in self._running if kept(r)]
+
+    def step(self) -> list[RequestOutput]:
+        self.steps += 1
+        _stand_in.fault("step")
+        if self.steps == self.fail_at_step:
+            raise RuntimeError(f"stand-in engine failure in step {self.steps} (asked for by the test)")
+        if not self.has_unfinished_requests():
+            raise RuntimeError(
+                "stand-in: step() with no unfinished request (vLLM's multiprocess client would wait forever)"
+            )
+        while self._waiting and len(self._running) < self.vllm_config.scheduler_config.max_num_seqs:
+            self._running.append(self._waiting.pop(0))
+        time.sleep(STEP_S)
+        now = time.time()
+        outputs = []
+        for request in self._running:
+            request.emitted += 1
+            if request.emitted == 1:
+                request.first_token = now
+            output = self._output(request, finished=request.emitted == len(request.tokens))
+            if output is not None:
+                outputs.append(output)
+        self._running = [r for r in self._running if r.emitted < len(r.tokens)]
+        if self.logger_manager is not None and outputs:
+            blocks = sum(math.ceil((len(r.prompt) + r.emitted) / BLOCK_SIZE) for r in self._running)
+            stats = SchedulerStats(len(self._running), len(self._waiting), blocks / NUM_GPU_BLOCKS)
+            self.logger_manager.record(stats, IterationStats(), mm_cache_stats=None)
+        return outputs
+
+    def _output(self, request: _Served, finished: bool) -> RequestOutput | None:
+        kind = request.output_kind
+        if kind == RequestOutputKind.FINAL_ONLY and not finished:
+            return None
+        if kind == RequestOutputKind.DELTA:
+            ids = request.tokens[request.emitted - 1 : request.emitted]
+        else:
+            ids = request.tokens[: request.emitted]
+        reason = None
+        if finished:
+            reason = "stop" if request.eos is not None and request.tokens[-1] == request.eos else "length"
+        metrics = (
+            RequestStateStats(
+                num_generation_tokens=request.emitted,
+                arrival_time=request.arrival,
+                first_token_latency=request.first_token - request.arrival,
+            )
+            if self._state.log_stats
+            else None
+        )
+        return RequestOutput(request.external_id, request.prompt, [CompletionOutput(0, ids, reason)], finished, metrics)
+
+
 class LLM:
     def __init__(self, **kwargs: Any) -> None:
         _stand_in.check_kwargs("LLM", kwargs, SNAPSHOT, ("engine",))
@@ -282,8 +429,7 @@ class LLM:
         max_len = int(kwargs.get("max_model_len") or model.max_position_embeddings)
         # The LLM entry point turns log stats off unless disable_log_stats=False is given.
         self._state = _Loaded(model, max_len, skip, log_stats=kwargs.get("disable_log_stats", True) is False)
-        config = _vllm_config(kwargs, model.vocab_size, max_len)
-        self.llm_engine = LLMEngine(config, config.model_config, StatLoggerManager() if self._state.log_stats else None)
+        self.llm_engine = LLMEngine(_vllm_config(kwargs, model.vocab_size, max_len), self._state)
         weakref.finalize(self, CALLS.append, Call("LLM deleted", {}))
 
     def generate(self, prompts: Any, sampling_params: Any = None, *, use_tqdm: bool = True) -> list[RequestOutput]:
