@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
+from lem_shared.config.schema import ExperimentConfig, Workload
 from lem_shared.measure.energy import Sample, window_energy
 from lem_shared.measure.metrics import run_metrics
 from lem_shared.runtime.engine_host import EngineHost
@@ -92,9 +92,7 @@ def main() -> None:
                 dtype="bfloat16",
                 batch_size=bs,
                 warmup_batches=2,
-                workload=SyntheticWorkload(
-                    num_prompts=bs * args.batches, input_len=args.input_len, output_len=args.output_len
-                ),
+                workload=Workload(num_prompts=bs * args.batches, input_len=args.input_len, output_len=args.output_len),
             )
             m = engine.measure(experiment.model_dump(mode="json"))
             time.sleep(3 * args.interval + 0.3)  # let telemetry pass the window's end

@@ -174,14 +174,18 @@ class RunRecord:
         "s", "time to first token: 99th percentile over requests (vLLM) or batches", shown=True
     )
     itl_mean_s: float | None = _f(
-        "s", "inter-token latency: (batch latency - TTFT) / (tokens per sequence - 1), mean", shown=True
+        "s",
+        "inter-token latency, mean: offline, per batch (batch latency - TTFT) / (tokens per sequence - 1), the "
+        "batch's time per output token; serving, every gap between consecutive tokens of a request, pooled",
+        shown=True,
     )
-    itl_p50_s: float | None = _f("s", "inter-token latency: median over batches")
+    itl_p50_s: float | None = _f("s", "inter-token latency: median over batches (serving: over all gaps)")
     itl_p90_s: float | None = _f("s", "inter-token latency: 90th percentile over batches")
     itl_p99_s: float | None = _f("s", "inter-token latency: 99th percentile over batches")
     latency_mean_s: float | None = _f(
         "s",
-        "end-to-end latency of a generate call (every prompt of a batch finishes with it), mean over batches",
+        "end-to-end latency, mean: offline, of a generate call (every prompt of a batch finishes with it) over "
+        "batches; serving, of a request from its arrival to its last token",
         shown=True,
     )
     latency_p50_s: float | None = _f("s", "end-to-end latency: median over batches", shown=True)
@@ -191,6 +195,44 @@ class RunRecord:
     latency_p99_s: float | None = _f(
         "s", "end-to-end latency: 99th percentile over batches (empty for imported runs)", shown=True
     )
+    tpot_mean_s: float | None = _f(
+        "s",
+        "serving: time per output token after the first, (finish - first token) / (tokens - 1), mean over requests",
+        shown=True,
+    )
+    tpot_p50_s: float | None = _f("s", "serving: time per output token, median over requests", shown=True)
+    tpot_p90_s: float | None = _f("s", "serving: time per output token, 90th percentile over requests")
+    tpot_p99_s: float | None = _f("s", "serving: time per output token, 99th percentile over requests", shown=True)
+    goodput_rps: float | None = _f(
+        "request/s", "serving: requests meeting every workload.slo objective, per second of the window", shown=True
+    )
+    slo_attainment: float | None = _f("fraction", "serving: share of requests meeting every workload.slo objective")
+    steady_start_s: float | None = _f(
+        "s",
+        "serving: start of the steady state (running requests at the level the run reaches), after the window's start",
+        shown=True,
+    )
+    steady_end_s: float | None = _f(
+        "s", "serving: end of the steady state (the backlog drains), after the window's start", shown=True
+    )
+    steady_level: int | None = _f("requests", "serving: requests running in the engine during the steady state")
+    steady_method: str | None = _f("", "serving: how the steady state was found, and its warnings", shown=True)
+    steady_energy_j: float | None = _f(
+        "J", "serving: GPU energy in the steady state (counter, interpolated)", shown=True
+    )
+    steady_j_per_token: float | None = _f(
+        "J/token", "serving: steady-state energy over the output tokens emitted in it", shown=True
+    )
+    steady_tokens_per_j: float | None = _f("token/J", "serving: output tokens emitted in the steady state per joule")
+    steady_j_per_request: float | None = _f(
+        "J/request", "serving: steady-state energy over the requests finished in it", shown=True
+    )
+    request_energy_mean_j: float | None = _f(
+        "J", "serving: energy per request (its token share of each engine step's energy), mean", shown=True
+    )
+    request_energy_p50_j: float | None = _f("J", "serving: energy per request, median", shown=True)
+    request_energy_p90_j: float | None = _f("J", "serving: energy per request, 90th percentile")
+    request_energy_p99_j: float | None = _f("J", "serving: energy per request, 99th percentile", shown=True)
     kv_cache_usage_peak: float | None = _f(
         "fraction",
         "highest share of the engine's KV-cache blocks in use at an engine step of the window (vLLM's "

@@ -17,7 +17,7 @@ pytestmark = [
 
 
 def test_engine_host_window_energy_on_the_gpu() -> None:
-    from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
+    from lem_shared.config.schema import ExperimentConfig, Workload
     from lem_shared.measure.energy import Sample, edge_energy, window_energy
     from lem_shared.runtime.engine_host import EngineHost
     from lem_telemetry.sources import open_source
@@ -39,7 +39,7 @@ def test_engine_host_window_energy_on_the_gpu() -> None:
             model="random:llama-1b",
             dtype="bfloat16",
             batch_size=16,
-            workload=SyntheticWorkload(num_prompts=64, input_len=128, output_len=128),
+            workload=Workload(num_prompts=64, input_len=128, output_len=128),
         )
         m = engine.measure(experiment.model_dump(mode="json"))
         time.sleep(0.5)

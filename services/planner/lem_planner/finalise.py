@@ -14,11 +14,21 @@ from sqlalchemy import CursorResult, select, update
 from lem_planner.campaigns import close_campaign_if_finished
 from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol
 from lem_shared.db.measurements import deep_idle_span
-from lem_shared.db.models import BatchTimingRow, Environment, Experiment, GpuSample, Run, RunMetrics, RunStatus
+from lem_shared.db.models import (
+    BatchTimingRow,
+    Environment,
+    Experiment,
+    GpuSample,
+    RequestTimingRow,
+    Run,
+    RunMetrics,
+    RunStatus,
+)
 from lem_shared.db.session import session_scope
 from lem_shared.dispatch import aware
 from lem_shared.measure import flops as flops_model
 from lem_shared.measure.analysis import (
+    Check,
     RunContext,
     RunFacts,
     TelemetrySample,
@@ -29,7 +39,10 @@ from lem_shared.measure.analysis import (
     verdict_of,
 )
 from lem_shared.measure.energy import Sample, edge_energy, window_energy
+from lem_shared.measure.metrics import request_traces
 from lem_shared.measure.prefill_decode import WindowFigures, energy_uncertainty, split
+from lem_shared.measure.serving import EngineStep as ServingStep
+from lem_shared.measure.serving import request_energy, steady_state_energy, summarize
 from lem_shared.params.snapshots import installed_context
 from lem_shared.run_record import stored
 from lem_shared.settings import get_settings
@@ -177,6 +190,9 @@ def energy_fields(
         edge_note=edges_note,
     )
     analysis.checks.extend(run_checks(facts, limits))
+    serving = serving_energy(phases.get("serving"), run.requests, samples, start, end, metrics)
+    if serving is not None:
+        analysis.checks.append(serving.pop("check"))
     analysis.verdict = verdict_of(analysis.checks)
     deep_span = deep_idle_span(run.campaign_id, run.gpu_uuid)
     deep_idle_w = None
@@ -224,7 +240,59 @@ def energy_fields(
         "j_per_request": energy / metrics.requests if energy is not None and metrics.requests else None,
         "tokens_per_j": metrics.output_tokens / energy if energy else None,
         "verdict": analysis.verdict,
-        "analysis": analysis.to_dict(),
+        **{k: v for k, v in (serving or {}).items() if k != "per_request_j"},
+        "analysis": {**analysis.to_dict(), **({"request_energy_j": serving["per_request_j"]} if serving else {})},
+    }
+
+
+def serving_energy(
+    serving: dict[str, Any] | None,
+    requests: list[RequestTimingRow],
+    samples: list[TelemetrySample],
+    start: float,
+    end: float,
+    metrics: RunMetrics,
+) -> dict[str, Any] | None:
+    """A serving run's energy from telemetry's counter, interpolated: each engine step's energy shared among its
+    requests by token share (per-request energy, checked to add up to the steps' span within 1 %), and J/token,
+    tokens/J, J/request in the steady state the worker found. None for an offline run."""
+    if not serving or not requests or metrics.steady_start_s is None or metrics.steady_end_s is None:
+        return None
+    counter: dict[float, float] = {}
+    for x in samples:
+        if x.energy_mj is not None:
+            counter.setdefault(x.t, x.energy_mj / 1000)
+    points = sorted(counter.items())
+    steps = [
+        ServingStep(start=s, end=e, tokens={int(k): (v[0], v[1]) for k, v in tokens.items()})
+        for s, e, _, _, tokens in serving["steps"]
+    ]
+    try:
+        per_request, check = request_energy(steps, points)
+        traces = request_traces(requests)
+        window = (start + metrics.steady_start_s, start + metrics.steady_end_s)
+        steady = steady_state_energy(traces, points, window) if window[1] > window[0] else None
+    except ValueError as exc:
+        return {"check": Check("request_energy_sum", "fail", f"per-request energy not attributed: {exc}")}
+    energies = [per_request[r.request_index] for r in requests if r.request_index in per_request]
+    summary = summarize(energies)
+    status = "pass" if check.ok else "fail"
+    message = (
+        f"requests' energies add up to {check.attributed_j:.2f} J of the steps' {check.span_j:.2f} J "
+        f"({check.relative_difference * 100:.2f} %, within {check.tolerance * 100:.0f} % needed; between steps "
+        f"{check.gaps_j:.2f} J)"
+    )
+    return {
+        "check": Check("request_energy_sum", status, message),
+        "per_request_j": {str(k): v for k, v in per_request.items()},
+        "steady_energy_j": steady.energy_j if steady else None,
+        "steady_j_per_token": steady.j_per_token if steady else None,
+        "steady_tokens_per_j": steady.tokens_per_j if steady else None,
+        "steady_j_per_request": steady.j_per_request if steady else None,
+        "request_energy_mean_j": summary.mean if summary else None,
+        "request_energy_p50_j": summary.p50 if summary else None,
+        "request_energy_p90_j": summary.p90 if summary else None,
+        "request_energy_p99_j": summary.p99 if summary else None,
     }
 
 
@@ -342,6 +410,7 @@ def _finalise(run_id: int, wait_s: float) -> str:
         environment = s.get(Environment, run.environment_id) if run.environment_id else None
         gpus = (environment.data or {}).get("gpus") if environment else None
         gpu_name = gpus[0].get("name") if isinstance(gpus, list) and gpus else None
+        run.requests  # noqa: B018 - loaded now: serving energy reads them after the session closes
         s.expunge_all()
     if run.status == RunStatus.MEASURED and metrics is not None and experiment is not None:
         # checked against the snapshot of the engine the run used, as the engine host checked it
@@ -360,6 +429,14 @@ def _finalise(run_id: int, wait_s: float) -> str:
             claimed = cast(CursorResult[Any], claim).rowcount
             if claimed:
                 s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**stored(fields)))
+                per_request = (fields.get("analysis") or {}).get("request_energy_j") or {}
+                rows = [
+                    {"id": r.id, "energy_j": per_request[str(r.request_index)]}
+                    for r in run.requests
+                    if str(r.request_index) in per_request
+                ]
+                if rows:  # bulk UPDATE by primary key: one statement for every request
+                    s.execute(update(RequestTimingRow), rows)
         outcome = "finalised" if claimed else "already finalised"
     else:
         outcome = "already finalised" if run.status != RunStatus.MEASURED else "not finalisable (no metrics)"

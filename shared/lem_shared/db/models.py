@@ -30,7 +30,7 @@ from lem_shared.wire.messages import sha256_of
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0008"
+SCHEMA_VERSION = "0009"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -164,6 +164,7 @@ class Run(Base):
     # Read-only: what run_records loads with the run (the rows are written through their own tables).
     environment: Mapped[Environment | None] = relationship(viewonly=True)
     batches: Mapped[list[BatchTimingRow]] = relationship(viewonly=True, order_by="BatchTimingRow.batch_index")
+    requests: Mapped[list[RequestTimingRow]] = relationship(viewonly=True, order_by="RequestTimingRow.request_index")
 
 
 class RunMetrics(Base):
@@ -217,6 +218,26 @@ class RunMetrics(Base):
     j_per_request: Mapped[float | None] = mapped_column(Float)
     tokens_per_j: Mapped[float | None] = mapped_column(Float)
     verdict: Mapped[str | None] = mapped_column(String(16))  # valid | warning | invalid
+    # Serving runs (workload.mode serving): per-request latency figures, goodput, the steady-state window (seconds
+    # after the window's start, found from the engine's occupancy) and its energy, and per-request energy.
+    tpot_mean_s: Mapped[float | None] = mapped_column(Float)
+    tpot_p50_s: Mapped[float | None] = mapped_column(Float)
+    tpot_p90_s: Mapped[float | None] = mapped_column(Float)
+    tpot_p99_s: Mapped[float | None] = mapped_column(Float)
+    goodput_rps: Mapped[float | None] = mapped_column(Float)
+    slo_attainment: Mapped[float | None] = mapped_column(Float)
+    steady_start_s: Mapped[float | None] = mapped_column(Float)
+    steady_end_s: Mapped[float | None] = mapped_column(Float)
+    steady_level: Mapped[int | None] = mapped_column(Integer)
+    steady_method: Mapped[str | None] = mapped_column(Text)
+    steady_energy_j: Mapped[float | None] = mapped_column(Float)
+    steady_j_per_token: Mapped[float | None] = mapped_column(Float)
+    steady_tokens_per_j: Mapped[float | None] = mapped_column(Float)
+    steady_j_per_request: Mapped[float | None] = mapped_column(Float)
+    request_energy_mean_j: Mapped[float | None] = mapped_column(Float)
+    request_energy_p50_j: Mapped[float | None] = mapped_column(Float)
+    request_energy_p90_j: Mapped[float | None] = mapped_column(Float)
+    request_energy_p99_j: Mapped[float | None] = mapped_column(Float)
     # The whole window analysis: reason shares, flags, clocks, coverage, and every check with its message.
     analysis: Mapped[dict[str, Any] | None]
 
@@ -241,6 +262,24 @@ class BatchTimingRow(Base):
     kv_cache_usage_peak: Mapped[float | None] = mapped_column(Float)
     kv_cache_usage_mean: Mapped[float | None] = mapped_column(Float)
     preemptions: Mapped[int | None]
+
+
+class RequestTimingRow(Base):
+    """One request of a serving run: when it arrived, got its first token and finished (Unix seconds), its
+    tokens, every token's time, and the energy the finaliser attributed to it (its token share of each step)."""
+
+    __tablename__ = "request_timings"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    request_index: Mapped[int]
+    arrival: Mapped[float] = mapped_column(Float)
+    first_token: Mapped[float | None] = mapped_column(Float)
+    finish: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int]
+    output_tokens: Mapped[int]
+    token_times: Mapped[list[float]] = mapped_column(JSONType)
+    energy_j: Mapped[float | None] = mapped_column(Float)
 
 
 class GpuSample(Base):

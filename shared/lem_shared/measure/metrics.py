@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from lem_shared.measure.serving import RequestTrace, goodput, latency_summary, request_latencies, steady_state
 from lem_shared.measure.stats import percentile
-from lem_shared.wire.messages import Measurement
+from lem_shared.wire.messages import Measurement, ServingTrace
 
 
 class TimedBatch(Protocol):
@@ -49,7 +50,95 @@ def kv_cache_figures(batches: Iterable[TimedBatch]) -> dict[str, Any]:
     }
 
 
-def run_metrics(m: Measurement) -> dict[str, Any]:
+class ServedRequestLike(Protocol):
+    """A served request: the ``ServedRequest`` message or its ``request_timings`` row."""
+
+    @property
+    def arrival(self) -> float: ...
+    @property
+    def first_token(self) -> float | None: ...
+    @property
+    def finish(self) -> float: ...
+    @property
+    def prompt_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def token_times(self) -> list[float]: ...
+
+
+def request_traces(requests: Iterable[ServedRequestLike]) -> list[RequestTrace]:
+    """The requests that produced a token, as the serving maths reads them."""
+    return [
+        RequestTrace(
+            arrival=r.arrival,
+            first_token=r.first_token,
+            token_times=r.token_times,
+            finish=r.finish,
+            prompt_tokens=r.prompt_tokens,
+            output_tokens=r.output_tokens,
+        )
+        for r in requests
+        if r.first_token is not None
+    ]
+
+
+def occupancy(trace: ServingTrace, window_end: float) -> list[tuple[float, int]]:
+    """Requests running in the engine over time: at each step's start, and none at the window's end."""
+    return [(step.start, step.running) for step in trace.steps] + [(window_end, 0)]
+
+
+def serving_metrics(m: Measurement, slo: dict[str, float] | None, max_concurrency: int | None) -> dict[str, Any]:
+    """A serving run's figures: per-request latencies (E2E in the latency columns), TPOT, goodput under the SLOs
+    and the steady-state window (seconds after the window's start) found from the engine's occupancy."""
+    assert m.serving is not None
+    duration = m.window_end - m.window_start
+    traces = request_traces(m.serving.requests)
+    summary = latency_summary(request_latencies(traces))
+    e2e, ttft, tpot = summary["e2e_s"], summary["ttft_s"], summary["tpot_s"]
+    output_tokens = sum(r.output_tokens for r in m.serving.requests)
+    requests = len(m.serving.requests)
+    good = goodput(traces, duration_s=duration, **slo) if slo and traces else None
+    steady = steady_state(occupancy(m.serving, m.window_end), max_concurrency=max_concurrency)
+    return {
+        "requests": requests,
+        "input_tokens": sum(r.prompt_tokens for r in m.serving.requests),
+        "output_tokens": output_tokens,
+        "duration_s": duration,
+        "tokens_per_s": output_tokens / duration,
+        "requests_per_s": requests / duration,
+        "latency_mean_s": e2e.mean if e2e else None,
+        "latency_p50_s": e2e.p50 if e2e else None,
+        "latency_p95_s": percentile([t.finish - t.arrival for t in traces], 95) if traces else None,
+        "ttft_mean_s": ttft.mean if ttft else None,
+        "tpot_mean_s": tpot.mean if tpot else None,
+        "tpot_p50_s": tpot.p50 if tpot else None,
+        "tpot_p90_s": tpot.p90 if tpot else None,
+        "tpot_p99_s": tpot.p99 if tpot else None,
+        "goodput_rps": good.requests_per_s if good else None,
+        "slo_attainment": good.good_requests / good.requests if good and good.requests else None,
+        "steady_start_s": steady.start - m.window_start,
+        "steady_end_s": steady.end - m.window_start,
+        "steady_level": steady.level,
+        "steady_method": "; ".join([steady.method, *steady.warnings]),
+    }
+
+
+def run_metrics(
+    m: Measurement, slo: dict[str, float] | None = None, max_concurrency: int | None = None
+) -> dict[str, Any]:
+    common = {
+        "peak_memory_bytes": m.peak_memory_bytes,
+        "peak_memory_kind": m.peak_memory_kind,
+        "model_load_s": m.model_load_s,
+        "model_reused": m.model_reused,
+        "warmup_iterations": m.warmup.iterations,
+        "warmup_converged": m.warmup.converged,
+        "warmup_final_cv": m.warmup.final_cv,
+        "passes": m.passes,
+    }
+    if m.serving is not None:
+        return {**serving_metrics(m, slo, max_concurrency), **common}
     duration = m.window_end - m.window_start
     latencies = [b.latency_s for b in m.batches]
     ttfts = ttft_values(m.batches)
@@ -67,12 +156,5 @@ def run_metrics(m: Measurement) -> dict[str, Any]:
         "latency_p95_s": percentile(latencies, 95),
         "ttft_mean_s": sum(ttfts) / len(ttfts) if ttfts else None,
         **kv_cache_figures(m.batches),
-        "peak_memory_bytes": m.peak_memory_bytes,
-        "peak_memory_kind": m.peak_memory_kind,
-        "model_load_s": m.model_load_s,
-        "model_reused": m.model_reused,
-        "warmup_iterations": m.warmup.iterations,
-        "warmup_converged": m.warmup.converged,
-        "warmup_final_cv": m.warmup.final_cv,
-        "passes": m.passes,
+        **common,
     }

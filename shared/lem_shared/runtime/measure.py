@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -9,18 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 from lem_shared.config.presets import random_preset
-from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
-from lem_shared.runtime.adapter import EngineAdapter, FlopCounter
+from lem_shared.config.schema import ExperimentConfig, Workload
+from lem_shared.runtime.adapter import ArrivingRequest, EngineAdapter, FlopCounter, ServingEngine
 from lem_shared.runtime.edges import EdgeMeter, nvml_edge_meter
 from lem_shared.runtime.environment import environment_snapshot
 from lem_shared.settings import get_settings
-from lem_shared.wire.messages import BatchTiming, Measurement, PrefillWindow, Warmup, WindowEdges
+from lem_shared.wire.messages import BatchTiming, Measurement, PrefillWindow, ServingTrace, Warmup, WindowEdges
+from lem_shared.workload.arrivals import arrival_times
+from lem_shared.workload.prompts import load_prompts
+from lem_shared.workload.tokenizer import tokenizer_for
 
 # Token ids below this are left out of synthetic prompts: tokenizers keep their special tokens there.
 FIRST_ORDINARY_TOKEN = 10
 
 
-def synthetic_prompts(workload: SyntheticWorkload, vocab_size: int) -> list[list[int]]:
+def synthetic_prompts(workload: Workload, vocab_size: int) -> list[list[int]]:
     """Seeded random token ids, exactly ``input_len`` long, so every engine sees the same work."""
     rng = random.Random(workload.seed)
     high = max(vocab_size - 1, FIRST_ORDINARY_TOKEN)
@@ -32,6 +36,39 @@ def synthetic_prompts(workload: SyntheticWorkload, vocab_size: int) -> list[list
 
 class EngineError(RuntimeError):
     """The engine did not do the work asked of it."""
+
+
+def workload_prompts(experiment: ExperimentConfig, vocab_size: int) -> list[tuple[list[int], int]]:
+    """Each prompt's token ids and forced output length: seeded random ids (synthetic), or real text sampled
+    from the dataset and tokenised by the model's tokenizer (the offline BPE for ``random:*`` presets)."""
+    workload = experiment.workload
+    if workload.kind == "synthetic":
+        return [(prompt, workload.output_len) for prompt in synthetic_prompts(workload, vocab_size)]
+    assert workload.source is not None  # the schema requires it for a dataset
+    try:
+        prompts = load_prompts(
+            workload.source,
+            tokenizer=tokenizer_for(experiment.model, vocab_size),
+            count=workload.num_prompts,
+            seed=workload.seed,
+            max_input_len=workload.input_len,
+            max_output_len=workload.output_len,
+            forced_output_len=workload.output_len if workload.output_lengths == "forced" else None,
+        )
+    except ValueError as exc:
+        raise EngineError(f"workload: {exc}") from None
+    return [(list(p.input_ids), p.output_len) for p in prompts]
+
+
+def arriving_requests(experiment: ExperimentConfig, prompts: list[tuple[list[int], int]]) -> list[ArrivingRequest]:
+    """The serving workload: each prompt with its arrival time (seeded Poisson/gamma, or all at once)."""
+    workload = experiment.workload
+    rate = workload.request_rate if workload.request_rate is not None else math.inf
+    times = arrival_times(len(prompts), rate, workload.burstiness, seed=workload.seed % (1 << 63))
+    return [
+        ArrivingRequest(index=i, input_ids=ids, output_len=length, arrival_s=at)
+        for i, ((ids, length), at) in enumerate(zip(prompts, times, strict=True))
+    ]
 
 
 def refuse_remote_code(experiment: ExperimentConfig) -> None:
@@ -115,14 +152,27 @@ class MeasurementRuntime:
         model_load_s = time.perf_counter() - load_started
 
         workload = experiment.workload
-        prompts = synthetic_prompts(workload, self.adapter.vocab_size())
-        batches = [prompts[i : i + experiment.batch_size] for i in range(0, len(prompts), experiment.batch_size)]
-        warmup = self._warm_up(batches, experiment)
-
-        self.adapter.synchronize()
-        idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
-        self.adapter.reset_peak_memory()
-        window_start, window_end, passes, timings, edges = self._window(batches, experiment)
+        pairs = workload_prompts(experiment, self.adapter.vocab_size())
+        serving: ServingTrace | None = None
+        if workload.mode == "serving":
+            requests = arriving_requests(experiment, pairs)
+            warmup = self._warm_up_serving(requests, experiment)
+            self.adapter.synchronize()
+            idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
+            self.adapter.reset_peak_memory()
+            window_start, window_end, serving, edges = self._serve_window(requests, experiment)
+            passes = 1
+            timings: list[BatchTiming] = []
+            batches: list[list[list[int]]] = []
+        else:
+            prompts = [ids for ids, _ in pairs]
+            size = experiment.batch_size
+            batches = [prompts[i : i + size] for i in range(0, len(prompts), size)]
+            warmup = self._warm_up(batches, experiment)
+            self.adapter.synchronize()
+            idle_before = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
+            self.adapter.reset_peak_memory()
+            window_start, window_end, passes, timings, edges = self._window(batches, experiment)
         idle_after = self._idle(protocol.idle_gap_s if on_gpu else 0.0)
         peak, peak_kind = self.adapter.peak_memory()
 
@@ -170,7 +220,60 @@ class MeasurementRuntime:
             flops_counted=flops_counted,
             model_shape=self._model_shape(experiment),
             edges=edges,
+            serving=serving,
         )
+
+    def _server(self) -> ServingEngine:
+        if not isinstance(self.adapter, ServingEngine):
+            raise EngineError(
+                f"workload.mode: serving, but the {type(self.adapter).__name__} engine adapter has no serving "
+                "driver; use backend pytorch or vllm"
+            )
+        return self.adapter
+
+    def _warm_up_serving(self, requests: list[ArrivingRequest], experiment: ExperimentConfig) -> Warmup:
+        """Serve the first few requests at once, again and again, until the CV of the last k durations is under
+        the threshold (never counted): the engine's kernels, graphs and KV cache are warm before the window."""
+        server, protocol = self._server(), experiment.measurement
+        cap = experiment.workload.max_concurrency
+        few = [
+            ArrivingRequest(index=r.index, input_ids=r.input_ids, output_len=r.output_len, arrival_s=0.0)
+            for r in requests[: min(len(requests), max(4, cap or 4))]
+        ]
+        durations: list[float] = []
+        cv: float | None = None
+        while len(durations) < protocol.warmup_max:
+            began = time.perf_counter()
+            server.serve(few, experiment, cap)
+            durations.append(time.perf_counter() - began)
+            if len(durations) >= protocol.warmup_window:
+                cv = coefficient_of_variation(durations[-protocol.warmup_window :])
+                if len(durations) >= protocol.warmup_min and cv < protocol.warmup_cv:
+                    return Warmup(iterations=len(durations), converged=True, final_cv=cv, latencies_s=durations)
+        return Warmup(iterations=len(durations), converged=False, final_cv=cv, latencies_s=durations)
+
+    def _serve_window(
+        self, requests: list[ArrivingRequest], experiment: ExperimentConfig
+    ) -> tuple[float, float, ServingTrace, WindowEdges | None]:
+        """One serving run as the window: every request arrives at its time and is served to its forced length.
+        The window is the whole run (its steady state is found afterwards, from the engine's occupancy)."""
+        server = self._server()
+        meter = self._edges()
+        self.adapter.synchronize()
+        opened = meter.open_window() if meter else None
+        window_start = opened.t if opened else time.time()
+        trace = server.serve(requests, experiment, experiment.workload.max_concurrency)
+        self.adapter.synchronize()
+        closed = meter.close_window() if meter and opened else None
+        window_end = closed.t if closed else time.time()
+        served = {r.index: r for r in trace.requests}
+        for request in requests:
+            got = served.get(request.index)
+            produced = got.output_tokens if got else 0
+            if produced != request.output_len:
+                raise EngineError(f"request {request.index} produced {produced} tokens, expected {request.output_len}")
+        edges = WindowEdges(start=opened, end=closed) if opened and closed else None
+        return window_start, window_end, trace, edges
 
     def _engine_facts(self) -> dict[str, Any] | None:
         """What the loaded engine really uses (JSON), from the adapter where it reads it."""
@@ -209,7 +312,7 @@ class MeasurementRuntime:
                     BatchTiming(
                         batch_index=len(timings),
                         batch_size=len(batch),
-                        input_tokens=len(batch) * workload.input_len,
+                        input_tokens=sum(len(prompt) for prompt in batch),
                         output_tokens=generation.output_tokens,
                         latency_s=latency,
                         ttft_s=generation.ttft_s,

@@ -28,7 +28,15 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from lem_shared import TOOL_VERSION
 from lem_shared.db.measurements import idle_temperature
-from lem_shared.db.models import RUN_SCHEMA_VERSION, BatchTimingRow, Environment, Run, RunMetrics, RunStatus
+from lem_shared.db.models import (
+    RUN_SCHEMA_VERSION,
+    BatchTimingRow,
+    Environment,
+    RequestTimingRow,
+    Run,
+    RunMetrics,
+    RunStatus,
+)
 from lem_shared.db.session import session_scope
 from lem_shared.device.environment import package_versions
 from lem_shared.dispatch import advance, cancel_key, manifest_request, redis_client
@@ -117,8 +125,11 @@ def _span(span: tuple[float, float] | None) -> list[float] | None:
     return list(span) if span else None
 
 
-def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | None = None) -> None:
-    """Store the measurement, only while the claim is still the run's (else ClaimLost, nothing stored)."""
+def record_measurement(
+    claim: Claim, m: Measurement, pause: dict[str, Any] | None = None, experiment: dict[str, Any] | None = None
+) -> None:
+    """Store the measurement, only while the claim is still the run's (else ClaimLost, nothing stored);
+    ``experiment`` (the run's config) gives a serving run its SLOs and concurrency cap."""
     phases: dict[str, Any] = {
         "deep_idle": _span(m.deep_idle),
         "idle_before": _span(m.idle_before),
@@ -143,6 +154,15 @@ def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | Non
         }
     if m.flops_counted is not None:
         phases["flops_counted"] = m.flops_counted
+    if m.serving is not None:  # the engine's steps, for the finaliser's per-request energy: [start, end, running,
+        # waiting, {request index: [prefill, decode]}] each (the requests go to request_timings)
+        phases["serving"] = {
+            "steps": [
+                [s.start, s.end, s.running, s.waiting, {str(k): list(v) for k, v in s.tokens.items()}]
+                for s in m.serving.steps
+            ],
+            "facts": m.serving.facts,
+        }
     if m.model_shape is not None:
         phases["model_shape"] = m.model_shape
     run_id = claim.run_id
@@ -164,8 +184,18 @@ def record_measurement(claim: Claim, m: Measurement, pause: dict[str, Any] | Non
         ).scalar_one_or_none()
         if owned is None:
             raise ClaimLost(f"run {run_id}: attempt {claim.attempt} is no longer this worker's claim")
-        s.execute(insert(RunMetrics).values(run_id=run_id, **stored(run_metrics(m))))
-        s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
+        workload = (experiment or {}).get("workload") or {}
+        slo = {k: v for k, v in (workload.get("slo") or {}).items() if v is not None} or None
+        figures = run_metrics(m, slo, workload.get("max_concurrency"))
+        s.execute(insert(RunMetrics).values(run_id=run_id, **stored(figures)))
+        if m.batches:
+            s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
+        if m.serving is not None and m.serving.requests:
+            rows = [
+                {"run_id": run_id, "request_index": r.index, **r.model_dump(exclude={"index"})}
+                for r in m.serving.requests
+            ]
+            s.execute(insert(RequestTimingRow), rows)
 
 
 def record_end(claim: Claim, status: RunStatus, error: str) -> None:
@@ -364,7 +394,9 @@ def _measure_and_record(
         return RunStatus.FAILED, str(exc)
     state.baselined.add(request.campaign_id)
     state.gpu_uuid = measurement.gpu_uuid
-    with_database_retry("recording the measurement", lambda: record_measurement(claim, measurement, pause))
+    with_database_retry(
+        "recording the measurement", lambda: record_measurement(claim, measurement, pause, request.experiment)
+    )
     return RunStatus.MEASURED, ""
 
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
+from lem_shared.config.schema import ExperimentConfig, Workload
 from lem_shared.runtime.engine_support import RANDOM_MODEL_EOS_ID
 from lem_shared.wire.queues import Backend
 from lem_worker_trt.adapter import (
@@ -70,7 +70,7 @@ def test_engine_arguments_depend_only_on_model_and_dtype() -> None:
 
 
 def test_sampling_forces_output_len_and_names_an_end_id_when_there_is_no_tokenizer() -> None:
-    assert sampling_kwargs(experiment(workload=SyntheticWorkload(output_len=50))) == {
+    assert sampling_kwargs(experiment(workload=Workload(output_len=50))) == {
         "max_tokens": 50,
         "min_tokens": 50,
         "ignore_eos": True,

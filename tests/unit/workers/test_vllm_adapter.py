@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from lem_shared.config.schema import ExperimentConfig, SyntheticWorkload
+from lem_shared.config.schema import ExperimentConfig, Workload
 from lem_shared.wire.queues import Backend
 from lem_worker_vllm.adapter import (
     FLASHINFER_SAMPLER_ENV,
@@ -78,7 +78,7 @@ def test_engine_arguments_do_not_depend_on_the_workload() -> None:
 
 
 def test_sampling_forces_exactly_output_len_greedy_tokens() -> None:
-    assert sampling_kwargs(experiment(workload=SyntheticWorkload(output_len=77))) == {
+    assert sampling_kwargs(experiment(workload=Workload(output_len=77))) == {
         "max_tokens": 77,
         "min_tokens": 77,
         "ignore_eos": True,

@@ -25,8 +25,9 @@ from lem_shared.config.schema import (
     CampaignConfig,
     ExperimentConfig,
     MeasurementProtocol,
-    SyntheticWorkload,
+    ServiceLevels,
     ThermalGap,
+    Workload,
 )
 from lem_shared.params.pytorch import PytorchOptions
 from lem_shared.params.vllm import VllmOptions
@@ -195,7 +196,7 @@ def _numeric_fields(model: type[BaseModel]) -> Iterator[tuple[str, Any]]:
 
 
 @pytest.mark.parametrize(
-    "model", [CampaignConfig, ExperimentConfig, SyntheticWorkload, MeasurementProtocol, ThermalGap]
+    "model", [CampaignConfig, ExperimentConfig, Workload, ServiceLevels, MeasurementProtocol, ThermalGap]
 )
 def test_every_numeric_field_has_an_upper_bound_stated_in_its_description(model: type[BaseModel]) -> None:
     fields = dict(_numeric_fields(model))

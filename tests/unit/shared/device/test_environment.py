@@ -13,6 +13,8 @@ from typing import Any
 import pynvml
 import pytest
 
+# Imported before any test swaps in the fake pynvml: the wrapper binds the real module's constants at import.
+import lem_shared.device.nvml  # noqa: F401
 from lem_shared.device.environment import (
     container_environment,
     environment_hash,

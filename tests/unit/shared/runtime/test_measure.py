@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol, SyntheticWorkload
+from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol, Workload
 from lem_shared.runtime.measure import MeasurementRuntime, coefficient_of_variation
 
 pytest.importorskip("torch")
@@ -21,7 +21,7 @@ def experiment(**protocol: float) -> ExperimentConfig:
     return ExperimentConfig(
         model="random:llama-tiny",
         batch_size=2,
-        workload=SyntheticWorkload(num_prompts=4, input_len=8, output_len=4),
+        workload=Workload(num_prompts=4, input_len=8, output_len=4),
         measurement=MeasurementProtocol(**protocol),
     )  # type: ignore[arg-type]
 

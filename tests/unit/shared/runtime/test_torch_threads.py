@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
-from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol, SyntheticWorkload
+from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol, Workload
 from lem_shared.runtime.measure import MeasurementRuntime
 from lem_shared.settings import Settings, get_settings
 
@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 EXPERIMENT = ExperimentConfig(
     model="random:llama-tiny",
-    workload=SyntheticWorkload(num_prompts=1, input_len=8, output_len=2),
+    workload=Workload(num_prompts=1, input_len=8, output_len=2),
     measurement=MeasurementProtocol(warmup_min=0, warmup_max=1, min_window_s=0),
 )
 

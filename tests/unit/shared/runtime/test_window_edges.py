@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol, SyntheticWorkload
+from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol, Workload
 from lem_shared.measure.analysis import Thresholds, analyse_window
 from lem_shared.measure.energy import Sample, edge_energy, integral_source, power_integral, window_energy
 from lem_shared.measure.trace import read_trace
@@ -167,7 +167,7 @@ def test_the_runtime_reads_every_gpu_at_both_edges_of_both_windows(gpu_runtime) 
     experiment = ExperimentConfig(
         model="random:llama-tiny",
         batch_size=2,
-        workload=SyntheticWorkload(num_prompts=4, input_len=8, output_len=4),
+        workload=Workload(num_prompts=4, input_len=8, output_len=4),
         measurement=MeasurementProtocol(
             warmup_window=2,
             warmup_min=0,
