@@ -1,9 +1,11 @@
-"""Results as files for notebooks (MEAS-07): one row per run, or per experiment with bootstrap CIs, as CSV,
-Parquet or JSON; and the side-by-side comparison of two experiments or campaigns.
+"""Results as files for notebooks (MEAS-07): one row per run, per experiment with bootstrap CIs, or per served
+request of the serving runs, as CSV, Parquet or JSON; and the side-by-side comparison of two experiments or
+campaigns.
 
 ``COLUMNS`` lists every exported column (name, unit, type, meaning): the run columns are ``RunRecord``'s
-(lem_shared/run_record.py), the experiment columns its summary metrics'; ``lem results columns`` prints them, and a
-test checks the files hold exactly these columns (plus ``config.*``, the flattened experiment).
+(lem_shared/run_record.py), the experiment columns its summary metrics', the request columns the run's identity
+columns and the ``request_timings`` row's figures; ``lem results columns`` prints them, and a test checks the files
+hold exactly these columns (plus ``config.*``, the flattened experiment).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import csv
 import io
 import json
 from collections import defaultdict
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import UnionType
 from typing import Any, BinaryIO, Union, get_args, get_origin
@@ -63,7 +66,32 @@ EXPERIMENT_COLUMNS: list[Column] = [
         )
     ),
 ]
-COLUMNS = {"run": RUN_COLUMNS, "experiment": EXPERIMENT_COLUMNS}
+_RUN_IDENTITY = ["campaign_id", "run_id", "run_key", "experiment_index", "cycle", "backend"]
+_ONE_CLOCK = "UTC, from the worker's clock (CSV and JSON: ISO 8601 text)"
+REQUEST_COLUMNS: list[Column] = [
+    *(c for c in RUN_COLUMNS if c.name in _RUN_IDENTITY),
+    Column("request_index", "", INT, "the request's position in the run's workload, from 0"),
+    Column("arrival", "UTC", TIMESTAMP, f"when the request arrived at the engine ({_ONE_CLOCK})"),
+    Column("first_token", "UTC", TIMESTAMP, "when its first output token came (empty when it produced none)"),
+    Column("finish", "UTC", TIMESTAMP, "when it completed"),
+    Column("prompt_tokens", "tokens", INT, "its prompt's tokens"),
+    Column("output_tokens", "tokens", INT, "the tokens it generated"),
+    Column("ttft_s", "s", FLOAT, "time to first token: first_token - arrival"),
+    Column(
+        "tpot_s",
+        "s",
+        FLOAT,
+        "time per output token after the first: (finish - first_token) / (output_tokens - 1); empty for 1 token",
+    ),
+    Column("e2e_s", "s", FLOAT, "end-to-end latency: finish - arrival (empty, like ttft_s, without a token)"),
+    Column(
+        "energy_j",
+        "J",
+        FLOAT,
+        "its token share of each engine step's counter energy (empty without NVML: CPU runs have none)",
+    ),
+]
+COLUMNS = {"run": RUN_COLUMNS, "experiment": EXPERIMENT_COLUMNS, "request": REQUEST_COLUMNS}
 # backend, model, dtype and batch_size are columns of their own, so config.* leaves them out.
 _OWN_COLUMNS = ("backend", "model", "dtype", "batch_size")
 CONFIG_COLUMN = Column(
@@ -120,6 +148,61 @@ def experiment_rows(campaign_id: int, resamples: int = 2000, seed: int = 0) -> l
             }
         )
     return out
+
+
+def _utc(unix_s: float | None) -> str | None:
+    """Unix seconds as the run export writes its window: ISO 8601 with the UTC offset."""
+    return None if unix_s is None else datetime.fromtimestamp(unix_s, UTC).isoformat()
+
+
+def request_rows(campaign_id: int) -> list[dict[str, Any]]:
+    """One row per stored request of the campaign's serving runs (experiment, cycle, request order):
+    REQUEST_COLUMNS, then ``config.*``. Latencies come from ``lem_shared.measure.serving.request_latency``."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import joinedload, selectinload
+
+    from lem_shared.db.models import Run
+    from lem_shared.db.session import session_scope
+    from lem_shared.measure.metrics import request_traces
+    from lem_shared.measure.serving import request_latency
+
+    rows = []
+    with session_scope() as s:
+        runs = s.scalars(
+            select(Run)
+            .where(Run.campaign_id == campaign_id)
+            .options(joinedload(Run.experiment), selectinload(Run.requests))
+        ).all()
+        for run in sorted(runs, key=lambda r: (r.experiment.index, r.cycle)):
+            identity = {
+                "campaign_id": run.campaign_id,
+                "run_id": run.id,
+                "run_key": run.run_key,
+                "experiment_index": run.experiment.index,
+                "cycle": run.cycle,
+                "backend": run.experiment.backend,
+            }
+            config = config_columns(run.experiment.config)
+            for request in sorted(run.requests, key=lambda r: r.request_index):
+                traces = request_traces([request])  # none for a request without a token
+                latency = request_latency(traces[0]) if traces else None
+                rows.append(
+                    {
+                        **identity,
+                        "request_index": request.request_index,
+                        "arrival": _utc(request.arrival),
+                        "first_token": _utc(request.first_token),
+                        "finish": _utc(request.finish),
+                        "prompt_tokens": request.prompt_tokens,
+                        "output_tokens": request.output_tokens,
+                        "ttft_s": latency.ttft_s if latency else None,
+                        "tpot_s": latency.tpot_s if latency else None,
+                        "e2e_s": latency.e2e_s if latency else None,
+                        "energy_j": request.energy_j,
+                        **config,
+                    }
+                )
+    return rows
 
 
 def config_columns(config: dict[str, Any]) -> dict[str, Any]:
@@ -245,9 +328,17 @@ def arrow_table(table: list[dict[str, Any]], columns: list[Column]) -> Any:
 
 
 def export(campaign_id: int, path: Path, fmt: str, level: str = "run") -> int:
+    """Write the campaign's rows of ``level`` (run, experiment, request) to ``path``; the row count. A campaign
+    without rows of the level still gets a file: its columns and no rows."""
+    if level not in COLUMNS:
+        raise ValueError(f"level must be one of {', '.join(COLUMNS)}, got {level!r}")
     check_target(path)  # refused before the database is read
-    rows = run_rows(campaign_id) if level == "run" else experiment_rows(campaign_id)
-    return write(rows, path, fmt, COLUMNS[level])
+    rows_of: dict[str, Callable[[int], list[dict[str, Any]]]] = {
+        "run": run_rows,
+        "experiment": experiment_rows,
+        "request": request_rows,
+    }
+    return write(rows_of[level](campaign_id), path, fmt, COLUMNS[level])
 
 
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".json": "json"}

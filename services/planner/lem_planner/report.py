@@ -4,10 +4,12 @@ The page holds the campaign header and every figure the campaign's data supports
 a power and temperature timeline per GPU with every run's measurement window shaded (GPU telemetry);
 throughput, TTFT and latency against the swept parameter with 95 % bootstrap CIs per backend (any done run);
 J/token against the swept parameter and Pareto fronts of J/token against throughput and latency (energy);
-prefill against decode per prompt (``measurement.phase_split``); idle against active energy (a baseline). A
-per-experiment table and the validity table of every run follow. Where the data of a figure is absent a note
-says why. The figures are drawn by ``report_figures`` and inlined as SVG (the page has no external CSS, script,
-font or image) and also written, as PNG and SVG, into a folder beside the page.
+prefill against decode per prompt (``measurement.phase_split``); idle against active energy (a baseline); for
+serving runs (``workload.mode: serving``) J/token against p99 TPOT and goodput with each backend's Pareto front,
+and the per-request energy per experiment (offline-only campaigns have no serving section). A per-experiment
+table and the validity table of every run follow. Where the data of a figure is absent a note says why. The
+figures are drawn by ``report_figures`` and inlined as SVG (the page has no external CSS, script, font or image)
+and also written, as PNG and SVG, into a folder beside the page.
 
 The command is ``lem_planner.cli.results``; matplotlib, numpy and SQLAlchemy are imported inside the functions
 that use them.
@@ -31,9 +33,13 @@ from lem_planner.report_figures import (
     ParetoPoint,
     PhaseBar,
     Point,
+    RequestEnergyBox,
+    ServingPoint,
     idle_active_figure,
     pareto_figure,
     phase_figure,
+    request_energy_figure,
+    serving_figure,
     sweep_figure,
     timeline_figure,
 )
@@ -61,6 +67,12 @@ class CampaignData:
     phases: dict[int, dict[str, Any]]
     labels: dict[int, str] = field(default_factory=dict)  # experiment index -> what varies
     caption: str = ""
+    request_energies: dict[int, list[float | None]] = field(default_factory=dict)  # serving run id -> per request
+
+
+def is_serving(config: dict[str, Any]) -> bool:
+    """Whether an experiment's config is a serving run (``workload.mode: serving``; offline leaves it out)."""
+    return (config.get("workload") or {}).get("mode") == "serving"
 
 
 def varying_keys(configs: list[dict[str, Any]]) -> list[str]:
@@ -124,6 +136,8 @@ def _load(campaign_id: int) -> CampaignData:
     records = run_records(campaign_id)
     summaries = experiment_summaries(campaign_id, records=records)
     data = CampaignData(campaign, records, summaries, versions, phases)
+    if any(is_serving(e["experiment"]) for e in summaries):
+        data.request_energies = _request_energies(campaign_id)
     configs = [e["experiment"] for e in summaries]
     varying = varying_keys(configs)
     for e in summaries:
@@ -136,6 +150,26 @@ def _load(campaign_id: int) -> CampaignData:
             if k not in varying and v is not None and not k.endswith((".kind", ".seed"))
         )
     return data
+
+
+def _request_energies(campaign_id: int) -> dict[int, list[float | None]]:
+    """Per run of the campaign, its stored requests' energies in request order (None: no energy)."""
+    from sqlalchemy import select
+
+    from lem_shared.db.models import RequestTimingRow, Run
+    from lem_shared.db.session import session_scope
+
+    with session_scope() as s:
+        rows = s.execute(
+            select(RequestTimingRow.run_id, RequestTimingRow.energy_j)
+            .join(Run, Run.id == RequestTimingRow.run_id)
+            .where(Run.campaign_id == campaign_id)
+            .order_by(RequestTimingRow.run_id, RequestTimingRow.request_index)
+        ).all()
+    energies: dict[int, list[float | None]] = defaultdict(list)
+    for run_id, energy in rows:
+        energies[run_id].append(energy)
+    return dict(energies)
 
 
 def gpu_series(gpu_uuid: str, start: float, end: float, points: int = TIMELINE_POINTS) -> GpuSeries | None:
@@ -573,6 +607,106 @@ def _pareto_section(data: CampaignData, figures: FigureFiles) -> str:
     return "".join(parts)
 
 
+def _serving_points(data: CampaignData, serving: list[dict[str, Any]]) -> tuple[list[ServingPoint], list[str]]:
+    """Per serving experiment with a p99 TPOT: the means over its done runs with 95 % bootstrap CIs of p99 TPOT
+    (ms), goodput and J/token (the steady state's, else the whole window's where no run has a steady figure);
+    and the experiments left out, each with why."""
+    from lem_shared.measure.stats import bootstrap_ci
+
+    done = _done_runs(data)
+    points, missing = [], []
+    for e in serving:
+        runs = done[e["experiment_index"]]
+        tpot = bootstrap_ci([r["tpot_p99_s"] * 1000 for r in runs if r["tpot_p99_s"] is not None])
+        if tpot.estimate is None:
+            why = "no runs done" if not runs else "no p99 TPOT (every request had 1 output token)"
+            missing.append(f"e{e['experiment_index']} ({why})")
+            continue
+        goodput = bootstrap_ci([r["goodput_rps"] for r in runs])
+        steady = any(r["steady_j_per_token"] is not None for r in runs)
+        jpt = bootstrap_ci([r["steady_j_per_token" if steady else "j_per_token"] for r in runs])
+        points.append(
+            ServingPoint(
+                e["experiment_index"],
+                e["backend"],
+                tpot.estimate,
+                tpot.low,
+                tpot.high,
+                goodput.estimate,
+                goodput.low,
+                goodput.high,
+                jpt.estimate,
+                jpt.low,
+                jpt.high,
+                steady or jpt.estimate is None,
+            )
+        )
+    return points, missing
+
+
+def _serving_section(data: CampaignData, figures: FigureFiles) -> str:
+    """J/token against p99 TPOT and goodput, and the per-request energy, of the serving experiments; nothing
+    for a campaign without serving runs."""
+    serving = [e for e in data.summaries if is_serving(e["experiment"])]
+    if not serving:
+        return ""
+    parts = ['<section id="serving"><h2>Serving: energy against TPOT and goodput, energy per request</h2>']
+    energy_note = _energy_notes(data.records) or "n/a (no done run has an energy figure)"
+    points, missing = _serving_points(data, serving)
+    if not points:
+        parts.append(_note("serving", "No serving figure: " + ("; ".join(missing) or "no done serving run") + "."))
+    else:
+        drawn, fronts = serving_figure(points, energy_note)
+        svg = figures.inline(drawn, "plot-serving-tpot", "tpot")
+        has_energy = any(p.jpt is not None for p in points)
+        fallback = [f"e{p.experiment_index}" for p in points if not p.steady]
+        on_front = "; ".join(
+            f"{backend}: {', '.join(f'e{i}' for i in front)}" for backend, front in fronts.get("tpot", {}).items()
+        )
+        what = (
+            f"y: the steady state's J/token{' (whole window for ' + ', '.join(fallback) + ')' if fallback else ''}; "
+            f"on each backend's front against p99 TPOT: {on_front}."
+            if has_energy
+            else f"no J/token, energy {energy_note}: only where each experiment lies on x is drawn."
+        )
+        parts.append(
+            f'<figure id="plot-serving-tpot" data-plot="serving-tpot" data-points="{len(points)}" '
+            f'data-energy="{str(has_energy).lower()}" data-goodput="{str("goodput" in fronts).lower()}" '
+            f'data-front="{" ".join(str(i) for front in fronts.get("tpot", {}).values() for i in front)}">{svg}'
+            "<figcaption>Per serving experiment: mean over done runs of each run's p99 TPOT (time per output "
+            "token after the first, over its requests) and goodput (requests meeting every workload.slo "
+            f"objective per second) against J/token, with 95 % bootstrap CIs on both axes; {_e(what)} "
+            "A point is on its backend's front when no other point of that backend has both lower p99 TPOT and "
+            "lower J/token (against goodput: higher goodput and lower J/token).</figcaption></figure>"
+        )
+    if missing and points:
+        parts.append(_note("serving-missing", "Not plotted: " + "; ".join(missing) + "."))
+
+    done = _done_runs(data)
+    boxes = []
+    for e in serving:
+        energies = [v for r in done[e["experiment_index"]] for v in data.request_energies.get(r["run_id"], [])]
+        boxes.append(
+            RequestEnergyBox(
+                _tick_label(data, e["experiment_index"]), [v for v in energies if v is not None], len(energies)
+            )
+        )
+    if not any(b.requests for b in boxes):
+        parts.append(_note("request-energy", "No per-request energy: no done serving run has stored requests."))
+        return "".join(parts) + "</section>"
+    with_energy = sum(len(b.energies) for b in boxes)
+    svg = figures.inline(request_energy_figure(boxes, energy_note), "plot-request-energy", "reqe")
+    why = "" if with_energy else f" No request has energy: energy {energy_note}."
+    parts.append(
+        f'<figure id="plot-request-energy" data-plot="request-energy" data-points="{len(boxes)}" '
+        f'data-requests="{sum(b.requests for b in boxes)}" data-with-energy="{with_energy}">{svg}'
+        "<figcaption>Per serving experiment, the requests of its done runs pooled: each request's energy, its "
+        "token share of every engine step it was in (request_timings.energy_j; only requests with energy). Box: "
+        f"quartiles and median, whiskers at 1.5 IQR, triangle: the mean.{_e(why)}</figcaption></figure>"
+    )
+    return "".join(parts) + "</section>"
+
+
 def _tick_label(data: CampaignData, index: int) -> str:
     return f"e{index}\n" + data.labels.get(index, "").replace(" ", "\n")
 
@@ -775,6 +909,7 @@ def render_report(campaign_id: int, path: Path, figures_dir: Path | None = None)
             _performance_section(data, sweep, others, figures),
             _energy_section(data, sweep, others, figures),
             _pareto_section(data, figures),
+            _serving_section(data, figures),
             _phase_section(data, figures),
             _idle_active_section(data, figures),
             _experiments_section(data),

@@ -642,3 +642,214 @@ def idle_active_figure(bars: list[IdleActiveBar]) -> Drawn:
     share.set_ylim(0, 112)
     fig.suptitle("Idle against active energy per output token (mean over done cycles)", fontsize=10)
     return Drawn(fig, "Idle (baseline) against active energy per output token per experiment")
+
+
+def _finite(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def lower_left_fronts(points: list[tuple[str, float, float]]) -> dict[str, list[int]]:
+    """Per group (backend), the indices of its (group, x, y) points that no other point of the same group beats
+    on both axes (strictly lower x and strictly lower y; lower is better), by x then y."""
+    by_group: dict[str, list[tuple[int, float, float]]] = {}
+    for i, point in enumerate(points):
+        if not isinstance(point, tuple) or len(point) != 3 or not isinstance(point[0], str):
+            raise ValueError(f"points[{i}] must be a (backend, x, y) tuple, got {point!r}")
+        x, y = _finite(f"points[{i}] x", point[1]), _finite(f"points[{i}] y", point[2])
+        by_group.setdefault(point[0], []).append((i, x, y))
+    fronts = {}
+    for group, mine in by_group.items():
+        kept = [i for i, x, y in mine if not any(ox < x and oy < y for _, ox, oy in mine)]
+        fronts[group] = sorted(kept, key=lambda i: (points[i][1], points[i][2]))
+    return fronts
+
+
+@dataclass
+class ServingPoint:
+    """One serving experiment, each figure the mean over its done runs with its 95 % CI (None under 2 runs):
+    p99 TPOT in ms, goodput (None without an SLO), and J/token (None without energy; ``steady`` when it is the
+    steady state's)."""
+
+    experiment_index: int
+    backend: str
+    tpot_ms: float
+    tpot_low: float | None
+    tpot_high: float | None
+    goodput: float | None
+    goodput_low: float | None
+    goodput_high: float | None
+    jpt: float | None
+    jpt_low: float | None
+    jpt_high: float | None
+    steady: bool = True
+
+
+def _no_energy_text(ax: Axes, text: str) -> None:
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        transform=ax.transAxes,
+        ha="center",
+        va="center",
+        fontsize=9,
+        wrap=True,
+        color="#8a5a00",
+        bbox={"boxstyle": "round", "facecolor": "#fff8e5", "edgecolor": "#e0a800"},
+    ).set_gid("energy-na")
+
+
+def _serving_panel(
+    ax: Axes, points: list[ServingPoint], axis: str, xlabel: str, energy_note: str, key: str
+) -> dict[str, list[int]]:
+    """One panel of ``serving_figure``: J/token against p99 TPOT (``axis`` "tpot") or goodput ("goodput") with
+    CIs on both axes and the Pareto front of each backend as a step line; the experiments on each front."""
+
+    def x_of(p: ServingPoint) -> tuple[float, float | None, float | None]:
+        if axis == "tpot":
+            return p.tpot_ms, p.tpot_low, p.tpot_high
+        assert p.goodput is not None
+        return p.goodput, p.goodput_low, p.goodput_high
+
+    mine = [p for p in points if axis == "tpot" or p.goodput is not None]
+    with_energy = [p for p in mine if p.jpt is not None]
+    backends = list(dict.fromkeys(p.backend for p in mine))
+    style = _series_style([(b, "") for b in backends])
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3, which="both")
+    missing = [p for p in mine if p.jpt is None]
+    if not with_energy:
+        # Still say where each experiment lies on x; there is no J/token to put it against.
+        for p in mine:
+            colour, _ = style[(p.backend, "")]
+            ax.axvline(x_of(p)[0], color=colour, lw=1.2, ls=":").set_gid(f"{key}-e{p.experiment_index}")
+            ax.text(x_of(p)[0], 0.92, f" e{p.experiment_index}", transform=ax.get_xaxis_transform(), fontsize=8)
+        ax.set_yticks([])
+        ax.set_ylabel("energy per output token: n/a")
+        ax.margins(x=0.15)
+        _no_energy_text(ax, f"no J/token: energy {energy_note}")
+        return {}
+    sign = -1.0 if axis == "goodput" else 1.0
+    fronts = lower_left_fronts([(p.backend, sign * x_of(p)[0], p.jpt or 0.0) for p in with_energy])
+
+    def err(v: float, lo: float | None, hi: float | None) -> tuple[float, float]:
+        return (v - lo, hi - v) if lo is not None and hi is not None else (0.0, 0.0)
+
+    for b in backends:
+        group = [p for p in with_energy if p.backend == b]
+        if not group:
+            continue
+        colour, _ = style[(b, "")]
+        for p in group:
+            x, low, high = x_of(p)
+            assert p.jpt is not None
+            bars = ax.errorbar(
+                [x],
+                [p.jpt],
+                xerr=[[v] for v in err(x, low, high)],
+                yerr=[[v] for v in err(p.jpt, p.jpt_low, p.jpt_high)],
+                fmt="o" if p.steady else "s",
+                mfc=colour if p.steady else "white",
+                color=colour,
+                ms=6,
+                capsize=3,
+                lw=0.9,
+            )
+            bars.lines[0].set_gid(f"{key}-e{p.experiment_index}")
+        ax.plot([], [], "o", color=colour, label=b)
+        front = sorted((with_energy[i] for i in fronts.get(b, [])), key=lambda p: x_of(p)[0])
+        ax.plot(
+            [x_of(p)[0] for p in front],
+            [p.jpt or 0.0 for p in front],
+            color=colour,
+            lw=1.4,
+            ls="--",
+            drawstyle="steps-pre" if axis == "goodput" else "steps-post",
+            zorder=4,
+        )[0].set_gid(f"{key}-front-{b}")
+    if any(not p.steady for p in with_energy):
+        ax.plot([], [], "s", mfc="white", color="#555555", ls="none", label="whole-window J/token (no steady state)")
+    ax.plot([], [], color="#555555", ls="--", label="Pareto front per backend")
+    ax.margins(0.1)
+    _annotate(ax, [(x_of(p)[0], p.jpt or 0.0, f"e{p.experiment_index}", False, False) for p in with_energy])
+    if missing:
+        ax.text(
+            0.01,
+            0.01,
+            "no J/token for " + ", ".join(f"e{p.experiment_index}" for p in missing) + f": energy {energy_note}",
+            transform=ax.transAxes,
+            fontsize=7.5,
+            color="#8a5a00",
+        ).set_gid("energy-na")
+    ax.set_ylabel("energy per output token [J/token]")
+    ax.legend(fontsize=8, loc="best")
+    return {b: [with_energy[i].experiment_index for i in front] for b, front in fronts.items()}
+
+
+def serving_figure(points: list[ServingPoint], energy_note: str) -> tuple[Drawn, dict[str, dict[str, list[int]]]]:
+    """J/token against p99 TPOT (left) and, where any experiment has goodput, against goodput (right), per
+    experiment with CIs and each backend's Pareto front (lower-left is better against TPOT, lower-right against
+    goodput). Without J/token a panel says so (``energy_note``: why) and marks where each experiment lies on x.
+    The experiments on each front, per panel ("tpot", "goodput") and backend."""
+    with_goodput = any(p.goodput is not None for p in points)
+    fig = _figure(11, 4.8)
+    axes = fig.subplots(1, 2 if with_goodput else 1, squeeze=False)[0]
+    fronts = {"tpot": _serving_panel(axes[0], points, "tpot", "p99 TPOT [ms]", energy_note, "tpot")}
+    axes[0].set_title("J/token against p99 TPOT: lower-left is better", fontsize=10)
+    if with_goodput:
+        fronts["goodput"] = _serving_panel(axes[1], points, "goodput", "goodput [requests/s]", energy_note, "goodput")
+        axes[1].set_title("J/token against goodput: lower-right is better", fontsize=10)
+    fig.suptitle(
+        "Serving: steady-state J/token (mean over done runs, 95 % bootstrap CI) per backend, Pareto front dashed",
+        fontsize=10,
+    )
+    return Drawn(fig, "J/token against p99 TPOT" + (" and goodput" if with_goodput else "") + " per backend"), fronts
+
+
+@dataclass
+class RequestEnergyBox:
+    """One experiment's per-request energies (requests with energy, pooled over its done runs) of ``requests``."""
+
+    label: str
+    energies: list[float]
+    requests: int
+
+
+def request_energy_figure(boxes: list[RequestEnergyBox], energy_note: str) -> Drawn:
+    """A box per experiment of its requests' energy (whiskers at 1.5 IQR, the mean as a triangle); an experiment
+    whose requests have no energy is marked n/a, and a figure without any says so (``energy_note``: why,
+    "n/a (...)")."""
+    fig = _figure(11, 4.2)
+    ax = fig.add_subplot()
+    xs = list(range(len(boxes)))
+    with_energy = [(x, b) for x, b in zip(xs, boxes, strict=True) if b.energies]
+    if with_energy:
+        drawn = ax.boxplot(
+            [b.energies for _, b in with_energy],
+            positions=[x for x, _ in with_energy],
+            widths=0.5,
+            showmeans=True,
+            patch_artist=True,
+            boxprops={"facecolor": "#d9e4f2", "edgecolor": "#1f4e9c"},
+            medianprops={"color": "#c0392b"},
+        )
+        for (x, _), box in zip(with_energy, drawn["boxes"], strict=True):
+            box.set_gid(f"box-{x}")
+        _log_if_wide(ax, "y", [v for _, b in with_energy for v in b.energies], ratio=50)
+        ax.set_ylabel("energy per request [J]")
+    else:
+        ax.set_yticks([])
+        ax.set_ylabel("energy per request: n/a")
+        _no_energy_text(ax, f"no per-request energy: energy {energy_note}")
+    for x, b in zip(xs, boxes, strict=True):
+        if not b.energies:
+            ax.text(
+                x, 0.04, f"n/a\n({b.requests} requests)", transform=ax.get_xaxis_transform(), ha="center", fontsize=7.5
+            ).set_gid(f"na-{x}")
+    ax.set_xticks(xs, [b.label for b in boxes], rotation=20 if len(boxes) > 6 else 0, fontsize=7)
+    ax.set_xlim(-0.6, len(boxes) - 0.4)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("Energy per request (its token share of each engine step's energy), over its done runs", fontsize=10)
+    return Drawn(fig, "Per-request energy distribution per experiment")

@@ -63,6 +63,7 @@ class ExportFormat(StrEnum):
 class ExportLevel(StrEnum):
     run = "run"
     experiment = "experiment"
+    request = "request"
 
 
 @results_cli.command("export")
@@ -79,7 +80,10 @@ def results_export(
     ] = None,
     level: Annotated[
         ExportLevel,
-        typer.Option(help="run: a row per run; experiment: a row per experiment with means and 95 % bootstrap CIs."),
+        typer.Option(
+            help="run: a row per run; experiment: a row per experiment with means and 95 % bootstrap CIs; "
+            "request: a row per served request of the serving runs (times, tokens, TTFT, TPOT, E2E, energy)."
+        ),
     ] = ExportLevel.run,
 ) -> None:
     """Write CAMPAIGN_ID's results to a file pandas reads as it is (`lem results columns` documents each
@@ -98,6 +102,13 @@ def results_export(
     except OutputError as exc:
         raise fail(str(exc), exc.exit_code) from None
     out.print(f"{rows} {level.value} rows of campaign {campaign_id} -> {output} ({written_as})", highlight=False)
+    if level is ExportLevel.request and not rows:
+        # As the other levels on a campaign without rows: the file has the columns, exit 0; but say why it is empty.
+        typer.echo(
+            f"note: campaign {campaign_id} has no served requests (no run with workload.mode: serving has stored "
+            "its requests), so the file has the columns and no rows",
+            err=True,
+        )
 
 
 @results_cli.command("import")
@@ -191,7 +202,9 @@ def results_report(
 
 @results_cli.command("columns")
 def results_columns(
-    level: Annotated[ExportLevel, typer.Option(help="Columns of the run or the experiment export.")] = ExportLevel.run,
+    level: Annotated[
+        ExportLevel, typer.Option(help="Columns of the run, the experiment or the request export.")
+    ] = ExportLevel.run,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every column of `lem results export`: name, unit, type (int, float, bool, text, timestamp: Parquet's
