@@ -234,9 +234,9 @@ def reanalyse(database_url: str, out: Path) -> None:
     """Finalise every measured run of a recorded database again with the current analysis code (the raw
     telemetry is kept, so a corrected check can be re-applied to what the GPU really did)."""
     os.environ["LEM_DATABASE_URL"] = database_url
-    from sqlalchemy import select, update
+    from sqlalchemy import select
 
-    from lem_planner.finalise import energy_fields, run_facts
+    from lem_planner.finalise import energy_fields, run_facts, steady_fields, steady_of, store_finalised
     from lem_shared.config.schema import ExperimentConfig
     from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
     from lem_shared.db.session import session_scope
@@ -244,13 +244,17 @@ def reanalyse(database_url: str, out: Path) -> None:
     with session_scope() as s:
         campaign_id = s.scalars(select(Campaign.id).order_by(Campaign.id.desc())).first()
         runs = s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status == "done")).all()
-        jobs = [(run, s.get(RunMetrics, run.id), s.get(Experiment, run.experiment_id)) for run in runs]
+        jobs = [(run, s.get(RunMetrics, run.id), s.get(Experiment, run.experiment_id), run.requests) for run in runs]
         s.expunge_all()
-    for run, metrics, experiment in jobs:
+    for run, metrics, experiment, _ in jobs:
         config = ExperimentConfig.model_validate(experiment.config)
-        fields = energy_fields(run, metrics, config.measurement, wait_s=0, facts=run_facts(run, metrics, config))
+        steady = steady_of(run, config.workload.max_concurrency)
+        fields = {
+            **steady_fields(steady, run.window_start),
+            **energy_fields(run, metrics, config.measurement, 0, run_facts(run, metrics, config), steady),
+        }
         with session_scope() as s:
-            s.execute(update(RunMetrics).where(RunMetrics.run_id == run.id).values(**fields))
+            store_finalised(s, run, fields)
     report(campaign_id, out, {"command": " ".join(sys.argv), "reanalysed": database_url})
 
 

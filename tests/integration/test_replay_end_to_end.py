@@ -12,10 +12,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from lem_planner.finalise import finalise_run
-from lem_shared.db.models import GpuSample, RunMetrics
+from lem_shared.db.models import GpuSample, RequestTimingRow, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_telemetry.sources import REPLAY_UUID
 from tests.integration.manifest import measured_run
@@ -128,3 +128,51 @@ def test_matmul_burn_shows_the_software_power_cap(replayed: dict) -> None:
     metrics = finalised(replayed["matmul_burn"])
     assert metrics.analysis is not None and metrics.analysis["reason_share"]["sw_power_cap"] > 0.9
     assert metrics.peak_power_w is not None and metrics.peak_power_w > 650
+
+
+def test_a_serving_run_shares_the_replayed_energy_among_its_requests(replayed: dict) -> None:
+    """Eight requests on a 20 ms step clock over the batch-64 decode phase: request r is prefilled (64 tokens) at
+    step 25 r, then decodes one token a step to the window's end. The finaliser shares each step's replayed counter
+    energy among the requests in it, stores each request's energy and checks they add up within 1 %."""
+    start, end = replayed["decode_bs64"]
+    n_steps = int((end - start) / 0.02)
+    step_at = [start + i * (end - start) / n_steps for i in range(n_steps + 1)]
+    steps = []
+    for i in range(n_steps):
+        tokens = {str(r): [64, 0] if i == 25 * r else [0, 1] for r in range(8) if i >= 25 * r}
+        steps.append([step_at[i], step_at[i + 1], len(tokens), 0, tokens])
+    run_id, _ = measured_run((start, end), REPLAY_UUID, phases={"serving": {"steps": steps, "facts": {}}})
+    with session_scope() as s:
+        for r in range(8):
+            times = step_at[25 * r + 1 :]
+            s.add(
+                RequestTimingRow(
+                    run_id=run_id,
+                    request_index=r,
+                    arrival=step_at[25 * r],
+                    first_token=times[0],
+                    finish=times[-1],
+                    prompt_tokens=64,
+                    output_tokens=len(times),
+                    token_times=times,
+                )
+            )
+        s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(steady_start_s=3.5, steady_end_s=7.5))
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        energies = s.scalars(
+            select(RequestTimingRow.energy_j).where(RequestTimingRow.run_id == run_id).order_by(RequestTimingRow.id)
+        ).all()
+        assert metrics is not None and metrics.analysis is not None and metrics.energy_j is not None
+        check = next(c for c in metrics.analysis["checks"] if c["name"] == "request_energy_sum")
+        assert check["status"] == "pass", check["message"]
+        assert all(e is not None and e > 0 for e in energies)
+        # Request 0 ran longest and alone at first; each later one arrived later and holds less.
+        assert list(energies) == sorted(energies, reverse=True)
+        # The requests hold the window's energy: the edge-less telemetry figure within one counter step and jitter.
+        one_step = metrics.energy_j / (end - start) * 0.1
+        edge_jitter = 2 * 0.02 * (metrics.peak_power_w or 0)
+        assert sum(energies) == pytest.approx(metrics.energy_j, abs=one_step + edge_jitter)
+        assert metrics.steady_energy_j is not None and 0 < metrics.steady_energy_j < metrics.energy_j
+        assert metrics.steady_j_per_token is not None and metrics.request_energy_p50_j is not None

@@ -4,6 +4,7 @@ batching on the CPU, real prompts from ShareGPT tokenised by the offline BPE, pe
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import yaml
@@ -25,12 +26,12 @@ SERVING = {
             "output_len": 12,
             "output_lengths": "forced",
             "mode": "serving",
-            "request_rate": 40.0,
+            "max_concurrency": 4,
             "slo": {"ttft_ms": 60000, "tpot_ms": 60000},
         },
         "measurement": {"warmup_min": 1, "warmup_max": 3, "warmup_window": 2},
     },
-    "grid": {"workload.max_concurrency": [2, 8]},
+    "grid": {"workload.request_rate": [10.0, 40.0]},
 }
 
 
@@ -60,8 +61,25 @@ def test_each_request_is_stored_with_its_times_and_tokens(serving_campaign: int)
             prefill = sum(t[0] for step in steps for t in step[4].values())
             decode = sum(t[1] for step in steps for t in step[4].values())
             assert prefill == sum(r.prompt_tokens for r in rows) and decode == 8 * 11
-            cap = run.experiment.config["workload"]["max_concurrency"]
-            assert max(step[2] for step in steps) <= cap
+            assert max(step[2] for step in steps) <= 4  # workload.max_concurrency
+
+
+def test_stored_figures_match_those_worked_by_hand_from_the_requests(serving_campaign: int) -> None:
+    with session_scope() as s:
+        for run in s.scalars(select(Run).where(Run.campaign_id == serving_campaign)).all():
+            rows = s.scalars(select(RequestTimingRow).where(RequestTimingRow.run_id == run.id)).all()
+            metrics = run.metrics
+            assert metrics is not None
+            ttft = [r.first_token - r.arrival for r in rows]
+            tpot = [(r.finish - r.first_token) / (r.output_tokens - 1) for r in rows]
+            e2e = [r.finish - r.arrival for r in rows]
+            assert metrics.ttft_mean_s == pytest.approx(statistics.fmean(ttft), rel=1e-9)
+            assert metrics.tpot_mean_s == pytest.approx(statistics.fmean(tpot), rel=1e-9)
+            assert metrics.latency_mean_s == pytest.approx(statistics.fmean(e2e), rel=1e-9)
+            assert metrics.latency_p50_s == pytest.approx(statistics.median(e2e), rel=1e-9)
+            assert metrics.goodput_rps == pytest.approx(8 / metrics.duration_s, rel=1e-9)  # all meet a 1 min SLO
+            assert metrics.slo_attainment == 1.0
+            assert metrics.tokens_per_s == pytest.approx(96 / metrics.duration_s, rel=1e-9)
 
 
 def test_results_show_the_serving_figures(serving_campaign: int, lem) -> None:  # noqa: ANN001

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from lem_planner.results import SUMMARY_METRICS, load_runs, summarise_experiment
+from lem_planner.results import SERVING_SUMMARY_METRICS, SUMMARY_METRICS, load_runs, summarise_experiment
 from lem_planner.safe_write import check_target, write_atomically
 from lem_shared.config.keys import flatten
 from lem_shared.config.schema import ExperimentConfig
@@ -52,7 +52,7 @@ EXPERIMENT_COLUMNS: list[Column] = [
     Column("runs_valid", "runs", INT, "done runs whose verdict is valid"),
     *(
         column
-        for metric in SUMMARY_METRICS
+        for metric in [*SUMMARY_METRICS, *SERVING_SUMMARY_METRICS]
         for column in (
             Column(f"{metric}_mean", _UNIT[metric], FLOAT, f"{_MEANING[metric]}: mean over the done runs"),
             Column(
@@ -126,7 +126,8 @@ def experiment_rows(campaign_id: int, resamples: int = 2000, seed: int = 0) -> l
     for index in sorted(by_experiment):
         summary = summarise_experiment(by_experiment[index], resamples=resamples, seed=seed)
         first = rows_by_experiment[index][0]
-        row = {name: first[name] for name in _EXPERIMENT_IDENTITY}
+        row = {column.name: None for column in EXPERIMENT_COLUMNS}  # offline experiments: no serving figures
+        row.update({name: first[name] for name in _EXPERIMENT_IDENTITY})
         row.update(
             runs=summary["runs"],
             runs_done=summary["runs_done"],

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
+from sqlalchemy.orm import Session
 
 from lem_planner.campaigns import close_campaign_if_finished
 from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol
@@ -42,7 +43,7 @@ from lem_shared.measure.energy import Sample, edge_energy, window_energy
 from lem_shared.measure.metrics import request_traces
 from lem_shared.measure.prefill_decode import WindowFigures, energy_uncertainty, split
 from lem_shared.measure.serving import EngineStep as ServingStep
-from lem_shared.measure.serving import request_energy, steady_state_energy, summarize
+from lem_shared.measure.serving import SteadyState, request_energy, steady_state, steady_state_energy, summarize
 from lem_shared.params.snapshots import installed_context
 from lem_shared.run_record import stored
 from lem_shared.settings import get_settings
@@ -148,7 +149,12 @@ def checks_fields(
 
 
 def energy_fields(
-    run: Run, metrics: RunMetrics, protocol: MeasurementProtocol, wait_s: float, facts: RunFacts | None = None
+    run: Run,
+    metrics: RunMetrics,
+    protocol: MeasurementProtocol,
+    wait_s: float,
+    facts: RunFacts | None = None,
+    steady: SteadyState | None = None,
 ) -> dict[str, Any]:
     """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry; without a GPU
     the checks that need none, and energy n/a with the reason."""
@@ -190,7 +196,7 @@ def energy_fields(
         edge_note=edges_note,
     )
     analysis.checks.extend(run_checks(facts, limits))
-    serving = serving_energy(phases.get("serving"), run.requests, samples, start, end, metrics)
+    serving = serving_energy(phases.get("serving"), run.requests, samples, steady)
     if serving is not None:
         analysis.checks.append(serving.pop("check"))
     analysis.verdict = verdict_of(analysis.checks)
@@ -245,18 +251,54 @@ def energy_fields(
     }
 
 
+def store_finalised(s: Session, run: Run, fields: dict[str, Any]) -> None:
+    """Write a run's finalised figures, and a serving run's per-request energies (one bulk UPDATE)."""
+    s.execute(update(RunMetrics).where(RunMetrics.run_id == run.id).values(**stored(fields)))
+    per_request = (fields.get("analysis") or {}).get("request_energy_j") or {}
+    rows = [
+        {"id": r.id, "energy_j": per_request[str(r.request_index)]}
+        for r in run.requests
+        if str(r.request_index) in per_request
+    ]
+    if rows:
+        s.execute(update(RequestTimingRow), rows)
+
+
+def steady_of(run: Run, max_concurrency: int | None) -> SteadyState | None:
+    """A serving run's steady state from its stored engine steps (occupancy) and its requests' arrivals."""
+    steps = ((run.phases or {}).get("serving") or {}).get("steps")
+    if not steps or not run.requests or run.window_end is None:
+        return None
+    occupancy = [(step[0], step[2]) for step in steps] + [(aware(run.window_end).timestamp(), 0)]
+    try:
+        return steady_state(occupancy, max_concurrency=max_concurrency, arrivals=[r.arrival for r in run.requests])
+    except ValueError:  # no request ever ran: no steady state to record
+        return None
+
+
+def steady_fields(steady: SteadyState | None, window_start: datetime | None) -> dict[str, Any]:
+    """The steady state's bounds (seconds after the window's start), level and how it was found."""
+    if steady is None or window_start is None:
+        return {}
+    origin = aware(window_start).timestamp()
+    return {
+        "steady_start_s": steady.start - origin,
+        "steady_end_s": steady.end - origin,
+        "steady_level": steady.level,
+        "steady_method": "; ".join([steady.method, *steady.warnings]),
+    }
+
+
 def serving_energy(
     serving: dict[str, Any] | None,
     requests: list[RequestTimingRow],
     samples: list[TelemetrySample],
-    start: float,
-    end: float,
-    metrics: RunMetrics,
+    steady: SteadyState | None,
 ) -> dict[str, Any] | None:
     """A serving run's energy from telemetry's counter, interpolated: each engine step's energy shared among its
     requests by token share (per-request energy, checked to add up to the steps' span within 1 %), and J/token,
-    tokens/J, J/request in the steady state the worker found. None for an offline run."""
-    if not serving or not requests or metrics.steady_start_s is None or metrics.steady_end_s is None:
+    tokens/J, J/request in its steady state. None for an offline run."""
+    if not serving or not serving.get("steps") or not requests:
         return None
     counter: dict[float, float] = {}
     for x in samples:
@@ -270,25 +312,26 @@ def serving_energy(
     try:
         per_request, check = request_energy(steps, points)
         traces = request_traces(requests)
-        window = (start + metrics.steady_start_s, start + metrics.steady_end_s)
-        steady = steady_state_energy(traces, points, window) if window[1] > window[0] else None
+        window = (steady.start, steady.end) if steady is not None else None
+        in_steady = steady_state_energy(traces, points, window) if window and window[1] > window[0] else None
     except ValueError as exc:
         return {"check": Check("request_energy_sum", "fail", f"per-request energy not attributed: {exc}")}
     energies = [per_request[r.request_index] for r in requests if r.request_index in per_request]
     summary = summarize(energies)
     status = "pass" if check.ok else "fail"
     message = (
-        f"requests' energies add up to {check.attributed_j:.2f} J of the steps' {check.span_j:.2f} J "
-        f"({check.relative_difference * 100:.2f} %, within {check.tolerance * 100:.0f} % needed; between steps "
-        f"{check.gaps_j:.2f} J)"
+        f"requests' energies add up to {check.attributed_j:.2f} J of the steps' {check.span_j:.2f} J, with "
+        f"{check.idle_j:.2f} J idle (no request in the engine) ({check.relative_difference * 100:+.2f} %, within "
+        f"{check.tolerance * 100:.0f} % needed; host work between steps {check.busy_gaps_j:.2f} J, attributed; "
+        f"token-less steps {check.unattributed_steps_j:.2f} J)"
     )
     return {
         "check": Check("request_energy_sum", status, message),
         "per_request_j": {str(k): v for k, v in per_request.items()},
-        "steady_energy_j": steady.energy_j if steady else None,
-        "steady_j_per_token": steady.j_per_token if steady else None,
-        "steady_tokens_per_j": steady.tokens_per_j if steady else None,
-        "steady_j_per_request": steady.j_per_request if steady else None,
+        "steady_energy_j": in_steady.energy_j if in_steady else None,
+        "steady_j_per_token": in_steady.j_per_token if in_steady else None,
+        "steady_tokens_per_j": in_steady.tokens_per_j if in_steady else None,
+        "steady_j_per_request": in_steady.j_per_request if in_steady else None,
         "request_energy_mean_j": summary.mean if summary else None,
         "request_energy_p50_j": summary.p50 if summary else None,
         "request_energy_p90_j": summary.p90 if summary else None,
@@ -416,7 +459,11 @@ def _finalise(run_id: int, wait_s: float) -> str:
         # checked against the snapshot of the engine the run used, as the engine host checked it
         engine_versions = (environment.data or {}).get("engine_versions") if environment else None
         config = ExperimentConfig.model_validate(experiment.config, context=installed_context(engine_versions or {}))
-        fields = energy_fields(run, metrics, config.measurement, wait_s, run_facts(run, metrics, config))
+        steady = steady_of(run, config.workload.max_concurrency)
+        fields = {
+            **steady_fields(steady, run.window_start),
+            **energy_fields(run, metrics, config.measurement, wait_s, run_facts(run, metrics, config), steady),
+        }
         extra = phase_fields(run, metrics, config, fields.get("analysis"), gpu_name)
         if extra:
             fields["analysis"] = {**(fields.get("analysis") or {}), **extra}
@@ -428,15 +475,7 @@ def _finalise(run_id: int, wait_s: float) -> str:
             )
             claimed = cast(CursorResult[Any], claim).rowcount
             if claimed:
-                s.execute(update(RunMetrics).where(RunMetrics.run_id == run_id).values(**stored(fields)))
-                per_request = (fields.get("analysis") or {}).get("request_energy_j") or {}
-                rows = [
-                    {"id": r.id, "energy_j": per_request[str(r.request_index)]}
-                    for r in run.requests
-                    if str(r.request_index) in per_request
-                ]
-                if rows:  # bulk UPDATE by primary key: one statement for every request
-                    s.execute(update(RequestTimingRow), rows)
+                store_finalised(s, run, fields)
         outcome = "finalised" if claimed else "already finalised"
     else:
         outcome = "already finalised" if run.status != RunStatus.MEASURED else "not finalisable (no metrics)"

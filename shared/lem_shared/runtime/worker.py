@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import redis
 from celery import Celery
@@ -25,6 +25,7 @@ from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from lem_shared import TOOL_VERSION
 from lem_shared.db.measurements import idle_temperature
@@ -47,8 +48,11 @@ from lem_shared.runtime.engine_host import EngineFailure, EngineHost
 from lem_shared.settings import get_settings
 from lem_shared.wire.celery_app import make_celery
 from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
-from lem_shared.wire.messages import FinaliseRequest, Measurement, RunRequest
+from lem_shared.wire.messages import FinaliseRequest, Measurement, RunRequest, ServedRequest
 from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
+
+if TYPE_CHECKING:
+    import psycopg
 
 log = logging.getLogger(__name__)
 
@@ -186,16 +190,45 @@ def record_measurement(
             raise ClaimLost(f"run {run_id}: attempt {claim.attempt} is no longer this worker's claim")
         workload = (experiment or {}).get("workload") or {}
         slo = {k: v for k, v in (workload.get("slo") or {}).items() if v is not None} or None
-        figures = run_metrics(m, slo, workload.get("max_concurrency"))
+        figures = run_metrics(m, slo)
         s.execute(insert(RunMetrics).values(run_id=run_id, **stored(figures)))
         if m.batches:
             s.execute(insert(BatchTimingRow), [{"run_id": run_id, **b.model_dump()} for b in m.batches])
         if m.serving is not None and m.serving.requests:
-            rows = [
-                {"run_id": run_id, "request_index": r.index, **r.model_dump(exclude={"index"})}
-                for r in m.serving.requests
-            ]
-            s.execute(insert(RequestTimingRow), rows)
+            store_requests(s, run_id, m.serving.requests)
+
+
+_REQUEST_COLUMNS = (
+    "run_id",
+    "request_index",
+    "arrival",
+    "first_token",
+    "finish",
+    "prompt_tokens",
+    "output_tokens",
+    "token_times",
+)
+
+
+def store_requests(s: Session, run_id: int, requests: list[ServedRequest]) -> None:
+    """A serving run's requests into request_timings, in the run's transaction: by COPY on PostgreSQL (a long
+    run has thousands of requests, each with every token's time), by one multi-row INSERT elsewhere."""
+    rows = [
+        (run_id, r.index, r.arrival, r.first_token, r.finish, r.prompt_tokens, r.output_tokens, r.token_times)
+        for r in requests
+    ]
+    connection = s.connection()
+    if connection.dialect.name != "postgresql":
+        s.execute(insert(RequestTimingRow), [dict(zip(_REQUEST_COLUMNS, row, strict=True)) for row in rows])
+        return
+
+    from psycopg.types.json import Jsonb  # PostgreSQL's driver: absent on a host whose database is SQLite
+
+    raw = cast("psycopg.Connection[Any]", connection.connection.dbapi_connection)
+    statement = f"COPY request_timings ({', '.join(_REQUEST_COLUMNS)}) FROM STDIN"
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row((*row[:-1], Jsonb(row[-1])))
 
 
 def record_end(claim: Claim, status: RunStatus, error: str) -> None:

