@@ -124,6 +124,22 @@ class RunRecord:
         shown=True,
     )
     energy_note: str | None = _shown("why energy_j is missing, or the energy checks that failed")
+    energy_gpu_j: float | None = _f("J", "GPU energy of the window summed over the run's GPUs (energy_j)", shown=True)
+    energy_per_gpu: dict[str, Any] | None = _shown("each GPU's window energy, source and verdict, by UUID")
+    energy_cpu_j: float | None = _f(
+        "J", "CPU package energy of the run's host in the window (RAPL; empty where the host has none)", shown=True
+    )
+    energy_dram_j: float | None = _f("J", "DRAM energy of the run's host in the window (RAPL dram domains)", shown=True)
+    energy_total_j: float | None = _f(
+        "J",
+        "energy_gpu_j + energy_cpu_j + energy_dram_j, the parts measured (energy_host_note names the rest)",
+        shown=True,
+    )
+    energy_host_note: str | None = _f(
+        "", "how the CPU and DRAM energy was measured, or why not (n/a (no RAPL))", shown=True
+    )
+    carbon_g: float | None = _f("g CO2e", "energy_total_j at the campaign's grid intensity (carbon_source)", shown=True)
+    carbon_source: str | None = _f("", "the grid intensity carbon_g used: a constant or a CSV series", shown=True)
     baseline_power_w: float | None = _f("W", "the idle power subtracted for energy_adjusted_j", shown=True)
     baseline_method: str | None = _f(
         "", "which idle baseline: deep idle before the campaign, or the run's own idle gaps", shown=True
@@ -284,7 +300,8 @@ class RunRecord:
     worker: str | None = _f("", "the Celery worker that measured the run", shown=True)
     host: str | None = _f("", "host name of the worker", shown=True)
     device: str | None = _f("", "cuda:N or cpu", shown=True)
-    gpu_uuid: str | None = _f("", "NVML UUID of the GPU", shown=True)
+    gpu_uuid: str | None = _f("", "NVML UUID of the GPU (the first, for a run on several)", shown=True)
+    gpu_uuids: str | None = _f("", "every GPU the run used, NVML UUIDs separated by ;", shown=True)
     env_gpu_name: str | None = _f("", "GPU model")
     env_driver_version: str | None = _f("", "NVIDIA driver version")
     env_cuda_version: str | None = _f("", "CUDA version (driver)")

@@ -142,6 +142,8 @@ def _record(run: Run) -> RunRecord:
         host=run.host,
         device=run.device,
         gpu_uuid=run.gpu_uuid,
+        gpu_uuids=";".join(run.gpu_uuids) if run.gpu_uuids else run.gpu_uuid,
+        energy_per_gpu=analysis.get("per_gpu"),
         window_start=run.window_start.isoformat() if run.window_start else None,
         window_end=run.window_end.isoformat() if run.window_end else None,
         **stored,

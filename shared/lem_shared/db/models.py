@@ -30,7 +30,7 @@ from lem_shared.wire.messages import sha256_of
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0009"
+SCHEMA_VERSION = "0010"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -143,6 +143,8 @@ class Run(Base):
     host: Mapped[str | None] = mapped_column(String(255))
     device: Mapped[str | None] = mapped_column(String(32))
     gpu_uuid: Mapped[str | None] = mapped_column(String(64))
+    # Every GPU the run used (a tensor- or pipeline-parallel run has several; gpu_uuid is the first).
+    gpu_uuids: Mapped[list[str] | None] = mapped_column(JSONType)
     environment_id: Mapped[int | None] = mapped_column(ForeignKey("environments.id"))
     dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
@@ -218,6 +220,15 @@ class RunMetrics(Base):
     j_per_request: Mapped[float | None] = mapped_column(Float)
     tokens_per_j: Mapped[float | None] = mapped_column(Float)
     verdict: Mapped[str | None] = mapped_column(String(16))  # valid | warning | invalid
+    # The whole machine: GPU energy summed over the run's GPUs, CPU package and DRAM energy from RAPL where the
+    # host exposes it (energy_host_note says why not), their total, and grams CO2e from the campaign's carbon.
+    energy_gpu_j: Mapped[float | None] = mapped_column(Float)
+    energy_cpu_j: Mapped[float | None] = mapped_column(Float)
+    energy_dram_j: Mapped[float | None] = mapped_column(Float)
+    energy_total_j: Mapped[float | None] = mapped_column(Float)
+    energy_host_note: Mapped[str | None] = mapped_column(Text)
+    carbon_g: Mapped[float | None] = mapped_column(Float)
+    carbon_source: Mapped[str | None] = mapped_column(Text)
     # Serving runs (workload.mode serving): per-request latency figures, goodput, the steady-state window (seconds
     # after the window's start, found from the engine's occupancy) and its energy, and per-request energy.
     tpot_mean_s: Mapped[float | None] = mapped_column(Float)
@@ -322,6 +333,22 @@ class HostSample(Base):
     cpu_percent: Mapped[float]
     memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
     memory_total_bytes: Mapped[int] = mapped_column(BigInteger)
+
+
+class HostEnergySample(Base):
+    """One RAPL reading of one host's energy domain (``package-0``, ``package-0/dram``), written by telemetry: the
+    cumulative energy in joules with counter wraparound bridged; ``reset`` marks a reading after which the counter
+    could not be bridged (the difference across it is unknown)."""
+
+    __tablename__ = "host_energy_samples"
+    __table_args__ = (Index("ix_host_energy_samples_host_time", "host", "time"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    time: Mapped[datetime]
+    domain: Mapped[str] = mapped_column(String(64))
+    energy_j: Mapped[float] = mapped_column(Float)
+    reset: Mapped[bool] = mapped_column(default=False)
 
 
 class FiringOutcome(StrEnum):
