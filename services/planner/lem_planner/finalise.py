@@ -17,9 +17,11 @@ from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol
 from lem_shared.db.measurements import deep_idle_span
 from lem_shared.db.models import (
     BatchTimingRow,
+    Campaign,
     Environment,
     Experiment,
     GpuSample,
+    HostEnergySample,
     RequestTimingRow,
     Run,
     RunMetrics,
@@ -39,6 +41,7 @@ from lem_shared.measure.analysis import (
     run_checks,
     verdict_of,
 )
+from lem_shared.measure.carbon import CarbonIntensity
 from lem_shared.measure.energy import Sample, edge_energy, window_energy
 from lem_shared.measure.metrics import request_traces
 from lem_shared.measure.prefill_decode import WindowFigures, energy_uncertainty, split
@@ -50,6 +53,9 @@ from lem_shared.settings import get_settings
 
 # Samples this far outside a span are read so both edges can be interpolated.
 EDGE_MARGIN = timedelta(seconds=2)
+
+
+HOST_MARGIN_S = 5.0  # RAPL samples read around the window, to interpolate at its edges
 
 
 def _utc(t: float) -> datetime:
@@ -148,21 +154,18 @@ def checks_fields(
     }
 
 
-def energy_fields(
+def _gpu_fields(
     run: Run,
+    gpu_uuid: str,
     metrics: RunMetrics,
     protocol: MeasurementProtocol,
     wait_s: float,
-    facts: RunFacts | None = None,
-    steady: SteadyState | None = None,
+    facts: RunFacts | None,
+    steady: SteadyState | None,
+    serving_here: bool,
 ) -> dict[str, Any]:
-    """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry; without a GPU
-    the checks that need none, and energy n/a with the reason."""
-    if run.gpu_uuid is None:
-        return {
-            "energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter",
-            **checks_fields(run, metrics, protocol, facts),
-        }
+    """One GPU's energy, baselines, throttling and validity verdict over the run's window, from telemetry;
+    ``serving_here``: also share its energy among a serving run's requests."""
     assert run.window_start is not None and run.window_end is not None
     start, end = aware(run.window_start).timestamp(), aware(run.window_end).timestamp()
     phases = run.phases or {}
@@ -172,19 +175,19 @@ def energy_fields(
     read_from = before[0] if before else start
 
     deadline = time.monotonic() + wait_s
-    samples = _samples(run.gpu_uuid, read_from, needed_until)
+    samples = _samples(gpu_uuid, read_from, needed_until)
     while (not samples or samples[-1].t < needed_until) and time.monotonic() < deadline:
         time.sleep(0.5)
-        samples = _samples(run.gpu_uuid, read_from, needed_until)
+        samples = _samples(gpu_uuid, read_from, needed_until)
     if not any(start <= x.t <= end for x in samples):
         return {
-            "energy_note": f"no telemetry for {run.gpu_uuid} over the window within {wait_s:.0f} s "
+            "energy_note": f"no telemetry for {gpu_uuid} over the window within {wait_s:.0f} s "
             "(is lem-telemetry running on that host?)"
         }
 
     context = _warmup_context(metrics, protocol, interval_s=settings.telemetry_interval_s, before=before, after=after)
     limits = _thresholds(protocol)
-    edges_j, edges_note = edge_energy(phases.get("edges"), run.gpu_uuid)
+    edges_j, edges_note = edge_energy(phases.get("edges"), gpu_uuid)
     analysis = analyse_window(
         samples,
         start,
@@ -196,14 +199,14 @@ def energy_fields(
         edge_note=edges_note,
     )
     analysis.checks.extend(run_checks(facts, limits))
-    serving = serving_energy(phases.get("serving"), run.requests, samples, steady)
+    serving = serving_energy(phases.get("serving"), run.requests, samples, steady) if serving_here else None
     if serving is not None:
         analysis.checks.append(serving.pop("check"))
     analysis.verdict = verdict_of(analysis.checks)
-    deep_span = deep_idle_span(run.campaign_id, run.gpu_uuid)
+    deep_span = deep_idle_span(run.campaign_id, gpu_uuid)
     deep_idle_w = None
     if deep_span:
-        deep = _samples(run.gpu_uuid, *deep_span)
+        deep = _samples(gpu_uuid, *deep_span)
         deep_idle_w = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in deep], *deep_span).mean_power_w
 
     if analysis.energy_edges_j is not None:
@@ -225,7 +228,7 @@ def energy_fields(
     load = _span(phases.get("model_load"))
     load_energy = None
     if load:  # a cold start: the load's own energy, apart from the window's
-        load_samples = _samples(run.gpu_uuid, *load)
+        load_samples = _samples(gpu_uuid, *load)
         load_energy = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in load_samples], *load).energy_j
     return {
         "model_load_energy_j": load_energy,
@@ -249,6 +252,186 @@ def energy_fields(
         **{k: v for k, v in (serving or {}).items() if k != "per_request_j"},
         "analysis": {**analysis.to_dict(), **({"request_energy_j": serving["per_request_j"]} if serving else {})},
     }
+
+
+def energy_fields(
+    run: Run,
+    metrics: RunMetrics,
+    protocol: MeasurementProtocol,
+    wait_s: float,
+    facts: RunFacts | None = None,
+    steady: SteadyState | None = None,
+    carbon: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Energy, baselines, throttling and the validity verdict of a measured run, from telemetry: per GPU of the
+    run and summed (every check per GPU), the host's CPU and DRAM energy where RAPL is sampled, their total and its
+    carbon; without a GPU the checks that need none, and energy n/a with the reason."""
+    gpus = list(run.gpu_uuids or ([run.gpu_uuid] if run.gpu_uuid else []))
+    if not gpus:
+        fields = {
+            "energy_note": f"n/a (no NVML): run on {run.device}, which has no GPU energy counter",
+            **checks_fields(run, metrics, protocol, facts),
+        }
+    else:
+        per_gpu = [
+            _gpu_fields(run, uuid, metrics, protocol, wait_s, facts, steady, serving_here=len(gpus) == 1)
+            for uuid in gpus
+        ]
+        fields = per_gpu[0] if len(per_gpu) == 1 else _summed(gpus, per_gpu, metrics)
+        if "analysis" in fields:
+            fields["energy_gpu_j"] = fields.get("energy_j")
+    if run.window_start is not None and run.window_end is not None:
+        start, end = aware(run.window_start).timestamp(), aware(run.window_end).timestamp()
+        idle = _span((run.phases or {}).get("idle_before"))
+        fields.update(host_energy_fields(run.host, start, end, fields.get("energy_gpu_j"), carbon, idle))
+    return fields
+
+
+def _summed(gpus: list[str], per_gpu: list[dict[str, Any]], metrics: RunMetrics) -> dict[str, Any]:
+    """A multi-GPU run's figures: energies and mean powers summed over its GPUs, the highest peak and temperature,
+    every GPU's checks (each message names its GPU; one failing GPU fails the run), and each GPU's own figures."""
+    if any("analysis" not in f for f in per_gpu):  # a GPU without telemetry: its note is the run's
+        missing = [f"{uuid}: {f['energy_note']}" for uuid, f in zip(gpus, per_gpu, strict=True) if "analysis" not in f]
+        return {"energy_note": "; ".join(missing)}
+
+    def total(name: str) -> float | None:
+        values = [f[name] for f in per_gpu]
+        return sum(values) if all(v is not None for v in values) else None
+
+    checks = [
+        {**check, "message": f"GPU {uuid}: {check['message']}"}
+        for uuid, f in zip(gpus, per_gpu, strict=True)
+        for check in f["analysis"]["checks"]
+    ]
+    verdict = verdict_of([Check(c["name"], c["status"], c["message"]) for c in checks])
+    energy = total("energy_j")
+    sources = sorted({f["energy_source"] for f in per_gpu if f["energy_source"]})
+    first = per_gpu[0]
+    return {
+        **first,
+        "model_load_energy_j": total("model_load_energy_j"),
+        "energy_j": energy,
+        "energy_power_integral_j": total("energy_power_integral_j"),
+        "energy_source": "+".join(sources) or None,
+        "energy_note": "; ".join(
+            f"{uuid}: {f['energy_note']}" for uuid, f in zip(gpus, per_gpu, strict=True) if f["energy_note"]
+        )
+        or None,
+        "energy_adjusted_j": total("energy_adjusted_j"),
+        "baseline_power_w": total("baseline_power_w"),
+        "deep_idle_power_w": total("deep_idle_power_w"),
+        "idle_before_w": total("idle_before_w"),
+        "idle_after_w": total("idle_after_w"),
+        "mean_power_w": total("mean_power_w"),
+        "peak_power_w": max((f["peak_power_w"] for f in per_gpu if f["peak_power_w"] is not None), default=None),
+        "max_temperature_c": max(
+            (f["max_temperature_c"] for f in per_gpu if f["max_temperature_c"] is not None), default=None
+        ),
+        "j_per_token": energy / metrics.output_tokens if energy is not None and metrics.output_tokens else None,
+        "j_per_request": energy / metrics.requests if energy is not None and metrics.requests else None,
+        "tokens_per_j": metrics.output_tokens / energy if energy else None,
+        "verdict": verdict,
+        "analysis": {
+            **first["analysis"],
+            "checks": checks,
+            "verdict": verdict,
+            "per_gpu": {
+                uuid: {
+                    "energy_j": f["energy_j"],
+                    "energy_source": f["energy_source"],
+                    "mean_power_w": f["mean_power_w"],
+                    "baseline_power_w": f["baseline_power_w"],
+                    "verdict": f["verdict"],
+                }
+                for uuid, f in zip(gpus, per_gpu, strict=True)
+            },
+        },
+    }
+
+
+def host_energy_fields(
+    host: str | None,
+    start: float,
+    end: float,
+    gpu_j: float | None,
+    carbon: dict[str, Any] | None,
+    idle: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """The run's host's CPU package and DRAM energy over the window from its RAPL samples (the cumulative counter
+    interpolated at both edges, per domain; a reset inside the window leaves that domain unknown), with each
+    domain's idle power over the idle gap before the window (its own baseline), the measured total and its grams
+    CO2e at the campaign's grid intensity."""
+    cpu_j = dram_j = None
+    note = f"n/a (no RAPL): no CPU or DRAM energy samples from host {host}: RAPL is absent or unreadable there"
+    if host:
+        domains = host_domain_energy(host, start, end)
+        if domains:
+            known = {d: j for d, j in domains.items() if j is not None}
+            cpu = [j for d, j in known.items() if "/" not in d]
+            dram = [j for d, j in known.items() if d.endswith("/dram")]
+            cpu_j, dram_j = (sum(cpu) if cpu else None), (sum(dram) if dram else None)
+            unknown = sorted(d for d, j in domains.items() if j is None)
+            note = f"rapl: {', '.join(sorted(domains))}" + (
+                f"; counter reset in the window: {', '.join(unknown)} not counted" if unknown else ""
+            )
+            idle_j = host_domain_energy(host, *idle) if idle and idle[1] > idle[0] else {}
+            idle_w = {d: j / (idle[1] - idle[0]) for d, j in idle_j.items() if j is not None and idle}
+            if idle_w:
+                note += "; idle before the window: " + ", ".join(f"{d} {w:.1f} W" for d, w in sorted(idle_w.items()))
+    parts = [j for j in (gpu_j, cpu_j, dram_j) if j is not None]
+    total_j = sum(parts) if parts else None
+    out: dict[str, Any] = {
+        "energy_cpu_j": cpu_j,
+        "energy_dram_j": dram_j,
+        "energy_total_j": total_j,
+        "energy_host_note": note,
+    }
+    if carbon and total_j is not None:
+        intensity = (
+            CarbonIntensity.constant(carbon["g_per_kwh"])
+            if carbon.get("g_per_kwh") is not None
+            else CarbonIntensity.series([tuple(p) for p in carbon["series"]], carbon.get("source") or "series")
+        )
+        try:
+            estimate = intensity.grams(total_j, start, end)
+            out.update(carbon_g=estimate.grams, carbon_source=estimate.source)
+        except ValueError as exc:  # the window outside the series: said, never extrapolated
+            out.update(carbon_g=None, carbon_source=f"n/a: {exc}")
+    return out
+
+
+def host_domain_energy(host: str, start: float, end: float) -> dict[str, float | None]:
+    """Joules per RAPL domain of ``host`` between ``start`` and ``end`` (None where a reset lies between)."""
+    with session_scope() as s:
+        rows = s.execute(
+            select(HostEnergySample.domain, HostEnergySample.time, HostEnergySample.energy_j, HostEnergySample.reset)
+            .where(
+                HostEnergySample.host == host,
+                HostEnergySample.time >= _utc(start - HOST_MARGIN_S),
+                HostEnergySample.time <= _utc(end + HOST_MARGIN_S),
+            )
+            .order_by(HostEnergySample.time)
+        ).all()
+    by_domain: dict[str, list[tuple[float, float, bool]]] = {}
+    for domain, at, joules, reset in rows:
+        by_domain.setdefault(domain, []).append((aware(at).timestamp(), joules, reset))
+    out: dict[str, float | None] = {}
+    for domain, points in by_domain.items():
+        times = [p[0] for p in points]
+        if not points or times[0] > start or times[-1] < end:
+            continue  # the samples do not reach both edges
+        if any(reset for t, _, reset in points if start < t <= end):
+            out[domain] = None
+            continue
+        out[domain] = _interpolate(points, end) - _interpolate(points, start)
+    return out
+
+
+def _interpolate(points: list[tuple[float, float, bool]], at: float) -> float:
+    for (t0, j0, _), (t1, j1, _) in zip(points, points[1:], strict=False):
+        if t0 <= at <= t1:
+            return j0 if t1 == t0 else j0 + (j1 - j0) * (at - t0) / (t1 - t0)
+    return points[-1][1]
 
 
 def store_finalised(s: Session, run: Run, fields: dict[str, Any]) -> None:
@@ -450,6 +633,8 @@ def _finalise(run_id: int, wait_s: float) -> str:
             return "unknown run"
         metrics = s.get(RunMetrics, run_id)
         experiment = s.get(Experiment, run.experiment_id)
+        campaign = s.get(Campaign, run.campaign_id)
+        carbon = (campaign.spec or {}).get("carbon") if campaign else None
         environment = s.get(Environment, run.environment_id) if run.environment_id else None
         gpus = (environment.data or {}).get("gpus") if environment else None
         gpu_name = gpus[0].get("name") if isinstance(gpus, list) and gpus else None
@@ -462,7 +647,7 @@ def _finalise(run_id: int, wait_s: float) -> str:
         steady = steady_of(run, config.workload.max_concurrency)
         fields = {
             **steady_fields(steady, run.window_start),
-            **energy_fields(run, metrics, config.measurement, wait_s, run_facts(run, metrics, config), steady),
+            **energy_fields(run, metrics, config.measurement, wait_s, run_facts(run, metrics, config), steady, carbon),
         }
         extra = phase_fields(run, metrics, config, fields.get("analysis"), gpu_name)
         if extra:

@@ -28,6 +28,7 @@ from lem_shared.config.files import parse_yaml, read_campaign_file
 from lem_shared.config.keys import MISSING, field_paths, is_field, lookup, with_value
 from lem_shared.config.schema import CampaignConfig, EngineVersions, ExperimentConfig
 from lem_shared.config.suggest import did_you_mean
+from lem_shared.measure.carbon import load_intensity_csv
 from lem_shared.params.snapshots import SnapshotChoice, SnapshotError, choose_snapshot, validation_context
 from lem_shared.settings import get_settings
 from lem_shared.wire.messages import canonical_json
@@ -87,7 +88,7 @@ class CampaignPlan:
 def load_plan(path: str | Path, advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
     """Read and expand a campaign file into its experiments and skipped points, or raise ConfigError
     (``advertised``: see ``plan_campaign``)."""
-    return plan_text(read_campaign_file(path), str(path), advertised)
+    return plan_campaign(parse_yaml(read_campaign_file(path), str(path)), advertised, folder=Path(path).parent)
 
 
 def plan_text(text: str, origin: str, advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
@@ -96,7 +97,27 @@ def plan_text(text: str, origin: str, advertised: Mapping[str, Mapping[str, str]
     return plan_campaign(parse_yaml(text, origin), advertised)
 
 
-def plan_campaign(raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str]] | None = None) -> CampaignPlan:
+def inline_carbon(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The campaign mapping with ``carbon.csv`` read into ``carbon.series`` and ``carbon.source`` (the CSV is the
+    planner's; workers and the finaliser never need it), or raise ConfigError naming the file and the line."""
+    carbon = raw.get("carbon")
+    if not isinstance(carbon, dict) or not isinstance(carbon.get("csv"), str) or carbon.get("series") is not None:
+        return raw
+    if carbon.get("g_per_kwh") is not None:
+        return raw  # both given: the schema says so
+    path = Path(carbon["csv"]).expanduser()
+    path = path if path.is_absolute() else folder / path
+    try:
+        intensity = load_intensity_csv(path)
+    except ValueError as exc:
+        raise ConfigError([f"carbon.csv: {exc}"]) from None
+    series = [[t, g] for t, g in zip(intensity.times, intensity.values, strict=True)]
+    return {**raw, "carbon": {**carbon, "series": series, "source": intensity.source}}
+
+
+def plan_campaign(
+    raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str]] | None = None, folder: Path | None = None
+) -> CampaignPlan:
     """Validate a campaign mapping and expand it, or raise ConfigError naming every bad field.
 
     Each backend's sections are checked against one parameter snapshot (``choose_snapshot``): the version the
@@ -107,6 +128,7 @@ def plan_campaign(raw: dict[str, Any], advertised: Mapping[str, Mapping[str, str
         check_size(raw)
     except TooManyValues as exc:
         raise ConfigError([f"campaign: {exc}"]) from None
+    raw = inline_carbon(raw, folder or Path.cwd())
     try:
         pinned = _ENGINE_VERSIONS.validate_python(raw.get("engine_versions") or {})
     except ValidationError:

@@ -327,6 +327,30 @@ EngineVersion = Annotated[str, Field(pattern=r"^[0-9][A-Za-z0-9.+-]*$")]
 EngineVersions = dict[Backend, EngineVersion]  # campaign.engine_versions; validated alone first, to pick snapshots
 
 
+class Carbon(_Strict):
+    """The grid's carbon intensity for grams CO2e: a constant, or a time series (a CSV file's, read when the
+    campaign is planned and stored with it, so no worker needs the file); nothing is fetched from the network."""
+
+    g_per_kwh: float | None = Field(default=None, ge=0, le=2000, description="g CO2e per kWh (0 to 2,000)")
+    csv: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="a CSV of timestamp and g/kWh columns (relative to the campaign file's folder)",
+    )
+    series: list[tuple[float, float]] | None = Field(
+        default=None, max_length=1_000_000, description="(Unix seconds, g/kWh) points, from csv"
+    )
+    source: str | None = Field(default=None, max_length=1000, description="what the intensity is, for the record")
+
+    @model_validator(mode="after")
+    def _one(self) -> Carbon:
+        given = (self.g_per_kwh is not None) + (self.csv is not None or self.series is not None)
+        if given != 1:
+            raise ValueError("give g_per_kwh or csv, not both" if given else "give g_per_kwh or csv (one of them)")
+        return self
+
+
 class CampaignConfig(_Strict):
     """A campaign file: a base experiment, grid axes (dotted keys) shared by every backend and per backend, extra
     points to include and rules to exclude, repeated in cycles."""
@@ -368,6 +392,9 @@ class CampaignConfig(_Strict):
         default_factory=dict,
         description="per backend, the engine version its parameters are checked against "
         "(default: the version the live workers advertise, else the newest committed snapshot)",
+    )
+    carbon: Carbon | None = Field(
+        default=None, exclude_if=_unset, description="grid carbon intensity: each run's grams CO2e from its energy"
     )
     experiment: ExperimentConfig = ExperimentConfig()
     grid: dict[str, list[FiniteJson]] = Field(default_factory=dict, description="axes shared by every backend")
