@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     telemetry_heartbeat_ttl_s: float = Field(default=10.0, gt=0)
     # A GPU whose reads fail (GPU_IS_LOST, ...) is retried this often while the others keep being sampled.
     telemetry_gpu_retry_s: float = Field(default=5.0, gt=0)
+    # Where telemetry reads the host's RAPL counters (CPU package and DRAM energy): the powercap sysfs folder. Tests
+    # point it at a STAND-IN tree; a folder without RAPL zones means no CPU energy (said in the host heartbeat).
+    powercap_root: str = "/sys/class/powercap"
 
     # Campaign files (issue 15): a file is read only when it is a regular file of at most this many bytes; a grid
     # of more points (counted before expanding: the product of its axes' lengths) or a campaign of more runs

@@ -162,6 +162,8 @@ def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list
             detail = f"source {beat.get('source')}, {beat.get('gpus', 0)} GPU(s), pid {beat.get('pid')}, {age_text}"
             if beat.get("note"):
                 detail += f" ({beat['note']})"
+            if rapl := beat.get("rapl"):  # CPU package and DRAM energy; where unreadable, the message has the fix
+                detail += f", RAPL {rapl}" + ("" if rapl == "available" else f" ({beat.get('rapl_message')})")
             checks.append(Check(f"telemetry host {beat.get('host')}", "ok", detail))
             continue
         name = f"GPU {beat.get('gpu_uuid')} (index {beat.get('gpu_index')}, {beat.get('host')})"

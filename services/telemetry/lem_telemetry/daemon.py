@@ -4,13 +4,17 @@ Threads (see ``sampler`` for why the energy counter has its own):
 - the sampling loop (the caller's thread): every ``telemetry_interval_s`` (down to 10 ms) the cheap fields of
   every GPU, and host figures once a second;
 - one energy-counter thread per GPU: the counter every ``telemetry_energy_interval_s``, as rows of its own;
-- the writer: every ``telemetry_flush_s`` everything buffered, in one transaction (COPY on PostgreSQL). When
-  the database is away the batch spills to the disk buffer (``spill``), and the files are back-filled oldest
-  first, before anything newer, once it answers again. Stopping with the database away spills what is left,
-  so the next start back-fills it;
+- the RAPL thread (``host_energy``), where the host's powercap tree (``powercap_root``) has readable RAPL: CPU
+  package and DRAM counters at the same cadence, into ``host_energy_samples``; its status (available, absent,
+  no_permission, error) is logged once and published in the host heartbeat;
+- the writer: every ``telemetry_flush_s`` everything buffered (GPU, host and RAPL rows), in one transaction
+  (COPY on PostgreSQL). When the database is away the batch spills to the disk buffer (``spill``), and the
+  files are back-filled oldest first, before anything newer, once it answers again. Stopping with the database
+  away spills what is left, so the next start back-fills it;
 - the heartbeat: one Redis hash per GPU and one for the host every ``telemetry_heartbeat_s``, with a TTL.
 
-A slow or absent database or Redis never delays a sample. Without a GPU source only host samples are recorded.
+A slow or absent database or Redis never delays a sample. Without a GPU source only host samples (and RAPL)
+are recorded.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from lem_shared.settings import Settings
 from lem_telemetry.buffer import SampleBuffer
 from lem_telemetry.environment_record import record_host_environment_in_background
 from lem_telemetry.heartbeats import HeartbeatPublisher
+from lem_telemetry.host_energy import HostEnergyReading, RaplSampler
 from lem_telemetry.sampler import GpuSampler, run_on_schedule
 from lem_telemetry.sources import GpuReading, GpuSource, HostReading, NvmlSource, host_reading, open_source
 from lem_telemetry.spill import DiskBuffer, count_rows, folder_for
-from lem_telemetry.store import gpu_rows, host_rows, telemetry_engine, write_samples
+from lem_telemetry.store import gpu_rows, host_energy_rows, host_rows, telemetry_engine, write_samples
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,11 @@ class TelemetryDaemon:
         self._gpu_buffer: SampleBuffer[GpuReading] = SampleBuffer(1)
         self._host_buffer: SampleBuffer[HostReading] = SampleBuffer(math.ceil(MEMORY_SECONDS / self.host_interval_s))
         self._latest_host: HostReading | None = None
+        # Each RAPL read gives a row per summed domain: room for a few packages' worth.
+        self._host_energy_buffer: SampleBuffer[HostEnergyReading] = SampleBuffer(
+            math.ceil(MEMORY_SECONDS / settings.telemetry_energy_interval_s) * 8
+        )
+        self._rapl: RaplSampler | None = None
         buffer_root = Path(os.path.expanduser(settings.telemetry_buffer_dir))
         self.disk = DiskBuffer(
             buffer_root / folder_for(settings.database_url), int(settings.telemetry_buffer_max_mb * 1e6)
@@ -87,10 +97,16 @@ class TelemetryDaemon:
             log.warning("no GPU telemetry on %s: %s; recording host samples only", self.host, reason)
         else:
             self._prepare_for(source)
+        rapl = RaplSampler(
+            Path(self.settings.powercap_root), self._host_energy_buffer.add, self.stop_event,
+            self.settings.telemetry_energy_interval_s,
+        )  # fmt: skip
+        self._rapl = rapl
         self._announce_backlog()
         heartbeats = HeartbeatPublisher(
             self.settings.broker_url, self.host, self._source_name, self._sampler, lambda: self._latest_host,
             self.settings.telemetry_heartbeat_s, self.settings.telemetry_heartbeat_ttl_s, note=reason,
+            rapl=lambda: (rapl.status, rapl.message),
         )  # fmt: skip
         threads = [
             threading.Thread(target=self._flush_periodically, name="telemetry-writer", daemon=True),
@@ -100,6 +116,7 @@ class TelemetryDaemon:
             thread.start()
         if self._sampler is not None:
             self._sampler.start_energy_threads()
+        rapl.start()
         exit_code = 0
         try:
             self._sample_until_stopped()
@@ -110,6 +127,7 @@ class TelemetryDaemon:
             self.stop_event.set()
             if self._sampler is not None:
                 self._sampler.join()
+            rapl.join()
             for thread in threads:
                 thread.join(JOIN_TIMEOUT_S)
             self._final_flush()
@@ -118,6 +136,9 @@ class TelemetryDaemon:
         energy = ""
         if self._sampler is not None:
             energy = f"; energy counters read {self._sampler.energy_ticks} times ({self._sampler.energy_missed} missed)"
+        if rapl.available:
+            resets = ", ".join(f"{domain} {count}" for domain, count in sorted(rapl.resets.items()))
+            energy += f"; RAPL read {rapl.ticks} times ({rapl.missed} missed, resets: {resets or 'none'})"
         log.info("stopped after %d ticks (%d missed)%s", self.ticks, self.missed_ticks, energy)
         return exit_code
 
@@ -208,35 +229,36 @@ class TelemetryDaemon:
             except Exception:  # the writer must outlive any one bad flush; its rows went to disk first
                 log.exception("a flush failed unexpectedly; the writer goes on")
 
-    def _take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _take(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
         gpu = gpu_rows(self._gpu_buffer.take_all(), self.host, self._source_name)
-        return gpu, host_rows(self._host_buffer.take_all(), self.host)
+        hosts = host_rows(self._host_buffer.take_all(), self.host)
+        return gpu, hosts, host_energy_rows(self._host_energy_buffer.take_all(), self.host)
 
     def flush(self) -> bool:
         """Write everything buffered, after any back-log on disk; spill it to disk when the database is away.
         True when nothing is left waiting."""
         with self._flush_lock:
-            gpu, hosts = self._take()
+            gpu, hosts, energy = self._take()
             if self.disk.pending():
                 # Older samples wait on disk: these go behind them, so the database fills in time order.
-                if (gpu or hosts) and not self._spill(gpu, hosts):
+                if (gpu or hosts or energy) and not self._spill(gpu, hosts, energy):
                     return False
                 return self._backfill(BACKFILL_BUDGET_S)
-            if not gpu and not hosts:
+            if not gpu and not hosts and not energy:
                 return True
             try:
-                write_samples(self._engine, gpu, hosts)
+                write_samples(self._engine, gpu, hosts, host_energy=energy)
             except OUTAGE_ERRORS as error:
                 self._away(error)
-                self._spill(gpu, hosts)
+                self._spill(gpu, hosts, energy)
                 return False
             except SQLAlchemyError as error:
                 # Not an outage (bad data, say): retrying would fail forever; keep the rows aside for a person.
-                log.exception("writing %d GPU and %d host samples failed", len(gpu), len(hosts))
-                self._quarantine(gpu, hosts, _first_line(error))
+                log.exception("writing %d GPU, %d host and %d RAPL samples failed", len(gpu), len(hosts), len(energy))
+                self._quarantine(gpu, hosts, energy, _first_line(error))
                 return True
             except Exception:
-                self._spill(gpu, hosts)  # kept on disk, retried next flush
+                self._spill(gpu, hosts, energy)  # kept on disk, retried next flush
                 raise
             self._reachable()
             return True
@@ -248,12 +270,12 @@ class TelemetryDaemon:
             if time.monotonic() > deadline:
                 return False
             try:
-                gpu, hosts = self.disk.read(path)
+                gpu, hosts, energy = self.disk.read_tables(path)
             except (OSError, ValueError) as error:
                 self.disk.quarantine(path, str(error))
                 continue
             try:
-                write_samples(self._engine, gpu, hosts)
+                write_samples(self._engine, gpu, hosts, host_energy=energy)
             except OUTAGE_ERRORS as error:
                 self._away(error)
                 return False
@@ -261,16 +283,16 @@ class TelemetryDaemon:
                 self.disk.quarantine(path, _first_line(error))
                 continue
             self.disk.remove(path)
-            self._backfilled += len(gpu) + len(hosts)
+            self._backfilled += len(gpu) + len(hosts) + len(energy)
             self._reachable()
         if self._backfilled:
             log.info("back-filled %d samples from the disk buffer %s", self._backfilled, self.disk.directory)
             self._backfilled = 0
         return True
 
-    def _spill(self, gpu: list[dict[str, Any]], hosts: list[dict[str, Any]]) -> bool:
+    def _spill(self, gpu: list[dict[str, Any]], hosts: list[dict[str, Any]], energy: list[dict[str, Any]]) -> bool:
         try:
-            self.disk.write(gpu, hosts)
+            self.disk.write(gpu, hosts, energy)
         except OSError as error:
             # The disk refuses too: keep the readings in memory (bounded) and try again next flush.
             if not self._disk_failing:
@@ -281,13 +303,13 @@ class TelemetryDaemon:
                     MEMORY_SECONDS,
                 )
                 self._disk_failing = True
-            self._put_back(gpu, hosts)
+            self._put_back(gpu, hosts, energy)
             return False
         self._disk_failing = False
-        self._spilled += len(gpu) + len(hosts)
+        self._spilled += len(gpu) + len(hosts) + len(energy)
         return True
 
-    def _put_back(self, gpu: list[dict[str, Any]], hosts: list[dict[str, Any]]) -> None:
+    def _put_back(self, gpu: list[dict[str, Any]], hosts: list[dict[str, Any]], energy: list[dict[str, Any]]) -> None:
         fields = GpuReading.__slots__
         self._gpu_buffer.put_back([
             GpuReading(**{name: row["time"] if name == "t" else row[name] for name in fields}) for row in gpu
@@ -296,13 +318,19 @@ class TelemetryDaemon:
             HostReading(row["time"], row["cpu_percent"], row["memory_used_bytes"], row["memory_total_bytes"])
             for row in hosts
         ])  # fmt: skip
+        self._host_energy_buffer.put_back([
+            HostEnergyReading(row["time"], row["domain"], row["energy_j"], row["reset"]) for row in energy
+        ])  # fmt: skip
 
-    def _quarantine(self, gpu: list[dict[str, Any]], hosts: list[dict[str, Any]], reason: str) -> None:
+    def _quarantine(
+        self, gpu: list[dict[str, Any]], hosts: list[dict[str, Any]], energy: list[dict[str, Any]], reason: str
+    ) -> None:
         try:
-            path = self.disk.write(gpu, hosts)
+            path = self.disk.write(gpu, hosts, energy)
             self.disk.quarantine(path, reason)
         except OSError:
-            log.error("dropping %d samples that the database refused and the disk too", len(gpu) + len(hosts))
+            count = len(gpu) + len(hosts) + len(energy)
+            log.error("dropping %d samples that the database refused and the disk too", count)
 
     def _away(self, error: BaseException) -> None:
         # Unreachable, or reachable but not migrated yet (telemetry may start before the migrations run).
@@ -336,7 +364,7 @@ class TelemetryDaemon:
                 len(left),
                 self.disk.directory,
             )
-        unwritten = len(self._gpu_buffer) + len(self._host_buffer)
+        unwritten = len(self._gpu_buffer) + len(self._host_buffer) + len(self._host_energy_buffer)
         if unwritten:
             log.error(
                 "exiting with %d samples unwritten: neither the database nor the disk buffer took them", unwritten

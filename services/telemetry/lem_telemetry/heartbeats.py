@@ -1,6 +1,8 @@
 """The daemon's heartbeats in Redis: every ``telemetry_heartbeat_s`` one hash per GPU and one for the host.
 
-Key names and the reader live in ``lem_shared.wire.heartbeat`` (the planner and ``lem doctor`` read them there).
+The host hash carries ``rapl`` (the RAPL status: available, absent, no_permission or error) and ``rapl_message``
+(what was found, or why nothing can be read and the fix). Key names and the reader live in
+``lem_shared.wire.heartbeat`` (the planner and ``lem doctor`` read them there).
 Each hash has a TTL of ``telemetry_heartbeat_ttl_s``, so a daemon that dies stops looking alive; a daemon that
 stops cleanly deletes its keys. Redis being away is logged once (and its return once); sampling never waits
 for it.
@@ -36,6 +38,7 @@ class HeartbeatPublisher:
         period_s: float,
         ttl_s: float,
         note: str | None = None,
+        rapl: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.host = host
@@ -45,6 +48,7 @@ class HeartbeatPublisher:
         self.period_s = period_s
         self.ttl_s = ttl_s
         self.note = note
+        self.rapl = rapl  # (status, message), asked at every beat
         self.pid = os.getpid()
         self._client = heartbeat.client(redis_url)
         self._redis_away = False
@@ -80,6 +84,8 @@ class HeartbeatPublisher:
             "memory_total_bytes": None if host_reading is None else host_reading.memory_total_bytes,
             "updated_at": now,
         }))  # fmt: skip
+        if self.rapl is not None:
+            beats[-1][1]["rapl"], beats[-1][1]["rapl_message"] = self.rapl()
         return beats
 
     def beat(self) -> None:

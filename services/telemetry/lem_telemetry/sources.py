@@ -2,6 +2,14 @@
 
 No database or Celery code here: this module also runs on GPU boxes that have only pynvml, psutil and
 pydantic installed. NVML is read through ``lem_shared.device.nvml``.
+
+Source specs (``LEM_TELEMETRY_SOURCE``): ``nvml``; ``replay:PATH``, the trace replayed as one stand-in GPU
+(``REPLAY_UUID``); ``replay:PATH?gpus=N``, the same trace replayed as N stand-in GPUs (1 to
+``MAX_REPLAY_GPUS``; a PATH holding ``?`` cannot be replayed). GPU k (k = 0 .. N-1) has NVML index k and UUID
+``replay_uuids(N)[k]`` (``GPU-replay-h200-0000``, ``-0001``, ...) and replays the same records at the same
+times, with every power field and the energy counter multiplied by ``replay_scale(k)`` = 1 / (k + 1): the
+second GPU draws half the first one's power and counts half its energy, so a test can tell them apart.
+Temperatures, clocks, memory and utilisation are the trace's own for every GPU.
 """
 
 from __future__ import annotations
@@ -21,6 +29,20 @@ from lem_shared.device import nvml
 from lem_shared.device.nvml import POWER_FIELDS, read_power_fields, supported_power_fields
 
 REPLAY_UUID = "GPU-replay-h200-0000"
+MAX_REPLAY_GPUS = 64
+
+
+def replay_uuids(n: int) -> list[str]:
+    """The UUIDs of an n-GPU replay, in NVML index order: ``REPLAY_UUID`` first, then ``GPU-replay-h200-0001``..."""
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_REPLAY_GPUS:
+        raise ValueError(f"replay GPU count must be a whole number from 1 to {MAX_REPLAY_GPUS}, got {n!r}")
+    return [f"GPU-replay-h200-{k:04d}" for k in range(n)]
+
+
+def replay_scale(position: int) -> float:
+    """The factor on the power fields and energy counter of replayed GPU ``position`` (0 is the trace itself)."""
+    return 1.0 / (position + 1)
+
 
 T = TypeVar("T")
 
@@ -284,15 +306,17 @@ def _reading_from_trace(record: dict[str, Any], offset: float) -> GpuReading:
 class ReplaySource:
     """A stand-in GPU for hosts without one: replays a recorded NVML trace (JSONL) in real time, looping.
 
-    Readings carry the current wall-clock time, the fixed UUID ``REPLAY_UUID`` and the source name
+    Readings carry the current wall-clock time, the fixed UUIDs of ``replay_uuids`` and the source name
     ``nvml-replay``, so nothing measured from them can pass for a real GPU. The energy counter keeps
     rising across loops (each loop adds the trace's total energy). A trace may hold every field in each record
-    (the team's recording) or, as the daemon stores them, fast records and counter records apart.
+    (the team's recording) or, as the daemon stores them, fast records and counter records apart. With
+    ``gpus`` > 1 it plays that many GPUs, each scaled by ``replay_scale`` (see the module docstring).
     """
 
     name = "nvml-replay"
 
-    def __init__(self, trace_path: str | Path, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, trace_path: str | Path, clock: Callable[[], float] = time.monotonic, gpus: int = 1) -> None:
+        self._uuids = replay_uuids(gpus)
         self.trace_path = Path(trace_path)
         self._clock = clock
         self._offsets: list[float] = []
@@ -329,11 +353,32 @@ class ReplaySource:
 
     @property
     def gpus(self) -> list[tuple[int, str]]:
-        return [(0, REPLAY_UUID)]
+        return list(enumerate(self._uuids))
 
     @property
     def gpu_uuids(self) -> list[str]:
-        return [REPLAY_UUID]
+        return list(self._uuids)
+
+    def _as_gpu(self, position: int, reading: GpuReading, energy_mj: int | None) -> GpuReading:
+        """The trace's reading as GPU ``position`` reads it now: its UUID and index, powers and energy scaled."""
+        if position == 0:
+            return dataclasses.replace(reading, t=time.time(), energy_mj=energy_mj)
+        scale = replay_scale(position)
+
+        def scaled(watts: float | None) -> float | None:
+            return None if watts is None else watts * scale
+
+        return dataclasses.replace(
+            reading,
+            gpu_uuid=self._uuids[position],
+            gpu_index=position,
+            t=time.time(),
+            power_w=scaled(reading.power_w),
+            energy_mj=None if energy_mj is None else round(energy_mj * scale),
+            power_instant_w=scaled(reading.power_instant_w),
+            power_memory_w=scaled(reading.power_memory_w),
+            power_module_w=scaled(reading.power_module_w),
+        )
 
     def _now(self) -> tuple[GpuReading, int | None]:
         """The trace record due now, and its energy counter carried on across loops."""
@@ -348,14 +393,17 @@ class ReplaySource:
 
     def read(self) -> list[GpuReading]:
         reading, energy = self._now()
-        return [dataclasses.replace(reading, t=time.time(), energy_mj=energy)]
+        return [self._as_gpu(position, reading, energy) for position in range(len(self._uuids))]
 
     def read_gpu(self, position: int) -> GpuReading:
         reading, _ = self._now()
-        return dataclasses.replace(reading, t=time.time(), energy_mj=None)
+        return self._as_gpu(position, reading, None)
 
     def read_energy(self, position: int) -> int | None:
-        return self._now()[1]
+        energy = self._now()[1]
+        if energy is None or position == 0:
+            return energy
+        return round(energy * replay_scale(position))
 
     def recover(self, position: int) -> None:
         """A replay never loses its GPU."""
@@ -381,7 +429,7 @@ def host_reading() -> HostReading:
 
 
 def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
-    """Open the GPU source named by ``spec`` ("nvml" or "replay:PATH").
+    """Open the GPU source named by ``spec`` ("nvml", "replay:PATH" or "replay:PATH?gpus=N").
 
     Returns (source, None), or (None, reason) when there is no GPU to read here. An unknown spec raises
     ValueError: that is a configuration mistake, not a host without a GPU.
@@ -400,10 +448,27 @@ def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
             )
         return source, None
     if spec.startswith("replay:"):
-        replay = ReplaySource(spec.removeprefix("replay:"))
+        path, gpus = _replay_spec(spec)
+        replay = ReplaySource(path, gpus=gpus)
         try:
             replay.open()
         except (OSError, ValueError, KeyError) as error:
             return None, f"replay trace {replay.trace_path} is unusable: {error!r}"
         return replay, None
-    raise ValueError(f"unknown telemetry source {spec!r}: expected 'nvml' or 'replay:PATH'")
+    raise ValueError(f"unknown telemetry source {spec!r}: expected 'nvml', 'replay:PATH' or 'replay:PATH?gpus=N'")
+
+
+def _replay_spec(spec: str) -> tuple[str, int]:
+    """(trace path, GPU count) of a ``replay:PATH[?gpus=N]`` spec; ValueError naming the fix for a bad query."""
+    path, question, query = spec.removeprefix("replay:").partition("?")
+    if not question:
+        return path, 1
+    name, equals, value = query.partition("=")
+    if name != "gpus" or not equals or not (value.isascii() and value.isdigit()):
+        raise ValueError(
+            f"telemetry source {spec!r}: after '?' only gpus=N is understood (e.g. replay:{path}?gpus=2), got {query!r}"
+        )
+    count = int(value)
+    if not 1 <= count <= MAX_REPLAY_GPUS:
+        raise ValueError(f"telemetry source {spec!r}: gpus must be from 1 to {MAX_REPLAY_GPUS}, got {count}")
+    return path, count

@@ -7,7 +7,8 @@ rows are committed. The folder is bounded: past ``max_bytes`` the oldest files a
 logged with how many samples went. A file that cannot be parsed or inserted is renamed ``*.bad`` and kept
 for a person to look at, never retried forever.
 
-Each line is one row as a JSON object: ``{"table": "gpu" | "host", ...columns, "time": Unix seconds}``.
+Each line is one row as a JSON object: ``{"table": "gpu" | "host" | "host_energy", ...columns, "time": Unix
+seconds}`` (``host_energy``: RAPL readings, ``host_energy_samples``).
 JSON, never pickle: the files are data, not code.
 """
 
@@ -56,7 +57,9 @@ class DiskBuffer:
     def size_bytes(self) -> int:
         return sum(path.stat().st_size for path in self.pending())
 
-    def write(self, gpu: list[dict[str, Any]], host: list[dict[str, Any]]) -> Path:
+    def write(
+        self, gpu: list[dict[str, Any]], host: list[dict[str, Any]], host_energy: list[dict[str, Any]] | None = None
+    ) -> Path:
         """Store rows in a new file (durably); then drop the oldest files while the folder is over its bound.
         Raises OSError when the disk refuses."""
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,7 @@ class DiskBuffer:
         final = self.directory / (name + SUFFIX)
         temporary = self.directory / (name + SUFFIX + ".tmp")
         with temporary.open("w", encoding="utf-8") as out:
-            for table, rows in (("gpu", gpu), ("host", host)):
+            for table, rows in (("gpu", gpu), ("host", host), ("host_energy", host_energy or [])):
                 for row in rows:
                     out.write(json.dumps({"table": table, **row}, separators=(",", ":")))
                     out.write("\n")
@@ -75,7 +78,12 @@ class DiskBuffer:
         return final
 
     def read(self, path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(gpu rows, host rows) of one file; raises ValueError when it is not a file this buffer wrote."""
+        """(gpu rows, host rows) of one file, for callers that write no RAPL rows; ``read_tables`` gives all."""
+        gpu, host, _ = self.read_tables(path)
+        return gpu, host
+
+    def read_tables(self, path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        """(gpu, host, host_energy rows) of one file; raises ValueError when it is not a file this buffer wrote."""
         lines = path.read_text(encoding="utf-8").splitlines()
         try:  # one parse for the whole file is several times faster than one per line
             rows = json.loads("[" + ",".join(lines) + "]")
@@ -85,6 +93,7 @@ class DiskBuffer:
             rows = [_parse_line(path, number, line) for number, line in enumerate(lines, 1)]
         gpu: list[dict[str, Any]] = []
         host: list[dict[str, Any]] = []
+        host_energy: list[dict[str, Any]] = []
         for number, row in enumerate(rows, 1):
             table = row.pop("table", None)
             if table == "gpu":
@@ -92,11 +101,13 @@ class DiskBuffer:
                 gpu.append({**_GPU_DEFAULTS, **row})
             elif table == "host":
                 host.append(row)
+            elif table == "host_energy":
+                host_energy.append(row)
             else:
                 raise ValueError(f"{path.name} line {number}: unknown table {table!r}")
             if not isinstance(row.get("time"), (int, float)):
                 raise ValueError(f"{path.name} line {number}: no time")
-        return gpu, host
+        return gpu, host, host_energy
 
     def remove(self, path: Path) -> None:
         path.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""Writing samples to the database: both tables in one transaction, by COPY on PostgreSQL, executemany elsewhere.
+"""Writing samples to the database: the GPU, host and host-energy (RAPL) tables in one transaction, by COPY on
+PostgreSQL, executemany elsewhere.
 
 Rows are plain dicts with ``time`` as Unix seconds (a float), the same shape the disk buffer stores as JSON;
 they become timezone-aware datetimes only on the way into the database. On PostgreSQL through psycopg the
@@ -16,6 +17,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     DateTime,
@@ -30,7 +32,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from lem_shared.db.models import GpuSample, HostSample
+from lem_shared.db.models import GpuSample, HostEnergySample, HostSample
+from lem_telemetry.host_energy import HostEnergyReading
 from lem_telemetry.sources import GpuReading, HostReading
 
 Method = Literal["auto", "copy", "executemany"]
@@ -41,6 +44,7 @@ GPU_COLUMNS = (
     "power_instant_w", "power_memory_w", "power_module_w",
 )  # fmt: skip
 HOST_COLUMNS = ("host", "time", "cpu_percent", "memory_used_bytes", "memory_total_bytes")
+HOST_ENERGY_COLUMNS = ("host", "time", "domain", "energy_j", "reset")
 
 # A database that does not answer within this long counts as away (its samples go to the disk buffer).
 CONNECT_TIMEOUT_S = 5
@@ -99,9 +103,15 @@ def host_rows(readings: Iterable[HostReading], host: str) -> list[dict[str, Any]
     ]
 
 
+def host_energy_rows(readings: Iterable[HostEnergyReading], host: str) -> list[dict[str, Any]]:
+    return [{"host": host, "time": r.t, "domain": r.domain, "energy_j": r.energy_j, "reset": r.reset} for r in readings]
+
+
 def _binary_type(column: Column[Any]) -> str:
     """The PostgreSQL type a binary COPY sends for this column (it must match the column's own type)."""
     kind = column.type
+    if isinstance(kind, Boolean):
+        return "bool"
     if isinstance(kind, BigInteger):
         return "int8"
     if isinstance(kind, Integer):
@@ -139,7 +149,11 @@ def _copy(connection: Connection, table: Table, columns: tuple[str, ...], rows: 
         raise DBAPIError.instance(statement, None, error, psycopg.Error, dialect=connection.dialect) from error
 
 
-def _executemany(connection: Connection, model: type[GpuSample] | type[HostSample], rows: list[dict[str, Any]]) -> None:
+def _executemany(
+    connection: Connection,
+    model: type[GpuSample] | type[HostSample] | type[HostEnergySample],
+    rows: list[dict[str, Any]],
+) -> None:
     connection.execute(insert(model), [{**row, "time": _utc(row["time"])} for row in rows])
 
 
@@ -153,18 +167,24 @@ def uses_copy(engine: Engine, method: Method = "auto") -> bool:
 
 
 def write_samples(
-    engine: Engine, gpu: list[dict[str, Any]], host: list[dict[str, Any]], method: Method = "auto"
+    engine: Engine,
+    gpu: list[dict[str, Any]],
+    host: list[dict[str, Any]],
+    method: Method = "auto",
+    host_energy: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Insert both batches or neither, so a retried batch never leaves duplicates behind."""
+    """Insert every batch or none, so a retried batch never leaves duplicates behind."""
     copy = uses_copy(engine, method)
+    batches = (
+        (GpuSample, GPU_COLUMNS, gpu),
+        (HostSample, HOST_COLUMNS, host),
+        (HostEnergySample, HOST_ENERGY_COLUMNS, host_energy or []),
+    )
     with engine.begin() as connection:
-        if copy:
-            if gpu:
-                _copy(connection, GpuSample.metadata.tables[GpuSample.__tablename__], GPU_COLUMNS, gpu)
-            if host:
-                _copy(connection, HostSample.metadata.tables[HostSample.__tablename__], HOST_COLUMNS, host)
-        else:
-            if gpu:
-                _executemany(connection, GpuSample, gpu)
-            if host:
-                _executemany(connection, HostSample, host)
+        for model, columns, rows in batches:
+            if not rows:
+                continue
+            if copy:
+                _copy(connection, model.metadata.tables[model.__tablename__], columns, rows)
+            else:
+                _executemany(connection, model, rows)
