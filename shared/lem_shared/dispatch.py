@@ -7,10 +7,16 @@ others missed); a GPU worker right after its run, so the next run starts without
 ``lem campaign run``/``resume`` and a schedule's firing, so a campaign's first runs start at once, even before a
 control worker is up.
 
-A backend queue is shared by all workers of that backend (one per GPU, on any host). A run is sent only when a
-worker of its backend is free (live worker heartbeats minus runs in flight), in the campaign's order, so the
-queue never holds more than the free workers will take at once: a restart of anything loses at most what was
-in flight, and resume sends it again. Pacing (gaps, thermal waits) happens on the worker, on its own GPU.
+A backend queue is shared by all workers of that backend (one per GPU or GPU set, on any host). A run is sent
+only when a worker of its backend that owns enough GPUs is free, in the campaign's order, so the queues never
+hold more than the free workers will take at once: a restart of anything loses at most what was in flight, and
+resume sends it again. Pacing (gaps, thermal waits) happens on the worker, on its own GPUs.
+
+GPU sets: a run needs ``gpus_needed`` GPUs (its experiment's parallel settings) and goes to its backend's queue
+of that class (``wire/queues.py``); a worker of n GPUs (its heartbeat's ``gpus``) reads classes n down to 1. Each
+pass matches runs to free workers: those dispatched but not yet started first (largest first), then pending runs
+in campaign order, each to the smallest free worker that can hold it. A run needing more GPUs than any free
+worker owns waits, pending, while the runs behind it that fit go ahead; it is never sent where it cannot run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from celery import Celery
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
+from lem_shared.config.schema import gpus_needed_of
 from lem_shared.db.models import (
     IN_FLIGHT_RUN_STATUSES,
     Campaign,
@@ -39,9 +46,9 @@ from lem_shared.db.models import (
 from lem_shared.db.session import engine_for, session_scope
 from lem_shared.settings import get_settings
 from lem_shared.wire import heartbeat
-from lem_shared.wire.heartbeat import live_workers
+from lem_shared.wire.heartbeat import live_workers, worker_gpus
 from lem_shared.wire.messages import RunRequest
-from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, QueueName, queue_for
+from lem_shared.wire.queues import FINALISE_TASK, MAX_GPUS_PER_WORKER, RUN_TASK, QueueName, queue_for
 
 log = logging.getLogger(__name__)
 
@@ -128,58 +135,125 @@ def run_request(run: Run, experiment: Experiment, campaign: Campaign) -> RunRequ
     )
 
 
+# GPUs each experiment needs, by (database, experiment id): an experiment's config never changes, so each is read
+# and worked out once per process, not at every pass.
+_needs_cache: dict[tuple[str, int], int] = {}
+_UNREADABLE = MAX_GPUS_PER_WORKER + 1  # a stored config the rule cannot read: no worker is big enough, it waits
+
+
+def _gpus_needed(s: Session, experiment_ids: set[int]) -> dict[int, int]:
+    """GPUs needed per experiment id, from the cache or the manifest's stored configs."""
+    database = get_settings().database_url
+    missing = [e for e in experiment_ids if (database, e) not in _needs_cache]
+    if len(_needs_cache) > 500_000:
+        _needs_cache.clear()
+        missing = list(experiment_ids)
+    for chunk in range(0, len(missing), 1000):
+        for experiment_id, config in s.execute(
+            select(Experiment.id, Experiment.config).where(Experiment.id.in_(missing[chunk : chunk + 1000]))
+        ):
+            try:
+                needed = gpus_needed_of(config)
+            except (TypeError, ValueError, AttributeError) as exc:
+                log.warning("experiment %s: cannot tell how many GPUs it needs (%s); its runs wait", experiment_id, exc)
+                needed = _UNREADABLE
+            _needs_cache[(database, experiment_id)] = needed
+    return {e: _needs_cache.get((database, e), _UNREADABLE) for e in experiment_ids}
+
+
+def best_fit(free: Mapping[str, int], needed: int) -> str | None:
+    """The free worker (name: GPUs) that can hold a run needing ``needed`` GPUs with the fewest to spare, so
+    larger sets stay free for runs that need them; None when none is large enough."""
+    fitting = [(gpus, name) for name, gpus in free.items() if gpus >= needed]
+    return min(fitting)[1] if fitting else None
+
+
 def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunRequest]:
-    """Send the next runs of the running campaigns, in order, as many per backend as it has free workers."""
+    """Send the next runs of the running campaigns, in order, each to a free worker of its backend with enough
+    GPUs (see the module docstring)."""
     connection = connection or redis_client()
-    workers_by_backend: dict[str, int] = {}
-    for beat in live_workers(connection).values():
-        workers_by_backend[beat["backend"]] = workers_by_backend.get(beat["backend"], 0) + 1
-    if not workers_by_backend:
+    beats = live_workers(connection)
+    if not beats:
         return []
     now = datetime.now(UTC)
-    to_send: list[tuple[RunRequest, str]] = []
+    to_send: list[tuple[RunRequest, str, int]] = []
     with session_scope() as s:
         _lock(s)
         running = select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING)
-        in_flight = dict(
-            s.execute(
-                select(Experiment.backend, func.count())
-                .join(Run, Run.experiment_id == Experiment.id)
-                .where(Run.status.in_(IN_FLIGHT_RUN_STATUSES), Run.campaign_id.in_(running))
-                .group_by(Experiment.backend)
-            ).all()
-        )
-        for backend, workers in workers_by_backend.items():
-            free = workers - in_flight.get(backend, 0)
-            if free <= 0:
-                continue
-            rows = s.execute(
-                select(Run, Experiment, Campaign)
-                .join(Experiment, Run.experiment_id == Experiment.id)
-                .join(Campaign, Run.campaign_id == Campaign.id)
-                .where(
-                    Run.status == RunStatus.PENDING,
-                    Campaign.status == CampaignStatus.RUNNING,
-                    Experiment.backend == backend,
-                )
-                .order_by(Run.campaign_id, Run.position)
-                .limit(free)
-            ).all()
-            for run, experiment, campaign in rows:
-                run.status, run.dispatched_at = RunStatus.DISPATCHED, now
-                to_send.append(
-                    (
-                        run_request(run, experiment, campaign),
-                        f"run {campaign.name}#{campaign.id}/experiment {experiment.index}/cycle {run.cycle}",
+        in_flight = s.execute(
+            select(Run.status, Run.worker, Run.experiment_id, Experiment.backend)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .where(Run.status.in_(IN_FLIGHT_RUN_STATUSES), Run.campaign_id.in_(running))
+        ).all()
+        waiting = s.execute(
+            select(Run.experiment_id, Experiment.backend)
+            .join(Experiment, Run.experiment_id == Experiment.id)
+            .where(Run.status == RunStatus.PENDING, Run.campaign_id.in_(running))
+            .distinct()
+        ).all()
+        needs = _gpus_needed(s, {row.experiment_id for row in in_flight} | {row.experiment_id for row in waiting})
+        measuring = {row.worker for row in in_flight if row.status == RunStatus.RUNNING and row.worker}
+        for backend in sorted({str(beat["backend"]) for beat in beats.values()}):
+            free = {
+                name: worker_gpus(beat)
+                for name, beat in beats.items()
+                if beat["backend"] == backend and not beat.get("run_key") and name not in measuring
+            }
+            # Runs already in a queue will be taken by free workers that can hold them: those are not free.
+            queued = [
+                needs[row.experiment_id]
+                for row in in_flight
+                if row.status != RunStatus.RUNNING and row.backend == backend
+            ]
+            for needed in sorted(queued, reverse=True):
+                taker = best_fit(free, needed)
+                if taker is not None:
+                    del free[taker]
+            pending_experiments = {row.experiment_id for row in waiting if row.backend == backend}
+            while free and pending_experiments:
+                largest = max(free.values())
+                too_big = [e for e in pending_experiments if needs[e] > largest]
+                query = (
+                    select(Run, Experiment, Campaign)
+                    .join(Experiment, Run.experiment_id == Experiment.id)
+                    .join(Campaign, Run.campaign_id == Campaign.id)
+                    .where(
+                        Run.status == RunStatus.PENDING,
+                        Campaign.status == CampaignStatus.RUNNING,
+                        Experiment.backend == backend,
                     )
                 )
+                if too_big:
+                    query = query.where(Run.experiment_id.notin_(too_big))
+                rows = s.execute(query.order_by(Run.campaign_id, Run.position).limit(len(free))).all()
+                if not rows:
+                    break
+                # The first row fits the largest free worker, so every round sends at least one run.
+                for run, experiment, campaign in rows:
+                    needed = needs[experiment.id]
+                    taker = best_fit(free, needed)
+                    if taker is None:
+                        continue
+                    del free[taker]
+                    run.status, run.dispatched_at = RunStatus.DISPATCHED, now
+                    to_send.append(
+                        (
+                            run_request(run, experiment, campaign),
+                            f"run {campaign.name}#{campaign.id}/experiment {experiment.index}/cycle {run.cycle}",
+                            needed,
+                        )
+                    )
+                s.flush()
+    # Largest first: a worker of n GPUs reads its largest class first, so one waiting for a whole-set run takes
+    # that, and the smaller runs of this pass go to the smaller workers they were matched with.
+    to_send.sort(key=lambda item: -item[2])
     sent: list[RunRequest] = []
     try:
-        for request, name in to_send:
+        for request, name, _ in to_send:
             send_run(app, request, name)
             sent.append(request)
     finally:
-        unsent = [r.run_id for r, _ in to_send if r not in sent]
+        unsent = [r.run_id for r, _, _ in to_send if r not in sent]
         if unsent:  # the broker went away mid-way: those go back to pending, the next pass sends them
             with session_scope() as s:
                 s.execute(
@@ -197,7 +271,7 @@ def send_run(app: Celery, request: RunRequest, name: str) -> None:
         RUN_TASK,
         args=[request.model_dump(mode="json")],
         task_id=request.run_key,
-        queue=queue_for(request.experiment["backend"]).value,
+        queue=queue_for(request.experiment["backend"], gpus_needed_of(request.experiment)).value,
         shadow=name,
     )
 

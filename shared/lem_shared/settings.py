@@ -4,8 +4,40 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lem_shared.wire.queues import MAX_GPUS_PER_WORKER
+
+
+def cuda_indices(device: str) -> tuple[int, ...]:
+    """The CUDA indices a ``LEM_DEVICE`` names: ``cuda:N`` one, ``cuda:0,1`` a set; none for auto, cuda, cpu."""
+    kind, _, indices = device.partition(":")
+    if kind != "cuda" or not indices:
+        return ()
+    return tuple(int(index) for index in indices.split(","))
+
+
+def normalised_device(device: str) -> str:
+    """``LEM_DEVICE`` as the worker uses it (``cuda:0, 1`` becomes ``cuda:0,1``); ValueError naming the fix."""
+    value = device.strip()
+    kind, colon, indices = value.partition(":")
+    if kind != "cuda" or not colon:
+        if "," in value:
+            raise ValueError(f"LEM_DEVICE={device!r}: a set of GPUs is written cuda:0,1 (CUDA indices after cuda:)")
+        return value
+    parts = [part.strip() for part in indices.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ValueError(f"LEM_DEVICE={device!r}: write cuda:N for one GPU or cuda:0,1 for a set of CUDA indices")
+    numbers = [int(part) for part in parts]
+    if len(set(numbers)) != len(numbers):
+        raise ValueError(f"LEM_DEVICE={device!r}: names a GPU twice; name each GPU of the set once, e.g. cuda:0,1")
+    if len(numbers) > MAX_GPUS_PER_WORKER:
+        raise ValueError(
+            f"LEM_DEVICE={device!r}: {len(numbers)} GPUs, over the {MAX_GPUS_PER_WORKER} one worker may own; "
+            "start a worker per GPU set"
+        )
+    return "cuda:" + ",".join(str(n) for n in numbers)
 
 
 class Settings(BaseSettings):
@@ -37,8 +69,12 @@ class Settings(BaseSettings):
     # How long the control worker waits for telemetry to cover a run's window before it gives up.
     energy_wait_s: float = Field(default=15.0, ge=0)
 
-    # Where a worker runs its engine: "auto" takes CUDA when present, else the CPU.
+    # Where a worker runs its engine: "auto" takes CUDA when present, else the CPU; "cuda:N" one GPU; "cuda:0,1" a
+    # GPU set: the worker takes runs needing up to that many GPUs and its engine sees only those GPUs.
     device: str = "auto"
+    # Tests only: a STAND-IN GPU count for a CPU worker (LEM_DEVICE=cpu), which then advertises that many GPUs so
+    # runs needing several are routed to it; it still computes on the CPU and records no GPU.
+    stand_in_gpus: int | None = Field(default=None, ge=1, le=MAX_GPUS_PER_WORKER)
     # The pytorch worker's CPU threads (torch.set_num_threads, recorded in each run's environment under
     # engine.torch_threads); unset: torch's default, one per core. On a small CPU shared with other work, one
     # thread keeps batch latencies steady, where a thread per core waits on whichever core is busy.
@@ -73,6 +109,27 @@ class Settings(BaseSettings):
     # lem-flower's login (HTTP basic auth), local and in compose; unset, Flower is unauthenticated on 127.0.0.1.
     flower_user: str = ""
     flower_password: SecretStr = SecretStr("")
+
+    @field_validator("device")
+    @classmethod
+    def _device_set(cls, value: str) -> str:
+        return normalised_device(value)
+
+    @model_validator(mode="after")
+    def _stand_in_only_on_cpu(self) -> Settings:
+        if self.stand_in_gpus is not None and self.device != "cpu":
+            raise ValueError(
+                f"LEM_STAND_IN_GPUS is a stand-in GPU count for a CPU worker (tests), but LEM_DEVICE={self.device!r}; "
+                "unset it, or give a real worker its GPU set as LEM_DEVICE=cuda:0,1"
+            )
+        return self
+
+    def worker_gpus(self) -> int:
+        """How many GPUs this worker owns and advertises: the size of its ``device`` set (1 for auto, cuda, cuda:N,
+        and the CPU), or the stand-in count."""
+        if self.stand_in_gpus is not None:
+            return self.stand_in_gpus
+        return max(len(cuda_indices(self.device)), 1)
 
 
 @lru_cache

@@ -21,7 +21,7 @@ from lem_shared.config.presets import random_preset
 from lem_shared.config.schema import ExperimentConfig
 from lem_shared.device.environment import package_versions
 from lem_shared.runtime.adapter import ArrivingRequest, DeviceInfo, Generation
-from lem_shared.runtime.engine_support import cuda_device_info
+from lem_shared.runtime.engine_support import cuda_devices_info, pin_cuda_device
 from lem_shared.settings import get_settings
 from lem_shared.wire.messages import ServingTrace
 
@@ -47,9 +47,32 @@ class _FirstTokenClock(BaseStreamer):
 
 
 def _resolve_device(device: str) -> torch.device:
+    """The device inputs go to. A GPU set (``cuda:0,1``) is pinned as CUDA_VISIBLE_DEVICES first (the engine host
+    is a fresh process, CUDA not yet started), so the model sees the set as cuda:0..n-1 and a device_map such as
+    auto spreads over those GPUs only; its first GPU takes the inputs."""
     if device == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if "," in device:
+        problem = pin_cuda_device(device)
+        if problem is not None:
+            raise ValueError(problem)
+        return torch.device("cuda:0")
     return torch.device(device)
+
+
+def gpus_of_device_map(device_map: dict[str, Any] | None, default: int) -> list[int]:
+    """The CUDA indices a loaded model's ``hf_device_map`` places modules on, in order; ``[default]`` without one
+    (or when it places nothing on a GPU: cpu or disk offload only)."""
+    indices: set[int] = set()
+    for place in (device_map or {}).values():
+        if isinstance(place, int) and not isinstance(place, bool):
+            indices.add(place)
+        elif isinstance(place, str) and place.startswith("cuda"):
+            index = place.partition(":")[2]
+            indices.add(int(index) if index.isdigit() else 0)
+        elif isinstance(place, torch.device) and place.type == "cuda":
+            indices.add(place.index or 0)
+    return sorted(indices) or [default]
 
 
 def load_kwargs(experiment: ExperimentConfig, dtype: torch.dtype) -> dict[str, Any]:
@@ -175,13 +198,18 @@ class TransformersAdapter:
         self.synchronize()
         return counted
 
+    def _gpus(self) -> list[int]:
+        """The GPUs the loaded model is on: every one its device_map names (a model spread over a GPU set)."""
+        return gpus_of_device_map(getattr(self.model, "hf_device_map", None), self.device.index or 0)
+
     def synchronize(self) -> None:
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            for index in self._gpus():
+                torch.cuda.synchronize(index)
 
     def device_info(self) -> DeviceInfo:
         if self.device.type == "cuda":
-            return cuda_device_info(self.device.index or 0)
+            return cuda_devices_info(self._gpus())
         return DeviceInfo("cpu", "cpu", None)
 
     def reset_peak_memory(self) -> None:

@@ -139,7 +139,7 @@ class TrtLlmAdapter(SpawnedEngineAdapter):
     not_installed = NOT_INSTALLED
 
     def load(self, experiment: ExperimentConfig) -> None:
-        self._check_ready()
+        self._check_ready(experiment)
         from tensorrt_llm import LLM
         from tensorrt_llm.llmapi import llm_args
 

@@ -284,7 +284,7 @@ class VllmAdapter(SpawnedEngineAdapter):
         self._kv_watch: KvCacheWatch | None = None
 
     def load(self, experiment: ExperimentConfig) -> None:
-        self._check_ready()
+        self._check_ready(experiment)
         import vllm
 
         model_path, self._model_dir = model_folder(experiment, prefix="lem-vllm-model-")

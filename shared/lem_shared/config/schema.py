@@ -290,6 +290,10 @@ class ExperimentConfig(_Strict):
         """This experiment's backend section (``pytorch``, ``vllm`` or ``trtllm``)."""
         return getattr(self, self.backend.value)
 
+    def gpus_needed(self) -> int:
+        """How many GPUs one worker must own to run this experiment (``gpus_needed_of``)."""
+        return gpus_needed_of(self.model_dump(mode="json", include={"backend", self.backend.value}))
+
     def engine_key(self) -> str:
         """Equal for two experiments that can share one loaded engine: same backend, model, dtype and the
         section's load-time arguments (model loading, engine construction, compile)."""
@@ -304,6 +308,74 @@ class ExperimentConfig(_Strict):
 
 
 _SECTION_NAMES = tuple(backend.value for backend in Backend)
+
+# device_map values with which transformers (through accelerate) spreads the model over every GPU it can see.
+_SPREADING_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def _gpu_index(device: Any) -> int | None:
+    """The CUDA index a transformers placement names (0, "1", "cuda", "cuda:2"); None for cpu, disk, meta."""
+    if isinstance(device, bool):
+        return None
+    if isinstance(device, int):
+        return device
+    if isinstance(device, str):
+        text = device.strip()
+        if text.isdigit():
+            return int(text)
+        if text == "cuda":
+            return 0
+        kind, _, index = text.partition(":")
+        if kind == "cuda" and index.isdigit():
+            return int(index)
+    return None
+
+
+def _highest_gpu_plus_one(devices: Any) -> int:
+    indices = [i for i in (_gpu_index(d) for d in devices) if i is not None]
+    return max(indices) + 1 if indices else 1
+
+
+def gpus_needed_of(experiment: dict[str, Any]) -> int:
+    """GPUs one worker must own for an experiment, from its JSON (``ExperimentConfig.model_dump``, or the
+    manifest's stored config: the dispatcher reads it there without validating it again).
+
+    - vllm: the engine's world size, tensor_parallel_size x pipeline_parallel_size x prefill_context_parallel_size
+      (vLLM's ParallelConfig.world_size), times data_parallel_size (each replica holds a world of its own).
+    - trtllm: tensor_parallel_size x pipeline_parallel_size x context_parallel_size (its Mapping's world size).
+    - pytorch: one process places the model with ``loading.device_map`` (tp_plan needs torchrun and is refused by
+      the schema). A mapping of modules to devices, or ``cuda:N``, needs GPUs 0..N: the highest index named + 1.
+      auto, balanced, balanced_low_0 and sequential spread the model over every GPU the process sees, which is
+      the worker's whole set: with ``loading.max_memory`` naming GPUs they use only those (highest index + 1 is
+      needed), without it the run needs 1 and uses all of the worker's GPUs it lands on (the GPUs it used are
+      recorded per run in ``gpu_uuids``; give max_memory to pin the count).
+    - anything else (no parallel settings, the CPU): 1.
+    """
+    backend = experiment.get("backend") or Backend.PYTORCH.value
+    section = experiment.get(backend) or {}
+    if backend in (Backend.VLLM.value, Backend.TRTLLM.value):
+        engine = section.get("engine") or {}
+        factors = ["tensor_parallel_size", "pipeline_parallel_size"]
+        factors += (
+            ["prefill_context_parallel_size", "data_parallel_size"]
+            if backend == Backend.VLLM.value
+            else ["context_parallel_size"]
+        )
+        needed = 1
+        for name in factors:
+            value = engine.get(name)
+            needed *= int(value) if value is not None else 1
+        return needed
+    loading = section.get("loading") or {}
+    device_map = loading.get("device_map")
+    if device_map is None:
+        return 1
+    if isinstance(device_map, dict):
+        return _highest_gpu_plus_one(device_map.values())
+    if device_map in _SPREADING_DEVICE_MAPS:
+        max_memory = loading.get("max_memory")
+        return _highest_gpu_plus_one(max_memory.keys()) if max_memory else 1
+    return _highest_gpu_plus_one([device_map])
 
 
 class ThermalGap(_Strict):

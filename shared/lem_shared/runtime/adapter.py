@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from lem_shared.config.schema import ExperimentConfig
@@ -25,9 +25,21 @@ class Generation:
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    device: str  # "cpu", "cuda:0", ...
+    """The device a run uses: for a run on several GPUs, every one of them (``gpu_uuids``; ``gpu_uuid`` is the
+    first, the one a single-GPU reader keys on). Left empty, ``gpu_uuids`` is ``[gpu_uuid]`` (none on the CPU)."""
+
+    device: str  # "cpu", "cuda:0", "cuda:0,1", ...
     name: str
     gpu_uuid: str | None  # NVML-style "GPU-…", the key telemetry samples are stored under
+    gpu_uuids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.gpu_uuids:
+            object.__setattr__(self, "gpu_uuids", [self.gpu_uuid] if self.gpu_uuid else [])
+        elif self.gpu_uuid != self.gpu_uuids[0]:
+            raise ValueError(f"DeviceInfo.gpu_uuid ({self.gpu_uuid}) must be the first of gpu_uuids {self.gpu_uuids}")
+        if len(set(self.gpu_uuids)) != len(self.gpu_uuids):
+            raise ValueError(f"DeviceInfo.gpu_uuids names a GPU twice: {self.gpu_uuids}")
 
 
 class EngineAdapter(Protocol):

@@ -1,6 +1,7 @@
 """Helpers for adapters whose engine runs in processes of its own (vLLM, TensorRT-LLM). No torch, no engine.
 
-- which GPU a worker's ``LEM_DEVICE`` names, as the ``CUDA_VISIBLE_DEVICES`` value the engine must start with;
+- which GPU or GPU set a worker's ``LEM_DEVICE`` names, as the ``CUDA_VISIBLE_DEVICES`` value the engine must
+  start with (the engine then sees the set as its devices 0..n-1);
 - the dtype an engine is asked for (``auto`` on a random preset means bf16, as in the PyTorch adapter);
 - the Hugging Face ``config.json`` of a ``random:NAME`` Llama preset, for an engine's random-weight loader;
 - the device memory in use on a GPU, read through NVML by UUID (the engine's memory is in processes we do not own).
@@ -28,25 +29,35 @@ RANDOM_MODEL_EOS_ID = 2
 
 
 def cuda_visible_devices_for(device: str, visible: str | None) -> str | None:
-    """The ``CUDA_VISIBLE_DEVICES`` that leaves the engine exactly the GPU ``device`` names, or None to keep it.
+    """The ``CUDA_VISIBLE_DEVICES`` that leaves the engine exactly the GPUs ``device`` names, or None to keep it.
 
     ``auto`` and ``cuda`` keep what the process was given (a container that reserved one GPU sees just that one).
-    ``cuda:N`` is the N-th GPU this process can see, so it is taken from ``visible`` when that is set.
+    ``cuda:N`` is the N-th GPU this process can see and ``cuda:0,1`` a set of them, each taken from ``visible``
+    when that is set.
     """
     if device in ("auto", "cuda"):
         return None
-    kind, _, index = device.partition(":")
-    if kind != "cuda" or not index.isdigit():
-        raise ValueError(f"LEM_DEVICE={device!r}: this engine needs a CUDA GPU; use 'auto', 'cuda' or 'cuda:N'")
-    n = int(index)
+    kind, _, indices = device.partition(":")
+    parts = indices.split(",")
+    if kind != "cuda" or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(
+            f"LEM_DEVICE={device!r}: this engine needs CUDA GPUs; use 'auto', 'cuda', 'cuda:N' or a set 'cuda:0,1'"
+        )
+    numbers = [int(part) for part in parts]
     if not visible:
-        return str(n)
+        return ",".join(str(n) for n in numbers)
     entries = [entry.strip() for entry in visible.split(",") if entry.strip()]
-    if n >= len(entries):
+    if max(numbers) >= len(entries):
         raise ValueError(
             f"LEM_DEVICE={device!r} but only {len(entries)} GPU(s) are visible (CUDA_VISIBLE_DEVICES={visible})"
         )
-    return entries[n]
+    return ",".join(entries[n] for n in numbers)
+
+
+def gpu_set_size(device: str) -> int:
+    """How many GPUs the engine of a worker with this ``LEM_DEVICE`` owns: the set's size, else 1."""
+    kind, _, indices = device.partition(":")
+    return len(indices.split(",")) if kind == "cuda" and indices else 1
 
 
 def pin_cuda_device(device: str) -> str | None:
@@ -80,6 +91,25 @@ def cuda_device_info(index: int = 0) -> DeviceInfo:
     props = torch.cuda.get_device_properties(index)
     raw = str(props.uuid)
     return DeviceInfo(f"cuda:{index}", str(props.name), raw if raw.startswith("GPU-") else f"GPU-{raw}")
+
+
+def combined_device_info(devices: list[DeviceInfo]) -> DeviceInfo:
+    """One DeviceInfo for a run on several GPUs: ``cuda:0,1``, the names (``2 x NVIDIA H200`` when alike), every
+    UUID in order (the first is ``gpu_uuid``)."""
+    if not devices:
+        raise ValueError("combined_device_info: needs at least one device")
+    if len(devices) == 1:
+        return devices[0]
+    names = {d.name for d in devices}
+    name = f"{len(devices)} x {devices[0].name}" if len(names) == 1 else " + ".join(d.name for d in devices)
+    indices = ",".join(d.device.partition(":")[2] for d in devices)
+    uuids = [u for d in devices for u in d.gpu_uuids]
+    return DeviceInfo(f"cuda:{indices}", name, uuids[0] if uuids else None, uuids)
+
+
+def cuda_devices_info(indices: list[int]) -> DeviceInfo:
+    """The CUDA devices ``indices`` (as this process numbers them) as one DeviceInfo."""
+    return combined_device_info([cuda_device_info(i) for i in indices])
 
 
 def engine_dtype(experiment: ExperimentConfig) -> str:
@@ -149,8 +179,9 @@ def device_memory_at_window_end(gpu_uuid: str | None) -> tuple[int | None, str]:
 
 
 class SpawnedEngineAdapter:
-    """What the vLLM and TensorRT-LLM adapters share: their engine runs in processes of its own, on the one GPU
-    pinned before anything starts CUDA, and reserves its memory up front."""
+    """What the vLLM and TensorRT-LLM adapters share: their engine runs in processes of its own, on the GPU or GPU
+    set pinned before anything starts CUDA, and reserves its memory up front. A run uses the first
+    ``gpus_needed`` GPUs of the set (the engine's world size: tensor x pipeline x ... parallel)."""
 
     package = ""  # the engine's import name
     not_installed = ""  # the message when it is missing
@@ -161,22 +192,34 @@ class SpawnedEngineAdapter:
         self._model_dir: tempfile.TemporaryDirectory[str] | None = None
         self._vocab_size: int | None = None
         self._info: DeviceInfo | None = None
-        # The engine host is a fresh process: pin its GPU before anything starts CUDA or the engine.
+        self._gpus_in_use = 1
+        # The engine host is a fresh process: pin its GPUs before anything starts CUDA or the engine.
         self._device_error = pin_cuda_device(device)
 
-    def _check_ready(self) -> None:
-        """Raised from ``load`` (not ``__init__``) so the reason reaches the failed run's record."""
+    def _check_ready(self, experiment: ExperimentConfig | None = None) -> None:
+        """Raised from ``load`` (not ``__init__``) so the reason reaches the failed run's record; notes how many of
+        the set's GPUs the experiment's engine uses."""
         if importlib.util.find_spec(self.package) is None:
             raise RuntimeError(self.not_installed)
         if self._device_error is not None:
             raise RuntimeError(self._device_error)
+        if experiment is not None:
+            needed, owned = experiment.gpus_needed(), gpu_set_size(self.device)
+            if needed > owned:
+                raise RuntimeError(
+                    f"the experiment needs {needed} GPUs but this worker owns {owned} (LEM_DEVICE={self.device}); "
+                    f"run it on a worker started for a set of {needed} GPUs"
+                )
+            if needed != self._gpus_in_use:
+                self._gpus_in_use, self._info = needed, None
 
     def synchronize(self) -> None:
         """Nothing to wait for: the engine's ``generate`` returns only when every request has finished."""
 
     def device_info(self) -> DeviceInfo:
+        """The GPUs the loaded engine uses: the first ``gpus_needed`` of the set (the engine numbers them 0..)."""
         if self._info is None:
-            self._info = cuda_device_info(0)
+            self._info = cuda_devices_info(list(range(self._gpus_in_use)))
         return self._info
 
     def reset_peak_memory(self) -> None:

@@ -96,8 +96,7 @@ class MeasurementRuntime:
 
     def _edges(self) -> EdgeMeter | None:
         """The meter that reads the run's GPUs at window edges, opened once for the GPUs this engine uses."""
-        uuid = self.adapter.device_info().gpu_uuid
-        gpus = [uuid] if uuid else []
+        gpus = list(self.adapter.device_info().gpu_uuids)  # a run on several GPUs reads each of them
         if gpus != self._edge_gpus:
             if self._edge_meter is not None:
                 self._edge_meter.close()
@@ -206,6 +205,7 @@ class MeasurementRuntime:
             device=info.device,
             device_name=info.name,
             gpu_uuid=info.gpu_uuid,
+            gpu_uuids=list(info.gpu_uuids),
             model_load_s=model_load_s,
             model_reused=reused,
             model_load=None if reused else (load_wall, load_wall + model_load_s),

@@ -49,7 +49,7 @@ from lem_shared.settings import get_settings
 from lem_shared.wire.celery_app import make_celery
 from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
 from lem_shared.wire.messages import FinaliseRequest, Measurement, RunRequest, ServedRequest
-from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, queue_for
+from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, worker_queues
 
 if TYPE_CHECKING:
     import psycopg
@@ -178,6 +178,7 @@ def record_measurement(
                 status=RunStatus.MEASURED,
                 device=m.device,
                 gpu_uuid=m.gpu_uuid,
+                gpu_uuids=list(m.gpu_uuids) or None,
                 environment_id=Environment.id_for(s, m.environment),
                 window_start=datetime.fromtimestamp(m.window_start, UTC),
                 window_end=datetime.fromtimestamp(m.window_end, UTC),
@@ -437,7 +438,12 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     """A Celery app whose one task measures runs of ``backend`` with the adapter at ``adapter_path``."""
     settings = get_settings()
     app = make_celery(f"lem-worker-{backend.value}", settings)
+    # Read this worker's queues (its GPU classes, largest first) in the order given, not round robin: a run that
+    # needs the whole GPU set is taken before a smaller one that a smaller worker can take as well.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, "queue_order_strategy": "priority"}
+    # The whole GPU set goes to the engine host; the adapter gives its engine exactly those GPUs.
     engine = EngineHost(adapter_path, settings.device, settings.run_timeout_s)
+    gpus = settings.worker_gpus()
     state = GpuState()
     connection = redis_client(settings.broker_url)
     current: dict[str, str | None] = {"name": None, "run_key": None}
@@ -450,7 +456,8 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
 
     def beat_now() -> None:
         try:
-            publish_worker_beat(connection, current["name"] or "", backend.value, current["run_key"], engine_version)
+            name, run_key = current["name"] or "", current["run_key"]
+            publish_worker_beat(connection, name, backend.value, run_key, engine_version, gpus, settings.device)
         except redis.RedisError as exc:
             log.warning("worker heartbeat not written: %s", exc)
 
@@ -463,7 +470,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
         current["name"] = sender.hostname
         with session_scope() as s:  # open the database pool now, not inside the first run's dispatch latency
             s.execute(select(1))
-        publish_worker_beat(connection, sender.hostname, backend.value, None, engine_version)
+        publish_worker_beat(connection, sender.hostname, backend.value, None, engine_version, gpus, settings.device)
         threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
     @app.task(name=RUN_TASK, bind=True, shared=False)
@@ -506,11 +513,12 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
 
 
 def worker_argv(backend: Backend) -> list[str]:
-    """The command line of one worker per GPU: threads pool of one, so ``inspect ping`` answers during a run."""
+    """The command line of one worker per GPU or GPU set (``LEM_DEVICE``): its backend's queues for runs of up to
+    as many GPUs as it owns, largest first; threads pool of one, so ``inspect ping`` answers during a run."""
     return [
         "worker",
         "--queues",
-        queue_for(backend).value,
+        ",".join(q.value for q in worker_queues(backend, get_settings().worker_gpus())),
         "--pool",
         "threads",
         "--concurrency",

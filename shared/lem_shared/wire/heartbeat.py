@@ -4,9 +4,9 @@ them back.
 The telemetry daemon writes one hash per GPU (``lem:telemetry:gpu:<uuid>``) and one per host
 (``lem:telemetry:host:<host>``) about every second, each with a TTL, so a daemon that dies takes its
 heartbeats with it. The planner and ``lem doctor`` read them here without importing the telemetry service.
-Each worker writes ``lem:worker:<name>`` (JSON: backend, host, the run in progress, the engine version it runs)
-every few seconds with a TTL; this module stays light (no Celery, no database), so ``lem campaign plan`` can read
-the engine versions cheaply.
+Each worker writes ``lem:worker:<name>`` (JSON: backend, host, the run in progress, the engine version it runs,
+its device and how many GPUs it owns) every few seconds with a TTL; this module stays light (no Celery, no
+database), so ``lem campaign plan`` can read the engine versions cheaply.
 """
 
 from __future__ import annotations
@@ -102,10 +102,17 @@ def read_heartbeats(redis_url: str, now: float | None = None) -> list[dict[str, 
 
 
 def publish_worker_beat(
-    connection: redis.Redis, name: str, backend: str, run_key: str | None, engine_version: str | None = None
+    connection: redis.Redis,
+    name: str,
+    backend: str,
+    run_key: str | None,
+    engine_version: str | None = None,
+    gpus: int = 1,
+    device: str = "",
 ) -> None:
     """``engine_version``: the version of the backend's engine package the worker runs (plan-time checks use
-    its parameter snapshot)."""
+    its parameter snapshot); ``gpus``: the size of the worker's GPU set (the dispatcher sends it runs needing at
+    most that many); ``device``: its ``LEM_DEVICE`` (``cuda:0,1``)."""
     settings = get_settings()
     beat = {
         "name": name,
@@ -113,6 +120,8 @@ def publish_worker_beat(
         "host": socket.gethostname(),
         "run_key": run_key or "",
         "engine_version": engine_version or "",
+        "gpus": gpus,
+        "device": device,
         "time": time.time(),
     }
     connection.set(WORKER_KEY_PREFIX + name, json.dumps(beat), px=int(settings.worker_heartbeat_ttl_s * 1000))
@@ -124,6 +133,13 @@ def live_workers(connection: redis.Redis) -> dict[str, dict[str, Any]]:
     values = connection.mget(keys) if keys else []
     beats = [json.loads(v) for v in values if v]
     return {b["name"]: b for b in beats}
+
+
+def worker_gpus(beat: Mapping[str, Any]) -> int:
+    """The GPU set size a worker's heartbeat advertises; 1 for a beat without one (a worker of an earlier
+    version, which owns one GPU) or with a value that is not a positive whole number."""
+    gpus = beat.get("gpus", 1)
+    return gpus if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1 else 1
 
 
 def advertised_engine_versions(workers: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:

@@ -146,6 +146,7 @@ class Measurement(_Message):
     device: str
     device_name: str
     gpu_uuid: str | None
+    gpu_uuids: list[str] = []  # every GPU the run used, gpu_uuid first (empty on the CPU)
     model_load_s: float
     model_reused: bool
     model_load: Span | None = None  # wall-clock span of the load, when the model was loaded for this run
