@@ -174,7 +174,7 @@ def device_memory_at_window_end(gpu_uuid: str | None) -> tuple[int | None, str]:
     use at the window's end is their footprint."""
     used = nvml_memory_used(gpu_uuid)
     if used is None:
-        return None, "unavailable: NVML could not read the device memory"
+        return None, "unavailable (NVML unreadable)"
     return used, "nvml_device_used_at_window_end"
 
 
