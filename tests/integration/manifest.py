@@ -111,3 +111,15 @@ def runs_of(campaign_id: int) -> list[Run]:
 def campaign_status(campaign_id: int) -> str:
     with session_scope() as s:
         return str(s.scalar(select(Campaign.status).where(Campaign.id == campaign_id)))
+
+
+def finalised_metrics(run_id: int) -> RunMetrics:
+    """Finalise a measured run with the control code (no wait for telemetry) and read its metrics back."""
+    from lem_planner.finalise import finalise_run
+
+    assert finalise_run(run_id, wait_s=0) == "finalised"
+    with session_scope() as s:
+        metrics = s.get(RunMetrics, run_id)
+        assert metrics is not None
+        s.expunge(metrics)
+        return metrics

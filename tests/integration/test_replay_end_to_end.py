@@ -18,7 +18,7 @@ from lem_planner.finalise import finalise_run
 from lem_shared.db.models import GpuSample, RequestTimingRow, Run, RunMetrics
 from lem_shared.db.session import session_scope
 from lem_telemetry.sources import REPLAY_UUID, replay_uuids
-from tests.integration.manifest import measured_run
+from tests.integration.manifest import finalised_metrics, measured_run
 from tests.integration.telemetry_helpers import start_daemon, wait_for
 
 README_COUNTER_J = {
@@ -100,13 +100,7 @@ def _latest() -> float:
 
 
 def finalised(window: tuple[float, float]) -> RunMetrics:
-    run_id, _ = measured_run(window, REPLAY_UUID)
-    assert finalise_run(run_id, wait_s=0) == "finalised"
-    with session_scope() as s:
-        metrics = s.get(RunMetrics, run_id)
-        assert metrics is not None
-        s.expunge(metrics)
-        return metrics
+    return finalised_metrics(measured_run(window, REPLAY_UUID)[0])
 
 
 @pytest.mark.parametrize("phase", list(README_COUNTER_J))

@@ -10,10 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import delete, insert, update
 
-from lem_planner.finalise import finalise_run
-from lem_shared.db.models import Campaign, GpuSample, HostEnergySample, Run, RunMetrics
+from lem_shared.db.models import Campaign, GpuSample, HostEnergySample, Run
 from lem_shared.db.session import session_scope
-from tests.integration.manifest import measured_run, trace_rows, utc
+from tests.integration.manifest import finalised_metrics, measured_run, trace_rows, utc
 
 GPU_A, GPU_B = "GPU-whole-machine-a", "GPU-whole-machine-b"
 HOST = "whole-machine-test-host"
@@ -50,15 +49,6 @@ def _run_on(window: tuple[float, float], gpus: list[str], carbon: dict | None = 
     return run_id
 
 
-def _finalised(run_id: int) -> RunMetrics:
-    assert finalise_run(run_id, wait_s=0) == "finalised"
-    with session_scope() as s:
-        metrics = s.get(RunMetrics, run_id)
-        assert metrics is not None
-        s.expunge(metrics)
-        return metrics
-
-
 def _rapl(start: float, end: float, package_w: float, dram_w: float, step_s: float = 0.1) -> None:
     """Stand-in RAPL readings of HOST: package-0 and its dram at constant power, every ``step_s``."""
     rows, t = [], start - 3
@@ -72,8 +62,8 @@ def _rapl(start: float, end: float, package_w: float, dram_w: float, step_s: flo
 
 def test_a_two_gpu_run_sums_its_gpus_and_keeps_each_ones_figures(two_gpus: dict) -> None:
     window = (two_gpus["decode_bs1_start"], two_gpus["decode_bs1_end"])
-    both = _finalised(_run_on(window, [GPU_A, GPU_B]))
-    alone = _finalised(_run_on(window, [GPU_A]))
+    both = finalised_metrics(_run_on(window, [GPU_A, GPU_B]))
+    alone = finalised_metrics(_run_on(window, [GPU_A]))
     assert both.energy_j is not None and alone.energy_j is not None and both.analysis is not None
     per_gpu = both.analysis["per_gpu"]
     assert set(per_gpu) == {GPU_A, GPU_B}
@@ -101,12 +91,12 @@ def _throttle_gpu_b(start: float, end: float, reasons: int) -> None:
 def test_one_throttling_gpu_of_two_fails_or_warns_the_run(two_gpus: dict) -> None:
     start, end = two_gpus["decode_bs1_start"], two_gpus["decode_bs1_end"]
     _throttle_gpu_b(start, end, 0x40)  # HW thermal slowdown on GPU B only: a warning, as on one GPU
-    warned = _finalised(_run_on((start, end), [GPU_A, GPU_B]))
+    warned = finalised_metrics(_run_on((start, end), [GPU_A, GPU_B]))
     assert warned.analysis is not None and warned.verdict == "warning"
     thermal = [c for c in warned.analysis["checks"] if c["name"] == "thermal_throttling"]
     assert [c["status"] for c in thermal] == ["pass", "warning"] and thermal[1]["message"].startswith(f"GPU {GPU_B}")
     _throttle_gpu_b(start, end, 0x80)  # the HW power brake on GPU B: the run is invalid
-    metrics = _finalised(_run_on((start, end), [GPU_A, GPU_B]))
+    metrics = finalised_metrics(_run_on((start, end), [GPU_A, GPU_B]))
     assert metrics.analysis is not None and metrics.verdict == "invalid"
     failed = [c for c in metrics.analysis["checks"] if c["status"] == "fail"]
     assert failed and all(c["message"].startswith(f"GPU {GPU_B}") for c in failed)
@@ -117,7 +107,7 @@ def test_one_throttling_gpu_of_two_fails_or_warns_the_run(two_gpus: dict) -> Non
 def test_host_energy_from_rapl_joins_the_total_and_carbon(two_gpus: dict) -> None:
     start, end = two_gpus["decode_bs1_start"], two_gpus["decode_bs1_end"]
     _rapl(start - 10, end, package_w=60.0, dram_w=9.0)
-    metrics = _finalised(_run_on((start, end), [GPU_A], carbon={"g_per_kwh": 400.0}))
+    metrics = finalised_metrics(_run_on((start, end), [GPU_A], carbon={"g_per_kwh": 400.0}))
     duration = end - start
     assert metrics.energy_cpu_j == pytest.approx(60.0 * duration, rel=1e-6)
     assert metrics.energy_dram_j == pytest.approx(9.0 * duration, rel=1e-6)
@@ -132,10 +122,10 @@ def test_host_energy_from_rapl_joins_the_total_and_carbon(two_gpus: dict) -> Non
 def test_carbon_from_a_series_and_a_window_outside_it(two_gpus: dict) -> None:
     start, end = two_gpus["decode_bs1_start"], two_gpus["decode_bs1_end"]
     series = {"series": [[start - 100, 200.0], [start + (end - start) / 2, 600.0], [end + 100, 600.0]], "source": "s"}
-    metrics = _finalised(_run_on((start, end), [GPU_A], carbon=series))
+    metrics = finalised_metrics(_run_on((start, end), [GPU_A], carbon=series))
     assert metrics.energy_total_j is not None
     # the intensity holds until the next point: half the window at 200, half at 600 g/kWh
     assert metrics.carbon_g == pytest.approx(metrics.energy_total_j / 3.6e6 * 400.0, rel=1e-6)
     late = {"series": [[end + 10, 300.0], [end + 20, 300.0]], "source": "late"}
-    outside = _finalised(_run_on((start, end), [GPU_A], carbon=late))
+    outside = finalised_metrics(_run_on((start, end), [GPU_A], carbon=late))
     assert outside.carbon_g is None and outside.carbon_source is not None and "outside" in outside.carbon_source
