@@ -1,4 +1,5 @@
-"""Create a campaign's manifest (campaign → experiments → runs in their order), cancel, resume or close one.
+"""Create a campaign's manifest (campaign → experiments → runs in their order), start, wait for, cancel, resume or
+close one. ``lem campaign`` and the Python API (``lem.run``) both go through these.
 
 Dispatch itself is ``lem_shared.dispatch.advance``: runs are sent as workers free up, from database state.
 """
@@ -7,7 +8,9 @@ from __future__ import annotations
 
 import secrets
 import statistics
+import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +19,7 @@ from celery import Celery
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
+from lem_planner.results import campaign_progress
 from lem_shared.config.schema import CampaignConfig, ExperimentConfig
 from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus, Experiment, Run, RunStatus
 from lem_shared.db.session import session_scope
@@ -28,8 +32,10 @@ from lem_shared.dispatch import (
     run_request,
     wait_for_heartbeats,
 )
+from lem_shared.settings import get_settings
 from lem_shared.wire.heartbeat import live_workers
 from lem_shared.wire.messages import RunRequest, run_key, sha256_of
+from lem_shared.wire.queues import QueueName, queue_for
 
 
 def create_campaign(
@@ -269,3 +275,92 @@ def campaign_status(campaign_id: int) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def advertised_engine_versions() -> dict[str, dict[str, str]]:
+    """``{backend: {worker: engine version}}`` from the live workers' heartbeats; none when Redis cannot be
+    reached (planning on a laptop)."""
+    import redis
+
+    from lem_shared.wire.heartbeat import advertised_engine_versions as advertised
+    from lem_shared.wire.heartbeat import client
+
+    connection = client(get_settings().broker_url)
+    try:
+        return advertised(live_workers(connection))
+    except redis.RedisError:
+        return {}
+    finally:
+        connection.close()
+
+
+def missing_workers(app: Celery, experiments: list[ExperimentConfig]) -> str | None:
+    """Why the campaign's runs would wait for ever (a backend without a live worker, no control worker), with how
+    to start what is missing; None when every queue it needs has a consumer."""
+    consumers = consumers_by_queue(app)
+    missing = sorted({e.backend.value for e in experiments if queue_for(e.backend).value not in consumers})
+    if missing:
+        hint = "; ".join(
+            f"start one with `make up` or `lem-worker-{b}`"
+            if b == "pytorch"
+            else f"start `lem-worker-{b}` on a host with {b} installed"
+            for b in missing
+        )
+        return (
+            f"no live worker for backend(s) {', '.join(missing)}: {hint} "
+            "(or pass --no-require-workers to queue the runs for later)"
+        )
+    if QueueName.CONTROL.value not in consumers:
+        return (
+            "no control worker (it dispatches runs in order and finalises their energy): start "
+            "`lem-control` or `make up` (or pass --no-require-workers to queue the runs for later)"
+        )
+    return None
+
+
+def start_campaign(campaign: CampaignConfig, experiments: list[ExperimentConfig]) -> tuple[int, list[RunRequest]]:
+    """Write the manifest and send the first runs now, not at the control loop's next pass (and even with no
+    control worker up yet); the loop sends whatever this misses. The campaign id and its runs in order."""
+    from lem_planner.sender import sender
+    from lem_shared.dispatch import advance
+
+    campaign_id, requests = create_campaign(campaign, experiments)
+    advance(sender())
+    return campaign_id, requests
+
+
+def wait_for_campaign(
+    campaign_id: int,
+    timeout: float | None,
+    on_progress: Callable[[str, Counter[str]], None] | None = None,
+    poll_s: float = 0.5,
+) -> str:
+    """Wait until the campaign is no longer running (``timeout`` None: for ever) and return its status, calling
+    ``on_progress(status, counts)`` at each look; TimeoutError when it is still running after ``timeout`` s (the
+    campaign goes on)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        status, counts = campaign_progress(campaign_id)
+        if on_progress is not None:
+            on_progress(status, counts)
+        if status != CampaignStatus.RUNNING:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(
+                f"gave up waiting after {timeout:.0f} s; the campaign goes on: `lem results show {campaign_id}`"
+            )
+        time.sleep(poll_s)
+
+
+def run_summary(campaign_id: int, name: str, experiments: int, cycles: int) -> dict[str, Any]:
+    """What ``campaign run --json`` prints: the campaign's id, status and run counts per status."""
+    status, counts = campaign_progress(campaign_id)
+    return {
+        "campaign_id": campaign_id,
+        "name": name,
+        "status": str(status),
+        "experiments": experiments,
+        "cycles": cycles,
+        "runs": sum(counts.values()),
+        "counts": {str(k): n for k, n in sorted(counts.items())},
+    }

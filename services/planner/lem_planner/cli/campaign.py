@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections import Counter
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -17,8 +16,6 @@ from lem_shared.config.errors import ConfigError
 from lem_shared.config.keys import flatten
 from lem_shared.config.plan import CampaignPlan, load_plan
 from lem_shared.config.schema import CampaignConfig, ExperimentConfig
-from lem_shared.settings import get_settings
-from lem_shared.wire.queues import QueueName, queue_for
 
 campaign_cli = typer.Typer(help="Plan, run and list campaigns.", no_args_is_help=True)
 
@@ -29,8 +26,10 @@ def _plan_or_exit(file: str) -> CampaignPlan:
     """The campaign's plan (experiments and skipped points), or exit 2 naming every bad field. Parameters are
     checked against the snapshot of the engine version the file pins or the live workers advertise; which one
     each backend used is printed on stderr."""
+    from lem_planner.campaigns import advertised_engine_versions
+
     try:
-        plan = load_plan(file, _advertised_engine_versions())
+        plan = load_plan(file, advertised_engine_versions())
     except ConfigError as exc:
         err.print(f"[bold red]invalid campaign file {file}:[/]", highlight=False)
         for problem in exc.problems:
@@ -49,22 +48,6 @@ def _plan_or_exit(file: str) -> CampaignPlan:
             soft_wrap=True,
         )
     return plan
-
-
-def _advertised_engine_versions() -> dict[str, dict[str, str]]:
-    """``{backend: {worker: engine version}}`` from the live workers' heartbeats; none when Redis cannot be
-    reached (planning on a laptop)."""
-    import redis
-
-    from lem_shared.wire.heartbeat import advertised_engine_versions, client, live_workers
-
-    connection = client(get_settings().broker_url)
-    try:
-        return advertised_engine_versions(live_workers(connection))
-    except redis.RedisError:
-        return {}
-    finally:
-        connection.close()
 
 
 def _load_or_exit(file: str) -> tuple[CampaignConfig, list[ExperimentConfig]]:
@@ -213,43 +196,21 @@ def campaign_run(
     ] = False,
 ) -> None:
     """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
-    from lem_planner.campaigns import consumers_by_queue, create_campaign
+    from lem_planner.campaigns import missing_workers, run_summary, start_campaign
     from lem_planner.sender import sender
     from lem_shared.db.models import CampaignStatus
-    from lem_shared.dispatch import advance
 
     campaign, experiments = _load_or_exit(file)
 
     if require_workers:
-        consumers = consumers_by_queue(sender())
-        missing = sorted({e.backend.value for e in experiments if queue_for(e.backend).value not in consumers})
-        if missing:
-            hint = "; ".join(
-                f"start one with `make up` or `lem-worker-{b}`"
-                if b == "pytorch"
-                else f"start `lem-worker-{b}` on a host with {b} installed"
-                for b in missing
-            )
-            raise fail(
-                f"no live worker for backend(s) {', '.join(missing)}: {hint} "
-                "(or pass --no-require-workers to queue the runs for later)"
-            )
-        if QueueName.CONTROL.value not in consumers:
-            raise fail(
-                "no control worker (it dispatches runs in order and finalises their energy): start "
-                "`lem-control` or `make up` (or pass --no-require-workers to queue the runs for later)"
-            )
-        shortfall = gpu_shortfall(experiments, largest_live_gpu_sets())
-        if shortfall:
-            raise fail(shortfall)
+        problem = missing_workers(sender(), experiments) or gpu_shortfall(experiments, largest_live_gpu_sets())
+        if problem:
+            raise fail(problem)
 
-    campaign_id, requests = create_campaign(campaign, experiments)
-    # The first runs start now, not at the control loop's next pass (and even with no control worker up yet,
-    # under --no-require-workers); the loop sends whatever this misses.
-    advance(sender())
+    campaign_id, requests = start_campaign(campaign, experiments)
     if as_json:
         status = _follow(campaign_id, len(requests), timeout, quiet=True) if wait else None
-        print_json(_run_summary(campaign_id, campaign.name, len(experiments), campaign.cycles))
+        print_json(run_summary(campaign_id, campaign.name, len(experiments), campaign.cycles))
         if status is not None and status != CampaignStatus.DONE:
             raise fail(f"campaign {campaign_id} ended {status}")
         return
@@ -266,30 +227,13 @@ def campaign_run(
         raise fail(f"campaign {campaign_id} ended {status}")
 
 
-def _run_summary(campaign_id: int, name: str, experiments: int, cycles: int) -> dict[str, Any]:
-    """What ``campaign run --json`` prints: the campaign's id, status and run counts per status."""
-    from lem_planner.results import campaign_progress
-
-    status, counts = campaign_progress(campaign_id)
-    return {
-        "campaign_id": campaign_id,
-        "name": name,
-        "status": str(status),
-        "experiments": experiments,
-        "cycles": cycles,
-        "runs": sum(counts.values()),
-        "counts": {str(k): n for k, n in sorted(counts.items())},
-    }
-
-
 def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -> str:
     """Wait until the campaign ends (a progress bar unless ``quiet``); its final status."""
     from contextlib import nullcontext
 
-    from lem_planner.results import campaign_progress
-    from lem_shared.db.models import TERMINAL_RUN_STATUSES, CampaignStatus
+    from lem_planner.campaigns import wait_for_campaign
+    from lem_shared.db.models import TERMINAL_RUN_STATUSES
 
-    deadline = time.monotonic() + timeout
     progress = (
         None
         if quiet
@@ -304,19 +248,17 @@ def _follow(campaign_id: int, total: int, timeout: float, quiet: bool = False) -
     )
     with progress or nullcontext():
         bar = None if progress is None else progress.add_task("runs", total=total)
-        while True:
-            status, counts = campaign_progress(campaign_id)
+
+        def show(status: str, counts: Counter[str]) -> None:
             if progress is not None and bar is not None:
                 finished = sum(counts[s] for s in TERMINAL_RUN_STATUSES)
                 detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
                 progress.update(bar, completed=finished, description=f"campaign {campaign_id}: {detail}")
-            if status != CampaignStatus.RUNNING:
-                return status
-            if time.monotonic() > deadline:
-                raise fail(
-                    f"gave up waiting after {timeout:.0f} s; the campaign goes on: `lem results show {campaign_id}`"
-                )
-            time.sleep(0.5)
+
+        try:
+            return wait_for_campaign(campaign_id, timeout, show)
+        except TimeoutError as exc:
+            raise fail(str(exc)) from None
 
 
 @campaign_cli.command("status")
