@@ -172,8 +172,7 @@ def run(
     (``wait=True``: after it ended, or TimeoutError after ``timeout`` s). ``require_workers``: refuse (a
     RuntimeError saying what to start) when a backend it uses, or the control worker, has no live worker, or no
     live worker owns the GPUs an experiment needs (the checks of ``lem campaign run``)."""
-    from lem_planner.campaigns import missing_workers, start_campaign
-    from lem_planner.cli.campaign import gpu_shortfall, largest_live_gpu_sets  # the CLI's GPU-set check
+    from lem_planner.campaigns import gpu_shortfall, largest_live_gpu_sets, missing_workers, start_campaign
     from lem_planner.sender import sender
 
     planned = plan(campaign)
@@ -216,12 +215,10 @@ class Results(Sequence["RunRecord"]):
     def to_arrow(self) -> pyarrow.Table:
         """One row per run: the export's run columns and ``config.*``, typed as ``lem results export`` types them
         (numbers float64/int64 even when every value is empty, timestamps UTC, units in the field metadata)."""
-        from lem_planner.export import _typed, arrow_table, columns_of, run_rows
+        from lem_planner.export import run_rows, typed_table
         from lem_shared.run_record import RUN_COLUMNS
 
-        rows = run_rows(self.campaign_id, self.records)
-        columns = columns_of(rows, RUN_COLUMNS)
-        return arrow_table([{c.name: _typed(row.get(c.name), c) for c in columns} for row in rows], columns)
+        return typed_table(run_rows(self.campaign_id, self.records), RUN_COLUMNS)
 
     def to_pandas(self) -> pandas.DataFrame:
         """``to_arrow()`` as a DataFrame: floats float64 (NaN when empty), integers and booleans pandas' nullable

@@ -283,7 +283,7 @@ def write(rows: list[dict[str, Any]], path: Path, fmt: str, documented: list[Col
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
     columns = columns_of(rows, documented)
-    table = [{c.name: _typed(row.get(c.name), c) for c in columns} for row in rows]
+    table = typed_rows(rows, columns)
 
     def write_to(f: BinaryIO) -> None:
         if fmt == "csv":
@@ -366,3 +366,14 @@ def format_for(path: Path, fmt: str | None) -> str:
             "the file .csv, .parquet or .json"
         )
     return implied
+
+
+def typed_rows(rows: list[dict[str, Any]], columns: list[Column]) -> list[dict[str, Any]]:
+    """The rows with each value in its column's type (what every format writes)."""
+    return [{c.name: _typed(row.get(c.name), c) for c in columns} for row in rows]
+
+
+def typed_table(rows: list[dict[str, Any]], documented: list[Column]) -> Any:
+    """The rows as the export's Arrow table: its columns (``columns_of``), types and field metadata."""
+    columns = columns_of(rows, documented)
+    return arrow_table(typed_rows(rows, columns), columns)

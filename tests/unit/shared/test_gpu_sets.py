@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from lem_planner.cli.campaign import gpu_shortfall
+from lem_planner.campaigns import gpu_shortfall
 from lem_shared.config.schema import ExperimentConfig, gpus_needed_of
 from lem_shared.dispatch import best_fit
 from lem_shared.runtime.adapter import DeviceInfo

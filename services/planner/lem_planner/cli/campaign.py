@@ -126,58 +126,6 @@ def campaign_plan(
     )
 
 
-def largest_live_gpu_sets() -> dict[str, tuple[int, str]]:
-    """``{backend: (GPUs, worker)}``: the largest GPU set a live worker of each backend advertises in its
-    heartbeat (what the dispatcher matches runs against); none when Redis cannot be reached."""
-    import redis
-
-    from lem_shared.settings import get_settings
-    from lem_shared.wire.heartbeat import client, live_workers, worker_gpus
-
-    connection = client(get_settings().broker_url)
-    try:
-        beats = live_workers(connection)
-    except redis.RedisError:
-        return {}
-    finally:
-        connection.close()
-    largest: dict[str, tuple[int, str]] = {}
-    for name, beat in sorted(beats.items()):
-        gpus = worker_gpus(beat)
-        if gpus > largest.get(beat["backend"], (0, ""))[0]:
-            largest[beat["backend"]] = (gpus, name)
-    return largest
-
-
-def gpu_shortfall(experiments: list[ExperimentConfig], largest: dict[str, tuple[int, str]]) -> str | None:
-    """Why some experiments could never be sent: each needs more GPUs than the largest live worker of its backend
-    owns (``largest``: ``largest_live_gpu_sets``); None when every one fits. A backend with no live worker is left
-    to the "no live worker" check."""
-    short = [
-        (index, experiment, experiment.gpus_needed())
-        for index, experiment in enumerate(experiments)
-        if experiment.backend.value in largest and experiment.gpus_needed() > largest[experiment.backend.value][0]
-    ]
-    if not short:
-        return None
-    lines = [
-        f"experiment {index} ({experiment.backend.value}, {experiment.model}) needs {needed} GPUs; the largest live "
-        f"{experiment.backend.value} worker, {largest[experiment.backend.value][1]}, owns "
-        f"{largest[experiment.backend.value][0]}"
-        for index, experiment, needed in short[:5]
-    ]
-    if len(short) > 5:
-        lines.append(f"... and {len(short) - 5} more experiments")
-    most = max(needed for _, _, needed in short)
-    example = "cuda:" + ",".join(str(i) for i in range(most))
-    return (
-        "not enough GPUs on any live worker, nothing was created: "
-        + "; ".join(lines)
-        + f". Start a worker for a GPU set of at least {most} (LEM_DEVICE={example}), "
-        "or pass --no-require-workers to queue the runs until one is up"
-    )
-
-
 @campaign_cli.command("run")
 def campaign_run(
     file: Annotated[str, typer.Argument(help="Campaign YAML file.")],
@@ -196,7 +144,7 @@ def campaign_run(
     ] = False,
 ) -> None:
     """Validate FILE, write its manifest, dispatch its runs; with --wait show progress, then the results."""
-    from lem_planner.campaigns import missing_workers, run_summary, start_campaign
+    from lem_planner.campaigns import gpu_shortfall, largest_live_gpu_sets, missing_workers, run_summary, start_campaign
     from lem_planner.sender import sender
     from lem_shared.db.models import CampaignStatus
 
