@@ -158,3 +158,20 @@ def lem(stack_env: dict[str, str]):  # noqa: ANN201
         return subprocess.run([str(BIN / "lem"), *args], env=stack_env, capture_output=True, text=True, timeout=timeout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def serving_campaign(workers, lem, tmp_path_factory: pytest.TempPathFactory) -> int:  # noqa: ANN001
+    """The id of the shared serving campaign (tests/integration/serving.py), run to its end on the test stack."""
+    import json
+
+    import yaml
+
+    from tests.integration.serving import SERVING
+
+    path = tmp_path_factory.mktemp("serving") / "serving.yaml"
+    path.write_text(yaml.safe_dump(SERVING))
+    result = lem("campaign", "run", str(path), "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr + workers.log("pytorch")[-3000:]
+    listed = json.loads(lem("campaign", "list", "--json").stdout)
+    return max(c["id"] for c in listed if c["name"] == SERVING["name"])

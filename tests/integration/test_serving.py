@@ -7,42 +7,10 @@ import json
 import statistics
 
 import pytest
-import yaml
 from sqlalchemy import select
 
 from lem_shared.db.models import RequestTimingRow, Run
 from lem_shared.db.session import session_scope
-
-SERVING = {
-    "name": "serving-sharegpt",
-    "cycles": 1,
-    "experiment": {
-        "model": "random:llama-tiny",
-        "workload": {
-            "kind": "dataset",
-            "source": "sharegpt",
-            "num_prompts": 8,
-            "input_len": 96,
-            "output_len": 12,
-            "output_lengths": "forced",
-            "mode": "serving",
-            "max_concurrency": 4,
-            "slo": {"ttft_ms": 60000, "tpot_ms": 60000},
-        },
-        "measurement": {"warmup_min": 1, "warmup_max": 3, "warmup_window": 2},
-    },
-    "grid": {"workload.request_rate": [10.0, 40.0]},
-}
-
-
-@pytest.fixture(scope="module")
-def serving_campaign(workers, lem, tmp_path_factory) -> int:  # noqa: ANN001
-    path = tmp_path_factory.mktemp("serving") / "serving.yaml"
-    path.write_text(yaml.safe_dump(SERVING))
-    result = lem("campaign", "run", str(path), "--wait")
-    assert result.returncode == 0, result.stdout + result.stderr + workers.log("pytorch")[-3000:]
-    listed = json.loads(lem("campaign", "list", "--json").stdout)
-    return max(c["id"] for c in listed if c["name"] == "serving-sharegpt")
 
 
 def test_each_request_is_stored_with_its_times_and_tokens(serving_campaign: int) -> None:

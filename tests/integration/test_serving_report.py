@@ -1,6 +1,6 @@
-"""Serving runs in ``lem results report`` and ``lem results export --level request``: a serving campaign of two
-request rates through the real workers on the CPU (as in test_serving.py), its report's serving figures, and its
-per-request export checked against the ``request_timings`` rows recomputed by hand."""
+"""Serving runs in ``lem results report`` and ``lem results export --level request``: the session's serving
+campaign of two request rates through the real workers on the CPU (tests/integration/serving.py), its report's
+serving figures, and its per-request export checked against the ``request_timings`` rows recomputed by hand."""
 
 from __future__ import annotations
 
@@ -13,45 +13,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from sqlalchemy import delete, select
 
 from lem_planner.export import COLUMNS, REQUEST_COLUMNS
 from lem_shared.db.models import Campaign, RequestTimingRow, Run
 from lem_shared.db.session import session_scope
+from tests.integration.serving import RATES
 from tests.integration.test_results_report import Dom, _figure_files, _self_contained, _svg_text
-
-RATES = [20.0, 80.0]
-SERVING = {
-    "name": "serving-report",
-    "cycles": 1,
-    "experiment": {
-        "model": "random:llama-tiny",
-        "workload": {
-            "kind": "dataset",
-            "source": "sharegpt",
-            "num_prompts": 8,
-            "input_len": 96,
-            "output_len": 12,
-            "output_lengths": "forced",
-            "mode": "serving",
-            "max_concurrency": 4,
-            "slo": {"ttft_ms": 60000, "tpot_ms": 60000},
-        },
-        "measurement": {"warmup_min": 1, "warmup_max": 3, "warmup_window": 2},
-    },
-    "grid": {"workload.request_rate": RATES},
-}
-
-
-@pytest.fixture(scope="module")
-def serving_campaign(workers, lem, tmp_path_factory) -> int:  # noqa: ANN001
-    path = tmp_path_factory.mktemp("serving-report") / "serving.yaml"
-    path.write_text(yaml.safe_dump(SERVING))
-    result = lem("campaign", "run", str(path), "--wait")
-    assert result.returncode == 0, result.stdout + result.stderr + workers.log("pytorch")[-3000:]
-    listed = json.loads(lem("campaign", "list", "--json").stdout)
-    return max(c["id"] for c in listed if c["name"] == "serving-report")
 
 
 @pytest.fixture
