@@ -387,15 +387,15 @@ def host_energy_fields(
         "energy_host_note": note,
     }
     if carbon and total_j is not None:
-        intensity = (
-            CarbonIntensity.constant(carbon["g_per_kwh"])
-            if carbon.get("g_per_kwh") is not None
-            else CarbonIntensity.series([tuple(p) for p in carbon["series"]], carbon.get("source") or "series")
-        )
-        try:
+        try:  # a window outside the series, or a series stored before it was checked: said, never extrapolated
+            intensity = (
+                CarbonIntensity.constant(carbon["g_per_kwh"])
+                if carbon.get("g_per_kwh") is not None
+                else CarbonIntensity.series([tuple(p) for p in carbon["series"]], carbon.get("source") or "series")
+            )
             estimate = intensity.grams(total_j, start, end)
             out.update(carbon_g=estimate.grams, carbon_source=estimate.source)
-        except ValueError as exc:  # the window outside the series: said, never extrapolated
+        except ValueError as exc:
             out.update(carbon_g=None, carbon_source=f"n/a: {exc}")
     return out
 

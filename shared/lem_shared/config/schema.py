@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lem_shared.config.bounds import INT64_MAX, INT64_MIN, FiniteJson
 from lem_shared.config.presets import LLAMA_PRESETS, RANDOM_PREFIX, random_preset
+from lem_shared.measure.carbon import CarbonIntensity
 from lem_shared.params.engine import EngineSection
 from lem_shared.params.pytorch import PytorchOptions
 from lem_shared.params.trtllm import TrtllmOptions
@@ -420,6 +421,8 @@ class Carbon(_Strict):
         given = (self.g_per_kwh is not None) + (self.csv is not None or self.series is not None)
         if given != 1:
             raise ValueError("give g_per_kwh or csv, not both" if given else "give g_per_kwh or csv (one of them)")
+        if self.series is not None:  # given inline, or read from csv: the finaliser must never meet a bad one
+            CarbonIntensity.series(self.series, self.source or "series")
         return self
 
 

@@ -45,3 +45,18 @@ def test_a_bad_carbon_section_is_refused_naming_the_field(carbon: dict, expected
     with pytest.raises(ConfigError) as caught:
         load_plan(path)
     assert expected in "\n".join(caught.value.problems)
+
+
+@pytest.mark.parametrize(
+    "series, expected",
+    [
+        ([[1796083200.0, 5000.0]], "2000"),
+        ([[1796083200.0, 300.0], [1796083100.0, 300.0]], "sort"),
+        ([[1e20, 300.0]], "Unix"),
+        ([], "no points"),
+    ],
+)
+def test_an_inline_series_is_checked_as_a_csv_is(series: list, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        plan_campaign({"name": "c", "carbon": {"series": series, "source": "inline"}})
+    assert expected in "\n".join(caught.value.problems)
