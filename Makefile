@@ -25,8 +25,11 @@ setup: $(VENV)/.installed  ## create .venv with every package
 services: setup  ## make sure Redis and PostgreSQL answer (start them when installed but stopped)
 	scripts/services.sh infra
 
-migrate: services  ## alembic upgrade head (creates the database if needed)
-	$(BIN)/lem db upgrade
+# The stack (README: "Servers or embedded"): LEM_BROKER_URL / LEM_DATABASE_URL name the broker and the database;
+# each one unset is Redis / PostgreSQL on its default local port when one answers, else the embedded part (a broker
+# folder, SQLite). `lem` says so on its first line. `make services` starts installed but stopped local servers.
+migrate: setup  ## alembic upgrade head (creates the database if needed)
+	@$(BIN)/lem db upgrade
 
 # `make up` starts what a campaign needs, in one of two ways, chosen by LEM_UP (never guessed):
 #   LEM_UP=local (default)  local processes through scripts/services.sh (Redis and PostgreSQL on this host;

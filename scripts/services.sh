@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Local services without Docker: make sure Redis and PostgreSQL answer, and start / stop the background
-# processes (telemetry, the control worker, one pytorch worker, beat; Flower by `flower`) with pid files in .run/.
+# Local services without Docker: make sure Redis and PostgreSQL answer (`infra`, for the tests and the production
+# stack), and start / stop the background processes (telemetry, the control worker, one pytorch worker, beat; Flower
+# by `flower`) with pid files in .run/, on whichever stack the settings resolve to (servers or embedded).
 # Never stops by name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -96,7 +97,27 @@ supervise() {  # supervise NAME COMMAND...: run COMMAND, start it again whenever
   done
 }
 
+stack() {  # export the stack's URLs as resolved now (servers or embedded), so every process started here agrees
+  local lines
+  lines=$("$PY" - <<'PY'
+import shlex
+from lem_shared.settings import get_settings, is_redis
+s = get_settings()
+print(f"export LEM_BROKER_URL={shlex.quote(s.broker_url)} LEM_DATABASE_URL={shlex.quote(s.database_url)}")
+if s.result_backend:
+    print(f"export LEM_RESULT_BACKEND={shlex.quote(s.result_backend)}")
+print("redis" if is_redis(s.broker_url) else "embedded")
+PY
+) || exit 1
+  eval "$(grep '^export ' <<<"$lines")"
+  if [[ $(tail -n1 <<<"$lines") == redis ]] && ! answers redis 2>/dev/null; then
+    echo "the broker named by LEM_BROKER_URL does not answer; start it (\`make services\` starts a local Redis)" >&2
+    exit 1
+  fi
+}
+
 up() {
+  stack
   start telemetry "$VENV/bin/lem-telemetry"
   start control "$0" supervise control "$VENV/bin/lem-control"  # restarted if it ever exits
   # One torch thread unless the user chose (README: make campaign): on a shared small CPU a thread per core

@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Celery
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
@@ -45,8 +44,7 @@ from lem_shared.db.models import (
 )
 from lem_shared.db.session import engine_for, session_scope
 from lem_shared.settings import get_settings
-from lem_shared.wire import heartbeat
-from lem_shared.wire.heartbeat import live_workers, worker_gpus
+from lem_shared.wire.heartbeat import Beacons, beacons, live_workers, worker_gpus
 from lem_shared.wire.messages import RunRequest
 from lem_shared.wire.queues import FINALISE_TASK, MAX_GPUS_PER_WORKER, RUN_TASK, QueueName, queue_for
 
@@ -72,11 +70,6 @@ def run_order(experiments: int, cycles: int, structure: str, seed: int) -> list[
     return order
 
 
-def redis_client(url: str | None = None) -> redis.Redis:
-    """The broker's Redis (heartbeats and cancel flags live there), with short timeouts."""
-    return heartbeat.client(url or get_settings().broker_url, timeout_s=2.0)
-
-
 # --- cancellation -------------------------------------------------------------------------------------------------
 
 
@@ -97,12 +90,15 @@ def cancel_key(campaign_id: int) -> str:
     return f"{CANCEL_KEY_PREFIX}{_database_identity(get_settings().database_url)}:campaign:{campaign_id}"
 
 
-def request_cancel(connection: redis.Redis, campaign_id: int) -> None:
-    connection.set(cancel_key(campaign_id), "1", ex=7 * 24 * 3600)
+CANCEL_FLAG_TTL_S = 7 * 24 * 3600
 
 
-def cancel_requested(connection: redis.Redis, campaign_id: int) -> bool:
-    return bool(connection.exists(cancel_key(campaign_id)))
+def request_cancel(store: Beacons, campaign_id: int) -> None:
+    store.put([(cancel_key(campaign_id), {"cancelled": True})], CANCEL_FLAG_TTL_S)
+
+
+def cancel_requested(store: Beacons, campaign_id: int) -> bool:
+    return store.get(cancel_key(campaign_id)) is not None
 
 
 def aware(t: datetime) -> datetime:
@@ -168,11 +164,10 @@ def best_fit(free: Mapping[str, int], needed: int) -> str | None:
     return min(fitting)[1] if fitting else None
 
 
-def advance(app: Celery, connection: redis.Redis | None = None) -> list[RunRequest]:
+def advance(app: Celery, store: Beacons | None = None) -> list[RunRequest]:
     """Send the next runs of the running campaigns, in order, each to a free worker of its backend with enough
     GPUs (see the module docstring)."""
-    connection = connection or redis_client()
-    beats = live_workers(connection)
+    beats = live_workers(store or beacons())
     if not beats:
         return []
     now = datetime.now(UTC)
@@ -276,16 +271,11 @@ def send_run(app: Celery, request: RunRequest, name: str) -> None:
     )
 
 
-def broker_up_s(connection: redis.Redis) -> float:
-    """How long the broker has been up: a restart drops every heartbeat, so a missing one means nothing until a
-    heartbeat lifetime after it."""
-    return float(connection.info("server")["uptime_in_seconds"])
-
-
-def wait_for_heartbeats(connection: redis.Redis) -> None:
-    """Sleep until the broker has been up for a heartbeat lifetime, so every live worker has written its beat."""
+def wait_for_heartbeats(store: Beacons) -> None:
+    """Sleep until the heartbeats' store has been up for a heartbeat lifetime, so every live worker has written
+    its beat (a restarted Redis has none)."""
     ttl = get_settings().worker_heartbeat_ttl_s
-    while (up := broker_up_s(connection)) < ttl:
+    while (up := store.up_s()) < ttl:
         time.sleep(ttl - up)
 
 
@@ -307,14 +297,14 @@ def orphaned(run: Run, alive: Mapping[str, Mapping[str, Any]], now: datetime) ->
     return f"worker {run.worker} is alive but not running it (restarted?)"
 
 
-def reclaim(connection: redis.Redis | None = None) -> list[str]:
+def reclaim(store: Beacons | None = None) -> list[str]:
     """Runs nobody measures any more (their worker vanished, or was restarted and runs something else) go back to
     pending, or fail after ``max_attempts``, or are cancelled when their campaign was; runs dispatched long ago and
     never started go back to pending. Returns one line per change, for the log."""
     settings = get_settings()
-    connection = connection or redis_client()
-    alive = live_workers(connection)
-    heartbeats_complete = broker_up_s(connection) >= settings.worker_heartbeat_ttl_s
+    store = store or beacons()
+    alive = live_workers(store)
+    heartbeats_complete = store.up_s() >= settings.worker_heartbeat_ttl_s
     now = datetime.now(UTC)
     stale_dispatch = now - timedelta(seconds=settings.redispatch_after_s)
     changes = []

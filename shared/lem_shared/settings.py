@@ -1,10 +1,20 @@
-"""The one settings object. Every process reads it from the environment (prefix ``LEM_``) or a ``.env`` file."""
+"""The one settings object. Every process reads it from the environment (prefix ``LEM_``) or a ``.env`` file.
+
+The stack (issue 20): ``LEM_BROKER_URL`` and ``LEM_DATABASE_URL`` name the broker and the database, and then
+exactly those are used (a failure to reach them is an error, never a fallback). Each one left unset is looked
+for on its default local port (Redis 127.0.0.1:6379, PostgreSQL 127.0.0.1:5432); when nothing answers there, its
+embedded stand-in is used instead: a broker in a folder (kombu's filesystem transport) and SQLite, both under
+``LEM_EMBEDDED_DIR``. ``Settings.embedded`` names the parts so chosen and ``stack_line`` says it in one line.
+"""
 
 from __future__ import annotations
 
+import os
+import socket
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lem_shared.wire.queues import MAX_GPUS_PER_WORKER
@@ -40,12 +50,45 @@ def normalised_device(device: str) -> str:
     return "cuda:" + ",".join(str(n) for n in numbers)
 
 
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_RESULT_BACKEND = "redis://127.0.0.1:6379/1"
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/lem"
+EMBEDDED_BROKER_URL = "filesystem://"
+# How long a default local port gets to accept a connection; loopback refuses at once when nothing listens.
+PROBE_TIMEOUT_S = 0.5
+
+
+def answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts a TCP connection on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def default_embedded_dir() -> str:
+    return str(Path(os.environ.get("XDG_DATA_HOME") or "~/.local/share") / "lem")
+
+
+def is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "unix://"))
+
+
+def is_embedded_broker(url: str) -> bool:
+    return url.startswith("filesystem://")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEM_", env_file=".env", extra="ignore")
 
-    broker_url: str = "redis://127.0.0.1:6379/0"
-    result_backend: str = "redis://127.0.0.1:6379/1"
-    database_url: str = "postgresql+psycopg://postgres@127.0.0.1:5432/lem"
+    # Unset (empty): the server on its default local port when one answers there, else the embedded part (above).
+    broker_url: str = ""
+    result_backend: str = ""
+    database_url: str = ""
+    # Where the embedded parts live: the SQLite database (lem.db) and the broker's folder (broker/).
+    embedded_dir: str = Field(default_factory=default_embedded_dir)
+    _embedded: tuple[str, ...] = PrivateAttr(default=())
 
     # Redis re-delivers an unacknowledged task after this long; it must exceed the longest run
     # (DESIGN §5). Every process that talks to the broker loads it from here.
@@ -114,6 +157,58 @@ class Settings(BaseSettings):
     @classmethod
     def _device_set(cls, value: str) -> str:
         return normalised_device(value)
+
+    @model_validator(mode="after")
+    def _resolve_stack(self) -> Settings:
+        embedded: list[str] = []
+        if not self.broker_url:
+            self.broker_url = DEFAULT_BROKER_URL if answers(6379) else EMBEDDED_BROKER_URL
+            if is_embedded_broker(self.broker_url):
+                embedded.append("broker")
+        if not self.database_url:
+            self.database_url = (
+                DEFAULT_DATABASE_URL
+                if answers(5432)
+                else f"sqlite:///{Path(self.embedded_dir).expanduser().resolve() / 'lem.db'}"
+            )
+            if self.database_url.startswith("sqlite"):
+                embedded.append("database")
+        if not self.result_backend and is_redis(self.broker_url):
+            # Nothing reads task results (the database is the record); Flower shows them when they exist.
+            self.result_backend = DEFAULT_RESULT_BACKEND if self.broker_url == DEFAULT_BROKER_URL else self.broker_url
+        self._embedded = tuple(embedded)
+        return self
+
+    @property
+    def embedded(self) -> tuple[str, ...]:
+        """The parts ("broker", "database") that were left unset and found no server, so run embedded."""
+        return self._embedded
+
+    def broker_folder(self) -> Path:
+        """The embedded broker's folder: ``filesystem:///PATH`` names it; plain ``filesystem://`` is under
+        ``embedded_dir``."""
+        path = self.broker_url.removeprefix("filesystem://")
+        return Path(path).expanduser() if path else Path(self.embedded_dir).expanduser().resolve() / "broker"
+
+    def stack_line(self) -> str | None:
+        """One line saying which parts run embedded and why, or None when both are servers or were named."""
+        if not self._embedded:
+            return None
+        parts = []
+        if "database" in self._embedded:
+            parts.append(f"results in SQLite at {self.database_url.removeprefix('sqlite:///')}")
+        if "broker" in self._embedded:
+            parts.append(f"the broker in the folder {self.broker_folder()}")
+        unanswered = [
+            name
+            for name, part in (("Redis on 127.0.0.1:6379", "broker"), ("PostgreSQL on 127.0.0.1:5432", "database"))
+            if part in self._embedded
+        ]
+        unset = [f"LEM_{part.upper()}_URL" for part in ("broker", "database") if part in self._embedded]
+        return (
+            f"embedded stack: {' and '.join(parts)} ({' and '.join(unset)} unset and nothing answered as "
+            f"{' or '.join(unanswered)}; set them to use servers)"
+        )
 
     @model_validator(mode="after")
     def _stand_in_only_on_cpu(self) -> Settings:

@@ -18,9 +18,10 @@ from sqlalchemy import select, update
 
 from lem_shared.db.models import Campaign, Run
 from lem_shared.db.session import session_scope
-from lem_shared.dispatch import CANCEL_KEY_PREFIX, cancel_requested, redis_client
+from lem_shared.dispatch import CANCEL_KEY_PREFIX, cancel_requested
 from lem_shared.settings import get_settings
 from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
+from tests.broker_redis import redis_client
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import BIN
 

@@ -17,10 +17,11 @@ from sqlalchemy import select
 
 from lem_shared.db.models import Campaign, Experiment, Run, RunMetrics
 from lem_shared.db.session import get_engine, session_scope
-from lem_shared.dispatch import redis_client, run_request
+from lem_shared.dispatch import run_request
 from lem_shared.wire.celery_app import make_celery
 from lem_shared.wire.heartbeat import live_workers
 from lem_shared.wire.queues import RUN_TASK, QueueName
+from tests.broker_redis import redis_client
 from tests.faults.conftest import FaultStack
 from tests.integration.conftest import BIN
 from tests.integration.manifest import campaign_status, runs_of

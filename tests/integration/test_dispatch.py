@@ -14,8 +14,9 @@ from sqlalchemy import select, update
 
 from lem_shared.db.models import Campaign, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.dispatch import advance, redis_client
+from lem_shared.dispatch import advance
 from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, publish_worker_beat
+from tests.broker_redis import redis_client
 from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import make_url
 
 from lem_shared.wire.heartbeat import read_heartbeats
 from lem_telemetry.sources import REPLAY_UUID
+from tests.broker_redis import redis_client
 from tests.integration.telemetry_helpers import start_daemon, wait_for
 
 Lem = Callable[..., subprocess.CompletedProcess[str]]
@@ -35,7 +36,9 @@ def test_doctor_reports_broker_database_and_the_telemetry_heartbeat(
     try:
         wait_for(
             lambda: (
-                any(b.get("gpu_uuid") == REPLAY_UUID for b in read_heartbeats(stack_env["LEM_BROKER_URL"]))
+                any(
+                    b.get("gpu_uuid") == REPLAY_UUID for b in read_heartbeats(redis_client(stack_env["LEM_BROKER_URL"]))
+                )
                 or not daemon.alive()
             ),
             15,

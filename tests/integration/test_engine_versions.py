@@ -7,9 +7,9 @@ from __future__ import annotations
 from importlib.metadata import version
 from pathlib import Path
 
-from lem_shared.dispatch import redis_client
 from lem_shared.params.snapshots import committed_versions
 from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, live_workers, publish_worker_beat
+from tests.broker_redis import redis_client
 
 VLLM_CAMPAIGN = """
 name: engine-versions

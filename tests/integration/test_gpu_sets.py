@@ -12,8 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from lem_shared.dispatch import advance, redis_client
+from lem_shared.dispatch import advance
 from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, live_workers, publish_worker_beat
+from tests.broker_redis import redis_client
 from tests.integration.conftest import Workers
 from tests.integration.manifest import campaign_status, runs_of
 from tests.integration.telemetry_helpers import wait_for

@@ -18,10 +18,10 @@ from sqlalchemy import select
 
 from lem_shared.db.models import Campaign, GpuSample, Run, RunMetrics
 from lem_shared.db.session import session_scope
-from lem_shared.dispatch import redis_client
 from lem_shared.runtime.worker import GpuState, pace
-from lem_shared.wire.heartbeat import gpu_key, publish
+from lem_shared.wire.heartbeat import gpu_key
 from lem_shared.wire.messages import RunRequest
+from tests.broker_redis import redis_client
 
 GPU = "GPU-standin-thermal-0001"
 
@@ -61,7 +61,7 @@ def test_thermal_gap_waits_until_the_gpu_is_near_its_idle_temperature(stack_env)
     connection = redis_client()
 
     def heartbeat(temperature: float) -> None:
-        publish(connection, [(gpu_key(GPU), {"time": time.time(), "temperature_c": temperature})], ttl_s=30)
+        connection.put([(gpu_key(GPU), {"time": time.time(), "temperature_c": temperature})], ttl_s=30)
 
     heartbeat(62.0)
     cooling = threading.Timer(1.5, heartbeat, args=(34.0,))  # cools to within 5 C of idle after 1.5 s
@@ -82,7 +82,7 @@ def test_thermal_gap_waits_until_the_gpu_is_near_its_idle_temperature(stack_env)
 
 def test_thermal_gap_gives_up_at_its_cap_and_says_so(stack_env) -> None:  # noqa: ANN001
     connection = redis_client()
-    publish(connection, [(gpu_key(GPU), {"time": time.time(), "temperature_c": 80.0})], ttl_s=30)
+    connection.put([(gpu_key(GPU), {"time": time.time(), "temperature_c": 80.0})], ttl_s=30)
     try:
         state = GpuState(last=(999, 0), gpu_uuid=GPU)
         thermal = pace(

@@ -17,6 +17,7 @@ from lem_shared.db.migrate import upgrade
 from lem_shared.db.models import GpuSample
 from lem_shared.wire.heartbeat import gpu_key, host_key, read_heartbeats
 from lem_telemetry.sources import REPLAY_UUID
+from tests.broker_redis import redis_client
 from tests.integration.telemetry_helpers import HEARTBEAT_REDIS_URL, Daemon, start_daemon, wait_for
 
 ADMIN_URL = os.environ.get("LEM_TEST_ADMIN_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -30,7 +31,11 @@ def database_url(scratch_database: str) -> str:
 
 
 def _beats_of(daemon: Daemon) -> dict[str, dict[str, Any]]:
-    return {beat["key"]: beat for beat in read_heartbeats(HEARTBEAT_REDIS_URL) if beat.get("pid") == daemon.pid}
+    return {
+        beat["key"]: beat
+        for beat in read_heartbeats(redis_client(HEARTBEAT_REDIS_URL))
+        if beat.get("pid") == daemon.pid
+    }
 
 
 def _start(database_url: str, trace: Path, tmp_path: Path, name: str) -> Daemon:
@@ -94,7 +99,7 @@ def test_without_redis_it_keeps_sampling_and_says_so_once(
     )
     engine = create_engine(database_url)
     try:
-        wait_for(lambda: "Redis unreachable" in daemon.log() or not daemon.alive(), 15, "the Redis warning")
+        wait_for(lambda: "heartbeat store unreachable" in daemon.log() or not daemon.alive(), 15, "the Redis warning")
         started = time.time()
         time.sleep(1.5)
     finally:
@@ -106,4 +111,4 @@ def test_without_redis_it_keeps_sampling_and_says_so_once(
         )  # fmt: skip
     engine.dispose()
     assert fast >= 0.8 * 1.5 / 0.05, daemon.log()
-    assert daemon.log().count("Redis unreachable") == 1, daemon.log()
+    assert daemon.log().count("heartbeat store unreachable") == 1, daemon.log()

@@ -28,6 +28,7 @@ from lem_shared.settings import Settings
 from lem_shared.wire.heartbeat import host_key, read_heartbeats
 from lem_telemetry.daemon import TelemetryDaemon
 from lem_telemetry.sources import REPLAY_UUID, open_source, replay_uuids
+from tests.broker_redis import redis_client
 from tests.integration.telemetry_helpers import HEARTBEAT_REDIS_URL, Daemon, start_daemon, wait_for
 
 # The daemon reads RAPL at the energy counter's cadence; 1000 W for at most 5 s fills this range, so no read gap
@@ -125,7 +126,11 @@ def _energy_rows(engine: Engine) -> dict[str, list[Any]]:
 
 
 def _host_beat(daemon: Daemon) -> dict[str, Any] | None:
-    beats = {beat["key"]: beat for beat in read_heartbeats(HEARTBEAT_REDIS_URL) if beat.get("pid") == daemon.pid}
+    beats = {
+        beat["key"]: beat
+        for beat in read_heartbeats(redis_client(HEARTBEAT_REDIS_URL))
+        if beat.get("pid") == daemon.pid
+    }
     return beats.get(host_key(HOST))
 
 

@@ -14,7 +14,6 @@ creates its campaign) and writes a heartbeat to Redis (``lem:beat``) that ``lem 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import socket
@@ -179,7 +178,7 @@ class ScheduleScheduler(Scheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.lock = BeatLock()
         self._next_poll = 0.0
-        self._redis: Any = None
+        self._beacons: Any = None
         self._started = time.time()
         self._ticks = 0
         super().__init__(*args, **kwargs)
@@ -214,33 +213,28 @@ class ScheduleScheduler(Scheduler):
 
     def _heartbeat(self) -> None:
         from lem_planner.schedules import BEAT_KEY
-        from lem_shared.dispatch import redis_client
+        from lem_shared.wire.heartbeat import beacons
 
         try:
-            if self._redis is None:
-                self._redis = redis_client()
-            self._redis.set(
-                BEAT_KEY,
-                json.dumps(
-                    {
-                        "host": socket.gethostname(),
-                        "pid": os.getpid(),
-                        "started": self._started,
-                        "time": time.time(),
-                        "ticks": self._ticks,
-                    }
-                ),
-                ex=HEARTBEAT_TTL_S,
-            )
+            if self._beacons is None:
+                self._beacons = beacons()
+            beat = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": self._started,
+                "time": time.time(),
+                "ticks": self._ticks,
+            }
+            self._beacons.put([(BEAT_KEY, beat)], HEARTBEAT_TTL_S)
         except Exception:  # noqa: BLE001 - the heartbeat is for display only
-            self._redis = None
+            self._beacons = None
 
     def close(self) -> None:
         from lem_planner.schedules import BEAT_KEY
 
-        if self._redis is not None:
+        if self._beacons is not None:
             with contextlib.suppress(Exception):  # the heartbeat would expire anyway
-                self._redis.delete(BEAT_KEY)
+                self._beacons.delete(BEAT_KEY)
         self.lock.release()
         super().close()
 

@@ -25,15 +25,13 @@ from lem_shared.db.models import TERMINAL_RUN_STATUSES, Campaign, CampaignStatus
 from lem_shared.db.session import session_scope
 from lem_shared.dispatch import (
     orphaned,
-    redis_client,
     request_cancel,
     requeue_for_resume,
     run_order,
     run_request,
     wait_for_heartbeats,
 )
-from lem_shared.settings import get_settings
-from lem_shared.wire.heartbeat import live_workers
+from lem_shared.wire.heartbeat import BeaconsAway, beacons, live_workers, worker_gpus
 from lem_shared.wire.messages import RunRequest, run_key, sha256_of
 from lem_shared.wire.queues import QueueName, queue_for
 
@@ -88,8 +86,8 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, Any]:
     is measuring is stopped by that worker, which watches for this; a run left running by a worker that vanished
     or restarted is cancelled at once. Returns ``{"queued", "stopping", "orphaned"}`` counts, and ``already``: the
     status of a campaign that had already ended (nothing changed then). LookupError when there is no such one."""
-    connection = redis_client()
-    alive = live_workers(connection)  # before any change: a broker that cannot be reached changes nothing
+    store = beacons()
+    alive = live_workers(store)  # before any change: heartbeats that cannot be read change nothing
     now = datetime.now(UTC)
     with session_scope() as s:
         status = s.scalar(select(Campaign.status).where(Campaign.id == campaign_id).with_for_update())
@@ -120,7 +118,7 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, Any]:
                 run.status, run.error, run.finished_at = RunStatus.CANCELLED, f"cancelled by the user; {reason}", now
                 orphans += 1
     if stopping:
-        request_cancel(connection, campaign_id)  # the worker measuring it stops it
+        request_cancel(store, campaign_id)  # the worker measuring it stops it
     if queued:
         app.control.revoke(list(queued))
     return {"already": None, "queued": len(queued), "stopping": stopping, "orphaned": orphans}
@@ -136,8 +134,8 @@ def resume_campaign(campaign_id: int) -> dict[str, int]:
             raise LookupError(f"no campaign {campaign_id}")
         if status == CampaignStatus.CANCELLED:
             raise ValueError(f"campaign {campaign_id} was cancelled; run its file again for a new campaign")
-    connection = redis_client()
-    wait_for_heartbeats(connection)
+    store = beacons()
+    wait_for_heartbeats(store)
     with session_scope() as s:
         unfinished = s.scalar(
             select(Run.id)
@@ -153,7 +151,7 @@ def resume_campaign(campaign_id: int) -> dict[str, int]:
                 .where(Campaign.id == campaign_id)
                 .values(status=CampaignStatus.RUNNING, finished_at=None)
             )
-    return requeue_for_resume(campaign_id, live_workers(connection))
+    return requeue_for_resume(campaign_id, live_workers(store))
 
 
 def close_finished_campaigns() -> None:
@@ -278,20 +276,17 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def advertised_engine_versions() -> dict[str, dict[str, str]]:
-    """``{backend: {worker: engine version}}`` from the live workers' heartbeats; none when Redis cannot be
-    reached (planning on a laptop)."""
-    import redis
-
+    """``{backend: {worker: engine version}}`` from the live workers' heartbeats; none when they cannot be read
+    (planning on a laptop)."""
     from lem_shared.wire.heartbeat import advertised_engine_versions as advertised
-    from lem_shared.wire.heartbeat import client
 
-    connection = client(get_settings().broker_url)
+    store = beacons(timeout_s=1.0)
     try:
-        return advertised(live_workers(connection))
-    except redis.RedisError:
+        return advertised(live_workers(store))
+    except BeaconsAway:
         return {}
     finally:
-        connection.close()
+        store.close()
 
 
 def missing_workers(app: Celery, experiments: list[ExperimentConfig]) -> str | None:
@@ -368,19 +363,14 @@ def run_summary(campaign_id: int, name: str, experiments: int, cycles: int) -> d
 
 def largest_live_gpu_sets() -> dict[str, tuple[int, str]]:
     """``{backend: (GPUs, worker)}``: the largest GPU set a live worker of each backend advertises in its
-    heartbeat (what the dispatcher matches runs against); none when Redis cannot be reached."""
-    import redis
-
-    from lem_shared.settings import get_settings
-    from lem_shared.wire.heartbeat import client, live_workers, worker_gpus
-
-    connection = client(get_settings().broker_url)
+    heartbeat (what the dispatcher matches runs against); none when the heartbeats cannot be read."""
+    store = beacons(timeout_s=1.0)
     try:
-        beats = live_workers(connection)
-    except redis.RedisError:
+        beats = live_workers(store)
+    except BeaconsAway:
         return {}
     finally:
-        connection.close()
+        store.close()
     largest: dict[str, tuple[int, str]] = {}
     for name, beat in sorted(beats.items()):
         gpus = worker_gpus(beat)

@@ -1,5 +1,5 @@
 """The control worker's loop: every ``dispatch_interval_s``, re-queue runs whose worker vanished, close campaigns
-whose runs have all ended, re-send finalisation nobody did, and dispatch what is free."""
+whose runs have all ended, re-send finalisation nobody did, dispatch what is free, and tidy the embedded broker."""
 
 from __future__ import annotations
 
@@ -9,24 +9,28 @@ import threading
 from celery import Celery
 
 from lem_planner.campaigns import close_finished_campaigns
-from lem_shared.dispatch import advance, reclaim, redis_client, refinalise_stale
+from lem_shared.dispatch import advance, reclaim, refinalise_stale
 from lem_shared.settings import get_settings
+from lem_shared.wire.celery_app import prune_broker_folder
+from lem_shared.wire.heartbeat import beacons
 
 log = logging.getLogger(__name__)
 
 
 def scheduler_pass(app: Celery) -> None:
-    """One pass: re-queue runs whose worker vanished, re-send finalisation nobody did, dispatch what is free."""
+    """One pass: re-queue runs whose worker vanished, re-send finalisation nobody did, dispatch what is free, and
+    tidy the embedded broker's folder."""
     settings = get_settings()
-    connection = redis_client(settings.broker_url)
+    store = beacons()
     try:
-        for change in reclaim(connection):
+        for change in reclaim(store):
             log.warning("%s", change)
         close_finished_campaigns()
         refinalise_stale(app, older_than_s=settings.energy_wait_s + 120)
-        advance(app, connection)
+        advance(app, store)
     finally:
-        connection.close()
+        store.close()
+    prune_broker_folder(settings)
 
 
 class SchedulerLoop:

@@ -1,6 +1,7 @@
-"""The checks of ``lem doctor``: is everything a campaign needs up? Broker, database (at the Alembic head), Celery
-workers per queue, and the telemetry heartbeats per host and GPU; each failed check says how to fix it (the
-command, ``lem_planner.cli.doctor``, prints them and exits 1 when something needed is down)."""
+"""The checks of ``lem doctor``: is everything a campaign needs up? Which stack (servers or embedded, and why), the
+broker, the database (at the Alembic head), Celery workers per queue, and the telemetry heartbeats per host and
+GPU; each failed check says how to fix it (the command, ``lem_planner.cli.doctor``, prints them and exits 1 when
+something needed is down)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from lem_planner.progress import Steps
 from lem_shared.redact import redact
-from lem_shared.settings import get_settings
-from lem_shared.wire.heartbeat import read_heartbeats
+from lem_shared.settings import Settings, get_settings, is_embedded_broker, is_redis
+from lem_shared.wire.heartbeat import BeaconsAway, beacons, read_heartbeats
 from lem_shared.wire.queues import QueueName
 
 Status = Literal["ok", "warn", "fail"]
@@ -41,7 +42,29 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+STACK_RULE = (
+    "LEM_BROKER_URL and LEM_DATABASE_URL name the broker and the database, and then exactly those are used; each "
+    "one left unset is Redis on 127.0.0.1:6379 or PostgreSQL on 127.0.0.1:5432 when one answers there, else its "
+    "embedded stand-in (a broker folder, SQLite) under LEM_EMBEDDED_DIR"
+)
+
+
+def check_stack(settings: Settings) -> Check:
+    """Which stack this process uses and why (the rule above)."""
+    line = settings.stack_line()
+    if line is not None:
+        return Check("stack", "ok", line + ". The rule: " + STACK_RULE)
+    return Check(
+        "stack",
+        "ok",
+        f"servers: broker {redact(settings.broker_url)}, database {redact(settings.database_url)}. "
+        "The rule: " + STACK_RULE,
+    )
+
+
 def check_broker(broker_url: str) -> Check:
+    if not is_redis(broker_url):
+        return _check_other_broker(broker_url)
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
@@ -66,6 +89,30 @@ def check_broker(broker_url: str) -> Check:
         )
     except redis.RedisError as error:
         return Check("broker", "fail", f"{redact(broker_url)}: {redact(str(error))}", fix)
+    return Check("broker", "ok", redact(broker_url))
+
+
+def _check_other_broker(broker_url: str) -> Check:
+    """The embedded broker (its folder must be writable) or another kombu transport (one connection attempt)."""
+    from kombu import Connection
+
+    from lem_shared.wire.celery_app import broker_options
+
+    settings = get_settings()
+    try:
+        options = broker_options(settings)
+        if is_embedded_broker(broker_url):
+            folder = settings.broker_folder()
+            probe = folder / "messages" / ".doctor-probe"
+            probe.write_text("ok")
+            probe.unlink()
+            return Check("broker", "ok", f"embedded: the folder {folder}")
+        with Connection(broker_url, transport_options=options, connect_timeout=BROKER_TIMEOUT_S) as connection:
+            connection.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
+    except OSError as error:
+        return Check("broker", "fail", f"{redact(broker_url)}: {redact(str(error))}", "make the folder writable")
+    except Exception as error:  # noqa: BLE001 - whatever the transport raises, doctor says it in one line
+        return Check("broker", "fail", f"{redact(broker_url)}: {_first_line(error)}", "start it or set LEM_BROKER_URL")
     return Check("broker", "ok", redact(broker_url))
 
 
@@ -102,7 +149,7 @@ def check_database(database_url: str) -> Check:
 
 def check_workers(broker_ok: bool) -> list[Check]:
     if not broker_ok:
-        return [Check("workers", "fail", "cannot ask: the broker is unreachable", "start Redis first")]
+        return [Check("workers", "fail", "cannot ask: the broker is unreachable", "start the broker first")]
     from lem_planner.campaigns import consumers_by_queue
     from lem_planner.sender import sender
 
@@ -138,15 +185,17 @@ def check_workers(broker_ok: bool) -> list[Check]:
     return checks
 
 
-def check_telemetry(broker_url: str, broker_ok: bool) -> tuple[list[Check], list[dict[str, Any]]]:
-    if not broker_ok:
-        return [
-            Check("telemetry", "fail", "cannot read heartbeats: the broker is unreachable", "start Redis first")
-        ], []
+def check_telemetry(store_ok: bool) -> tuple[list[Check], list[dict[str, Any]]]:
+    """``store_ok``: whether the heartbeats' store answers (the broker's Redis, or else the database)."""
+    if not store_ok:
+        return [Check("telemetry", "fail", "cannot read heartbeats: their store is unreachable", "start it first")], []
+    store = beacons()
     try:
-        beats = read_heartbeats(broker_url)
-    except redis.RedisError as error:
-        return [Check("telemetry", "fail", f"cannot read heartbeats: {redact(str(error))}", "start Redis first")], []
+        beats = read_heartbeats(store)
+    except BeaconsAway as error:
+        return [Check("telemetry", "fail", f"cannot read heartbeats: {redact(str(error))}", "start it first")], []
+    finally:
+        store.close()
     if not beats:
         return [
             Check(
@@ -208,10 +257,13 @@ def run_checks(steps: Steps | None = None) -> tuple[list[Check], list[dict[str, 
             if next_step:
                 steps.step(next_step)
 
+    done([check_stack(settings)], "checking the broker")
     broker = check_broker(settings.broker_url)
     done([broker], "checking the database")
-    done([check_database(settings.database_url)], "asking the workers which queues they consume (2 s)")
+    database = check_database(settings.database_url)
+    done([database], "asking the workers which queues they consume (2 s)")
     done(check_workers(broker.status == "ok"), "reading the telemetry heartbeats")
-    telemetry, beats = check_telemetry(settings.broker_url, broker.status == "ok")
+    store_ok = (broker if is_redis(settings.broker_url) else database).status == "ok"
+    telemetry, beats = check_telemetry(store_ok)
     done(telemetry, None)
     return checks, beats

@@ -577,10 +577,15 @@ def _fire_schedule(schedule_id: int, now: datetime) -> list[Fired]:
 def _transient(exc: BaseException) -> bool:
     """Whether a firing failed because the database or the broker is away (worth retrying next tick), as opposed
     to a failure that would repeat on every tick."""
+    from kombu.exceptions import OperationalError as BrokerError
     from redis import RedisError
     from sqlalchemy.exc import InterfaceError, OperationalError
 
-    return isinstance(exc, OperationalError | InterfaceError | RedisError | ConnectionError | TimeoutError)
+    from lem_shared.wire.heartbeat import BeaconsAway
+
+    return isinstance(
+        exc, OperationalError | InterfaceError | BeaconsAway | BrokerError | RedisError | ConnectionError | TimeoutError
+    )
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
@@ -673,19 +678,17 @@ BEAT_KEY = "lem:beat"
 
 def beat_presence() -> dict[str, Any] | None:
     """The running beat's heartbeat (host, pid, last tick), or None when no beat runs."""
-    import json
     import time
 
-    from lem_shared.dispatch import redis_client
+    from lem_shared.wire.heartbeat import beacons
 
-    connection = redis_client()
+    store = beacons()
     try:
-        value = connection.get(BEAT_KEY)
+        beat = store.get(BEAT_KEY)
     finally:
-        connection.close()
-    if not value:
+        store.close()
+    if not beat:
         return None
-    beat = json.loads(value)
     beat["age_s"] = round(time.time() - beat["time"], 1)
     return beat
 

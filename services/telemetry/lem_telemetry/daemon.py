@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from lem_shared.settings import Settings
+from lem_shared.wire.heartbeat import beacons
 from lem_telemetry.buffer import SampleBuffer
 from lem_telemetry.environment_record import record_host_environment_in_background
 from lem_telemetry.heartbeats import HeartbeatPublisher
@@ -104,7 +105,7 @@ class TelemetryDaemon:
         self._rapl = rapl
         self._announce_backlog()
         heartbeats = HeartbeatPublisher(
-            self.settings.broker_url, self.host, self._source_name, self._sampler, lambda: self._latest_host,
+            beacons(settings=self.settings), self.host, self._source_name, self._sampler, lambda: self._latest_host,
             self.settings.telemetry_heartbeat_s, self.settings.telemetry_heartbeat_ttl_s, note=reason,
             rapl=lambda: (rapl.status, rapl.message),
         )  # fmt: skip

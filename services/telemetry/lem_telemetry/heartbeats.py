@@ -1,11 +1,11 @@
-"""The daemon's heartbeats in Redis: every ``telemetry_heartbeat_s`` one hash per GPU and one for the host.
+"""The daemon's heartbeats (Redis, or the database on a stack without Redis): every ``telemetry_heartbeat_s`` one
+per GPU and one for the host.
 
 The host hash carries ``rapl`` (the RAPL status: available, absent, no_permission or error) and ``rapl_message``
 (what was found, or why nothing can be read and the fix). Key names and the reader live in
 ``lem_shared.wire.heartbeat`` (the planner and ``lem doctor`` read them there).
-Each hash has a TTL of ``telemetry_heartbeat_ttl_s``, so a daemon that dies stops looking alive; a daemon that
-stops cleanly deletes its keys. Redis being away is logged once (and its return once); sampling never waits
-for it.
+Each lives ``telemetry_heartbeat_ttl_s``, so a daemon that dies stops looking alive; a daemon that stops cleanly
+deletes its keys. The store being away is logged once (and its return once); sampling never waits for it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-
-import redis
 
 from lem_shared.redact import redact
 from lem_shared.wire import heartbeat
@@ -30,7 +28,7 @@ log = logging.getLogger(__name__)
 class HeartbeatPublisher:
     def __init__(
         self,
-        redis_url: str,
+        store: heartbeat.Beacons,
         host: str,
         source_name: str,
         sampler: GpuSampler | None,
@@ -40,7 +38,7 @@ class HeartbeatPublisher:
         note: str | None = None,
         rapl: Callable[[], tuple[str, str]] | None = None,
     ) -> None:
-        self.redis_url = redis_url
+        self.store = store
         self.host = host
         self.source_name = source_name
         self.sampler = sampler
@@ -50,8 +48,7 @@ class HeartbeatPublisher:
         self.note = note
         self.rapl = rapl  # (status, message), asked at every beat
         self.pid = os.getpid()
-        self._client = heartbeat.client(redis_url)
-        self._redis_away = False
+        self._away = False
         self._keys: set[str] = set()
 
     def run(self, stop: threading.Event) -> None:
@@ -91,27 +88,26 @@ class HeartbeatPublisher:
     def beat(self) -> None:
         beats = self.beats()
         try:
-            heartbeat.publish(self._client, beats, self.ttl_s)
-        except redis.RedisError as error:
-            if not self._redis_away:
+            self.store.put(beats, self.ttl_s)
+        except heartbeat.BeaconsAway as error:
+            if not self._away:
                 log.warning(
-                    "Redis unreachable at %s (%s); heartbeats paused, sampling goes on",
-                    redact(self.redis_url),
-                    redact(str(error)),
+                    "heartbeat store unreachable (%s); heartbeats paused, sampling goes on",
+                    redact(str(error)).splitlines()[0],
                 )
-                self._redis_away = True
+                self._away = True
             return
         self._keys.update(key for key, _ in beats)
-        if self._redis_away:
-            log.info("Redis reachable again; heartbeats resumed")
-            self._redis_away = False
+        if self._away:
+            log.info("heartbeat store reachable again; heartbeats resumed")
+            self._away = False
 
     def clear(self) -> None:
         if not self._keys:
             return
         try:
-            self._client.delete(*self._keys)
-        except redis.RedisError:
+            self.store.delete(*self._keys)
+        except heartbeat.BeaconsAway:
             pass  # they expire on their own within the TTL
         finally:
-            self._client.close()
+            self.store.close()

@@ -34,6 +34,8 @@ def _settings(argv: list[str] | None) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = _settings(argv)
+    if line := settings.stack_line():
+        logging.getLogger(__name__).info("%s", line)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:

@@ -22,8 +22,14 @@ def alembic_config(database_url: str | None = None) -> Config:
 
 
 def ensure_database(database_url: str) -> bool:
-    """Create the PostgreSQL database named in the URL when it does not exist; True when it was created."""
+    """Create the PostgreSQL database named in the URL (or a SQLite file's folder) when it does not exist; True when
+    it was created."""
     url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        from lem_shared.db.session import sqlite_file
+
+        path = sqlite_file(database_url)  # SQLite creates the file itself; its folder must exist
+        return path is not None and not path.exists()
     if not url.drivername.startswith("postgresql"):
         return False
     admin = create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")

@@ -30,7 +30,7 @@ from lem_shared.wire.messages import sha256_of
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0010"
+SCHEMA_VERSION = "0011"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -349,6 +349,18 @@ class HostEnergySample(Base):
     domain: Mapped[str] = mapped_column(String(64))
     energy_j: Mapped[float] = mapped_column(Float)
     reset: Mapped[bool] = mapped_column(default=False)
+
+
+class Beacon(Base):
+    """A heartbeat or flag (``lem_shared.wire.heartbeat``) when the broker is not Redis: a JSON value that counts
+    until ``expires_at`` (Unix seconds on the database's clock, so hosts with skewed clocks agree)."""
+
+    __tablename__ = "beacons"
+    __table_args__ = (Index("ix_beacons_expires_at", "expires_at"),)
+
+    key: Mapped[str] = mapped_column(String(512), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[float] = mapped_column(Float)
 
 
 class FiringOutcome(StrEnum):

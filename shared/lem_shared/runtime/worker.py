@@ -9,6 +9,7 @@ and watches for its campaign's cancellation while it measures.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import sys
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 from pydantic import ValidationError
@@ -40,14 +40,14 @@ from lem_shared.db.models import (
 )
 from lem_shared.db.session import session_scope
 from lem_shared.device.environment import package_versions
-from lem_shared.dispatch import advance, cancel_key, manifest_request, redis_client
+from lem_shared.dispatch import advance, cancel_key, manifest_request
 from lem_shared.measure.metrics import run_metrics
 from lem_shared.params.snapshots import ENGINE_PACKAGES
 from lem_shared.run_record import stored
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
 from lem_shared.settings import get_settings
 from lem_shared.wire.celery_app import make_celery
-from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, gpu_key, publish_worker_beat
+from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, Beacons, BeaconsAway, beacons, gpu_key, publish_worker_beat
 from lem_shared.wire.messages import FinaliseRequest, Measurement, RunRequest, ServedRequest
 from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, worker_queues
 
@@ -279,12 +279,16 @@ class GpuState:
     gpu_uuid: str | None = None
 
 
-def _temperature_now(connection: redis.Redis, gpu_uuid: str) -> float | None:
-    value = connection.hget(gpu_key(gpu_uuid), "temperature_c")
+def _temperature_now(store: Beacons, gpu_uuid: str) -> float | None:
+    try:
+        beat = store.get(gpu_key(gpu_uuid))
+    except BeaconsAway:
+        return None
+    value = None if beat is None else beat.get("temperature_c")
     return float(value) if value is not None else None
 
 
-def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, stop: threading.Event) -> dict:
+def pace(request: RunRequest, state: GpuState, store: Beacons | None, stop: threading.Event) -> dict:
     """Pause this GPU before the run: the configured gap (between configs, or a longer one when a new cycle
     starts), then the thermal gap; other GPUs are never held up. Returns what was done, for the record."""
     pause: dict[str, Any] = {}
@@ -299,16 +303,16 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
         thermal: dict[str, Any] = {"within_c": gap["within_c"], "max_wait_s": min(gap["max_wait_s"], MAX_GAP_S)}
         uuid = state.gpu_uuid
         idle = idle_temperature(request.campaign_id, uuid) if uuid else None
-        if idle is None or uuid is None or connection is None:
+        if idle is None or uuid is None or store is None:
             thermal["note"] = "skipped: no GPU telemetry for this worker's GPU"
         else:
             began = time.monotonic()
-            now = _temperature_now(connection, uuid)
+            now = _temperature_now(store, uuid)
             thermal.update(idle_c=idle, start_c=now)
             while now is not None and now > idle + gap["within_c"] and time.monotonic() - began < thermal["max_wait_s"]:
                 if stop.wait(1.0):
                     break
-                now = _temperature_now(connection, uuid)
+                now = _temperature_now(store, uuid)
             thermal.update(
                 end_c=now,
                 waited_s=round(time.monotonic() - began, 3),
@@ -319,21 +323,21 @@ def pace(request: RunRequest, state: GpuState, connection: redis.Redis | None, s
 
 
 def _watch_cancel(
-    connection: redis.Redis | None, campaign_id: int, engine: EngineHost, stop: threading.Event, done: threading.Event
+    store: Beacons | None, campaign_id: int, engine: EngineHost, stop: threading.Event, done: threading.Event
 ) -> threading.Thread | None:
     """While the run lasts, poll for its campaign's cancellation; on it, kill the engine (the run stops now)."""
-    if connection is None:
+    if store is None:
         return None
     key = cancel_key(campaign_id)  # now, while the database answers: the watch must not need it
 
     def watch() -> None:
         while not done.wait(0.25):
             try:
-                if connection.exists(key):
+                if store.get(key) is not None:
                     stop.set()
                     engine.abort()
                     return
-            except redis.RedisError:
+            except BeaconsAway:
                 continue
 
     thread = threading.Thread(target=watch, name=f"cancel-watch-{campaign_id}", daemon=True)
@@ -353,12 +357,12 @@ def _differences(message: RunRequest, manifest: RunRequest) -> list[str]:
 
 
 def execute_run(
-    engine: EngineHost, request: RunRequest, worker: str, state: GpuState, connection: redis.Redis | None = None
+    engine: EngineHost, request: RunRequest, worker: str, state: GpuState, store: Beacons | None = None
 ) -> tuple[int | None, str]:
     """Check the message against the manifest, claim, pace, measure and record one run: (run id or None when
     nothing was claimed, status). Every path after the claim ends the run exactly once, or leaves it to the
     claim that took it over. Celery-free, so a bench on a machine without a broker runs exactly what the worker
-    runs (``connection`` None: no Redis)."""
+    runs (``store`` None: no heartbeats, cancel flags or temperatures)."""
     manifest = with_database_retry("reading the manifest", lambda: manifest_request(request.run_key))
     if manifest is None:
         log.warning("refused a run message for run key %s: no such run in the database", request.run_key[:12])
@@ -376,9 +380,9 @@ def execute_run(
         log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
         return None, "duplicate"
     stop, done = threading.Event(), threading.Event()
-    _watch_cancel(connection, manifest.campaign_id, engine, stop, done)
+    _watch_cancel(store, manifest.campaign_id, engine, stop, done)
     try:
-        status, error = _measure_and_record(engine, manifest, claim, state, connection, stop)
+        status, error = _measure_and_record(engine, manifest, claim, state, store, stop)
     except ClaimLost as exc:
         log.warning("%s: recorded nothing (the run was re-queued, cancelled or claimed again)", exc)
         return claim.run_id, "lost"
@@ -408,11 +412,11 @@ def _measure_and_record(
     request: RunRequest,
     claim: Claim,
     state: GpuState,
-    connection: redis.Redis | None,
+    store: Beacons | None,
     stop: threading.Event,
 ) -> tuple[RunStatus, str]:
     """Pace, measure and store the run: (MEASURED, "") when stored, else the status and reason to end it with."""
-    pause = pace(request, state, connection, stop)
+    pause = pace(request, state, store, stop)
     if stop.is_set():
         return RunStatus.CANCELLED, "cancelled by the user before the run started"
     deep_idle_s = 0.0
@@ -445,7 +449,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     engine = EngineHost(adapter_path, settings.device, settings.run_timeout_s)
     gpus = settings.worker_gpus()
     state = GpuState()
-    connection = redis_client(settings.broker_url)
+    store = beacons()
     current: dict[str, str | None] = {"name": None, "run_key": None}
     stopping = threading.Event()
     # What the engine host will import, read from the package metadata (importing the engine here would be slow
@@ -457,8 +461,8 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     def beat_now() -> None:
         try:
             name, run_key = current["name"] or "", current["run_key"]
-            publish_worker_beat(connection, name, backend.value, run_key, engine_version, gpus, settings.device)
-        except redis.RedisError as exc:
+            publish_worker_beat(store, name, backend.value, run_key, engine_version, gpus, settings.device)
+        except BeaconsAway as exc:
             log.warning("worker heartbeat not written: %s", exc)
 
     def beat() -> None:
@@ -470,7 +474,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
         current["name"] = sender.hostname
         with session_scope() as s:  # open the database pool now, not inside the first run's dispatch latency
             s.execute(select(1))
-        publish_worker_beat(connection, sender.hostname, backend.value, None, engine_version, gpus, settings.device)
+        publish_worker_beat(store, sender.hostname, backend.value, None, engine_version, gpus, settings.device)
         threading.Thread(target=beat, name="worker-heartbeat", daemon=True).start()
 
     @app.task(name=RUN_TASK, bind=True, shared=False)
@@ -484,7 +488,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
         current["run_key"] = request.run_key
         beat_now()  # the scheduler tells a restarted worker's stale run by the run key its heartbeat carries
         try:
-            run_id, status = execute_run(engine, request, self.request.hostname or "unknown", state, connection)
+            run_id, status = execute_run(engine, request, self.request.hostname or "unknown", state, store)
         finally:
             current["run_key"] = None
             beat_now()
@@ -495,7 +499,7 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
             # The next run for this GPU at once: the control loop would send it too, but up to dispatch_interval_s
             # later, a gap on the GPU between runs that pacing (config_gap_s) is meant to set alone.
             try:
-                advance(app, connection)
+                advance(app, store)
             except Exception:  # noqa: BLE001 - the run is recorded; the scheduler loop will dispatch instead
                 log.exception("dispatching the next run failed; the control worker's scheduler will retry")
         if run_id is None:
@@ -506,7 +510,8 @@ def make_worker(backend: Backend, adapter_path: str) -> Celery:
     def _stop_engine(**_: Any) -> None:
         stopping.set()
         if current["name"]:
-            connection.delete(WORKER_KEY_PREFIX + current["name"])
+            with contextlib.suppress(BeaconsAway):  # it expires on its own
+                store.delete(WORKER_KEY_PREFIX + current["name"])
         engine.stop()
 
     return app

@@ -1,35 +1,114 @@
-"""Heartbeats in Redis: the key names, how the telemetry daemon and the workers write them and how anyone reads
-them back.
+"""Heartbeats and flags: small JSON values that live for a while ("beacons"), where every process reads them.
 
-The telemetry daemon writes one hash per GPU (``lem:telemetry:gpu:<uuid>``) and one per host
-(``lem:telemetry:host:<host>``) about every second, each with a TTL, so a daemon that dies takes its
-heartbeats with it. The planner and ``lem doctor`` read them here without importing the telemetry service.
-Each worker writes ``lem:worker:<name>`` (JSON: backend, host, the run in progress, the engine version it runs,
-its device and how many GPUs it owns) every few seconds with a TTL; this module stays light (no Celery, no
-database), so ``lem campaign plan`` can read the engine versions cheaply.
+They live in Redis when the broker is Redis, else in the database's ``beacons`` table (the embedded stack, or a
+broker that keeps no keys); ``beacons()`` picks by the one settings object. Either store says ``BeaconsAway``
+when it cannot be reached, so a caller handles one error whatever the stack.
+
+The telemetry daemon writes one beacon per GPU (``lem:telemetry:gpu:<uuid>``) and one per host
+(``lem:telemetry:host:<host>``) about every second; each worker writes ``lem:worker:<name>`` (backend, host, the
+run in progress, its engine version, device and GPU count) every few seconds; a cancelled campaign has a flag.
+Each beacon has a lifetime, so a process that dies takes its beacons with it. This module stays light (no Celery,
+no ORM models), so ``lem campaign plan`` reads the engine versions cheaply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Protocol
 
-import redis
-from redis.typing import EncodableT, FieldT
-
-from lem_shared.settings import get_settings
+from lem_shared.settings import Settings, get_settings, is_redis
 
 KEY_PREFIX = "lem:telemetry:"
 GPU_KEY_PREFIX = KEY_PREFIX + "gpu:"
 HOST_KEY_PREFIX = KEY_PREFIX + "host:"
 WORKER_KEY_PREFIX = "lem:worker:"
 
-# Fields stored as numbers; everything else is text. Absent values are not stored at all.
-_FLOAT_FIELDS = {"time", "power_w", "temperature_c", "cpu_percent", "interval_s", "updated_at"}
-_INT_FIELDS = {"gpu_index", "pid", "gpus", "memory_used_bytes", "memory_total_bytes"}
+
+class BeaconsAway(Exception):
+    """The store of beacons (Redis or the database) cannot be reached."""
+
+
+class Beacons(Protocol):
+    def put(self, items: Iterable[tuple[str, Mapping[str, Any]]], ttl_s: float) -> None:
+        """Write each (key, value), replacing what was there, to live ``ttl_s`` seconds; one round trip."""
+
+    def get(self, key: str) -> dict[str, Any] | None: ...
+
+    def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """Every live beacon whose key starts with ``prefix``, by key."""
+
+    def delete(self, *keys: str) -> None: ...
+
+    def up_s(self) -> float:
+        """How long the store has kept its beacons: a restarted Redis has none, so a missing beacon means nothing
+        until a lifetime after it came up. The database keeps them (its rows say when they expire): infinite."""
+
+    def close(self) -> None: ...
+
+
+class RedisBeacons:
+    """Beacons in Redis: one JSON string per key with a TTL. A client that gives up quickly: a heartbeat is
+    never worth stalling for."""
+
+    def __init__(self, url: str, timeout_s: float = 1.0) -> None:
+        import redis
+
+        self.url = url
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+
+    @contextlib.contextmanager
+    def _away(self) -> Iterator[None]:
+        import redis
+
+        try:
+            yield
+        except redis.RedisError as error:
+            raise BeaconsAway(f"Redis: {error}") from error
+
+    def put(self, items: Iterable[tuple[str, Mapping[str, Any]]], ttl_s: float) -> None:
+        ttl_ms = max(int(ttl_s * 1000), 1)
+        with self._away():
+            pipe = self.client.pipeline(transaction=False)
+            for key, value in items:
+                pipe.set(key, json.dumps(dict(value)), px=ttl_ms)
+            pipe.execute()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._away():
+            raw = self.client.get(key)
+        return json.loads(raw) if raw else None
+
+    def scan(self, prefix: str) -> dict[str, dict[str, Any]]:
+        with self._away():
+            keys = sorted(key.decode() for key in self.client.scan_iter(match=prefix + "*", count=500))
+            values = self.client.mget(keys) if keys else []
+        return {key: json.loads(raw) for key, raw in zip(keys, values, strict=True) if raw}
+
+    def delete(self, *keys: str) -> None:
+        if keys:
+            with self._away():
+                self.client.delete(*keys)
+
+    def up_s(self) -> float:
+        with self._away():
+            return float(self.client.info("server")["uptime_in_seconds"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def beacons(timeout_s: float = 2.0, settings: Settings | None = None) -> Beacons:
+    """The store of this stack's beacons: the broker's Redis, or the database when the broker is not Redis."""
+    settings = settings or get_settings()
+    if is_redis(settings.broker_url):
+        return RedisBeacons(settings.broker_url, timeout_s)
+    from lem_shared.db.beacons import DatabaseBeacons
+
+    return DatabaseBeacons(settings.database_url)
 
 
 def gpu_key(gpu_uuid: str) -> str:
@@ -40,60 +119,23 @@ def host_key(host: str) -> str:
     return HOST_KEY_PREFIX + host
 
 
-def client(redis_url: str, timeout_s: float = 1.0) -> redis.Redis:
-    """A client that gives up quickly: a heartbeat is never worth stalling for."""
-    return redis.Redis.from_url(redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
-
-
-def publish(connection: redis.Redis, beats: Iterable[tuple[str, Mapping[str, Any]]], ttl_s: float) -> None:
-    """Write each (key, fields) hash, replacing what was there, with a TTL, in one round trip."""
-    pipe = connection.pipeline(transaction=False)
-    ttl_ms = max(int(ttl_s * 1000), 1)
-    for key, fields in beats:
-        mapping: dict[FieldT, EncodableT] = {name: value for name, value in fields.items() if value is not None}
-        pipe.delete(key)
-        pipe.hset(key, mapping=mapping)
-        pipe.pexpire(key, ttl_ms)
-    pipe.execute()
-
-
-def _decode(key: str, raw: Mapping[bytes, bytes]) -> dict[str, Any]:
-    beat: dict[str, Any] = {}
-    for name_bytes, value_bytes in raw.items():
-        name, value = name_bytes.decode(), value_bytes.decode()
-        if name in _FLOAT_FIELDS:
-            beat[name] = float(value)
-        elif name in _INT_FIELDS:
-            beat[name] = int(value)
-        else:
-            beat[name] = value
-    beat["kind"] = "gpu" if key.startswith(GPU_KEY_PREFIX) else "host"
-    beat["key"] = key
-    return beat
-
-
-def read_heartbeats(redis_url: str, now: float | None = None) -> list[dict[str, Any]]:
-    """Every live heartbeat, each a dict with ``kind`` ("gpu" or "host"), ``key``, the stored fields and
-    ``age_s`` (seconds since its last sample); hosts first, then GPUs by host and index.
+def read_heartbeats(store: Beacons, now: float | None = None) -> list[dict[str, Any]]:
+    """Every live telemetry heartbeat, each a dict with ``kind`` ("gpu" or "host"), ``key``, the stored fields
+    and ``age_s`` (seconds since its last sample); hosts first, then GPUs by host and index.
 
     GPU fields: host, gpu_uuid, gpu_index, time (Unix s of the last sample), power_w, temperature_c, source,
     state ("ok" or "lost"), pid. Host fields: host, time, cpu_percent, memory_used_bytes,
-    memory_total_bytes, source (the GPU source, "none" without NVML), gpus (how many), note, pid.
-    Raises redis.RedisError when Redis cannot be reached.
+    memory_total_bytes, source (the GPU source, "none" without NVML), gpus (how many), note, pid, rapl.
+    Raises BeaconsAway when the store cannot be reached.
     """
-    connection = client(redis_url)
-    try:
-        keys = sorted(key.decode() for key in connection.scan_iter(match=KEY_PREFIX + "*", count=500))
-        pipe = connection.pipeline(transaction=False)
-        for key in keys:
-            pipe.hgetall(key)
-        raws = pipe.execute()
-    finally:
-        connection.close()
     now = time.time() if now is None else now
-    beats = [_decode(key, raw) for key, raw in zip(keys, raws, strict=True) if raw]
-    for beat in beats:
+    beats = []
+    for key, value in store.scan(KEY_PREFIX).items():
+        beat = {name: field for name, field in value.items() if field is not None}
+        beat["kind"] = "gpu" if key.startswith(GPU_KEY_PREFIX) else "host"
+        beat["key"] = key
         beat["age_s"] = round(now - beat["time"], 3) if "time" in beat else None
+        beats.append(beat)
     beats.sort(key=lambda b: (b["kind"] != "host", b.get("host", ""), b.get("gpu_index", -1), b["key"]))
     return beats
 
@@ -102,7 +144,7 @@ def read_heartbeats(redis_url: str, now: float | None = None) -> list[dict[str, 
 
 
 def publish_worker_beat(
-    connection: redis.Redis,
+    store: Beacons,
     name: str,
     backend: str,
     run_key: str | None,
@@ -113,7 +155,6 @@ def publish_worker_beat(
     """``engine_version``: the version of the backend's engine package the worker runs (plan-time checks use
     its parameter snapshot); ``gpus``: the size of the worker's GPU set (the dispatcher sends it runs needing at
     most that many); ``device``: its ``LEM_DEVICE`` (``cuda:0,1``)."""
-    settings = get_settings()
     beat = {
         "name": name,
         "backend": backend,
@@ -124,15 +165,12 @@ def publish_worker_beat(
         "device": device,
         "time": time.time(),
     }
-    connection.set(WORKER_KEY_PREFIX + name, json.dumps(beat), px=int(settings.worker_heartbeat_ttl_s * 1000))
+    store.put([(WORKER_KEY_PREFIX + name, beat)], get_settings().worker_heartbeat_ttl_s)
 
 
-def live_workers(connection: redis.Redis) -> dict[str, dict[str, Any]]:
+def live_workers(store: Beacons) -> dict[str, dict[str, Any]]:
     """Every worker with a live heartbeat, by name (``pytorch@host``)."""
-    keys = list(connection.scan_iter(match=WORKER_KEY_PREFIX + "*", count=500))
-    values = connection.mget(keys) if keys else []
-    beats = [json.loads(v) for v in values if v]
-    return {b["name"]: b for b in beats}
+    return {beat["name"]: beat for beat in store.scan(WORKER_KEY_PREFIX).values()}
 
 
 def worker_gpus(beat: Mapping[str, Any]) -> int:

@@ -52,6 +52,12 @@ def _root(
     ] = None,
 ) -> None:
     """LLenergyMeasure: what LLM inference costs, in joules, seconds and tokens."""
+    try:
+        line = get_settings().stack_line()
+    except ValueError:
+        return  # bad settings: the command itself says which one and the fix
+    if line:
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -325,17 +325,16 @@ def campaign_cancel(
 ) -> None:
     """Drop the campaign's queued runs and stop its running one (its worker kills the engine within a second); a
     campaign that had already ended is left as it was (exit 0, saying so)."""
-    import redis
-
     from lem_planner.campaigns import cancel_campaign
     from lem_planner.sender import sender
+    from lem_shared.wire.heartbeat import BeaconsAway
 
     try:
         counts = cancel_campaign(sender(), check_campaign_id(campaign_id))
     except LookupError:
         raise no_campaign(campaign_id) from None
-    except redis.RedisError as exc:
-        raise fail(f"cannot reach the broker, nothing cancelled: {exc}") from None
+    except BeaconsAway as exc:
+        raise fail(f"cannot read the workers' heartbeats, nothing cancelled: {exc}") from None
     if as_json:
         print_json({"campaign_id": campaign_id, "cancelled": not counts["already"], **counts})
         return

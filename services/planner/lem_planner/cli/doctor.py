@@ -17,7 +17,7 @@ def doctor_command(as_json: Annotated[bool, typer.Option("--json", help="Print J
     from lem_planner.doctor import STYLE, run_checks
     from lem_planner.progress import Steps
 
-    with Steps("checking the broker") as steps:
+    with Steps("checking the stack") as steps:
         checks, beats = run_checks(steps)
     ok = all(check.status != "fail" for check in checks)
     if as_json:
