@@ -44,7 +44,7 @@ from lem_shared.db.models import (
 )
 from lem_shared.db.session import engine_for, session_scope
 from lem_shared.settings import get_settings
-from lem_shared.wire.heartbeat import Beacons, beacons, live_workers, worker_gpus
+from lem_shared.wire.heartbeat import Beacons, beacons, live_leases, live_workers, run_leases, worker_gpus
 from lem_shared.wire.messages import RunRequest
 from lem_shared.wire.queues import FINALISE_TASK, MAX_GPUS_PER_WORKER, RUN_TASK, QueueName, queue_for
 
@@ -279,17 +279,27 @@ def wait_for_heartbeats(store: Beacons) -> None:
         time.sleep(ttl - up)
 
 
-def orphaned(run: Run, alive: Mapping[str, Mapping[str, Any]], now: datetime) -> str | None:
-    """Why nobody measures this running run any more, or None while its worker may still be measuring it. A
-    worker restarted under the same name is alive but says (its heartbeat's run key) it runs something else."""
+def orphaned(
+    run: Run,
+    alive: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+    leases: Mapping[str, Mapping[str, Any]] | None = None,
+) -> str | None:
+    """Why nobody measures this running run any more, or None while its worker may still be measuring it: its
+    heartbeat (``alive``) or, when that is missing (a worker cut off from the broker), the run's lease in the
+    database (``leases``, by run key). A worker restarted under the same name is alive but says (its heartbeat's
+    run key) it runs something else."""
     ttl = get_settings().worker_heartbeat_ttl_s
     started = aware(run.started_at) if run.started_at else now
     beat = alive.get(run.worker or "")
     if beat is None:
+        lease = (leases or {}).get(run.run_key)
+        if lease is not None and lease.get("worker") == run.worker and lease.get("attempt") == run.attempts:
+            return None  # its worker renews the lease: it measures the run, out of the broker's reach
         return (
             None
             if now - started < timedelta(seconds=ttl)
-            else f"worker {run.worker} vanished (no heartbeat for {ttl:.0f} s)"
+            else f"worker {run.worker} vanished (no heartbeat or run lease for {ttl:.0f} s)"
         )
     # Heartbeat and started_at come from the worker's own clock: a beat older than the claim proves nothing.
     if beat.get("run_key") == run.run_key or float(beat.get("time", 0)) <= started.timestamp():
@@ -304,6 +314,7 @@ def reclaim(store: Beacons | None = None) -> list[str]:
     settings = get_settings()
     store = store or beacons()
     alive = live_workers(store)
+    leases = live_leases(run_leases())
     heartbeats_complete = store.up_s() >= settings.worker_heartbeat_ttl_s
     now = datetime.now(UTC)
     stale_dispatch = now - timedelta(seconds=settings.redispatch_after_s)
@@ -320,7 +331,7 @@ def reclaim(store: Beacons | None = None) -> list[str]:
             else []
         )
         for run, campaign_status in running:
-            reason = orphaned(run, alive, now)
+            reason = orphaned(run, alive, now, leases)
             if reason is None:
                 continue
             lost = f"attempt {run.attempts}: {reason}"
@@ -354,16 +365,18 @@ def refinalise_stale(app: Celery, older_than_s: float) -> list[int]:
     return ids
 
 
-def requeue_for_resume(campaign_id: int, alive: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+def requeue_for_resume(
+    campaign_id: int, alive: Mapping[str, Mapping[str, Any]], leases: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, int]:
     """After a crash: dispatched runs (the broker may have lost them) and running runs nobody measures any more
-    (``orphaned``, from the live workers' heartbeats) go back to pending; finished runs stay as they are. Returns
-    how many of each were re-queued."""
+    (``orphaned``, from the live workers' heartbeats and the runs' leases) go back to pending; finished runs stay
+    as they are. Returns how many of each were re-queued."""
     counts = {"dispatched": 0, "running": 0}
     now = datetime.now(UTC)
     with session_scope() as s:
         _lock(s)
         for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status.in_(IN_FLIGHT_RUN_STATUSES))):
-            reason = orphaned(run, alive, now) if run.status == RunStatus.RUNNING else None
+            reason = orphaned(run, alive, now, leases) if run.status == RunStatus.RUNNING else None
             if run.status == RunStatus.RUNNING and reason is None:
                 continue  # still being measured
             counts[run.status] += 1

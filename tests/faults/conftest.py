@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from lem_shared.settings import get_settings
-from tests.integration.conftest import PROCESS_ENV, Workers
+from tests.integration.conftest import PROCESS_ENV, Workers, restore_environment
 from tests.integration.telemetry_helpers import PG_BIN, PrivatePostgres, _free_port, user_exists
 
 
@@ -118,11 +118,6 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack
         yield stack
     finally:
         stack.workers.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
+        restore_environment(saved)
         broker.remove()
         server.remove()

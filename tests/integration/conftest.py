@@ -34,6 +34,16 @@ BROKER_DB, RESULTS_DB = _FIRST, _FIRST + 1
 PROCESS_ENV = {"LEM_TORCH_THREADS": os.environ.get("LEM_TORCH_THREADS", "1")}
 
 
+def restore_environment(saved: dict[str, str | None]) -> None:
+    """Put back the variables a fixture changed (``saved``: their values before, None for unset) and the settings."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    get_settings.cache_clear()
+
+
 def drop_database(name: str) -> None:
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -60,12 +70,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     get_settings.cache_clear()
     upgrade(database_url)
     yield {**os.environ, **env, **PROCESS_ENV}
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    get_settings.cache_clear()
+    restore_environment(saved)
     drop_database(name)
 
 

@@ -302,11 +302,20 @@ def test_replay_specs_and_uuids(h200_trace_dir: Path) -> None:
     source.close()
     single, _ = open_source(f"replay:{trace}")
     assert single is not None and single.gpu_uuids == [REPLAY_UUID]
+    # A fleet host playing GPUs 2 and 3 of the numbering: their UUIDs and scales, NVML indices 0 and 1 there.
+    later, _ = open_source(f"replay:{trace}?gpus=2&first=2")
+    assert later is not None and later.gpus == [(0, "GPU-replay-h200-0002"), (1, "GPU-replay-h200-0003")]
+    third, fourth = later.read()
+    assert third.power_w == pytest.approx(one.power_w / 3, rel=0.5) and fourth.gpu_index == 1
+    assert third.energy_mj is not None and fourth.energy_mj == pytest.approx(third.energy_mj * 3 / 4, abs=1)
+    later.close()
     for spec, says in (
-        (f"replay:{trace}?gpu=2", "only gpus=N is understood"),
-        (f"replay:{trace}?gpus=two", "only gpus=N is understood"),
+        (f"replay:{trace}?gpu=2", "only gpus=N and first=F are understood"),
+        (f"replay:{trace}?gpus=two", "only gpus=N and first=F are understood"),
+        (f"replay:{trace}?gpus=2&first=-1", "only gpus=N and first=F are understood"),
         (f"replay:{trace}?gpus=0", "gpus must be from 1 to 64"),
         (f"replay:{trace}?gpus=99", "gpus must be from 1 to 64"),
+        (f"replay:{trace}?gpus=4&first=61", "first \\+ gpus must be at most 64"),
     ):
         with pytest.raises(ValueError, match=says):
             open_source(spec)

@@ -31,7 +31,7 @@ from lem_shared.dispatch import (
     run_request,
     wait_for_heartbeats,
 )
-from lem_shared.wire.heartbeat import BeaconsAway, beacons, live_workers, worker_gpus
+from lem_shared.wire.heartbeat import BeaconsAway, beacons, live_leases, live_workers, run_leases, worker_gpus
 from lem_shared.wire.messages import RunRequest, run_key, sha256_of
 from lem_shared.wire.queues import QueueName, queue_for
 
@@ -88,6 +88,7 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, Any]:
     status of a campaign that had already ended (nothing changed then). LookupError when there is no such one."""
     store = beacons()
     alive = live_workers(store)  # before any change: heartbeats that cannot be read change nothing
+    leases = live_leases(run_leases())
     now = datetime.now(UTC)
     with session_scope() as s:
         status = s.scalar(select(Campaign.status).where(Campaign.id == campaign_id).with_for_update())
@@ -111,7 +112,7 @@ def cancel_campaign(app: Celery, campaign_id: int) -> dict[str, Any]:
         )
         stopping = orphans = 0
         for run in s.scalars(select(Run).where(Run.campaign_id == campaign_id, Run.status == RunStatus.RUNNING)):
-            reason = orphaned(run, alive, now)
+            reason = orphaned(run, alive, now, leases)
             if reason is None:
                 stopping += 1
             else:
@@ -151,7 +152,7 @@ def resume_campaign(campaign_id: int) -> dict[str, int]:
                 .where(Campaign.id == campaign_id)
                 .values(status=CampaignStatus.RUNNING, finished_at=None)
             )
-    return requeue_for_resume(campaign_id, live_workers(store))
+    return requeue_for_resume(campaign_id, live_workers(store), live_leases(run_leases()))
 
 
 def close_finished_campaigns() -> None:

@@ -9,15 +9,17 @@ from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.orm import Session
 
 from lem_planner.campaigns import close_campaign_if_finished
 from lem_shared.config.schema import ExperimentConfig, MeasurementProtocol
+from lem_shared.db.clock import CLOCK_LOOKUP_S, CLOCK_SKEW_S, CLOCK_WARN_S
 from lem_shared.db.measurements import deep_idle_span
 from lem_shared.db.models import (
     BatchTimingRow,
     Campaign,
+    ClockOffset,
     Environment,
     Experiment,
     GpuSample,
@@ -62,7 +64,10 @@ def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def _samples(gpu_uuid: str, start: float, end: float) -> list[TelemetrySample]:
+def _samples(gpu_uuid: str, start: float, end: float, shift_s: float = 0.0) -> list[TelemetrySample]:
+    """The GPU's samples over [start, end] on the run's clock: stamped on the telemetry host's, they are read
+    ``shift_s`` earlier and moved that much later (``clock_join``)."""
+    start, end = start - shift_s, end - shift_s
     with session_scope() as s:
         rows = s.execute(
             select(
@@ -83,9 +88,84 @@ def _samples(gpu_uuid: str, start: float, end: float) -> list[TelemetrySample]:
             .order_by(GpuSample.time)
         ).all()
     return [
-        TelemetrySample(aware(t).timestamp(), p, e, temp, sm, reasons, util, instant)
+        TelemetrySample(aware(t).timestamp() + shift_s, p, e, temp, sm, reasons, util, instant)
         for t, p, e, temp, sm, reasons, util, instant in rows
     ]
+
+
+def clock_join(run: Run, gpu_uuid: str) -> tuple[float, Check | None, dict[str, Any] | None]:
+    """How far the GPU's samples are shifted onto the run's clock, the check saying why, and its figures.
+
+    The run's times come from its worker's host clock, the samples' from their telemetry host's: each host's
+    offset from the database's clock is on record (the run's at claim and end, telemetry's in clock_offsets), so
+    their difference is the skew between the two. Beyond ``CLOCK_SKEW_S`` the samples are shifted by it (and the
+    check warns); a host whose worker and telemetry agree but whose clock is off the database's by more than
+    ``CLOCK_WARN_S`` is flagged (its runs' times are off), its samples left as stamped. No check for a run or host
+    with no offset on record (recorded before migration 0012, or imported)."""
+    offsets = [o for o in (run.clock_offset_s, run.clock_offset_end_s) if o is not None]
+    if not offsets or run.window_start is None:
+        return 0.0, None, None
+    around = aware(run.window_start).timestamp() - offsets[0]  # the window's start on the database's clock
+    with session_scope() as s:
+        host = s.scalar(
+            select(GpuSample.host)
+            .where(
+                GpuSample.gpu_uuid == gpu_uuid,
+                GpuSample.time >= _utc(around - CLOCK_LOOKUP_S),
+                GpuSample.time <= _utc(around + CLOCK_LOOKUP_S),
+            )
+            .limit(1)
+        )
+        nearest = (
+            s.execute(
+                select(ClockOffset.offset_s, ClockOffset.rtt_s)
+                .where(
+                    ClockOffset.host == host,
+                    ClockOffset.measured_at >= around - CLOCK_LOOKUP_S,
+                    ClockOffset.measured_at <= around + CLOCK_LOOKUP_S,
+                )
+                .order_by(func.abs(ClockOffset.measured_at - around))
+                .limit(1)
+            ).one_or_none()
+            if host is not None
+            else None
+        )
+    if host is None:
+        return 0.0, None, None
+    worker = sum(offsets) / len(offsets)
+    if nearest is None:
+        return 0.0, Check("clock_join", "skipped", f"no clock offset on record for telemetry host {host}"), None
+    skew = worker - nearest.offset_s
+    facts = {
+        "worker_host": run.host,
+        "worker_offset_s": round(worker, 4),
+        "telemetry_host": host,
+        "telemetry_offset_s": round(nearest.offset_s, 4),
+        "skew_s": round(skew, 4),
+        "shift_s": 0.0,
+    }
+    figures = (
+        f"from the database's clock: worker host {run.host} {worker:+.3f} s, telemetry host {host} "
+        f"{nearest.offset_s:+.3f} s"
+    )
+    stepped = max(offsets) - min(offsets)
+    if abs(skew) > CLOCK_SKEW_S:
+        facts["shift_s"] = round(skew, 4)
+        message = (
+            f"the run's clock and its samples' differ by {skew:+.3f} s ({figures}); the samples were shifted by "
+            "that onto the run's clock"
+        )
+        return skew, Check("clock_join", "warning", message), facts
+    if stepped > CLOCK_WARN_S:
+        message = f"the worker's clock moved by {stepped:.3f} s against the database's during the run ({figures})"
+        return 0.0, Check("clock_join", "warning", message), facts
+    if abs(worker) > CLOCK_WARN_S:
+        message = (
+            f"the host's clock is {worker:+.3f} s off the database's; its worker and telemetry agree ({figures}), "
+            "so the samples join as stamped, but the run's times are that far off: fix the host's time sync"
+        )
+        return 0.0, Check("clock_join", "warning", message), facts
+    return 0.0, Check("clock_join", "pass", f"the run's and its samples' clocks agree ({figures})"), facts
 
 
 def _span(value: Any) -> tuple[float, float] | None:
@@ -174,11 +254,12 @@ def _gpu_fields(
     needed_until = max(end, after[1] if after else end) + settings.telemetry_interval_s
     read_from = before[0] if before else start
 
+    shift, clock_check, clock_facts = clock_join(run, gpu_uuid)
     deadline = time.monotonic() + wait_s
-    samples = _samples(gpu_uuid, read_from, needed_until)
+    samples = _samples(gpu_uuid, read_from, needed_until, shift)
     while (not samples or samples[-1].t < needed_until) and time.monotonic() < deadline:
         time.sleep(0.5)
-        samples = _samples(gpu_uuid, read_from, needed_until)
+        samples = _samples(gpu_uuid, read_from, needed_until, shift)
     if not any(start <= x.t <= end for x in samples):
         return {
             "energy_note": f"no telemetry for {gpu_uuid} over the window within {wait_s:.0f} s "
@@ -199,6 +280,8 @@ def _gpu_fields(
         edge_note=edges_note,
     )
     analysis.checks.extend(run_checks(facts, limits))
+    if clock_check is not None:
+        analysis.checks.append(clock_check)
     serving = serving_energy(phases.get("serving"), run.requests, samples, steady) if serving_here else None
     if serving is not None:
         analysis.checks.append(serving.pop("check"))
@@ -206,7 +289,7 @@ def _gpu_fields(
     deep_span = deep_idle_span(run.campaign_id, gpu_uuid)
     deep_idle_w = None
     if deep_span:
-        deep = _samples(gpu_uuid, *deep_span)
+        deep = _samples(gpu_uuid, *deep_span, shift)
         deep_idle_w = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in deep], *deep_span).mean_power_w
 
     if analysis.energy_edges_j is not None:
@@ -228,7 +311,7 @@ def _gpu_fields(
     load = _span(phases.get("model_load"))
     load_energy = None
     if load:  # a cold start: the load's own energy, apart from the window's
-        load_samples = _samples(gpu_uuid, *load)
+        load_samples = _samples(gpu_uuid, *load, shift)
         load_energy = window_energy([Sample(x.t, x.energy_mj, x.power_w) for x in load_samples], *load).energy_j
     return {
         "model_load_energy_j": load_energy,
@@ -250,7 +333,11 @@ def _gpu_fields(
         "tokens_per_j": metrics.output_tokens / energy if energy else None,
         "verdict": analysis.verdict,
         **{k: v for k, v in (serving or {}).items() if k != "per_request_j"},
-        "analysis": {**analysis.to_dict(), **({"request_energy_j": serving["per_request_j"]} if serving else {})},
+        "analysis": {
+            **analysis.to_dict(),
+            **({"request_energy_j": serving["per_request_j"]} if serving else {}),
+            **({"clock": clock_facts} if clock_facts else {}),
+        },
     }
 
 

@@ -10,8 +10,9 @@ Threads (see ``sampler`` for why the energy counter has its own):
 - the writer: every ``telemetry_flush_s`` everything buffered (GPU, host and RAPL rows), in one transaction
   (COPY on PostgreSQL). When the database is away the batch spills to the disk buffer (``spill``), and the
   files are back-filled oldest first, before anything newer, once it answers again. Stopping with the database
-  away spills what is left, so the next start back-fills it;
-- the heartbeat: one Redis hash per GPU and one for the host every ``telemetry_heartbeat_s``, with a TTL.
+  away spills what is left, so the next start back-fills it. Every ``CLOCK_CHECK_S`` it also records this host's
+  clock offset from the database's (``clock_offsets``), by which the finaliser joins runs to samples;
+- the heartbeat: one beacon per GPU and one for the host every ``telemetry_heartbeat_s``, with a lifetime.
 
 A slow or absent database or Redis never delays a sample. Without a GPU source only host samples (and RAPL)
 are recorded.
@@ -30,6 +31,7 @@ from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError, SQLAlchemyError
 
+from lem_shared.db.clock import CLOCK_CHECK_S, CLOCK_WARN_S
 from lem_shared.settings import Settings
 from lem_shared.wire.heartbeat import beacons
 from lem_telemetry.buffer import SampleBuffer
@@ -39,7 +41,14 @@ from lem_telemetry.host_energy import HostEnergyReading, RaplSampler
 from lem_telemetry.sampler import GpuSampler, run_on_schedule
 from lem_telemetry.sources import GpuReading, GpuSource, HostReading, NvmlSource, host_reading, open_source
 from lem_telemetry.spill import DiskBuffer, count_rows, folder_for
-from lem_telemetry.store import gpu_rows, host_energy_rows, host_rows, telemetry_engine, write_samples
+from lem_telemetry.store import (
+    gpu_rows,
+    host_energy_rows,
+    host_rows,
+    telemetry_engine,
+    write_clock_offset,
+    write_samples,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +98,7 @@ class TelemetryDaemon:
         self._spilled = 0
         self._backfilled = 0
         self._flush_lock = threading.Lock()
+        self._clock_checked_at = -math.inf
 
     def run(self) -> int:
         """Sample until ``stop_event`` is set, then write (or spill) what is left; returns the exit code."""
@@ -262,7 +272,26 @@ class TelemetryDaemon:
                 self._spill(gpu, hosts, energy)  # kept on disk, retried next flush
                 raise
             self._reachable()
+            self._check_clock()
             return True
+
+    def _check_clock(self) -> None:
+        """Every CLOCK_CHECK_S, this host's clock offset from the database's, into clock_offsets."""
+        if time.monotonic() - self._clock_checked_at < CLOCK_CHECK_S:
+            return
+        self._clock_checked_at = time.monotonic()
+        try:
+            reading = write_clock_offset(self._engine, self.host)
+        except SQLAlchemyError as error:
+            log.warning("clock offset not recorded: %s", _first_line(error))
+            return
+        if abs(reading.offset_s) > CLOCK_WARN_S:
+            log.warning(
+                "this host's clock is %+.3f s off the database's (round trip %.1f ms): runs on this host are "
+                "joined to its samples by that offset; fix its time sync",
+                reading.offset_s,
+                reading.rtt_s * 1000,
+            )
 
     def _backfill(self, budget_s: float) -> bool:
         """Write disk-buffer files oldest first, deleting each after its commit; True when none is left."""

@@ -5,11 +5,12 @@ pydantic installed. NVML is read through ``lem_shared.device.nvml``.
 
 Source specs (``LEM_TELEMETRY_SOURCE``): ``nvml``; ``replay:PATH``, the trace replayed as one stand-in GPU
 (``REPLAY_UUID``); ``replay:PATH?gpus=N``, the same trace replayed as N stand-in GPUs (1 to
-``MAX_REPLAY_GPUS``; a PATH holding ``?`` cannot be replayed). GPU k (k = 0 .. N-1) has NVML index k and UUID
-``replay_uuids(N)[k]`` (``GPU-replay-h200-0000``, ``-0001``, ...) and replays the same records at the same
-times, with every power field and the energy counter multiplied by ``replay_scale(k)`` = 1 / (k + 1): the
-second GPU draws half the first one's power and counts half its energy, so a test can tell them apart.
-Temperatures, clocks, memory and utilisation are the trace's own for every GPU.
+``MAX_REPLAY_GPUS``; a PATH holding ``?`` cannot be replayed); ``replay:PATH?gpus=N&first=F``, GPUs F .. F+N-1
+of such a replay (a fleet's hosts each playing their own GPUs of one numbering). GPU k (k = F .. F+N-1) has UUID
+``replay_uuids(F + N)[k]`` (``GPU-replay-h200-0000``, ``-0001``, ...), NVML index k - F on its host, and replays
+the same records at the same times, with every power field and the energy counter multiplied by
+``replay_scale(k)`` = 1 / (k + 1): the second GPU draws half the first one's power and counts half its energy,
+so a test can tell them apart. Temperatures, clocks, memory and utilisation are the trace's own for every GPU.
 """
 
 from __future__ import annotations
@@ -315,8 +316,11 @@ class ReplaySource:
 
     name = "nvml-replay"
 
-    def __init__(self, trace_path: str | Path, clock: Callable[[], float] = time.monotonic, gpus: int = 1) -> None:
-        self._uuids = replay_uuids(gpus)
+    def __init__(
+        self, trace_path: str | Path, clock: Callable[[], float] = time.monotonic, gpus: int = 1, first: int = 0
+    ) -> None:
+        self._first = first
+        self._uuids = replay_uuids(first + gpus)[first:]
         self.trace_path = Path(trace_path)
         self._clock = clock
         self._offsets: list[float] = []
@@ -361,9 +365,9 @@ class ReplaySource:
 
     def _as_gpu(self, position: int, reading: GpuReading, energy_mj: int | None) -> GpuReading:
         """The trace's reading as GPU ``position`` reads it now: its UUID and index, powers and energy scaled."""
-        if position == 0:
+        if self._first + position == 0:
             return dataclasses.replace(reading, t=time.time(), energy_mj=energy_mj)
-        scale = replay_scale(position)
+        scale = replay_scale(self._first + position)
 
         def scaled(watts: float | None) -> float | None:
             return None if watts is None else watts * scale
@@ -401,9 +405,9 @@ class ReplaySource:
 
     def read_energy(self, position: int) -> int | None:
         energy = self._now()[1]
-        if energy is None or position == 0:
+        if energy is None or self._first + position == 0:
             return energy
-        return round(energy * replay_scale(position))
+        return round(energy * replay_scale(self._first + position))
 
     def recover(self, position: int) -> None:
         """A replay never loses its GPU."""
@@ -448,8 +452,8 @@ def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
             )
         return source, None
     if spec.startswith("replay:"):
-        path, gpus = _replay_spec(spec)
-        replay = ReplaySource(path, gpus=gpus)
+        path, gpus, first = _replay_spec(spec)
+        replay = ReplaySource(path, gpus=gpus, first=first)
         try:
             replay.open()
         except (OSError, ValueError, KeyError) as error:
@@ -458,17 +462,26 @@ def open_source(spec: str) -> tuple[GpuSource | None, str | None]:
     raise ValueError(f"unknown telemetry source {spec!r}: expected 'nvml', 'replay:PATH' or 'replay:PATH?gpus=N'")
 
 
-def _replay_spec(spec: str) -> tuple[str, int]:
-    """(trace path, GPU count) of a ``replay:PATH[?gpus=N]`` spec; ValueError naming the fix for a bad query."""
+def _replay_spec(spec: str) -> tuple[str, int, int]:
+    """(trace path, GPU count, first GPU) of a ``replay:PATH[?gpus=N[&first=F]]`` spec; ValueError naming the fix
+    for a bad query."""
     path, question, query = spec.removeprefix("replay:").partition("?")
     if not question:
-        return path, 1
-    name, equals, value = query.partition("=")
-    if name != "gpus" or not equals or not (value.isascii() and value.isdigit()):
-        raise ValueError(
-            f"telemetry source {spec!r}: after '?' only gpus=N is understood (e.g. replay:{path}?gpus=2), got {query!r}"
-        )
-    count = int(value)
+        return path, 1, 0
+    values = {"gpus": 1, "first": 0}
+    for part in query.split("&"):
+        name, equals, value = part.partition("=")
+        if name not in values or not equals or not (value.isascii() and value.isdigit()):
+            raise ValueError(
+                f"telemetry source {spec!r}: after '?' only gpus=N and first=F are understood "
+                f"(e.g. replay:{path}?gpus=2&first=4), got {part!r}"
+            )
+        values[name] = int(value)
+    count, first = values["gpus"], values["first"]
     if not 1 <= count <= MAX_REPLAY_GPUS:
         raise ValueError(f"telemetry source {spec!r}: gpus must be from 1 to {MAX_REPLAY_GPUS}, got {count}")
-    return path, count
+    if first + count > MAX_REPLAY_GPUS:
+        raise ValueError(
+            f"telemetry source {spec!r}: first + gpus must be at most {MAX_REPLAY_GPUS}, got {first + count}"
+        )
+    return path, count, first

@@ -32,7 +32,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from lem_shared.db.models import GpuSample, HostEnergySample, HostSample
+from lem_shared.db.clock import ClockReading, clock_offset
+from lem_shared.db.models import ClockOffset, GpuSample, HostEnergySample, HostSample
+from lem_shared.db.session import postgres_connect_args
 from lem_telemetry.host_energy import HostEnergyReading
 from lem_telemetry.sources import GpuReading, HostReading
 
@@ -55,7 +57,7 @@ def telemetry_engine(database_url: str) -> Engine:
     backend = make_url(database_url).get_backend_name()
     connect_args: dict[str, Any] = {}
     if backend == "postgresql":
-        connect_args = {"connect_timeout": CONNECT_TIMEOUT_S}
+        connect_args = postgres_connect_args(CONNECT_TIMEOUT_S)
     elif backend == "sqlite":
         connect_args = {"timeout": CONNECT_TIMEOUT_S}
     return create_engine(database_url, pool_pre_ping=True, connect_args=connect_args)
@@ -188,3 +190,15 @@ def write_samples(
                 _copy(connection, model.metadata.tables[model.__tablename__], columns, rows)
             else:
                 _executemany(connection, model, rows)
+
+
+def write_clock_offset(engine: Engine, host: str) -> ClockReading:
+    """Measure this host's clock against the database's and store it (the finaliser joins runs to samples by it)."""
+    with engine.begin() as connection:
+        reading = clock_offset(connection)
+        connection.execute(
+            insert(ClockOffset).values(
+                host=host, measured_at=reading.database_time, offset_s=reading.offset_s, rtt_s=reading.rtt_s
+            )
+        )
+    return reading

@@ -11,18 +11,14 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, text
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import SQLAlchemyError
 
+from lem_shared.db.clock import database_now
 from lem_shared.db.models import Beacon
 from lem_shared.db.session import READ_ONLY, engine_for
 from lem_shared.wire.heartbeat import BeaconsAway
 
-# Unix seconds on the database's clock.
-_NOW = {
-    "postgresql": "extract(epoch from clock_timestamp())",
-    "sqlite": "(julianday('now') - 2440587.5) * 86400.0",
-}
 # Expired rows are kept this long (nobody reads them) and then removed by a write.
 _PURGE_AFTER_S = 600.0
 
@@ -30,10 +26,6 @@ _PURGE_AFTER_S = 600.0
 class DatabaseBeacons:
     def __init__(self, database_url: str) -> None:
         self.engine = engine_for(database_url)
-        self._now = text(_NOW.get(self.engine.dialect.name, _NOW["postgresql"]))
-
-    def _clock(self, connection: Connection) -> float:
-        return float(connection.scalar(select(self._now)))
 
     def put(self, items: Iterable[tuple[str, Mapping[str, Any]]], ttl_s: float) -> None:
         rows = [(key, json.dumps(dict(value))) for key, value in items]
@@ -41,7 +33,7 @@ class DatabaseBeacons:
             return
         try:
             with self.engine.begin() as connection:
-                now = self._clock(connection)
+                now = database_now(connection)
                 connection.execute(
                     delete(Beacon).where(
                         Beacon.key.in_([key for key, _ in rows]) | (Beacon.expires_at < now - _PURGE_AFTER_S)
@@ -57,7 +49,7 @@ class DatabaseBeacons:
     def _live(self, where: Any) -> dict[str, dict[str, Any]]:
         try:
             with self.engine.connect().execution_options(**{READ_ONLY: True}) as connection:
-                now = self._clock(connection)
+                now = database_now(connection)
                 found = connection.execute(
                     select(Beacon.key, Beacon.value).where(where, Beacon.expires_at > now).order_by(Beacon.key)
                 ).all()

@@ -30,7 +30,7 @@ from lem_shared.wire.messages import sha256_of
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 # The Alembic head these models match (a test checks it); every run records RUN_SCHEMA_VERSION, with the tool's
 # version (a text, not a number: a CSV export must not read it as 4).
-SCHEMA_VERSION = "0011"
+SCHEMA_VERSION = "0012"
 RUN_SCHEMA_VERSION = f"alembic {SCHEMA_VERSION}"
 
 
@@ -149,6 +149,10 @@ class Run(Base):
     dispatched_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # The worker host's clock minus the database's, measured at the claim and at the run's end (seconds): the
+    # run's times are on that clock; the finaliser compares it with the offset of the GPU's telemetry host.
+    clock_offset_s: Mapped[float | None] = mapped_column(Float)
+    clock_offset_end_s: Mapped[float | None] = mapped_column(Float)
     window_start: Mapped[datetime | None]
     window_end: Mapped[datetime | None]
     # Spans in Unix seconds, [start, end]: deep_idle, idle_before, idle_after, model_load (a cold start); and
@@ -361,6 +365,20 @@ class Beacon(Base):
     key: Mapped[str] = mapped_column(String(512), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
     expires_at: Mapped[float] = mapped_column(Float)
+
+
+class ClockOffset(Base):
+    """A host's clock minus the database's, as its telemetry daemon measured it (``lem_shared.db.clock``):
+    ``measured_at`` in Unix seconds on the database's clock, the offset good to half ``rtt_s``."""
+
+    __tablename__ = "clock_offsets"
+    __table_args__ = (Index("ix_clock_offsets_host_measured_at", "host", "measured_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    measured_at: Mapped[float] = mapped_column(Float)
+    offset_s: Mapped[float] = mapped_column(Float)
+    rtt_s: Mapped[float] = mapped_column(Float)
 
 
 class FiringOutcome(StrEnum):

@@ -20,11 +20,31 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 READ_ONLY = "lem_read_only"
 
 
+# PostgreSQL over a network that may drop (a fleet's hosts): connecting gives up after CONNECT_TIMEOUT_S, and a
+# connection whose packets go unacknowledged (a partition, a host gone) is closed by the kernel after
+# TCP_USER_TIMEOUT_MS instead of hanging for TCP's ~15 minutes, so the caller's retry or disk buffer takes over.
+CONNECT_TIMEOUT_S = 10
+TCP_USER_TIMEOUT_MS = 15_000
+
+
+def postgres_connect_args(connect_timeout_s: float = CONNECT_TIMEOUT_S) -> dict[str, Any]:
+    return {
+        "connect_timeout": int(connect_timeout_s),
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+
+
 @lru_cache
 def engine_for(url: str) -> Engine:
-    if make_url(url).get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    return _sqlite_engine(url)
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    connect_args = postgres_connect_args() if backend == "postgresql" else {}
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def sqlite_file(url: str) -> Path | None:

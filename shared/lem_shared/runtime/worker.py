@@ -28,6 +28,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from lem_shared import TOOL_VERSION
+from lem_shared.db.clock import clock_offset
 from lem_shared.db.measurements import idle_temperature
 from lem_shared.db.models import (
     RUN_SCHEMA_VERSION,
@@ -47,7 +48,17 @@ from lem_shared.run_record import stored
 from lem_shared.runtime.engine_host import EngineFailure, EngineHost
 from lem_shared.settings import get_settings
 from lem_shared.wire.celery_app import make_celery
-from lem_shared.wire.heartbeat import WORKER_KEY_PREFIX, Beacons, BeaconsAway, beacons, gpu_key, publish_worker_beat
+from lem_shared.wire.heartbeat import (
+    LEASE_KEY_PREFIX,
+    WORKER_KEY_PREFIX,
+    Beacons,
+    BeaconsAway,
+    beacons,
+    gpu_key,
+    publish_worker_beat,
+    renew_lease,
+    run_leases,
+)
 from lem_shared.wire.messages import FinaliseRequest, Measurement, RunRequest, ServedRequest
 from lem_shared.wire.queues import FINALISE_TASK, RUN_TASK, Backend, QueueName, worker_queues
 
@@ -99,11 +110,13 @@ def with_database_retry(what: str, write: Callable[[], T], give_up_after_s: floa
 def claim_run(run_key: str, worker: str, host: str) -> Claim | None:
     """Mark the run as ours in one conditional UPDATE; None when it is already running or finished."""
     with session_scope() as s:
+        offset = clock_offset(s.connection()).offset_s
         row = s.execute(
             update(Run)
             .where(Run.run_key == run_key, Run.status.in_([RunStatus.PENDING, RunStatus.DISPATCHED]))
             .values(
                 status=RunStatus.RUNNING,
+                clock_offset_s=offset,
                 attempts=Run.attempts + 1,
                 worker=worker,
                 host=host,
@@ -184,6 +197,7 @@ def record_measurement(
                 window_end=datetime.fromtimestamp(m.window_end, UTC),
                 phases=phases,
                 finished_at=datetime.now(UTC),
+                clock_offset_end_s=clock_offset(s.connection()).offset_s,
             )
             .returning(Run.id)
         ).scalar_one_or_none()
@@ -238,7 +252,12 @@ def record_end(claim: Claim, status: RunStatus, error: str) -> None:
         owned = s.execute(
             update(Run)
             .where(*_owned(claim))
-            .values(status=status, error=error, finished_at=datetime.now(UTC))
+            .values(
+                status=status,
+                error=error,
+                finished_at=datetime.now(UTC),
+                clock_offset_end_s=clock_offset(s.connection()).offset_s,
+            )
             .returning(Run.id)
         ).scalar_one_or_none()
     if owned is None:
@@ -345,6 +364,26 @@ def _watch_cancel(
     return thread
 
 
+def _hold_lease(claim: Claim, run_key: str, done: threading.Event) -> None:
+    """While the run lasts, renew its lease in the database (its own thread: a write stalled by an unreachable
+    database must not hold up the broker's heartbeat, which proves the same from the other side)."""
+    leases = run_leases()
+    interval = get_settings().worker_heartbeat_s
+
+    def hold() -> None:
+        while True:
+            try:
+                renew_lease(leases, run_key, claim.worker, claim.attempt)
+            except BeaconsAway as exc:
+                log.warning("run lease not renewed: %s", _first_line(exc))
+            if done.wait(interval):
+                break
+        with contextlib.suppress(BeaconsAway):  # it expires on its own
+            leases.delete(LEASE_KEY_PREFIX + run_key)
+
+    threading.Thread(target=hold, name=f"run-lease-{claim.run_id}", daemon=True).start()
+
+
 def _differences(message: RunRequest, manifest: RunRequest) -> list[str]:
     sent, kept = message.model_dump(mode="json"), manifest.model_dump(mode="json")
     fields = [name for name in kept if name != "experiment" and sent.get(name) != kept[name]]
@@ -380,6 +419,7 @@ def execute_run(
         log.info("run %s already claimed or finished: nothing to do", request.run_key[:12])
         return None, "duplicate"
     stop, done = threading.Event(), threading.Event()
+    _hold_lease(claim, manifest.run_key, done)
     _watch_cancel(store, manifest.campaign_id, engine, stop, done)
     try:
         status, error = _measure_and_record(engine, manifest, claim, state, store, stop)

@@ -7,6 +7,8 @@ when it cannot be reached, so a caller handles one error whatever the stack.
 The telemetry daemon writes one beacon per GPU (``lem:telemetry:gpu:<uuid>``) and one per host
 (``lem:telemetry:host:<host>``) about every second; each worker writes ``lem:worker:<name>`` (backend, host, the
 run in progress, its engine version, device and GPU count) every few seconds; a cancelled campaign has a flag.
+A worker measuring a run also renews the run's lease (``lem:lease:<run key>``) in the database, whatever the
+broker: a worker cut off from the broker but not the database still holds its run, so nobody re-queues it.
 Each beacon has a lifetime, so a process that dies takes its beacons with it. This module stays light (no Celery,
 no ORM models), so ``lem campaign plan`` reads the engine versions cheaply.
 """
@@ -26,6 +28,7 @@ KEY_PREFIX = "lem:telemetry:"
 GPU_KEY_PREFIX = KEY_PREFIX + "gpu:"
 HOST_KEY_PREFIX = KEY_PREFIX + "host:"
 WORKER_KEY_PREFIX = "lem:worker:"
+LEASE_KEY_PREFIX = "lem:lease:"
 
 
 class BeaconsAway(Exception):
@@ -166,6 +169,23 @@ def publish_worker_beat(
         "time": time.time(),
     }
     store.put([(WORKER_KEY_PREFIX + name, beat)], get_settings().worker_heartbeat_ttl_s)
+
+
+def run_leases() -> Beacons:
+    """Where run leases live: the database's beacons, reachable from a worker whose broker is away."""
+    from lem_shared.db.beacons import DatabaseBeacons
+
+    return DatabaseBeacons(get_settings().database_url)
+
+
+def renew_lease(leases: Beacons, run_key: str, worker: str, attempt: int) -> None:
+    beat = {"worker": worker, "attempt": attempt, "host": socket.gethostname(), "time": time.time()}
+    leases.put([(LEASE_KEY_PREFIX + run_key, beat)], get_settings().worker_heartbeat_ttl_s)
+
+
+def live_leases(leases: Beacons) -> dict[str, dict[str, Any]]:
+    """Every live run lease, by run key."""
+    return {key.removeprefix(LEASE_KEY_PREFIX): value for key, value in leases.scan(LEASE_KEY_PREFIX).items()}
 
 
 def live_workers(store: Beacons) -> dict[str, dict[str, Any]]:
